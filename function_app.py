@@ -1,0 +1,35 @@
+"""Azure Functions entry point (v2 programming model): triggers and HTTP mapping only.
+
+The logic lives in ``shared/``: settings, Graph client, targets, state store, service.
+"""
+import azure.functions as func
+
+from shared import api
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.timer_trigger(arg_name="timer", schedule=api.schedule_expression(), run_on_startup=False, use_monitor=True)
+def sync_timer(timer: func.TimerRequest) -> None:
+    api.run_timer(timer.past_due)
+
+
+# Every route accepts every method so that a wrong one gets a JSON 405, not the host's bare 404.
+@app.route(route="sync/status", methods=api.ALL_METHODS)
+def sync_status(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "GET", api.status)
+
+
+@app.route(route="sync/{target}", methods=api.ALL_METHODS)
+def sync_target(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "POST", api.sync)
+
+
+@app.route(route="sync/{target}/{itemId}", methods=api.ALL_METHODS)
+def sync_item(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "POST", api.sync)
+
+
+@app.route(route="health", methods=api.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "GET", api.health)

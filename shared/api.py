@@ -1,0 +1,200 @@
+"""HTTP mapping: validate what callers send, call the service, shape the answer.
+
+Bad input is refused here with a 4xx JSON error before anything reaches the service, so a
+caller can never make us call Graph with a path piece of its choosing.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import azure.functions as func
+
+from .errors import UpstreamError
+from .model import Outcome, SyncRequest, SyncResult, Trigger
+from .service import SyncService, UnknownTarget, build_service
+from .settings import DEFAULTS, SYNC_TYPES, Settings, SettingsError
+from .targets import InvalidItemId, ItemNotFound
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4096
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+_STATUS_BY_OUTCOME = {
+    Outcome.STARTED: 202,
+    Outcome.COOLDOWN: 429,
+    Outcome.IN_PROGRESS: 409,
+    Outcome.SKIPPED: 200,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+# --- the process's one service (a cached client, built on first use) -----------------------
+
+
+@functools.lru_cache(maxsize=1)
+def settings() -> Settings:
+    return Settings.from_env(os.environ)
+
+
+@functools.lru_cache(maxsize=1)
+def service() -> SyncService:
+    return build_service(settings())
+
+
+def schedule_expression() -> str:
+    # The host resolves %SYNC_SCHEDULE% only when the setting exists; fall back to the default.
+    return "%SYNC_SCHEDULE%" if os.environ.get("SYNC_SCHEDULE") else DEFAULTS["SYNC_SCHEDULE"]
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body),
+        status_code=status,
+        mimetype="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return json_response({"error": {"code": code, "message": message}}, status, headers)
+
+
+def result_response(results: list[SyncResult], single: bool) -> func.HttpResponse:
+    if not single:
+        return json_response({"results": [r.to_json() for r in results]}, 200)
+    result = results[0]
+    status = _STATUS_BY_OUTCOME.get(result.outcome) or result.failure_status or 502
+    headers = {}
+    if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) and result.retry_after_seconds:
+        headers["Retry-After"] = str(result.retry_after_seconds)
+    return json_response(result.to_json(), status, headers)
+
+
+def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpRequest], func.HttpResponse]) -> func.HttpResponse:
+    """Run one route: method check, then the action; every failure becomes a JSON answer."""
+    if req.method.upper() != method:
+        return error_response(405, "MethodNotAllowed", f"use {method} for this route", {"Allow": method})
+    try:
+        return action(req)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except SettingsError as exc:
+        return error_response(503, "SettingsInvalid", f"the app's settings are invalid: {exc}")
+    except UnknownTarget as exc:
+        return error_response(404, "UnknownTarget", str(exc))
+    except InvalidItemId as exc:
+        return error_response(400, "InvalidItemId", str(exc))
+    except ItemNotFound as exc:
+        return error_response(404, "ItemNotFound", str(exc))
+    except UpstreamError as exc:
+        return error_response(exc.http_status, exc.code, exc.message)
+    except Exception:  # a bug: log it with its trace, answer without leaking internals
+        log.exception("unhandled error in %s %s", req.method, req.url)
+        return error_response(500, "InternalError", "unexpected error; see the function's logs")
+
+
+# --- actions -----------------------------------------------------------------------------
+
+
+def sync(req: func.HttpRequest) -> func.HttpResponse:
+    target = req.route_params.get("target", "")
+    item_id = req.route_params.get("itemId")
+    svc = service()
+    per_item = svc.target(target).per_item  # UnknownTarget -> 404 before the body is read
+    sync_type = _read_body(req, allow_sync_type=per_item)
+    results = svc.sync(
+        SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP, caller=caller_of(req))
+    )
+    # One unit answers with its own status; a fan-out answers 200 with every unit's result,
+    # unless the fan-out itself failed (e.g. listing the connectors), which answers as one.
+    single = item_id is not None or not per_item or [r.target for r in results] == [target]
+    return result_response(results, single)
+
+
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    return json_response(service().status())
+
+
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        current = settings()
+    except SettingsError as exc:
+        return json_response({"status": "unhealthy", "settingsValid": False, "problems": exc.problems}, 503)
+    return json_response(
+        {
+            "status": "healthy",
+            "settingsValid": True,
+            "targets": list(current.sync_targets),
+            "graphBaseUrl": current.graph_base_url,
+            "stateStore": current.storage.description,
+            "stateTable": current.state_table,
+            "schedule": current.sync_schedule,
+        }
+    )
+
+
+def run_timer(past_due: bool) -> list[SyncResult]:
+    if past_due:
+        log.info("timer is past due; syncing now")
+    results = service().sync_enabled(Trigger.TIMER, caller="timer")
+    for r in results:
+        level = logging.ERROR if r.outcome is Outcome.FAILED else logging.INFO
+        log.log(level, "timer sync %s: %s %s", r.target, r.outcome.value, r.message)
+    return results
+
+
+# --- input -------------------------------------------------------------------------------
+
+
+def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
+    """The optional JSON body ``{"syncType": ...}``; empty is fine, anything odd is a 4xx."""
+    declared = req.headers.get("content-length")
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES or (declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES):
+        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        return None
+    media_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json (or send no body)")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "InvalidBody", "the body must be a JSON object")
+    allowed = {"syncType"} if allow_sync_type else set()
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            "InvalidBody",
+            f"unknown field(s) {', '.join(unknown)}" + ("; allowed: syncType" if allowed else "; this route takes no body"),
+        )
+    sync_type = data.get("syncType")
+    if sync_type is not None and (not isinstance(sync_type, str) or sync_type not in SYNC_TYPES):
+        raise ApiError(400, "InvalidSyncType", f"syncType must be one of {', '.join(SYNC_TYPES)}")
+    return sync_type
+
+
+def caller_of(req: func.HttpRequest) -> str:
+    """Who asked, for the history: an Easy Auth principal, a Logic App / flow run, or the client."""
+    h = req.headers
+    if h.get("x-ms-client-principal-name"):
+        return f"user:{h['x-ms-client-principal-name']}"
+    if h.get("x-ms-workflow-name"):
+        return f"flow:{h['x-ms-workflow-name']}/{h.get('x-ms-workflow-run-id', '')}"
+    forwarded = (h.get("x-forwarded-for") or "").split(",")[0].strip()
+    return f"http:{forwarded}" if forwarded else "http"

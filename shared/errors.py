@@ -1,0 +1,64 @@
+"""Faults outside our control, each naming its cause and the HTTP status our API answers with.
+
+Answers from Graph that are part of the contract (409 in progress, 429 cooldown) are *not*
+errors: targets turn them into outcomes. These are for the rest.
+"""
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    code = "UpstreamError"
+    http_status = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        graph_status: int | None = None,
+        graph_code: str | None = None,
+        request_id: str | None = None,
+        client_request_id: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.graph_status = graph_status
+        self.graph_code = graph_code
+        self.request_id = request_id
+        self.client_request_id = client_request_id
+
+    @property
+    def reached_graph(self) -> bool:
+        return self.graph_status is not None
+
+
+class GraphAccessDenied(UpstreamError):
+    """Graph refused our identity (401 after one token refresh, or 403)."""
+
+    code = "GraphAccessDenied"
+
+
+class GraphResourceNotFound(UpstreamError):
+    code = "GraphResourceNotFound"
+
+
+class GraphRequestRejected(UpstreamError):
+    """Any other 4xx: Graph did not accept what we sent."""
+
+    code = "GraphRequestRejected"
+
+
+class GraphUnavailable(UpstreamError):
+    """5xx after retries, timeouts, connection failures."""
+
+    code = "GraphUnavailable"
+    http_status = 503
+
+
+class TokenUnavailable(UpstreamError):
+    code = "TokenUnavailable"
+    http_status = 503
+
+
+class StateStoreUnavailable(UpstreamError):
+    code = "StateStoreUnavailable"
+    http_status = 503

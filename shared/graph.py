@@ -1,0 +1,257 @@
+"""A small Microsoft Graph client on ``requests``: pooled connections, explicit timeouts, one
+cached token per process, a ``client-request-id`` on every request, and retries for faults only.
+
+Retries are urllib3's ``Retry`` (bounded exponential backoff, honours ``Retry-After``) with one
+change: a 429 on a write is an answer, not a fault. Graph's Autopilot sync answers 429 for ten
+minutes after a sync, and SDK retry handlers that retry it are what fail with "more than 3
+retries" in the scripts this service replaces.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import requests
+from azure.core.credentials import AccessToken, TokenCredential
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .errors import (
+    GraphAccessDenied,
+    GraphRequestRejected,
+    GraphResourceNotFound,
+    GraphUnavailable,
+    TokenUnavailable,
+    UpstreamError,
+)
+
+PERMISSION = "DeviceManagementServiceConfig.ReadWrite.All"
+USER_AGENT = "intune-sync/1.0"
+_READ_METHODS = frozenset({"GET", "HEAD"})
+# Paths are built from constants and validated GUIDs only; this is the last line of defence.
+_SAFE_PATH = re.compile(r"^/(v1\.0|beta)(/[A-Za-z0-9\-]+)+$")
+_CLAIMS = re.compile(r'claims="([^"]+)"')
+_TOKEN_REFRESH_MARGIN = 300  # seconds before expiry at which a cached token is renewed
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 3
+    backoff_factor: float = 0.5
+    backoff_max: float = 8.0
+
+
+class _GraphRetry(Retry):
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code == 429 and method.upper() not in _READ_METHODS:
+            return False
+        return super().is_retry(method, status_code, has_retry_after)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        # Bounded: a read answered "Retry-After: 600" is not worth a ten-minute sleep in a function.
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, self.backoff_max)
+
+
+@dataclass(frozen=True)
+class GraphResponse:
+    method: str
+    path: str
+    status: int
+    body: Any
+    headers: Mapping[str, str] = field(repr=False)
+    client_request_id: str
+    duration_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("request-id")
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        raw = self.headers.get("Retry-After")
+        if raw is None:
+            return None
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            try:
+                return Retry().parse_retry_after(raw)  # the HTTP-date form
+            except Exception:
+                return None
+
+    @property
+    def error_code(self) -> str | None:
+        return _odata_error(self.body)[0]
+
+    @property
+    def error_message(self) -> str | None:
+        return _odata_error(self.body)[1]
+
+    def raise_for_status(self, what: str) -> "GraphResponse":
+        """Turn a failure status into the error that names its cause; return self when 2xx."""
+        if self.ok:
+            return self
+        detail = f"Graph answered {self.status}" + (f" {self.error_code}" if self.error_code else "")
+        if self.error_message:
+            detail += f": {self.error_message}"
+        context = dict(
+            graph_status=self.status,
+            graph_code=self.error_code,
+            request_id=self.request_id,
+            client_request_id=self.client_request_id,
+        )
+        if self.status in (401, 403):
+            raise GraphAccessDenied(
+                f"Graph refused the app's identity for {what} ({detail}). The managed identity needs "
+                f"the application permission {PERMISSION} (admin-consented app role) and the tenant "
+                f"needs an active Intune licence.",
+                **context,
+            )
+        if self.status == 404:
+            raise GraphResourceNotFound(f"Graph found no such resource for {what} ({detail}).", **context)
+        if self.status >= 500 or self.status == 429:
+            raise GraphUnavailable(f"Graph is unavailable for {what} after retries ({detail}).", **context)
+        raise GraphRequestRejected(f"Graph rejected {what} ({detail}).", **context)
+
+
+def _odata_error(body: Any) -> tuple[str | None, str | None]:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        return err.get("code"), err.get("message")
+    return None, None
+
+
+class GraphClient:
+    def __init__(
+        self,
+        base_url: str,
+        credential: TokenCredential,
+        scope: str,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+        pool_size: int = 16,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._credential = credential
+        self._scope = scope
+        self._timeout = (min(5.0, timeout), timeout)  # (connect, read)
+        self._token: AccessToken | None = None
+        self._token_lock = threading.Lock()
+        self.token_requests = 0  # observable for tests and the benchmark
+        self._session = requests.Session()
+        adapter = HTTPAdapter(
+            pool_connections=1,
+            pool_maxsize=pool_size,
+            max_retries=_GraphRetry(
+                total=retry.retries,
+                connect=retry.retries,
+                read=retry.retries,
+                status=retry.retries,
+                other=0,
+                allowed_methods=frozenset({"GET", "POST"}),
+                status_forcelist=(429, 500, 502, 503, 504),
+                backoff_factor=retry.backoff_factor,
+                backoff_max=retry.backoff_max,
+                respect_retry_after_header=True,
+                raise_on_status=False,
+            ),
+        )
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def get(self, path: str) -> GraphResponse:
+        return self.request("GET", path)
+
+    def post(self, path: str, json: Mapping[str, Any] | None = None) -> GraphResponse:
+        return self.request("POST", path, json=json)
+
+    def request(self, method: str, path: str, json: Mapping[str, Any] | None = None) -> GraphResponse:
+        """Send one logical request; any HTTP status comes back, transport faults raise.
+
+        A 401 gets one retry with a fresh token (using Graph's claims challenge when it sends one).
+        """
+        if not _SAFE_PATH.match(path):
+            raise ValueError(f"refusing to call Graph with an unsafe path: {path!r}")
+        response = self._send(method, path, json, self._get_token())
+        if response.status == 401:
+            claims = _CLAIMS.search(response.headers.get("WWW-Authenticate", ""))
+            token = self._get_token(force=True, claims=claims.group(1) if claims else None)
+            response = self._send(method, path, json, token)
+        return response
+
+    def _send(self, method: str, path: str, json: Mapping[str, Any] | None, token: str) -> GraphResponse:
+        client_request_id = str(uuid.uuid4())
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "client-request-id": client_request_id,
+            "return-client-request-id": "true",
+            "User-Agent": USER_AGENT,
+        }
+        started = time.perf_counter()
+        try:
+            raw = self._session.request(
+                method, self.base_url + path, headers=headers, json=json, timeout=self._timeout
+            )
+        except requests.RequestException as exc:
+            kind = "timed out" if _is_timeout(exc) else "could not be reached"
+            raise GraphUnavailable(
+                f"Graph {kind} for {method} {path} after retries: {type(exc).__name__}",
+                client_request_id=client_request_id,
+            ) from exc
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        try:
+            body = raw.json() if raw.content else None
+        except ValueError:
+            body = None
+        return GraphResponse(
+            method=method,
+            path=path,
+            status=raw.status_code,
+            body=body,
+            headers=raw.headers,
+            client_request_id=client_request_id,
+            duration_ms=duration_ms,
+        )
+
+    def _get_token(self, force: bool = False, claims: str | None = None) -> str:
+        # One token per process and lifetime: the lock makes concurrent first calls share a fetch.
+        with self._token_lock:
+            cached = self._token
+            if not force and cached and cached.expires_on - _TOKEN_REFRESH_MARGIN > time.time():
+                return cached.token
+            try:
+                self.token_requests += 1
+                self._token = (
+                    self._credential.get_token(self._scope, claims=claims)
+                    if claims
+                    else self._credential.get_token(self._scope)
+                )
+            except Exception as exc:  # azure-identity raises several unrelated types
+                self._token = None
+                raise TokenUnavailable(
+                    f"Could not get a token for {self._scope} from the identity endpoint: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from exc
+            return self._token.token
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    text = repr(exc)
+    return isinstance(exc, requests.Timeout) or "Timeout" in text or "timed out" in text
+
+
+__all__ = ["GraphClient", "GraphResponse", "RetryPolicy", "PERMISSION", "UpstreamError"]

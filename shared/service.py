@@ -1,0 +1,332 @@
+"""The sync service: decide, claim, call Graph, record — for every trigger alike.
+
+Per unit the flow is: read the state row (1 table round trip) → refuse from it if the unit is in
+cooldown or in flight (no Graph call) → claim the lease (1 round trip, If-Match) → POST the sync
+to Graph → commit outcome and history together (1 round trip).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from .errors import StateStoreUnavailable, UpstreamError
+from .graph import GraphClient, GraphResponse
+from .model import Clock, Outcome, SyncRequest, SyncResult, Trigger, iso, utcnow
+from .settings import Settings
+from .state import Attempt, StateStore, TargetState
+from .targets import TARGETS, Skip, Target, Unit
+
+log = logging.getLogger(__name__)
+
+# After Graph's 409 ("a sync is already running") without Retry-After: look again in a minute.
+IN_PROGRESS_BACKOFF = timedelta(seconds=60)
+# What to tell a caller who finds another caller's sync in flight (it settles within seconds).
+IN_FLIGHT_RETRY_AFTER = 10
+FANOUT_WORKERS = 8
+
+
+class UnknownTarget(LookupError):
+    pass
+
+
+class SyncService:
+    def __init__(
+        self,
+        settings: Settings,
+        graph: GraphClient,
+        store: StateStore,
+        clock: Clock = utcnow,
+    ):
+        self.settings = settings
+        self.graph = graph
+        self.store = store
+        self.clock = clock
+        self.targets: dict[str, Target] = {
+            name: TARGETS[name](
+                graph,
+                cooldown_seconds=getattr(settings, f"{name}_cooldown_seconds"),
+                sync_type=settings.exchange_sync_type if name == "exchange" else None,
+            )
+            for name in settings.sync_targets
+        }
+
+    def target(self, name: str) -> Target:
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise UnknownTarget(
+                f"unknown or disabled target {name!r}; enabled: {', '.join(self.targets)}"
+            ) from None
+
+    # --- syncing -------------------------------------------------------------------------
+
+    def sync(self, request: SyncRequest) -> list[SyncResult]:
+        """Sync what the request names: one unit, or every unit of a target."""
+        target = self.target(request.target)
+        try:
+            planned = target.units(request.item_id)
+        except UpstreamError as exc:  # listing the items failed
+            return [self._failure(target.name, exc)]
+        if len(planned) <= 1:
+            return [self._run_planned(target, p, request) for p in planned]
+        # Items are independent; sync them side by side, bounded so we stay well inside
+        # Intune's write limits.
+        with ThreadPoolExecutor(max_workers=min(FANOUT_WORKERS, len(planned))) as pool:
+            return list(pool.map(lambda p: self._run_planned(target, p, request), planned))
+
+    def sync_enabled(self, trigger: Trigger = Trigger.TIMER, caller: str = "timer") -> list[SyncResult]:
+        """Every enabled target; one target's failure never stops the others."""
+        results: list[SyncResult] = []
+        for name in self.targets:
+            try:
+                results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller)))
+            except Exception as exc:  # isolate: log and go on with the next target
+                log.exception("sync of %s failed unexpectedly", name)
+                results.append(
+                    SyncResult(name, Outcome.FAILED, message=f"unexpected error: {type(exc).__name__}: {exc}",
+                               error_code="InternalError", failure_status=500)
+                )
+        return results
+
+    def _run_planned(self, target: Target, planned: Unit | Skip, request: SyncRequest) -> SyncResult:
+        if isinstance(planned, Skip):
+            return SyncResult(planned.unit.name, Outcome.SKIPPED, message=planned.reason)
+        try:
+            return self._run(target, planned, request)
+        except UpstreamError as exc:
+            return self._failure(planned.name, exc)
+
+    def _run(self, target: Target, unit: Unit, request: SyncRequest) -> SyncResult:
+        now = self.clock()
+        state = self.store.read(unit.key)
+        refusal = self._refusal(unit, state, now)
+        if refusal:
+            return refusal
+        skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
+        if skip:
+            return SyncResult(unit.name, Outcome.SKIPPED, next_allowed_at=state.next_allowed_at, message=skip.reason)
+
+        lease = self.store.claim(
+            state, now, self.settings.lease_seconds, target=unit.target, item_id=unit.item_id
+        )
+        if lease is None:
+            return SyncResult(
+                unit.name,
+                Outcome.IN_PROGRESS,
+                message=f"another caller claimed {unit.name} a moment ago; its sync is in flight",
+                retry_after_seconds=IN_FLIGHT_RETRY_AFTER,
+            )
+
+        sync_type = request.sync_type or target.default_sync_type
+        attempt_at = self.clock()
+        started = time.perf_counter()
+        response: GraphResponse | None = None
+        error: UpstreamError | None = None
+        try:
+            response = target.sync(unit, sync_type)
+            outcome, next_allowed, message = self._interpret(target, unit, response, state)
+        except UpstreamError as exc:
+            error = exc
+            outcome, next_allowed, message = Outcome.FAILED, state.next_allowed_at, exc.message
+        except Exception:
+            self._release_quietly(lease)
+            raise
+        finished = self.clock()
+        graph_status = response.status if response is not None else error.graph_status if error else None
+        request_id = response.request_id if response is not None else error.request_id if error else None
+        client_request_id = (
+            response.client_request_id if response is not None else error.client_request_id if error else None
+        )
+        new_state = replace(
+            lease.state,
+            lease_owner=None,
+            lease_expires_at=None,
+            next_allowed_at=next_allowed,
+            last_outcome=outcome.value,
+            last_attempt_at=attempt_at,
+            last_started_at=attempt_at if outcome is Outcome.STARTED else state.last_started_at,
+            last_http_status=graph_status,
+            last_graph_request_id=request_id,
+            last_client_request_id=client_request_id,
+            last_message=message[:1000],
+            last_error_code=error.code if error else None,
+        )
+        attempt = Attempt(
+            attempt_at=attempt_at,
+            finished_at=finished,
+            trigger=request.trigger.value,
+            caller=request.caller[:200],
+            outcome=outcome.value,
+            http_status=graph_status,
+            graph_request_id=request_id,
+            client_request_id=client_request_id,
+            duration_ms=int((time.perf_counter() - started) * 1000),
+            error=(f"{error.code}: {error.message}"[:1000] if error else None),
+            sync_type=sync_type,
+            next_allowed_at=next_allowed,
+        )
+        try:
+            self.store.commit(lease, new_state, attempt)
+        except StateStoreUnavailable as exc:
+            # Graph already answered; the caller deserves that answer. The lease expires on its
+            # own and Graph's own 429 protects the window meanwhile.
+            log.error("could not record %s for %s: %s", outcome.value, unit.name, exc.message)
+            message += f" (warning: the outcome could not be recorded: {exc.message})"
+        log.info(
+            "sync %s: %s (graph %s, request-id %s) by %s/%s",
+            unit.name, outcome.value, graph_status, request_id, request.trigger.value, request.caller,
+        )
+        return SyncResult(
+            unit.name,
+            outcome,
+            next_allowed_at=next_allowed,
+            last_attempt_at=attempt_at,
+            graph_request_id=request_id,
+            client_request_id=client_request_id,
+            message=message,
+            error_code=error.code if error else None,
+            failure_status=error.http_status if error else None,
+            graph_status=graph_status,
+            retry_after_seconds=_seconds_until(next_allowed, finished),
+        )
+
+    def _refusal(self, unit: Unit, state: TargetState, now: datetime) -> SyncResult | None:
+        common = dict(
+            last_attempt_at=state.last_attempt_at,
+            graph_request_id=state.last_graph_request_id,
+            client_request_id=state.last_client_request_id,
+        )
+        if state.lease_active(now):
+            return SyncResult(
+                unit.name,
+                Outcome.IN_PROGRESS,
+                next_allowed_at=state.next_allowed_at if state.next_allowed_at and state.next_allowed_at > now else None,
+                message=f"a sync of {unit.name} is in flight (lease until {iso(state.lease_expires_at)})",
+                retry_after_seconds=IN_FLIGHT_RETRY_AFTER,
+                **common,
+            )
+        if state.next_allowed_at and state.next_allowed_at > now:
+            in_progress = state.last_outcome == Outcome.IN_PROGRESS.value
+            return SyncResult(
+                unit.name,
+                Outcome.IN_PROGRESS if in_progress else Outcome.COOLDOWN,
+                next_allowed_at=state.next_allowed_at,
+                message=(
+                    f"Graph reported a sync of {unit.name} already running; next try allowed at "
+                    if in_progress
+                    else f"{unit.name} was synced recently; next sync allowed at "
+                )
+                + str(iso(state.next_allowed_at)),
+                retry_after_seconds=_seconds_until(state.next_allowed_at, now),
+                **common,
+            )
+        return None
+
+    def _interpret(
+        self, target: Target, unit: Unit, response: GraphResponse, state: TargetState
+    ) -> tuple[Outcome, datetime | None, str]:
+        now = self.clock()
+        retry_after = response.retry_after_seconds
+        if response.ok:
+            until = now + target.cooldown
+            return Outcome.STARTED, until, f"sync of {unit.name} started; next sync allowed at {iso(until)}"
+        if response.status == 409:
+            until = now + (timedelta(seconds=retry_after) if retry_after else IN_PROGRESS_BACKOFF)
+            return Outcome.IN_PROGRESS, until, f"Graph says a sync of {unit.name} is already running"
+        if response.status == 429:
+            until = (
+                now + timedelta(seconds=retry_after)
+                if retry_after is not None
+                else target.cooldown_end_without_retry_after(now)
+            )
+            return (
+                Outcome.COOLDOWN,
+                until,
+                f"Graph refused: {unit.name} was synced within its cooldown; next sync allowed at {iso(until)}",
+            )
+        response.raise_for_status(f"the {unit.name} sync")
+        raise AssertionError("unreachable")  # raise_for_status raised for every non-2xx
+
+    def _failure(self, name: str, exc: UpstreamError) -> SyncResult:
+        return SyncResult(
+            name,
+            Outcome.FAILED,
+            graph_request_id=exc.request_id,
+            client_request_id=exc.client_request_id,
+            message=exc.message,
+            error_code=exc.code,
+            failure_status=exc.http_status,
+            graph_status=exc.graph_status,
+        )
+
+    def _release_quietly(self, lease: Any) -> None:
+        try:
+            self.store.release(lease)
+        except Exception:
+            log.exception("could not release lease on %s", lease.state.key)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Local state next to Graph's own, per enabled target; Graph faults are reported inline."""
+        now = self.clock()
+        local = {s.key: s for s in self.store.states()}
+        targets = []
+        for name, target in self.targets.items():
+            try:
+                graph: Any = target.graph_status()
+            except UpstreamError as exc:
+                graph = {"error": {"code": exc.code, "message": exc.message}}
+            rows = [s for key, s in local.items() if key == name or key.startswith(f"{name}-")]
+            targets.append(
+                {
+                    "target": name,
+                    "units": [_state_json(s, now) for s in sorted(rows, key=lambda s: s.key)],
+                    "graph": graph,
+                }
+            )
+        return {"now": iso(now), "targets": targets}
+
+
+def _state_json(state: TargetState, now: datetime) -> dict[str, Any]:
+    return {
+        "target": state.key if state.item_id is None else f"{state.target}/{state.item_id}",
+        "lastOutcome": state.last_outcome,
+        "lastAttemptAt": iso(state.last_attempt_at),
+        "lastStartedAt": iso(state.last_started_at),
+        "nextAllowedAt": iso(state.next_allowed_at),
+        "inCooldown": bool(state.next_allowed_at and state.next_allowed_at > now),
+        "lease": {"active": state.lease_active(now), "expiresAt": iso(state.lease_expires_at)}
+        if state.lease_owner
+        else None,
+        "lastHttpStatus": state.last_http_status,
+        "graphRequestId": state.last_graph_request_id,
+        "message": state.last_message,
+    }
+
+
+def _seconds_until(when: datetime | None, now: datetime) -> int | None:
+    if when is None:
+        return None
+    return max(1, math.ceil((when - now).total_seconds()))
+
+
+def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: Any) -> SyncService:
+    """Wire the real clients from settings (one credential, one Graph client, one table client)."""
+    from .identity import make_credential
+    from .state import table_client
+
+    graph = GraphClient(
+        settings.graph_base_url,
+        make_credential(settings.azure_client_id),
+        settings.graph_scope,
+        timeout=settings.graph_timeout_seconds,
+        **graph_options,
+    )
+    store = StateStore(table_client(settings.storage, settings.state_table, make_credential))
+    return SyncService(settings, graph, store, clock)

@@ -1,0 +1,237 @@
+"""App settings, read once from the environment and validated as a whole.
+
+Every problem names the setting it belongs to, so a deployment with a typo fails loudly at
+start-up (and in ``GET /api/health``) instead of at 3 a.m. on the first timer tick.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+# Defaults live here only; infra/ and docs derive from this table (see tests/test_infra.py).
+DEFAULTS: dict[str, str] = {
+    "GRAPH_BASE_URL": "https://graph.microsoft.com",
+    "SYNC_TARGETS": "autopilot",
+    "SYNC_SCHEDULE": "0 0 * * * *",
+    "EXCHANGE_SYNC_TYPE": "deltaSync",
+    "AUTOPILOT_COOLDOWN_SECONDS": "600",
+    "EXCHANGE_COOLDOWN_SECONDS": "600",
+    "SYNC_STATE_TABLE": "intunesync",
+    "SYNC_LEASE_SECONDS": "180",
+    "GRAPH_TIMEOUT_SECONDS": "30",
+}
+
+KNOWN_TARGETS = ("autopilot", "exchange")
+SYNC_TYPES = ("deltaSync", "fullSync")
+# Graph refuses a second Autopilot sync within 10 minutes; a shorter cooldown only buys 429s.
+MIN_AUTOPILOT_COOLDOWN = 600
+MIN_EXCHANGE_COOLDOWN = 60
+# The lease must outlive the slowest Graph call including its retries (see graph.RetryPolicy).
+MIN_LEASE_SECONDS = 60
+
+# The well-known Azurite account (public, documented by Microsoft); azure-data-tables does not
+# understand the "UseDevelopmentStorage=true" shorthand that the Functions host accepts.
+AZURITE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_NCRONTAB_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; ``problems`` maps setting name to what is wrong."""
+
+    def __init__(self, problems: Mapping[str, str]):
+        self.problems = dict(problems)
+        super().__init__("; ".join(f"{name}: {why}" for name, why in self.problems.items()))
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the state table lives: the same settings the Functions host uses for its storage."""
+
+    connection_string: str | None = None
+    table_service_uri: str | None = None
+    use_managed_identity: bool = False
+    client_id: str | None = None
+
+    @property
+    def description(self) -> str:
+        """Where state goes, without any secret (for logs and /api/health)."""
+        if self.connection_string:
+            match = re.search(r"TableEndpoint=([^;]+)", self.connection_string)
+            account = re.search(r"AccountName=([^;]+)", self.connection_string)
+            if match:
+                return match.group(1)
+            return f"account {account.group(1)}" if account else "connection string"
+        return str(self.table_service_uri)
+
+
+@dataclass(frozen=True)
+class Settings:
+    graph_base_url: str
+    storage: StorageSettings
+    azure_client_id: str | None = None
+    sync_targets: tuple[str, ...] = ("autopilot",)
+    sync_schedule: str = DEFAULTS["SYNC_SCHEDULE"]
+    exchange_sync_type: str = DEFAULTS["EXCHANGE_SYNC_TYPE"]
+    autopilot_cooldown_seconds: int = int(DEFAULTS["AUTOPILOT_COOLDOWN_SECONDS"])
+    exchange_cooldown_seconds: int = int(DEFAULTS["EXCHANGE_COOLDOWN_SECONDS"])
+    state_table: str = DEFAULTS["SYNC_STATE_TABLE"]
+    lease_seconds: int = int(DEFAULTS["SYNC_LEASE_SECONDS"])
+    graph_timeout_seconds: float = float(DEFAULTS["GRAPH_TIMEOUT_SECONDS"])
+
+    @property
+    def graph_scope(self) -> str:
+        # Graph's resource is the base URL itself, in every national cloud.
+        return f"{self.graph_base_url}/.default"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        problems: dict[str, str] = {}
+
+        def get(name: str) -> str:
+            value = env.get(name)
+            return DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
+
+        def integer(name: str, minimum: int) -> int:
+            raw = get(name)
+            try:
+                value = int(raw)
+            except ValueError:
+                problems[name] = f"must be a whole number of seconds, got {raw!r}"
+                return minimum
+            if value < minimum:
+                problems[name] = f"must be at least {minimum}, got {value}"
+            return value
+
+        graph_base_url = get("GRAPH_BASE_URL").rstrip("/")
+        why = _check_base_url(graph_base_url)
+        if why:
+            problems["GRAPH_BASE_URL"] = why
+
+        targets = tuple(dict.fromkeys(t.strip() for t in get("SYNC_TARGETS").split(",") if t.strip()))
+        unknown = [t for t in targets if t not in KNOWN_TARGETS]
+        if not targets:
+            problems["SYNC_TARGETS"] = f"must name at least one of {', '.join(KNOWN_TARGETS)}"
+        elif unknown:
+            problems["SYNC_TARGETS"] = (
+                f"unknown target(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TARGETS)}"
+            )
+
+        schedule = get("SYNC_SCHEDULE")
+        fields = schedule.split()
+        if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
+            problems["SYNC_SCHEDULE"] = (
+                f"must be an NCRONTAB expression with six fields "
+                f"(second minute hour day month weekday), got {schedule!r}"
+            )
+
+        sync_type = get("EXCHANGE_SYNC_TYPE")
+        if sync_type not in SYNC_TYPES:
+            problems["EXCHANGE_SYNC_TYPE"] = f"must be one of {', '.join(SYNC_TYPES)}, got {sync_type!r}"
+
+        autopilot_cooldown = integer("AUTOPILOT_COOLDOWN_SECONDS", MIN_AUTOPILOT_COOLDOWN)
+        exchange_cooldown = integer("EXCHANGE_COOLDOWN_SECONDS", MIN_EXCHANGE_COOLDOWN)
+        lease_seconds = integer("SYNC_LEASE_SECONDS", MIN_LEASE_SECONDS)
+
+        timeout_raw = get("GRAPH_TIMEOUT_SECONDS")
+        try:
+            timeout = float(timeout_raw)
+            if not 0 < timeout <= 120:
+                raise ValueError
+        except ValueError:
+            problems["GRAPH_TIMEOUT_SECONDS"] = f"must be a number of seconds in (0, 120], got {timeout_raw!r}"
+            timeout = 30.0
+
+        table = get("SYNC_STATE_TABLE")
+        if not _TABLE_NAME.match(table):
+            problems["SYNC_STATE_TABLE"] = (
+                f"must be 3-63 letters or digits starting with a letter, got {table!r}"
+            )
+
+        client_id = (env.get("AZURE_CLIENT_ID") or "").strip() or None
+        if client_id and not _is_guid(client_id):
+            problems["AZURE_CLIENT_ID"] = "must be the client id (a GUID) of a user-assigned managed identity"
+
+        storage = _storage_settings(env, problems)
+        if problems:
+            raise SettingsError(problems)
+        return cls(
+            graph_base_url=graph_base_url,
+            storage=storage,
+            azure_client_id=client_id,
+            sync_targets=targets,
+            sync_schedule=schedule,
+            exchange_sync_type=sync_type,
+            autopilot_cooldown_seconds=autopilot_cooldown,
+            exchange_cooldown_seconds=exchange_cooldown,
+            state_table=table,
+            lease_seconds=lease_seconds,
+            graph_timeout_seconds=timeout,
+        )
+
+
+def _check_base_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"must be an absolute URL such as {DEFAULTS['GRAPH_BASE_URL']}, got {url!r}"
+    if parts.path or parts.query or parts.fragment:
+        return f"must be the bare host (no path such as /v1.0), got {url!r}"
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        return "must use https (plain http is allowed only for a local emulator on loopback)"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_guid(value: str) -> bool:
+    return re.fullmatch(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", value) is not None
+
+
+def _storage_settings(env: Mapping[str, str], problems: dict[str, str]) -> StorageSettings:
+    conn = (env.get("AzureWebJobsStorage") or "").strip()
+    if conn:
+        if conn.replace(" ", "").lower().startswith("usedevelopmentstorage=true"):
+            return StorageSettings(connection_string=AZURITE_CONNECTION_STRING)
+        if "AccountName=" not in conn and "TableEndpoint=" not in conn:
+            problems["AzureWebJobsStorage"] = "is not a storage connection string (no AccountName or TableEndpoint)"
+        return StorageSettings(connection_string=conn)
+
+    uri = (env.get("AzureWebJobsStorage__tableServiceUri") or "").strip().rstrip("/")
+    account = (env.get("AzureWebJobsStorage__accountName") or "").strip()
+    if not uri and account:
+        uri = f"https://{account}.table.core.windows.net"
+    if not uri:
+        problems["AzureWebJobsStorage"] = (
+            "is not set: give a connection string (UseDevelopmentStorage=true for Azurite) or the "
+            "identity-based AzureWebJobsStorage__accountName / AzureWebJobsStorage__tableServiceUri"
+        )
+        return StorageSettings()
+    if urlsplit(uri).scheme != "https" and not _is_loopback(urlsplit(uri).hostname or ""):
+        problems["AzureWebJobsStorage__tableServiceUri"] = f"must be an https URL, got {uri!r}"
+
+    credential = (env.get("AzureWebJobsStorage__credential") or "").strip().lower()
+    client_id = (env.get("AzureWebJobsStorage__clientId") or "").strip() or None
+    if credential and credential != "managedidentity":
+        problems["AzureWebJobsStorage__credential"] = f"must be 'managedidentity' when set, got {credential!r}"
+    if client_id and not _is_guid(client_id):
+        problems["AzureWebJobsStorage__clientId"] = "must be the client id (a GUID) of a user-assigned managed identity"
+    return StorageSettings(
+        table_service_uri=uri,
+        use_managed_identity=credential == "managedidentity",
+        client_id=client_id,
+    )

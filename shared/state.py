@@ -1,0 +1,302 @@
+"""Cooldown, lease and history in Azure Table Storage.
+
+One partition per sync unit (``autopilot``, ``exchange-<guid>``) holds:
+- the state row (RowKey ``state``): ``nextAllowedAt``, the in-flight lease, the last outcome;
+- history rows (RowKey ``history-<inverted ticks>-<id>``, newest first): one per attempt.
+
+The guarantee "at most one Graph sync per unit per cooldown window" rests on the table's
+optimistic concurrency: a claim is an insert-if-absent or an update with ``If-Match`` on the
+ETag that was read, so of any number of concurrent claimers exactly one wins. The outcome and
+its history row are written in one entity-group transaction (same partition), so no attempt is
+recorded without its outcome or vice versa.
+
+Round trips: a refusal is one read; a granted sync is read, claim, commit (three).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from .errors import StateStoreUnavailable
+
+log = logging.getLogger(__name__)
+
+STATE_ROW = "state"
+HISTORY_PREFIX = "history-"
+_MAX_TICKS = 10**19 - 1  # inverted so that the newest history row sorts first
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """The state row of one unit as read, with the ETag that a claim must match."""
+
+    key: str
+    etag: str | None = None  # None: no row yet
+    target: str | None = None
+    item_id: str | None = None
+    next_allowed_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    last_outcome: str | None = None
+    last_attempt_at: datetime | None = None
+    last_started_at: datetime | None = None
+    last_http_status: int | None = None
+    last_graph_request_id: str | None = None
+    last_client_request_id: str | None = None
+    last_message: str | None = None
+    last_error_code: str | None = None
+
+    def lease_active(self, now: datetime) -> bool:
+        return bool(self.lease_owner) and self.lease_expires_at is not None and self.lease_expires_at > now
+
+    def to_entity(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {"PartitionKey": self.key, "RowKey": STATE_ROW}
+        for f in fields(self):
+            if f.name in ("key", "etag"):
+                continue
+            value = getattr(self, f.name)
+            if value is not None:  # absent properties stay absent: REPLACE clears them
+                entity[_camel(f.name)] = value
+        return entity
+
+    @classmethod
+    def from_entity(cls, key: str, entity: Any) -> "TargetState":
+        values = {}
+        for f in fields(cls):
+            if f.name in ("key", "etag"):
+                continue
+            value = entity.get(_camel(f.name))
+            if isinstance(value, datetime):
+                value = _as_utc(value)
+            values[f.name] = value
+        return cls(key=key, etag=entity.metadata.get("etag"), **values)
+
+
+@dataclass(frozen=True)
+class Lease:
+    state: TargetState  # the row as it stands after the claim; its etag is the lease's
+    owner: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt that got past the claim; becomes a history row."""
+
+    attempt_at: datetime
+    finished_at: datetime
+    trigger: str
+    caller: str
+    outcome: str
+    http_status: int | None = None
+    graph_request_id: str | None = None
+    client_request_id: str | None = None
+    duration_ms: int | None = None
+    error: str | None = None
+    sync_type: str | None = None
+    next_allowed_at: datetime | None = None
+
+    def to_entity(self, key: str) -> dict[str, Any]:
+        ticks = int(self.attempt_at.timestamp() * 10_000_000)
+        entity: dict[str, Any] = {
+            "PartitionKey": key,
+            "RowKey": f"{HISTORY_PREFIX}{_MAX_TICKS - ticks:019d}-{uuid.uuid4().hex[:12]}",
+        }
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                entity[_camel(f.name)] = value
+        return entity
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Create the table on first use, and turn storage faults into StateStoreUnavailable."""
+
+    @functools.wraps(method)
+    def wrapper(self: "StateStore", *args: Any, **kwargs: Any) -> _T:
+        try:
+            try:
+                return method(self, *args, **kwargs)
+            except ResourceNotFoundError as exc:
+                if exc.error_code != "TableNotFound":
+                    raise
+                self._create_table()
+                return method(self, *args, **kwargs)
+        except StateStoreUnavailable:
+            raise
+        except AzureError as exc:
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise StateStoreUnavailable(
+                f"Table Storage ({self.endpoint}, table {self.table_name}) is unavailable: "
+                f"{type(exc).__name__}: {first_line[:300]}"
+            ) from exc
+
+    return wrapper
+
+
+class StateStore:
+    def __init__(self, table: TableClient):
+        self._table = table
+        self.table_name = table.table_name
+        self.endpoint = table.url.split("?")[0]
+
+    def _create_table(self) -> None:
+        try:
+            self._table.create_table()
+            log.info("created state table %s", self.table_name)
+        except ResourceExistsError:
+            pass
+
+    @_store_errors
+    def read(self, key: str) -> TargetState:
+        try:
+            entity = self._table.get_entity(partition_key=key, row_key=STATE_ROW)
+        except ResourceNotFoundError as exc:
+            if exc.error_code == "TableNotFound":
+                raise
+            return TargetState(key=key)
+        return TargetState.from_entity(key, entity)
+
+    @_store_errors
+    def claim(self, state: TargetState, now: datetime, lease_seconds: int, **identity: str | None) -> Lease | None:
+        """Take the in-flight lease if nobody changed the row since ``state`` was read.
+
+        Returns None when another caller got there first (the race is normal, not an error).
+        """
+        owner = uuid.uuid4().hex
+        expires = now + timedelta(seconds=lease_seconds)
+        claimed = replace(state, lease_owner=owner, lease_expires_at=expires, **identity)
+        try:
+            if state.etag is None:
+                meta = self._table.create_entity(claimed.to_entity())
+            else:
+                meta = self._table.update_entity(
+                    claimed.to_entity(),
+                    mode=UpdateMode.REPLACE,
+                    etag=state.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        except ResourceNotFoundError as exc:
+            if exc.error_code == "TableNotFound":
+                raise
+            return None  # the row vanished under us: treat like a lost race
+        return Lease(state=replace(claimed, etag=meta["etag"]), owner=owner, expires_at=expires)
+
+    @_store_errors
+    def commit(self, lease: Lease, outcome: TargetState, attempt: Attempt) -> None:
+        """Release the lease, record the outcome and append the attempt, atomically.
+
+        ``outcome`` is the new state row, its lease cleared. If our lease expired and someone else
+        took the row meanwhile, the attempt is still recorded: we merge into the current row
+        without touching their lease, and never move ``nextAllowedAt`` backwards.
+        """
+        history = attempt.to_entity(lease.state.key)
+        new_row, etag = outcome, lease.state.etag
+        for _ in range(5):
+            try:
+                self._table.submit_transaction(
+                    [
+                        (
+                            "update",
+                            new_row.to_entity(),
+                            {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+                        ),
+                        ("create", history),
+                    ]
+                )
+                return
+            except HttpResponseError as exc:
+                if exc.status_code != 412 and "UpdateConditionNotSatisfied" not in str(exc):
+                    raise
+            current = self.read(lease.state.key)
+            if current.etag is None:
+                raise StateStoreUnavailable(f"state row {lease.state.key} disappeared during a sync")
+            next_allowed = max(
+                (t for t in (current.next_allowed_at, outcome.next_allowed_at) if t), default=None
+            )
+            new_row = replace(
+                outcome,
+                next_allowed_at=next_allowed,
+                lease_owner=current.lease_owner,
+                lease_expires_at=current.lease_expires_at,
+            )
+            etag = current.etag
+            log.warning("lease on %s was lost before commit; merged the outcome", lease.state.key)
+        raise StateStoreUnavailable(f"could not record the outcome of {lease.state.key}: the row kept changing")
+
+    @_store_errors
+    def release(self, lease: Lease) -> None:
+        """Give the lease back without an attempt (nothing was sent to Graph)."""
+        try:
+            self._table.update_entity(
+                replace(lease.state, lease_owner=None, lease_expires_at=None).to_entity(),
+                mode=UpdateMode.REPLACE,
+                etag=lease.state.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            pass  # someone else holds it now; theirs to release
+
+    @_store_errors
+    def states(self) -> list[TargetState]:
+        rows = self._table.query_entities("RowKey eq @row", parameters={"row": STATE_ROW})
+        return [TargetState.from_entity(row["PartitionKey"], row) for row in rows]
+
+    @_store_errors
+    def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": key, "lo": HISTORY_PREFIX, "hi": HISTORY_PREFIX[:-1] + "."},
+            results_per_page=limit,
+        )
+        return [dict(row) for row in _take(rows, limit)]
+
+
+def _take(rows: Any, limit: int) -> Iterator[Any]:
+    for index, row in enumerate(rows):
+        if index >= limit:
+            return
+        yield row
+
+
+def table_client(settings_storage: Any, table_name: str, credential_factory: Callable[[str | None], Any], **kwargs: Any) -> TableClient:
+    """A TableClient for the configured storage, with short timeouts and few retries.
+
+    A function invocation should fail fast with a clear 503 rather than hang on a dead endpoint.
+    """
+    options: dict[str, Any] = dict(
+        connection_timeout=5, read_timeout=15, retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2
+    )
+    options.update(kwargs)
+    if settings_storage.connection_string:
+        service = TableServiceClient.from_connection_string(settings_storage.connection_string, **options)
+    else:
+        credential = credential_factory(settings_storage.client_id if settings_storage.use_managed_identity else None)
+        service = TableServiceClient(endpoint=settings_storage.table_service_uri, credential=credential, **options)
+    return service.get_table_client(table_name)
