@@ -1,0 +1,99 @@
+"""Start and stop a real Azurite table service (npm package ``azurite``) for tests and local runs."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (public, the same in every Azurite).
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def azurite_binary() -> str:
+    local = ROOT / "node_modules" / ".bin" / "azurite-table"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite-table")
+    if not found:
+        raise RuntimeError("azurite-table not found: run `npm ci` in the repository root (scripts/test.sh does)")
+    return found
+
+
+class Azurite:
+    def __init__(self, port: int | None = None, location: str | None = None):
+        self.port = port or free_port()
+        self.location = location
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def table_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"TableEndpoint={self.table_endpoint};"
+        )
+
+    def start(self, timeout: float = 30.0) -> "Azurite":
+        args = [azurite_binary(), "--tableHost", "127.0.0.1", "--tablePort", str(self.port),
+                "--disableTelemetry", "--silent", "--skipApiVersionCheck"]
+        if self.location:
+            Path(self.location).mkdir(parents=True, exist_ok=True)
+            args += ["--location", self.location]
+        else:
+            # A throwaway folder rather than --inMemoryPersistence, so that a test can stop
+            # Azurite and start it again on the same data (a restart loses nothing).
+            self._tmp = tempfile.TemporaryDirectory(prefix="azurite-")
+            args += ["--location", self._tmp.name]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise RuntimeError(f"Azurite exited with {self.process.returncode}: {err[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Azurite did not listen on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._tmp:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Azurite":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    a = Azurite(port=int(os.environ.get("AZURITE_TABLE_PORT", "10002"))).start()
+    print(a.connection_string)
+    a.process.wait()  # type: ignore[union-attr]

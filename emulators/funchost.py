@@ -1,0 +1,155 @@
+"""A local stand-in for the Functions host's HTTP front, for machines without Core Tools.
+
+It loads ``function_app.app`` the documented way (``app.get_functions()`` once per process),
+serves each HTTP trigger on its route under ``/api`` (literal segments take precedence over
+parameters, as in the real host), and invokes non-HTTP functions through the host's admin API
+(``POST /admin/functions/{name}``). Like ``func start``, it reads ``local.settings.json`` and does
+not enforce function keys unless given one (``--function-key``). With Core Tools installed,
+``func start`` serves the same app unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import posixpath
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .server import JsonHandler, Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    pattern: re.Pattern[str]
+    precedence: tuple[int, ...]
+    methods: frozenset[str]
+    anonymous: bool
+    handler: Callable[..., Any]
+
+
+def _compile(template: str) -> tuple[re.Pattern[str], tuple[int, ...]]:
+    parts, precedence = [], []
+    for segment in template.strip("/").split("/"):
+        param = re.fullmatch(r"\{\*?(\w+)(?::[^}]*)?\}", segment)
+        if param:
+            catch_all = segment.startswith("{*")
+            parts.append(f"(?P<{param.group(1)}>{'.+' if catch_all else '[^/]+'})")
+            precedence.append(2 if catch_all else 1)
+        else:
+            parts.append(re.escape(segment))
+            precedence.append(0)
+    return re.compile("^" + "/".join(parts) + "$", re.IGNORECASE), tuple(precedence)
+
+
+def load_routes(app: Any) -> tuple[list[Route], dict[str, Callable[..., Any]]]:
+    """HTTP routes (most specific first) and the other functions by name."""
+    routes, others = [], {}
+    for fn in app.get_functions():  # once per process, as documented
+        trigger = fn.get_trigger()
+        user_function = fn.get_user_function()
+        if type(trigger).__name__ != "HttpTrigger":
+            others[fn.get_function_name()] = user_function
+            continue
+        pattern, precedence = _compile(trigger.route or fn.get_function_name())
+        methods = frozenset(str(getattr(m, "value", m)).upper() for m in (trigger.methods or ["GET", "POST"]))
+        auth = str(getattr(trigger.auth_level, "value", trigger.auth_level) or "function").lower()
+        routes.append(Route(fn.get_function_name(), pattern, precedence, methods, auth == "anonymous", user_function))
+    routes.sort(key=lambda r: r.precedence)
+    return routes, others
+
+
+def load_local_settings(path: Path = ROOT / "local.settings.json") -> None:
+    """Like Core Tools: Values from local.settings.json become environment variables."""
+    if path.exists():
+        values = json.loads(path.read_text()).get("Values", {})
+        for name, value in values.items():
+            os.environ.setdefault(name, str(value))
+
+
+class FunctionHost(Server):
+    def __init__(self, app: Any, port: int = 7071, function_key: str | None = None):
+        super().__init__(_Handler, port)
+        self.routes, self.others = load_routes(app)
+        self.function_key = function_key
+
+
+class _Handler(JsonHandler):
+    server: FunctionHost
+
+    def dispatch(self) -> None:
+        import azure.functions as func
+
+        raw = urlsplit(self.path)
+        path = posixpath.normpath(raw.path) if raw.path not in ("", "/") else "/"  # drops dot segments, as Kestrel does
+        body = self.read_body()
+        if path.startswith("/admin/functions/") and self.command == "POST":
+            return self.invoke_other(path.rsplit("/", 1)[-1])
+        if not path.startswith("/api/"):
+            return self.send_json(404, {"error": {"code": "NotFound", "message": "no such route"}})
+        relative = path[len("/api/"):]
+        for route in self.server.routes:
+            match = route.pattern.match(relative)
+            if not match or self.command not in route.methods:
+                continue
+            query = dict(parse_qsl(raw.query, keep_blank_values=True))
+            if not route.anonymous and self.server.function_key:
+                given = self.headers.get("x-functions-key") or query.get("code")
+                if given != self.server.function_key:
+                    return self.send_json(401, None)
+            request = func.HttpRequest(
+                method=self.command,
+                url=f"http://{self.headers.get('Host', 'localhost')}{self.path}",
+                headers={k: v for k, v in self.headers.items()},
+                params=query,
+                route_params={k: unquote(v) for k, v in match.groupdict().items()},
+                body=body,
+            )
+            response = route.handler(request)
+            headers = dict(response.headers)
+            headers.setdefault("Content-Type", response.mimetype or "text/plain")
+            data = response.get_body() or b""
+            self.send_response(response.status_code)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            return
+        self.send_json(404, {"error": {"code": "NotFound", "message": "no such route"}})
+
+    def invoke_other(self, name: str) -> None:
+        """The host's admin API for running a non-HTTP function now (e.g. the timer)."""
+        from azure.functions.timer import TimerRequest
+
+        handler = self.server.others.get(name)
+        if handler is None:
+            return self.send_json(404, {"error": {"code": "NotFound", "message": f"no function {name}"}})
+        handler(TimerRequest(past_due=False))
+        self.send_json(202)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve function_app's HTTP triggers locally")
+    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--function-key", default=None, help="require this key on function-level routes")
+    args = parser.parse_args(argv)
+    load_local_settings()
+    sys.path.insert(0, str(ROOT))
+    import function_app
+
+    host = FunctionHost(function_app.app, port=args.port, function_key=args.function_key)
+    print(f"function host on {host.base_url}/api", flush=True)
+    host.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Microsoft Graph emulator for the Intune sync actions, as documented.
+
+- ``POST /beta/deviceManagement/windowsAutopilotSettings/sync``: 204 started; 409 while a sync
+  runs; 429 within 10 minutes of the previous sync (no Retry-After unless configured).
+- ``GET /beta/deviceManagement/windowsAutopilotSettings``: ``syncStatus`` moves
+  ``inProgress`` → ``completed`` and ``lastSyncDateTime`` advances when a sync finishes.
+- ``GET {v1.0|beta}/deviceManagement/exchangeConnectors[/{id}]`` and
+  ``POST .../exchangeConnectors/{id}/sync`` with ``{"syncType": "fullSync"|"deltaSync"}``.
+- 401 without a valid bearer token for this audience (with a claims challenge for a revoked
+  token), 403 without the ``DeviceManagementServiceConfig.ReadWrite.All`` role; OData error
+  bodies; ``request-id`` and ``client-request-id`` on every answer.
+
+Test controls under ``/_emulator/`` (no auth): ``reset``, ``clock`` (advance the emulated clock),
+``faults`` (answer N matching requests with a status, a delay, a Retry-After), ``config``
+(connectors, sync duration, latency, Retry-After on 429, revoke tokens), ``stats``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .server import JsonHandler, Server
+from .tokens import PERMISSION, decode
+
+AUTOPILOT = "/beta/deviceManagement/windowsAutopilotSettings"
+_EXCHANGE = re.compile(r"^/(v1\.0|beta)/deviceManagement/exchangeConnectors(?:/([^/]+))?(/sync)?$")
+WINDOW = timedelta(minutes=10)
+DEFAULT_CONNECTORS = [
+    {
+        "id": "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01",
+        "status": "connected",
+        "serverName": "exch01.contoso.local",
+        "connectorServerName": "connector01",
+        "exchangeConnectorType": "onPremises",
+        "exchangeOrganization": "Contoso",
+        "primarySmtpAddress": "intune-connector@contoso.com",
+        "version": "15.2.1118",
+    },
+    {
+        "id": "0b7d4e3a-91c2-4f6b-8e0d-5a2b7c9e1f02",
+        "status": "disconnected",
+        "serverName": "exch02.contoso.local",
+        "connectorServerName": "connector02",
+        "exchangeConnectorType": "onPremises",
+        "exchangeOrganization": "Contoso",
+        "primarySmtpAddress": "intune-connector2@contoso.com",
+        "version": "15.2.1118",
+    },
+]
+
+
+def _iso(value: datetime | None) -> str:
+    if value is None:
+        return "0001-01-01T00:00:00Z"
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Fault:
+    method: str | None
+    path_contains: str
+    status: int | None
+    times: int
+    delay: float = 0.0
+    retry_after: str | None = None
+
+
+class GraphEmulator(Server):
+    def __init__(self, port: int = 0):
+        super().__init__(_Handler, port)
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.offset = 0.0
+            self.sync_duration = timedelta(seconds=30)
+            self.latency = 0.0
+            self.retry_after_on_429: int | None = None
+            self.revoked_before = 0.0
+            self.last_trigger: datetime | None = None
+            self.last_sync: datetime | None = None
+            self.running_until: datetime | None = None
+            self.connectors = {c["id"]: dict(c, lastSyncDateTime=_iso(None)) for c in DEFAULT_CONNECTORS}
+            self.faults: list[Fault] = []
+            self.requests: list[dict[str, Any]] = []
+
+    # --- clock and state -----------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc) + timedelta(seconds=self.offset)
+
+    def autopilot_settings(self) -> dict[str, Any]:
+        now = self.now()
+        if self.running_until and now >= self.running_until:
+            self.last_sync, self.running_until = self.running_until, None
+        status = "inProgress" if self.running_until else ("completed" if self.last_sync else "unknown")
+        return {
+            "@odata.context": "https://graph.microsoft.com/beta/$metadata#deviceManagement/windowsAutopilotSettings/$entity",
+            "id": "6b6a7f8c-0c64-4a2a-9e53-3b5b0d4a1b11",
+            "syncStatus": status,
+            "lastSyncDateTime": _iso(self.last_sync),
+            "lastManualSyncTriggerDateTime": _iso(self.last_trigger),
+        }
+
+    def trigger_autopilot(self) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+        self.autopilot_settings()  # settle a finished sync first
+        now = self.now()
+        if self.running_until:
+            return 409, _error("Conflict", "A sync is already in progress."), {}
+        if self.last_trigger and now - self.last_trigger < WINDOW:
+            headers = {}
+            if self.retry_after_on_429 is not None:
+                headers["Retry-After"] = str(self.retry_after_on_429)
+            return 429, _error("TooManyRequests", "Sync called within 10 minutes of the previous sync."), headers
+        self.last_trigger = now
+        self.running_until = now + self.sync_duration
+        return 204, None, {}
+
+    def configure(self, config: dict[str, Any]) -> None:
+        with self.lock:
+            if "connectors" in config:
+                self.connectors = {
+                    c["id"]: dict({"lastSyncDateTime": _iso(None)}, **c) for c in config["connectors"]
+                }
+            if "syncDurationSeconds" in config:
+                self.sync_duration = timedelta(seconds=float(config["syncDurationSeconds"]))
+            if "latencySeconds" in config:
+                self.latency = float(config["latencySeconds"])
+            if "retryAfterOn429" in config:
+                self.retry_after_on_429 = config["retryAfterOn429"]
+            if config.get("revokeTokens"):
+                self.revoked_before = time.time()
+            if "lastManualSyncTriggerDateTime" in config:  # as if someone pressed Sync in the portal
+                when = datetime.fromisoformat(config["lastManualSyncTriggerDateTime"].replace("Z", "+00:00"))
+                self.last_trigger = when
+                self.running_until = when + self.sync_duration
+
+    def add_faults(self, faults: list[dict[str, Any]]) -> None:
+        with self.lock:
+            for f in faults:
+                self.faults.append(
+                    Fault(
+                        method=f.get("method"),
+                        path_contains=f.get("pathContains", ""),
+                        status=f.get("status"),
+                        times=int(f.get("times", 1)),
+                        delay=float(f.get("delaySeconds", 0)),
+                        retry_after=str(f["retryAfter"]) if "retryAfter" in f else None,
+                    )
+                )
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.times > 0 and (fault.method in (None, method)) and fault.path_contains in path:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            counts: dict[str, int] = {}
+            for r in self.requests:
+                key = f"{r['method']} {r['path']}"
+                counts[key] = counts.get(key, 0) + 1
+            return {"requests": list(self.requests), "counts": counts, "now": _iso(self.now())}
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "innerError": {}}}
+
+
+class _Handler(JsonHandler):
+    server: GraphEmulator
+
+    def answer(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        request_id = str(uuid.uuid4())
+        client_request_id = self.headers.get("client-request-id") or request_id
+        if isinstance(body, dict) and "error" in body:
+            body["error"]["innerError"] = {
+                "date": _iso(datetime.now(timezone.utc)),
+                "request-id": request_id,
+                "client-request-id": client_request_id,
+            }
+        with self.server.lock:
+            self.server.requests.append(
+                {"method": self.command, "path": self.path_only, "status": status, "clientRequestId": client_request_id}
+            )
+        self.send_json(status, body, {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})})
+
+    def dispatch(self) -> None:
+        if self.path_only.startswith("/_emulator/"):
+            return self.admin()
+        em = self.server
+        body = self.read_body()
+        if em.latency:
+            time.sleep(em.latency)
+        fault = em.take_fault(self.command, self.path_only)
+        if fault:
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.status:
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                return self.answer(fault.status, _error("ServiceUnavailable" if fault.status >= 500 else "Fault", "emulated fault"), headers)
+        denied = self.check_token()
+        if denied:
+            return self.answer(*denied)
+        with em.lock:
+            self.route(body)
+
+    def check_token(self) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return 401, _error("InvalidAuthenticationToken", "Access token is empty."), {}
+        claims = decode(auth[7:].strip())
+        if claims is None:
+            return 401, _error("InvalidAuthenticationToken", "IDX14100: JWT is not well formed."), {}
+        if str(claims.get("aud", "")).rstrip("/") != self.server.base_url:
+            return 401, _error("InvalidAuthenticationToken", "Access token validation failure. Invalid audience."), {}
+        if float(claims.get("exp", 0)) <= time.time():
+            return 401, _error("InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."), {}
+        if float(claims.get("iat", 0)) < self.server.revoked_before:
+            # Continuous access evaluation: a revoked token gets a claims challenge.
+            challenge = 'Bearer realm="", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZX19fQ=="'
+            return 401, _error("InvalidAuthenticationToken", "Access token has been revoked."), {"WWW-Authenticate": challenge}
+        if PERMISSION not in (claims.get("roles") or []):
+            return 403, _error(
+                "Forbidden",
+                f"Application is not authorized to perform this operation. Application must have one of the "
+                f"following scopes: {PERMISSION}",
+            ), {}
+        return None
+
+    def route(self, body: bytes) -> None:
+        em, path, method = self.server, self.path_only, self.command
+        if path == AUTOPILOT and method == "GET":
+            return self.answer(200, em.autopilot_settings())
+        if path == AUTOPILOT + "/sync" and method == "POST":
+            if body.strip():
+                return self.answer(400, _error("BadRequest", "This action takes no request body."))
+            return self.answer(*em.trigger_autopilot())
+        match = _EXCHANGE.match(path)
+        if match:
+            version, connector_id, sync = match.groups()
+            if connector_id is None and method == "GET":
+                return self.answer(200, {"@odata.context": f"https://graph.microsoft.com/{version}/$metadata#deviceManagement/exchangeConnectors", "value": list(em.connectors.values())})
+            connector = em.connectors.get(connector_id or "")
+            if connector is None:
+                return self.answer(404, _error("ResourceNotFound", f"Resource not found: {connector_id}"))
+            if not sync and method == "GET":
+                return self.answer(200, connector)
+            if sync and method == "POST":
+                try:
+                    payload = json.loads(body or b"null")
+                except ValueError:
+                    payload = None
+                if not isinstance(payload, dict) or payload.get("syncType") not in ("fullSync", "deltaSync"):
+                    return self.answer(400, _error("BadRequest", "syncType must be fullSync or deltaSync."))
+                connector["lastSyncDateTime"] = _iso(em.now())
+                return self.answer(204)
+        if path.startswith(("/v1.0/", "/beta/")):
+            return self.answer(405 if method not in ("GET", "POST") else 400, _error("BadRequest", f"Resource not found for the segment in {path}."))
+        return self.answer(404, _error("NotFound", path))
+
+    def admin(self) -> None:
+        em, path = self.server, self.path_only
+        payload = self.read_json() if self.command == "POST" else None
+        if path == "/_emulator/reset":
+            em.reset()
+        elif path == "/_emulator/clock":
+            with em.lock:
+                em.offset += float((payload or {}).get("advanceSeconds", 0))
+        elif path == "/_emulator/faults":
+            em.add_faults(payload or [])
+        elif path == "/_emulator/config":
+            em.configure(payload or {})
+        elif path == "/_emulator/stats":
+            return self.send_json(200, em.stats())
+        else:
+            return self.send_json(404, {"error": "unknown emulator control"})
+        self.send_json(200, em.stats() | {"autopilot": em.autopilot_settings()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Microsoft Graph emulator for the Intune sync actions")
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args()
+    server = GraphEmulator(port=args.port)
+    print(f"Graph emulator on {server.base_url}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

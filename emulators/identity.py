@@ -1,0 +1,103 @@
+"""Managed-identity endpoint emulator: the App Service protocol behind IDENTITY_ENDPOINT.
+
+azure-identity's ManagedIdentityCredential calls
+``GET {IDENTITY_ENDPOINT}?api-version=2019-08-01&resource=...&client_id=...`` with the header
+``X-IDENTITY-HEADER: {IDENTITY_HEADER}``; this answers the same way Azure does.
+
+Test controls (no auth): ``POST /_emulator/config`` ``{"roles": [...], "failing": bool,
+"lifetimeSeconds": n}``, ``GET /_emulator/stats``.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any
+
+from .server import JsonHandler, Server
+from .tokens import PERMISSION, issue
+
+TOKEN_PATH = "/msi/token"
+DEFAULT_SECRET = "local-identity-header"
+
+
+class IdentityEmulator(Server):
+    def __init__(self, port: int = 0, secret: str = DEFAULT_SECRET):
+        super().__init__(_Handler, port)
+        self.secret = secret
+        self.lock = threading.Lock()
+        self.roles: list[str] = [PERMISSION]
+        self.failing = False
+        self.lifetime = 3600
+        self.token_requests = 0
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url + TOKEN_PATH
+
+    def env(self) -> dict[str, str]:
+        """The variables App Service sets for a managed identity."""
+        return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.secret}
+
+    def configure(self, **config: Any) -> None:
+        with self.lock:
+            if "roles" in config:
+                self.roles = list(config["roles"])
+            if "failing" in config:
+                self.failing = bool(config["failing"])
+            if "lifetimeSeconds" in config:
+                self.lifetime = int(config["lifetimeSeconds"])
+            if config.get("resetStats"):
+                self.token_requests = 0
+
+
+class _Handler(JsonHandler):
+    server: IdentityEmulator
+
+    def dispatch(self) -> None:
+        em = self.server
+        if self.path_only == "/_emulator/config" and self.command == "POST":
+            em.configure(**(self.read_json() or {}))
+            return self.send_json(204)
+        if self.path_only == "/_emulator/stats":
+            return self.send_json(200, {"tokenRequests": em.token_requests, "roles": em.roles})
+        if self.path_only != TOKEN_PATH or self.command != "GET":
+            return self.send_json(404, {"error": "not_found"})
+        if self.headers.get("X-IDENTITY-HEADER") != em.secret:
+            return self.send_json(401, {"error": "unauthorized", "error_description": "X-IDENTITY-HEADER missing or wrong"})
+        resource = self.query.get("resource")
+        if self.query.get("api-version") != "2019-08-01" or not resource:
+            return self.send_json(400, {"error": "invalid_request", "error_description": "api-version and resource are required"})
+        with em.lock:
+            em.token_requests += 1
+            if em.failing:
+                return self.send_json(500, {"error": "server_error", "error_description": "emulated outage"})
+            roles, lifetime = list(em.roles), em.lifetime
+        client_id = self.query.get("client_id")
+        token, expires = issue(resource.rstrip("/"), roles, lifetime, client_id)
+        self.send_json(
+            200,
+            {
+                "access_token": token,
+                "expires_on": str(expires),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": client_id or "system-assigned",
+            },
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8091)
+    args = parser.parse_args()
+    server = IdentityEmulator(port=args.port)
+    print(f"identity emulator on {server.endpoint}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        time.sleep(0)
+
+
+if __name__ == "__main__":
+    main()
