@@ -1,0 +1,122 @@
+"""Graph client: tokens, request ids, retries for faults only, and errors that name the cause."""
+import uuid
+
+import pytest
+import requests
+
+from conftest import FAST_RETRY, graph_calls
+from emulators.graph import AUTOPILOT
+from shared.errors import GraphAccessDenied, GraphUnavailable, TokenUnavailable
+from shared.graph import PERMISSION, GraphClient
+from shared.identity import make_credential
+
+SYNC = AUTOPILOT + "/sync"
+
+
+@pytest.fixture
+def client(graph):
+    return GraphClient(graph.base_url, make_credential(None), f"{graph.base_url}/.default", timeout=1, retry=FAST_RETRY)
+
+
+def faults(graph, *specs):
+    requests.post(f"{graph.base_url}/_emulator/faults", json=list(specs), timeout=5).raise_for_status()
+
+
+def test_token_is_fetched_once_for_many_calls(client, graph, identity_server):
+    for _ in range(5):
+        assert client.get(AUTOPILOT).status == 200
+    assert identity_server.token_requests == 1
+    assert client.token_requests == 1
+
+
+def test_every_request_carries_a_new_client_request_id(client, graph):
+    responses = [client.get(AUTOPILOT) for _ in range(3)]
+    ids = [r.client_request_id for r in responses]
+    assert len(set(ids)) == 3 and all(uuid.UUID(i) for i in ids)
+    assert [c["clientRequestId"] for c in graph_calls(graph)] == ids
+
+
+def test_graph_request_id_is_captured(client):
+    response = client.get(AUTOPILOT)
+    assert uuid.UUID(response.request_id)
+
+
+def test_503_then_204_succeeds_after_one_retry(client, graph):
+    faults(graph, {"method": "POST", "pathContains": "/sync", "status": 503, "times": 1})
+    response = client.post(SYNC)
+    assert response.status == 204
+    assert [c["status"] for c in graph_calls(graph, "POST")] == [503, 204]
+
+
+def test_sync_post_is_never_retried_on_429(client, graph):
+    assert client.post(SYNC).status == 204
+    requests.post(f"{graph.base_url}/_emulator/clock", json={"advanceSeconds": 60}, timeout=5)  # sync done
+    response = client.post(SYNC)
+    assert response.status == 429
+    assert [c["status"] for c in graph_calls(graph, "POST")] == [204, 429]
+
+
+def test_sync_post_is_never_retried_on_409(client, graph):
+    faults(graph, {"method": "POST", "pathContains": "/sync", "status": 409, "times": 5})
+    assert client.post(SYNC).status == 409
+    assert len(graph_calls(graph, "POST")) == 1
+
+
+def test_a_429_on_a_read_is_retried_honouring_retry_after(client, graph):
+    faults(graph, {"method": "GET", "pathContains": "windowsAutopilotSettings", "status": 429, "times": 1, "retryAfter": 0})
+    assert client.get(AUTOPILOT).status == 200
+    assert [c["status"] for c in graph_calls(graph, "GET")] == [429, 200]
+
+
+def test_persistent_5xx_gives_up_after_bounded_retries(client, graph):
+    faults(graph, {"pathContains": "/sync", "status": 502, "times": 10})
+    response = client.post(SYNC)
+    assert response.status == 502
+    assert len(graph_calls(graph, "POST")) == 1 + FAST_RETRY.retries
+    with pytest.raises(GraphUnavailable):
+        response.raise_for_status("the sync")
+
+
+def test_timeouts_are_retried_then_reported_as_graph_unavailable(client, graph):
+    faults(graph, {"pathContains": "windowsAutopilotSettings", "delaySeconds": 1.5, "times": 10})
+    with pytest.raises(GraphUnavailable, match="timed out"):
+        client.get(AUTOPILOT)
+
+
+def test_a_revoked_token_is_refreshed_once_and_the_call_succeeds(client, graph, identity_server):
+    assert client.get(AUTOPILOT).status == 200
+    requests.post(f"{graph.base_url}/_emulator/config", json={"revokeTokens": True}, timeout=5)
+    assert client.get(AUTOPILOT).status == 200
+    assert identity_server.token_requests == 2
+
+
+def test_a_401_that_persists_refreshes_only_once(graph, identity_server):
+    # A token for another audience is refused however often it is refreshed.
+    wrong = GraphClient(graph.base_url, make_credential(None), "https://graph.microsoft.com/.default", retry=FAST_RETRY)
+    response = wrong.get(AUTOPILOT)
+    assert response.status == 401
+    assert [c["status"] for c in graph_calls(graph)] == [401, 401]
+    assert wrong.token_requests == 2
+    with pytest.raises(GraphAccessDenied):
+        response.raise_for_status("reading settings")
+
+
+def test_403_names_the_permission_and_the_intune_licence(client, graph, identity_server):
+    identity_server.configure(roles=[])
+    with pytest.raises(GraphAccessDenied) as caught:
+        client.post(SYNC).raise_for_status("the autopilot sync")
+    assert PERMISSION in caught.value.message and "Intune licence" in caught.value.message
+    assert caught.value.graph_code == "Forbidden" and caught.value.request_id
+
+
+def test_token_endpoint_failure_is_token_unavailable(client, identity_server):
+    identity_server.configure(failing=True)
+    with pytest.raises(TokenUnavailable, match="identity endpoint"):
+        client.get(AUTOPILOT)
+
+
+def test_a_path_with_caller_pieces_is_refused_before_any_call(client, graph):
+    for path in ("/v1.0/deviceManagement/exchangeConnectors/../../users", "/v1.0/users?$top=1", "/beta/x%2fy"):
+        with pytest.raises(ValueError):
+            client.post(path)
+    assert graph_calls(graph) == []
