@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -58,7 +59,7 @@ class Azurite:
         else:
             # A throwaway folder rather than --inMemoryPersistence, so that a test can stop
             # Azurite and start it again on the same data (a restart loses nothing).
-            self._tmp = tempfile.TemporaryDirectory(prefix="azurite-")
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="azurite-")
             args += ["--location", self._tmp.name]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -75,13 +76,18 @@ class Azurite:
         raise RuntimeError(f"Azurite did not listen on port {self.port} within {timeout}s")
 
     def stop(self) -> None:
+        """Stop the server; its data stays for a later start()."""
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)  # Azurite saves its data on SIGINT, not SIGTERM
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def close(self) -> None:
+        """Stop the server and delete its data."""
+        self.stop()
         if self._tmp:
             self._tmp.cleanup()
             self._tmp = None
@@ -90,7 +96,7 @@ class Azurite:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ class GraphEmulator(Server):
 
     def reset(self) -> None:
         with self.lock:
+            # Requests still sleeping in a delay fault belong to the previous test: drop them.
+            self.generation = getattr(self, "generation", 0) + 1
             self.offset = 0.0
             self.sync_duration = timedelta(seconds=30)
             self.latency = 0.0
@@ -192,7 +194,13 @@ class _Handler(JsonHandler):
             }
         with self.server.lock:
             self.server.requests.append(
-                {"method": self.command, "path": self.path_only, "status": status, "clientRequestId": client_request_id}
+                {
+                    "method": self.command,
+                    "path": self.path_only,
+                    "status": status,
+                    "clientRequestId": client_request_id,
+                    "body": getattr(self, "body", b"").decode(errors="replace")[:500],
+                }
             )
         self.send_json(status, body, {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})})
 
@@ -200,13 +208,17 @@ class _Handler(JsonHandler):
         if self.path_only.startswith("/_emulator/"):
             return self.admin()
         em = self.server
-        body = self.read_body()
+        generation = em.generation
+        body = self.body = self.read_body()
         if em.latency:
             time.sleep(em.latency)
         fault = em.take_fault(self.command, self.path_only)
         if fault:
             if fault.delay:
                 time.sleep(fault.delay)
+                if em.generation != generation:
+                    self.close_connection = True
+                    return
             if fault.status:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                 return self.answer(fault.status, _error("ServiceUnavailable" if fault.status >= 500 else "Fault", "emulated fault"), headers)
