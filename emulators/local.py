@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="show the first sync, then stop")
     parser.add_argument("--random-ports", action="store_true", help="pick free ports instead of 7071/8090/8091/10002")
     args = parser.parse_args(argv)
+    # A plain `kill` or a CI timeout should stop Azurite too, as Ctrl+C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     ports = {name: free_port() if args.random_ports else default
              for name, default in (("app", 7071), ("graph", 8090), ("identity", 8091), ("azurite", 10002))}
