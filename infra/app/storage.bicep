@@ -1,0 +1,73 @@
+// Storage for the Functions host, the Flex Consumption deployment package and the state table.
+// Keyless: shared-key access is off, so only Entra identities with data roles get in.
+param name string
+param location string
+param tags object
+param deploymentContainerName string
+param stateTableName string
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: { name: 'Standard_ZRS' }
+  // checkov:skip=CKV_AZURE_206: zone-redundant is enough: the state is a cooldown record that Graph's own 429 backs up, and the app runs in one region; geo-replication adds cost, not safety
+  // checkov:skip=CKV_AZURE_35: access is Entra-only (shared keys off, data roles per identity); denying public networks needs VNet integration and private endpoints, an opt-in described in docs/deploy.md
+  // checkov:skip=CKV_AZURE_59: same reason as CKV_AZURE_35: the Flex Consumption app reaches storage over its public endpoint unless VNet-integrated
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: true
+    isLocalUserEnabled: false
+    isSftpEnabled: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      requireInfrastructureEncryption: true
+      services: {
+        blob: { enabled: true, keyType: 'Account' }
+        file: { enabled: true, keyType: 'Account' }
+        table: { enabled: true, keyType: 'Account' }
+        queue: { enabled: true, keyType: 'Account' }
+      }
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: { enabled: true, days: 7 }
+    containerDeleteRetentionPolicy: { enabled: true, days: 7 }
+  }
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: { publicAccess: 'None' }
+}
+
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource stateTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: stateTableName
+}
+
+output name string = storage.name
+output blobEndpoint string = storage.properties.primaryEndpoints.blob
+output tableEndpoint string = storage.properties.primaryEndpoints.table

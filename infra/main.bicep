@@ -1,0 +1,151 @@
+// intune-sync: everything the app needs, keyless. `azd up` provisions this, then deploys the code.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; used to name the resource group and resources.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region for every resource (one where Flex Consumption is available).')
+param location string
+
+@description('Grant the managed identity the Graph application role DeviceManagementServiceConfig.ReadWrite.All during deployment. Needs AppRoleAssignment.ReadWrite.All for the deployer; set false and run scripts/grant-graph-permission.sh later otherwise.')
+param grantGraphPermission bool = true
+
+// App settings the code reads (shared/settings.py). Same names and defaults as the code:
+// tests/test_infra.py fails if the two drift apart.
+@description('Microsoft Graph host; change for national clouds.')
+param graphBaseUrl string = 'https://graph.microsoft.com'
+
+@description('Comma list of targets: autopilot, exchange.')
+param syncTargets string = 'autopilot'
+
+@description('NCRONTAB schedule of the timer (six fields).')
+param syncSchedule string = '0 0 * * * *'
+
+@allowed(['deltaSync', 'fullSync'])
+param exchangeSyncType string = 'deltaSync'
+
+@minValue(600)
+param autopilotCooldownSeconds int = 600
+
+@minValue(60)
+param exchangeCooldownSeconds int = 600
+
+@description('Table for cooldowns, leases and history.')
+param stateTableName string = 'intunesync'
+
+@minValue(60)
+param leaseSeconds int = 180
+
+@minValue(1)
+@maxValue(120)
+param graphTimeoutSeconds int = 30
+
+@description('Maximum Flex Consumption instances; the app needs few.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+var abbrs = loadJsonContent('abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+
+var syncSettings = {
+  GRAPH_BASE_URL: graphBaseUrl
+  SYNC_TARGETS: syncTargets
+  SYNC_SCHEDULE: syncSchedule
+  EXCHANGE_SYNC_TYPE: exchangeSyncType
+  AUTOPILOT_COOLDOWN_SECONDS: string(autopilotCooldownSeconds)
+  EXCHANGE_COOLDOWN_SECONDS: string(exchangeCooldownSeconds)
+  SYNC_STATE_TABLE: stateTableName
+  SYNC_LEASE_SECONDS: string(leaseSeconds)
+  GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
+}
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    stateTableName: stateTableName
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    principalId: identity.outputs.principalId
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: functionAppName
+    planName: '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    maximumInstanceCount: maximumInstanceCount
+    appSettings: syncSettings
+  }
+  dependsOn: [rbac]
+}
+
+module graphPermission 'app/graph-permission.bicep' = if (grantGraphPermission) {
+  name: 'graph-permission'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+  }
+}
+
+output AZURE_LOCATION string = location
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output AZURE_FUNCTION_APP_URL string = api.outputs.url
+output AZURE_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
