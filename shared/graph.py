@@ -28,8 +28,9 @@ from .errors import (
     TokenUnavailable,
     UpstreamError,
 )
+from .permissions import GRAPH_APP_ROLES
 
-PERMISSION = "DeviceManagementServiceConfig.ReadWrite.All"
+PERMISSION = GRAPH_APP_ROLES[0]
 USER_AGENT = "intune-sync/1.0"
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Paths are built from constants and validated GUIDs only; this is the last line of defence.

@@ -1,0 +1,17 @@
+"""What the app's identity must be granted, in one place: infra/ and the docs derive from it,
+and tests/test_infra.py checks that the Bicep grants exactly this."""
+
+# Microsoft Graph application roles (app role assignments on the managed identity).
+GRAPH_APP_ROLES: tuple[str, ...] = ("DeviceManagementServiceConfig.ReadWrite.All",)
+
+# Built-in Azure roles on the storage account, by role definition id.
+STORAGE_ROLES: dict[str, str] = {
+    # The Functions host (keys, timer schedule monitor, singleton locks) and the Flex Consumption
+    # deployment container. The app itself uses no blobs.
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    # shared/state.py: cooldowns, leases and history in the state table.
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+}
+
+# On Application Insights, whose local (key) auth is off.
+MONITORING_ROLES: dict[str, str] = {"3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher"}
