@@ -160,3 +160,14 @@ def test_outputs_reveal_no_secret():
 def test_azd_deploys_the_root_as_a_python_function_service():
     text = (ROOT / "azure.yaml").read_text()
     assert re.search(r"^\s+api:\s*$", text, re.M) and "host: function" in text and "language: python" in text
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"], ids=lambda p: p.name)
+def test_shell_scripts_are_valid_bash(script):
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_the_grant_script_grants_the_roles_the_code_names():
+    text = (ROOT / "scripts" / "grant-graph-permission.sh").read_text()
+    assert "from shared.permissions import GRAPH_APP_ROLES" in text and "appRoleAssignments" in text
+    assert "00000003-0000-0000-c000-000000000000" in text
