@@ -6,6 +6,7 @@ import azure.functions as func
 
 from shared import api
 
+api.check_settings_at_startup()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 

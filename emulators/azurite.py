@@ -51,6 +51,10 @@ class Azurite:
         )
 
     def start(self, timeout: float = 30.0) -> "Azurite":
+        # Something already listening would answer our readiness probe and silently take over.
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} is already in use (another Azurite?); stop it or use --random-ports")
         args = [azurite_binary(), "--tableHost", "127.0.0.1", "--tablePort", str(self.port),
                 "--disableTelemetry", "--silent", "--skipApiVersionCheck"]
         if self.location:

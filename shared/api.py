@@ -41,13 +41,38 @@ class ApiError(Exception):
 
 
 @functools.lru_cache(maxsize=1)
+def _settings_or_problems() -> Settings | SettingsError:
+    try:
+        return Settings.from_env(os.environ)
+    except SettingsError as exc:  # kept, so that every call reports it without re-reading
+        return exc
+
+
 def settings() -> Settings:
-    return Settings.from_env(os.environ)
+    loaded = _settings_or_problems()
+    if isinstance(loaded, SettingsError):
+        raise loaded
+    return loaded
 
 
 @functools.lru_cache(maxsize=1)
 def service() -> SyncService:
     return build_service(settings())
+
+
+def check_settings_at_startup() -> None:
+    """Validate once when the worker loads the app; problems are logged, and /api/health and
+    every sync answer name them (the app still loads, so that health can answer)."""
+    try:
+        settings()
+    except SettingsError as exc:
+        log.error("invalid app settings: %s", exc)
+
+
+def reload() -> None:
+    """Forget the cached settings and service (for tests that change settings in-process)."""
+    _settings_or_problems.cache_clear()
+    service.cache_clear()
 
 
 def schedule_expression() -> str:

@@ -39,11 +39,19 @@ _CLAIMS = re.compile(r'claims="([^"]+)"')
 _TOKEN_REFRESH_MARGIN = 300  # seconds before expiry at which a cached token is renewed
 
 
+CONNECT_TIMEOUT = 5.0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     retries: int = 3
     backoff_factor: float = 0.5
     backoff_max: float = 8.0
+
+    def worst_case_seconds(self, read_timeout: float) -> float:
+        """The longest one logical request can take, every attempt timing out, plus backoff."""
+        attempts = self.retries + 1
+        return attempts * (CONNECT_TIMEOUT + read_timeout) + self.retries * self.backoff_max
 
 
 class _GraphRetry(Retry):
@@ -51,6 +59,14 @@ class _GraphRetry(Retry):
         if status_code == 429 and method.upper() not in _READ_METHODS:
             return False
         return super().is_retry(method, status_code, has_retry_after)
+
+    def increment(self, method: str | None = None, url: str | None = None, *args: Any, **kwargs: Any) -> Retry:
+        # A write that timed out after it was sent may have been carried out: sending it again
+        # could start a second sync. Connect errors (nothing sent) and 5xx answers are retried.
+        error = kwargs.get("error")
+        if error is not None and method and method.upper() not in _READ_METHODS and self._is_read_error(error):
+            raise error
+        return super().increment(method, url, *args, **kwargs)
 
     def get_retry_after(self, response: Any) -> float | None:
         # Bounded: a read answered "Retry-After: 600" is not worth a ten-minute sleep in a function.
@@ -145,10 +161,10 @@ class GraphClient:
         self.base_url = base_url.rstrip("/")
         self._credential = credential
         self._scope = scope
-        self._timeout = (min(5.0, timeout), timeout)  # (connect, read)
+        self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)  # (connect, read)
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
-        self.token_requests = 0  # observable for tests and the benchmark
+        self.token_requests = 0  # how many times a token was asked for (tests count it)
         self._session = requests.Session()
         adapter = HTTPAdapter(
             pool_connections=1,

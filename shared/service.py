@@ -68,16 +68,25 @@ class SyncService:
     def sync(self, request: SyncRequest) -> list[SyncResult]:
         """Sync what the request names: one unit, or every unit of a target."""
         target = self.target(request.target)
+        known: dict[str, TargetState] = {}
         try:
+            if target.per_item and request.item_id is None:
+                # A fan-out reads its units' state first (one query): Table Storage down means
+                # no Graph call, and if every known unit is refused, so is the caller.
+                now = self.clock()
+                known = {s.key: s for s in self.store.states(f"{target.name}-")}
+                refusals = [self._refusal(_unit_of(s), s, now) for s in known.values()]
+                if refusals and all(refusals):
+                    return [r for r in refusals if r]
             planned = target.units(request.item_id)
-        except UpstreamError as exc:  # listing the items failed
+        except UpstreamError as exc:  # the state query or listing the items failed
             return [self._failure(target.name, exc)]
         if len(planned) <= 1:
-            return [self._run_planned(target, p, request) for p in planned]
+            return [self._run_planned(target, p, request, known) for p in planned]
         # Items are independent; sync them side by side, bounded so we stay well inside
         # Intune's write limits.
         with ThreadPoolExecutor(max_workers=min(FANOUT_WORKERS, len(planned))) as pool:
-            return list(pool.map(lambda p: self._run_planned(target, p, request), planned))
+            return list(pool.map(lambda p: self._run_planned(target, p, request, known), planned))
 
     def sync_enabled(self, trigger: Trigger = Trigger.TIMER, caller: str = "timer") -> list[SyncResult]:
         """Every enabled target; one target's failure never stops the others."""
@@ -93,26 +102,31 @@ class SyncService:
                 )
         return results
 
-    def _run_planned(self, target: Target, planned: Unit | Skip, request: SyncRequest) -> SyncResult:
+    def _run_planned(
+        self, target: Target, planned: Unit | Skip, request: SyncRequest, known: dict[str, TargetState]
+    ) -> SyncResult:
         if isinstance(planned, Skip):
             return SyncResult(planned.unit.name, Outcome.SKIPPED, message=planned.reason)
         try:
-            return self._run(target, planned, request)
+            state = known.get(planned.key) if known else None
+            return self._run(target, planned, request, state)
         except UpstreamError as exc:
             return self._failure(planned.name, exc)
 
-    def _run(self, target: Target, unit: Unit, request: SyncRequest) -> SyncResult:
-        now = self.clock()
-        state = self.store.read(unit.key)
-        refusal = self._refusal(unit, state, now)
+    def _run(self, target: Target, unit: Unit, request: SyncRequest, state: TargetState | None = None) -> SyncResult:
+        """One unit: decide from its state row, claim it, call Graph, record the outcome."""
+        if state is None:
+            state = self.store.read(unit.key)  # else: a fan-out read it already
+        refusal = self._refusal(unit, state, self.clock())
         if refusal:
             return refusal
         skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
         if skip:
             return SyncResult(unit.name, Outcome.SKIPPED, next_allowed_at=state.next_allowed_at, message=skip.reason)
 
+        # The lease starts now, after any precheck, so all of it is left for the Graph call.
         lease = self.store.claim(
-            state, now, self.settings.lease_seconds, target=unit.target, item_id=unit.item_id
+            state, self.clock(), self.settings.lease_seconds, target=unit.target, item_id=unit.item_id
         )
         if lease is None:
             return SyncResult(
@@ -174,8 +188,9 @@ class SyncService:
             self.store.commit(lease, new_state, attempt)
         except StateStoreUnavailable as exc:
             # Graph already answered; the caller deserves that answer. The lease expires on its
-            # own and Graph's own 429 protects the window meanwhile.
-            log.error("could not record %s for %s: %s", outcome.value, unit.name, exc.message)
+            # own and Graph's own 429 protects the window meanwhile. The attempt goes to the log
+            # in full, so it is not lost.
+            log.error("could not record the attempt on %s: %s; attempt: %s", unit.name, exc.message, attempt)
             message += f" (warning: the outcome could not be recorded: {exc.message})"
         log.info(
             "sync %s: %s (graph %s, request-id %s) by %s/%s",
@@ -231,7 +246,7 @@ class SyncService:
         self, target: Target, unit: Unit, response: GraphResponse, state: TargetState
     ) -> tuple[Outcome, datetime | None, str]:
         now = self.clock()
-        retry_after = response.retry_after_seconds
+        retry_after = response.retry_after_seconds or None  # "Retry-After: 0" would reopen the window at once
         if response.ok:
             until = now + target.cooldown
             return Outcome.STARTED, until, f"sync of {unit.name} started; next sync allowed at {iso(until)}"
@@ -241,7 +256,7 @@ class SyncService:
         if response.status == 429:
             until = (
                 now + timedelta(seconds=retry_after)
-                if retry_after is not None
+                if retry_after
                 else target.cooldown_end_without_retry_after(now)
             )
             return (
@@ -291,6 +306,10 @@ class SyncService:
                 }
             )
         return {"now": iso(now), "targets": targets}
+
+
+def _unit_of(state: TargetState) -> Unit:
+    return Unit(state.target or state.key, state.item_id)
 
 
 def _state_json(state: TargetState, now: datetime) -> dict[str, Any]:

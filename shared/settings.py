@@ -6,12 +6,15 @@ start-up (and in ``GET /api/health``) instead of at 3 a.m. on the first timer ti
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
-# Defaults live here only; infra/ and docs derive from this table (see tests/test_infra.py).
+from .graph import RetryPolicy
+
+# Defaults live here only; infra/main.bicep repeats them and tests/test_infra.py checks it does.
 DEFAULTS: dict[str, str] = {
     "GRAPH_BASE_URL": "https://graph.microsoft.com",
     "SYNC_TARGETS": "autopilot",
@@ -29,8 +32,9 @@ SYNC_TYPES = ("deltaSync", "fullSync")
 # Graph refuses a second Autopilot sync within 10 minutes; a shorter cooldown only buys 429s.
 MIN_AUTOPILOT_COOLDOWN = 600
 MIN_EXCHANGE_COOLDOWN = 60
-# The lease must outlive the slowest Graph call including its retries (see graph.RetryPolicy).
 MIN_LEASE_SECONDS = 60
+# Besides the Graph call, a claimed sync makes one table write (commit) inside its lease.
+LEASE_MARGIN_SECONDS = 15
 
 # The well-known Azurite account (public, documented by Microsoft); azure-data-tables does not
 # understand the "UseDevelopmentStorage=true" shorthand that the Functions host accepts.
@@ -149,6 +153,15 @@ class Settings:
         except ValueError:
             problems["GRAPH_TIMEOUT_SECONDS"] = f"must be a number of seconds in (0, 120], got {timeout_raw!r}"
             timeout = 30.0
+
+        # The lease must outlive the slowest sync call, or a second instance could claim the unit
+        # while the first one's POST is still in flight.
+        needed = math.ceil(RetryPolicy().worst_case_seconds(timeout)) + LEASE_MARGIN_SECONDS
+        if lease_seconds < needed and "SYNC_LEASE_SECONDS" not in problems:
+            problems["SYNC_LEASE_SECONDS"] = (
+                f"must be at least {needed} with GRAPH_TIMEOUT_SECONDS={timeout:g} (the slowest Graph "
+                f"call with its retries), got {lease_seconds}"
+            )
 
         table = get("SYNC_STATE_TABLE")
         if not _TABLE_NAME.match(table):

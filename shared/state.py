@@ -201,6 +201,11 @@ class StateStore:
                     match_condition=MatchConditions.IfNotModified,
                 )
         except (ResourceExistsError, ResourceModifiedError):
+            # Usually a lost race. But if our write landed and only its answer was lost, the
+            # client's retry sees our own change as a conflict: the row then names us.
+            current = self.read(state.key)
+            if current.lease_owner == owner and current.etag:
+                return Lease(state=current, owner=owner, expires_at=expires)
             return None
         except ResourceNotFoundError as exc:
             if exc.error_code == "TableNotFound":
@@ -237,6 +242,11 @@ class StateStore:
             current = self.read(lease.state.key)
             if current.etag is None:
                 raise StateStoreUnavailable(f"state row {lease.state.key} disappeared during a sync")
+            if outcome.last_client_request_id and (current.last_client_request_id, current.last_attempt_at) == (
+                outcome.last_client_request_id,
+                outcome.last_attempt_at,
+            ):
+                return  # our transaction landed; only its answer was lost
             next_allowed = max(
                 (t for t in (current.next_allowed_at, outcome.next_allowed_at) if t), default=None
             )
@@ -264,8 +274,13 @@ class StateStore:
             pass  # someone else holds it now; theirs to release
 
     @_store_errors
-    def states(self) -> list[TargetState]:
-        rows = self._table.query_entities("RowKey eq @row", parameters={"row": STATE_ROW})
+    def states(self, key_prefix: str = "") -> list[TargetState]:
+        """Every state row, or those whose key starts with ``key_prefix`` (one round trip)."""
+        query, parameters = "RowKey eq @row", {"row": STATE_ROW}
+        if key_prefix:
+            query += " and PartitionKey ge @lo and PartitionKey lt @hi"
+            parameters |= {"lo": key_prefix, "hi": key_prefix[:-1] + chr(ord(key_prefix[-1]) + 1)}
+        rows = self._table.query_entities(query, parameters=parameters)
         return [TargetState.from_entity(row["PartitionKey"], row) for row in rows]
 
     @_store_errors

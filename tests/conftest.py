@@ -148,6 +148,54 @@ def service(make_service: Callable[..., SyncService]) -> SyncService:
     return make_service()
 
 
+def unreachable_storage() -> str:
+    """A connection string for a table endpoint where nothing listens."""
+    from emulators.azurite import ACCOUNT, KEY, free_port
+
+    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"TableEndpoint=http://127.0.0.1:{free_port()}/{ACCOUNT};")
+
+
+@pytest.fixture
+def start_app_hosts(identity_server: IdentityEmulator) -> Iterator[Callable[..., list[str]]]:
+    """Start app processes (the local Functions host serving function_app) with given settings."""
+    import os
+    import subprocess
+    import time
+
+    from emulators.azurite import free_port
+
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(count: int, settings: dict[str, str]) -> list[str]:
+        ports = [free_port() for _ in range(count)]
+        child_env = {**os.environ, **settings, **identity_server.env()}
+        started = [
+            subprocess.Popen([sys.executable, "-m", "emulators.funchost", "--port", str(p)], cwd=ROOT,
+                             env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for p in ports
+        ]
+        processes.extend(started)
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        deadline = time.monotonic() + 60
+        for url, proc in zip(urls, started):
+            while True:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                try:
+                    requests.get(f"{url}/api/health", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "app host did not start"
+                time.sleep(0.1)
+        return urls
+
+    yield start
+    for proc in processes:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def graph_calls(graph: GraphEmulator, method: str | None = None, contains: str = "") -> list[dict[str, Any]]:
     return [
         r for r in graph.stats()["requests"] if (method is None or r["method"] == method) and contains in r["path"]

@@ -5,11 +5,7 @@ table and one Graph emulator; 25 concurrent callers hit each of them at once.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -17,8 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from conftest import ROOT, sync_posts
-from emulators.azurite import free_port
+from conftest import sync_posts
 from shared.settings import Settings
 from shared.state import Attempt, StateStore, table_client
 from shared.identity import make_credential
@@ -28,30 +23,8 @@ CALLERS_PER_PROCESS = 25
 
 
 @pytest.fixture
-def app_hosts(env, identity_server):
-    ports = [free_port() for _ in range(PROCESSES)]
-    child_env = {**os.environ, **env, **identity_server.env()}
-    hosts = [
-        subprocess.Popen([sys.executable, "-m", "emulators.funchost", "--port", str(p)], cwd=ROOT, env=child_env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for p in ports
-    ]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
-    deadline = time.monotonic() + 60
-    for url, proc in zip(urls, hosts):
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                if requests.get(f"{url}/api/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "app host did not start"
-            time.sleep(0.1)
-    yield urls
-    for proc in hosts:
-        proc.terminate()
-        proc.wait(timeout=10)
+def app_hosts(start_app_hosts, env):
+    return start_app_hosts(PROCESSES, env)
 
 
 @pytest.mark.parametrize("history", ["first sync ever", "after an earlier window"])

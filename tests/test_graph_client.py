@@ -1,13 +1,15 @@
 """Graph client: tokens, request ids, retries for faults only, and errors that name the cause."""
+import time
 import uuid
 
 import pytest
 import requests
 
 from conftest import FAST_RETRY, graph_calls
+from emulators.azurite import free_port
 from emulators.graph import AUTOPILOT
 from shared.errors import GraphAccessDenied, GraphUnavailable, TokenUnavailable
-from shared.graph import PERMISSION, GraphClient
+from shared.graph import PERMISSION, GraphClient, RetryPolicy
 from shared.identity import make_credential
 
 SYNC = AUTOPILOT + "/sync"
@@ -62,10 +64,21 @@ def test_sync_post_is_never_retried_on_409(client, graph):
     assert len(graph_calls(graph, "POST")) == 1
 
 
-def test_a_429_on_a_read_is_retried_honouring_retry_after(client, graph):
-    faults(graph, {"method": "GET", "pathContains": "windowsAutopilotSettings", "status": 429, "times": 1, "retryAfter": 0})
-    assert client.get(AUTOPILOT).status == 200
+def test_a_429_on_a_read_is_retried_honouring_retry_after(graph):
+    patient = GraphClient(graph.base_url, make_credential(None), f"{graph.base_url}/.default",
+                          retry=RetryPolicy(retries=3, backoff_factor=0.01, backoff_max=5))
+    faults(graph, {"method": "GET", "pathContains": "windowsAutopilotSettings", "status": 429, "times": 1, "retryAfter": 1})
+    started = time.monotonic()
+    assert patient.get(AUTOPILOT).status == 200
+    assert time.monotonic() - started >= 1.0
     assert [c["status"] for c in graph_calls(graph, "GET")] == [429, 200]
+
+
+def test_a_long_retry_after_on_a_read_is_capped(client, graph):
+    faults(graph, {"method": "GET", "pathContains": "windowsAutopilotSettings", "status": 429, "times": 1, "retryAfter": 600})
+    started = time.monotonic()
+    assert client.get(AUTOPILOT).status == 200
+    assert time.monotonic() - started < FAST_RETRY.backoff_max + 2
 
 
 def test_persistent_5xx_gives_up_after_bounded_retries(client, graph):
@@ -77,10 +90,27 @@ def test_persistent_5xx_gives_up_after_bounded_retries(client, graph):
         response.raise_for_status("the sync")
 
 
-def test_timeouts_are_retried_then_reported_as_graph_unavailable(client, graph):
-    faults(graph, {"pathContains": "windowsAutopilotSettings", "delaySeconds": 1.5, "times": 10})
+def test_read_timeouts_are_retried_then_reported_as_graph_unavailable(client, graph):
+    faults(graph, {"method": "GET", "pathContains": "windowsAutopilotSettings", "delaySeconds": 1.5, "times": 10})
     with pytest.raises(GraphUnavailable, match="timed out"):
         client.get(AUTOPILOT)
+    time.sleep(1.6)  # let the emulator finish the slow answers it is still sending
+    assert len(graph_calls(graph, "GET")) == 1 + FAST_RETRY.retries
+
+
+def test_a_sync_post_that_times_out_is_not_sent_again(client, graph):
+    # Graph may have started the sync before the answer was lost; a second POST could start another.
+    faults(graph, {"method": "POST", "pathContains": "/sync", "delaySeconds": 1.5, "times": 10})
+    with pytest.raises(GraphUnavailable, match="timed out"):
+        client.post(SYNC)
+    time.sleep(1.6)
+    assert len(graph_calls(graph, "POST")) == 1
+
+
+def test_a_sync_post_is_retried_when_the_connection_fails(graph, identity_server):
+    dead = GraphClient(f"http://127.0.0.1:{free_port()}", make_credential(None), f"{graph.base_url}/.default", retry=FAST_RETRY)
+    with pytest.raises(GraphUnavailable, match="could not be reached"):
+        dead.post(SYNC)
 
 
 def test_a_revoked_token_is_refreshed_once_and_the_call_succeeds(client, graph, identity_server):

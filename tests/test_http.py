@@ -3,6 +3,7 @@ settings from the environment as in Azure, against Azurite and the Graph emulato
 from __future__ import annotations
 
 import json
+import logging
 from urllib.parse import unquote
 from typing import Any, Callable
 
@@ -12,8 +13,7 @@ import requests
 from azure.functions.timer import TimerRequest
 
 import function_app
-from conftest import graph_calls, sync_posts
-from emulators.azurite import free_port
+from conftest import graph_calls, sync_posts, unreachable_storage
 from shared import api
 from shared.graph import PERMISSION
 
@@ -29,11 +29,9 @@ def app_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     """Settings in the environment, and a fresh service built from them (as a new process would)."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    api.settings.cache_clear()
-    api.service.cache_clear()
+    api.reload()
     yield env
-    api.settings.cache_clear()
-    api.service.cache_clear()
+    api.reload()
 
 
 def call(method: str, route: str, body: bytes | str | dict | list | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
@@ -142,8 +140,7 @@ def test_graph_unavailable_answers_503(app_env, graph):
 
 
 def test_state_store_down_answers_503_without_calling_graph(app_env, graph, monkeypatch):
-    dead = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;TableEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;"
-    monkeypatch.setenv("AzureWebJobsStorage", dead)
+    monkeypatch.setenv("AzureWebJobsStorage", unreachable_storage())
     status, _, body = call("POST", "sync/autopilot")
     assert status == 503 and body["errorCode"] == "StateStoreUnavailable"
     assert graph_calls(graph) == []
@@ -158,9 +155,12 @@ def test_the_timer_syncs_every_enabled_target(app_env, graph):
     ]
 
 
-def test_the_timer_treats_cooldown_as_a_normal_outcome(app_env, graph):
+def test_the_timer_treats_cooldown_as_a_normal_outcome(app_env, graph, caplog):
     call("POST", "sync/autopilot")
-    FUNCTIONS["sync_timer"](TimerRequest(past_due=True))  # must not raise
+    with caplog.at_level(logging.INFO, logger="shared.api"):
+        FUNCTIONS["sync_timer"](TimerRequest(past_due=True))
+    cooldown = [r for r in caplog.records if "timer sync autopilot: cooldown" in r.getMessage()]
+    assert cooldown and cooldown[0].levelno == logging.INFO
     assert len([p for p in sync_posts(graph) if "Autopilot" in p["path"]]) == 1
 
 
@@ -192,4 +192,11 @@ def test_bad_input_gets_a_json_4xx_and_no_graph_call(app_env, graph, why, method
     assert payload["error"]["message"]
     if status == 405:
         assert answer_headers["Allow"]
+    assert graph_calls(graph) == []
+
+
+def test_exchange_with_table_storage_down_answers_503_without_calling_graph(app_env, graph, monkeypatch):
+    monkeypatch.setenv("AzureWebJobsStorage", unreachable_storage())
+    status, _, body = call("POST", "sync/exchange")
+    assert status == 503 and body["errorCode"] == "StateStoreUnavailable"
     assert graph_calls(graph) == []

@@ -2,12 +2,13 @@
 import json
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 
-from conftest import ROOT, advance, graph_calls, sync_posts
+from conftest import ROOT, advance, graph_calls, sync_posts, unreachable_storage
 from emulators.azurite import Azurite
 from shared.model import Outcome, SyncRequest, Trigger
 from shared.graph import PERMISSION
@@ -157,6 +158,8 @@ def test_graph_timeouts_fail_as_unavailable_without_a_cooldown(service, graph):
     assert result.outcome is Outcome.FAILED and result.failure_status == 503
     assert "timed out" in result.message
     assert service.store.read("autopilot").next_allowed_at is None  # a retry may go ahead
+    time.sleep(2.6)  # the emulator answers the slow request eventually; it must be the only one
+    assert len(sync_posts(graph)) == 1
 
 
 def test_token_endpoint_down_is_503_and_frees_the_unit(service, graph, identity_server):
@@ -247,3 +250,26 @@ def test_status_shows_local_state_next_to_graphs_own(service, graph):
     assert autopilot["units"][0]["lastOutcome"] == "started" and autopilot["units"][0]["inCooldown"]
     assert autopilot["graph"][0]["syncStatus"] == "inProgress"
     assert autopilot["graph"][0]["lastManualSyncTriggerDateTime"].startswith(str(datetime.now(timezone.utc).year))
+
+
+def test_graph_429_with_retry_after_zero_still_holds_the_window(service, graph, clock):
+    configure(graph, lastManualSyncTriggerDateTime=(clock.now - timedelta(minutes=2)).isoformat(), retryAfterOn429=0)
+    result = one(service.sync(AUTOPILOT))
+    assert result.outcome is Outcome.COOLDOWN and result.next_allowed_at > clock.now
+    assert one(service.sync(AUTOPILOT)).outcome is Outcome.COOLDOWN
+    assert len(sync_posts(graph)) == 1
+
+
+def test_a_fan_out_where_every_unit_is_refused_costs_no_graph_call_and_one_table_round_trip(service, graph, table_counter):
+    service.sync(SyncRequest("exchange"))
+    calls_before = len(graph_calls(graph))
+    table_counter.reset()
+    results = service.sync(SyncRequest("exchange"))
+    assert [r.outcome for r in results] == [Outcome.COOLDOWN]
+    assert len(graph_calls(graph)) == calls_before and table_counter.count == 1
+
+
+def test_a_fan_out_with_table_storage_down_fails_before_any_graph_call(make_service, graph):
+    result = one(make_service(AzureWebJobsStorage=unreachable_storage()).sync(SyncRequest("exchange")))
+    assert result.outcome is Outcome.FAILED and result.failure_status == 503 and result.target == "exchange"
+    assert graph_calls(graph) == []

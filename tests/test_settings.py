@@ -94,3 +94,8 @@ def test_client_id_must_be_a_guid():
 def test_every_problem_is_reported_at_once():
     found = problems({"SYNC_TARGETS": "x", "EXCHANGE_SYNC_TYPE": "y", "SYNC_STATE_TABLE": "a-b"})
     assert {"SYNC_TARGETS", "EXCHANGE_SYNC_TYPE", "SYNC_STATE_TABLE", "AzureWebJobsStorage"} <= set(found)
+
+
+def test_a_lease_shorter_than_the_slowest_graph_call_is_refused():
+    found = problems({**STORAGE, "GRAPH_TIMEOUT_SECONDS": "60", "SYNC_LEASE_SECONDS": "180"})
+    assert "GRAPH_TIMEOUT_SECONDS=60" in found["SYNC_LEASE_SECONDS"]
