@@ -31,6 +31,18 @@ def sync_item(req: func.HttpRequest) -> func.HttpResponse:
     return api.handle(req, "POST", api.sync)
 
 
+@app.timer_trigger(arg_name="timer", schedule=api.schedule_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
+def sync_watch(timer: func.TimerRequest) -> None:
+    api.run_watch()
+
+
+# The poll URL carries its own credential (a token), because Power Automate does not send the
+# connector's key when it follows a Location header.
+@app.route(route="operations/{operationId}", methods=api.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+def sync_operation(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "GET", api.operation)
+
+
 @app.route(route="health", methods=api.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return api.handle(req, "GET", api.health)

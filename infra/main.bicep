@@ -43,6 +43,20 @@ param leaseSeconds int = 180
 @maxValue(120)
 param graphTimeoutSeconds int = 30
 
+@description('How long "sync and wait" follows a sync before answering timedOut.')
+@minValue(60)
+param waitTimeoutSeconds int = 3600
+
+@description('NCRONTAB schedule of the watcher that reports finished syncs to NOTIFY_URL.')
+param watchSchedule string = '0 */2 * * * *'
+
+@secure()
+@description('Comma list of URLs to POST sync notifications to (e.g. a Power Automate "When an HTTP request is received" URL); empty for none.')
+param notifyUrl string = ''
+
+@allowed(['json', 'adaptiveCard'])
+param notifyFormat string = 'json'
+
 @description('Maximum Flex Consumption instances; the app needs few.')
 @minValue(1)
 @maxValue(1000)
@@ -64,6 +78,10 @@ var syncSettings = {
   SYNC_STATE_TABLE: stateTableName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
+  SYNC_WAIT_TIMEOUT_SECONDS: string(waitTimeoutSeconds)
+  SYNC_WATCH_SCHEDULE: watchSchedule
+  NOTIFY_URL: notifyUrl
+  NOTIFY_FORMAT: notifyFormat
 }
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from typing import Any, Callable
+from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
 
@@ -17,11 +18,12 @@ from .errors import UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, Trigger
 from .service import SyncService, UnknownTarget, build_service
 from .settings import DEFAULTS, SYNC_TYPES, Settings, SettingsError
-from .targets import InvalidItemId, ItemNotFound
+from .targets import InvalidItemId, ItemNotFound, parse_guid
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4096
+POLL_SECONDS = 30  # Retry-After for "sync and wait" polls; an Autopilot sync takes minutes
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _STATUS_BY_OUTCOME = {
     Outcome.STARTED: 202,
@@ -75,9 +77,9 @@ def reload() -> None:
     service.cache_clear()
 
 
-def schedule_expression() -> str:
-    # The host resolves %SYNC_SCHEDULE% only when the setting exists; fall back to the default.
-    return "%SYNC_SCHEDULE%" if os.environ.get("SYNC_SCHEDULE") else DEFAULTS["SYNC_SCHEDULE"]
+def schedule_expression(setting: str = "SYNC_SCHEDULE") -> str:
+    # The host resolves %SETTING% only when the setting exists; fall back to the default.
+    return f"%{setting}%" if os.environ.get(setting) else DEFAULTS[setting]
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -138,10 +140,18 @@ def sync(req: func.HttpRequest) -> func.HttpResponse:
     item_id = req.route_params.get("itemId")
     svc = service()
     per_item = svc.target(target).per_item  # UnknownTarget -> 404 before the body is read
+    wait = _flag(req, "wait")
+    if wait and per_item and item_id is None:
+        raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST /api/sync/{target}/{{id}})")
     sync_type = _read_body(req, allow_sync_type=per_item)
-    results = svc.sync(
-        SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP, caller=caller_of(req))
-    )
+    request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP, caller=caller_of(req))
+    if wait:
+        result, operation, token = svc.sync_and_follow(request)
+        if operation is None:
+            return result_response([result], single=True)
+        location = _operation_url(req, operation.id, token or "")
+        return json_response(result.to_json(), 202, {"Location": location, "Retry-After": str(POLL_SECONDS)})
+    results = svc.sync(request)
     # One unit answers with its own status; a fan-out answers 200 with every unit's result,
     # unless the fan-out itself failed (e.g. listing the connectors), which answers as one.
     single = item_id is not None or not per_item or [r.target for r in results] == [target]
@@ -150,6 +160,30 @@ def sync(req: func.HttpRequest) -> func.HttpResponse:
 
 def status(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(service().status())
+
+
+def operation(req: func.HttpRequest) -> func.HttpResponse:
+    """Poll a "sync and wait" operation: 202 while the sync runs, 200 with the final status.
+
+    Anonymous at the host: the token in the URL is the credential (see shared/operations.py).
+    Any mismatch answers the same 404, so the route reveals nothing about other operations.
+    """
+    not_found = ApiError(404, "OperationNotFound", "no such operation, or the token does not match")
+    try:
+        operation_id = parse_guid(req.route_params.get("operationId", ""))
+    except InvalidItemId:
+        raise not_found from None
+    token = req.params.get("token") or ""
+    if not token or len(token) > 100:
+        raise not_found
+    current = service().poll(operation_id, token)
+    if current is None:
+        raise not_found
+    if current.done:
+        return json_response(current.to_json(), 200)
+    return json_response(
+        current.to_json(), 202, {"Location": _operation_url(req, current.id, token), "Retry-After": str(POLL_SECONDS)}
+    )
 
 
 def health(req: func.HttpRequest) -> func.HttpResponse:
@@ -168,6 +202,13 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
             "schedule": current.sync_schedule,
         }
     )
+
+
+def run_watch() -> int:
+    finished = service().watch()
+    if finished:
+        log.info("watch: %d sync(s) seen to finish", finished)
+    return finished
 
 
 def run_timer(past_due: bool) -> list[SyncResult]:
@@ -212,6 +253,19 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
     if sync_type is not None and (not isinstance(sync_type, str) or sync_type not in SYNC_TYPES):
         raise ApiError(400, "InvalidSyncType", f"syncType must be one of {', '.join(SYNC_TYPES)}")
     return sync_type
+
+
+def _flag(req: func.HttpRequest, name: str) -> bool:
+    value = (req.params.get(name) or "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ApiError(400, "InvalidQuery", f"{name} must be true or false")
+    return value in ("true", "1")
+
+
+def _operation_url(req: func.HttpRequest, operation_id: str, token: str) -> str:
+    # Absolute, as the async pattern requires; the token carries the poller's authority.
+    parts = urlsplit(req.url)
+    return f"{parts.scheme}://{parts.netloc}/api/operations/{operation_id}?{urlencode({'token': token})}"
 
 
 def caller_of(req: func.HttpRequest) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,9 +18,11 @@ from typing import Any
 from .errors import StateStoreUnavailable, UpstreamError
 from .graph import GraphClient, GraphResponse
 from .model import Clock, Outcome, SyncRequest, SyncResult, Trigger, iso, utcnow
+from .notify import Notification, Notifier
+from .operations import Operation, OperationStore
 from .settings import Settings
 from .state import Attempt, StateStore, TargetState
-from .targets import TARGETS, Skip, Target, Unit
+from .targets import TARGETS, Completion, Skip, Target, Unit
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,15 @@ class SyncService:
         graph: GraphClient,
         store: StateStore,
         clock: Clock = utcnow,
+        operations: OperationStore | None = None,
+        notifier: Notifier | None = None,
     ):
         self.settings = settings
         self.graph = graph
         self.store = store
         self.clock = clock
+        self.operations = operations
+        self.notifier = notifier
         self.targets: dict[str, Target] = {
             name: TARGETS[name](
                 graph,
@@ -169,6 +176,7 @@ class SyncService:
             last_client_request_id=client_request_id,
             last_message=message[:1000],
             last_error_code=error.code if error else None,
+            completion_pending=True if outcome is Outcome.STARTED else state.completion_pending,
         )
         attempt = Attempt(
             attempt_at=attempt_at,
@@ -196,6 +204,13 @@ class SyncService:
             "sync %s: %s (graph %s, request-id %s) by %s/%s",
             unit.name, outcome.value, graph_status, request_id, request.trigger.value, request.caller,
         )
+        if outcome in (Outcome.STARTED, Outcome.FAILED):
+            self._notify(
+                Notification(
+                    "syncStarted" if outcome is Outcome.STARTED else "syncFailed",
+                    unit.name, outcome.value, finished, message, next_allowed, request_id, client_request_id,
+                )
+            )
         return SyncResult(
             unit.name,
             outcome,
@@ -285,6 +300,104 @@ class SyncService:
         except Exception:
             log.exception("could not release lease on %s", lease.state.key)
 
+    # --- following a sync to its end -----------------------------------------------------
+
+    def sync_and_follow(self, request: SyncRequest) -> tuple[SyncResult, Operation | None, str | None]:
+        """Sync one unit; if it started (or one is running), also create an operation that a
+        caller can poll until Graph reports the sync finished. Returns (result, operation, token)."""
+        result = self.sync(request)[0]
+        if result.outcome not in (Outcome.STARTED, Outcome.IN_PROGRESS) or self.operations is None:
+            return result, None, None
+        target = self.target(request.target)
+        unit = target.units(request.item_id)[0]
+        assert isinstance(unit, Unit)
+        since = result.last_attempt_at if result.outcome is Outcome.STARTED and result.last_attempt_at else self.clock()
+        operation, token = self.operations.create(
+            unit.name, unit.target, unit.item_id, since,
+            since + timedelta(seconds=self.settings.wait_timeout_seconds), result.message,
+        )
+        return result, operation, token
+
+    def poll(self, operation_id: str, token: str) -> Operation | None:
+        """The operation's current status; None if there is no such operation for this token."""
+        assert self.operations is not None
+        operation = self.operations.get(operation_id)
+        if operation is None or not operation.matches(token):
+            return None
+        if operation.done:
+            return operation
+        now = self.clock()
+        target = self.target(operation.unit_target)
+        unit = Unit(operation.unit_target, operation.item_id)
+        try:
+            completion = target.completion(unit, operation.since)
+        except UpstreamError as exc:  # keep waiting: a blip in Graph is not the sync's failure
+            completion = None
+            message = f"still waiting; Graph status unavailable ({exc.code})"
+        if completion and completion.done:
+            final = replace(
+                operation, status=completion.status, last_sync_date_time=completion.last_sync_date_time,
+                sync_status=completion.sync_status, finished_at=now,
+                message=f"sync of {unit.name} {completion.status} (Graph lastSyncDateTime {completion.last_sync_date_time})",
+            )
+            self.operations.finish(final)
+            self._record_completion(unit, completion)
+            return final
+        if now >= operation.deadline:
+            final = replace(
+                operation, status="timedOut", finished_at=now,
+                message=f"gave up waiting after {self.settings.wait_timeout_seconds} s; Graph still reports the sync running",
+            )
+            self.operations.finish(final)
+            return final
+        if completion:
+            message = f"sync of {unit.name} is running (Graph syncStatus {completion.sync_status})"
+        return replace(operation, message=message, sync_status=completion.sync_status if completion else operation.sync_status)
+
+    def watch(self) -> int:
+        """Look for syncs that started and have not been seen to finish; report those that have.
+        Returns how many finished. One table query when there is nothing to do."""
+        if self.notifier is None or not self.notifier.urls:
+            return 0
+        finished = 0
+        for state in self.store.pending_completions():
+            if state.target not in self.targets or state.last_started_at is None:
+                continue
+            unit = Unit(state.target, state.item_id)
+            try:
+                completion = self.targets[state.target].completion(unit, state.last_started_at)
+            except UpstreamError as exc:
+                log.warning("could not read the status of %s: %s", unit.name, exc.message)
+                continue
+            if completion.done:
+                finished += self._record_completion(unit, completion, state)
+        self.notifier.flush()
+        return finished
+
+    def _record_completion(self, unit: Unit, completion: Completion, state: TargetState | None = None) -> bool:
+        """Clear the unit's completion flag; whoever clears it sends the one notification."""
+        state = state or self.store.read(unit.key)
+        if not state.completion_pending:
+            return False
+        cleared = self.store.update(
+            replace(state, completion_pending=False, last_completed_at=self.clock(), last_sync_status=completion.sync_status)
+        )
+        if cleared is None:
+            return False  # another poller or the watcher got there first
+        self._notify(
+            Notification(
+                "syncFailed" if completion.status == "failed" else "syncCompleted",
+                unit.name, completion.status, self.clock(),
+                f"Graph reports the sync of {unit.name} {completion.status}",
+                state.next_allowed_at, last_sync_date_time=completion.last_sync_date_time, sync_status=completion.sync_status,
+            )
+        )
+        return True
+
+    def _notify(self, notification: Notification) -> None:
+        if self.notifier is not None:
+            self.notifier.send(notification)
+
     # --- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -347,5 +460,6 @@ def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: An
         timeout=settings.graph_timeout_seconds,
         **graph_options,
     )
-    store = StateStore(table_client(settings.storage, settings.state_table, make_credential))
-    return SyncService(settings, graph, store, clock)
+    table = table_client(settings.storage, settings.state_table, make_credential)
+    notifier = Notifier(settings.notify_urls, settings.notify_format, os.environ.get("WEBSITE_SITE_NAME", "intune-sync"))
+    return SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier)

@@ -25,10 +25,15 @@ DEFAULTS: dict[str, str] = {
     "SYNC_STATE_TABLE": "intunesync",
     "SYNC_LEASE_SECONDS": "180",
     "GRAPH_TIMEOUT_SECONDS": "30",
+    "SYNC_WAIT_TIMEOUT_SECONDS": "3600",
+    "SYNC_WATCH_SCHEDULE": "0 */2 * * * *",
+    "NOTIFY_URL": "",
+    "NOTIFY_FORMAT": "json",
 }
 
 KNOWN_TARGETS = ("autopilot", "exchange")
 SYNC_TYPES = ("deltaSync", "fullSync")
+NOTIFY_FORMATS = ("json", "adaptiveCard")
 # Graph refuses a second Autopilot sync within 10 minutes; a shorter cooldown only buys 429s.
 MIN_AUTOPILOT_COOLDOWN = 600
 MIN_EXCHANGE_COOLDOWN = 60
@@ -90,6 +95,10 @@ class Settings:
     state_table: str = DEFAULTS["SYNC_STATE_TABLE"]
     lease_seconds: int = int(DEFAULTS["SYNC_LEASE_SECONDS"])
     graph_timeout_seconds: float = float(DEFAULTS["GRAPH_TIMEOUT_SECONDS"])
+    wait_timeout_seconds: int = int(DEFAULTS["SYNC_WAIT_TIMEOUT_SECONDS"])
+    watch_schedule: str = DEFAULTS["SYNC_WATCH_SCHEDULE"]
+    notify_urls: tuple[str, ...] = ()
+    notify_format: str = DEFAULTS["NOTIFY_FORMAT"]
 
     @property
     def graph_scope(self) -> str:
@@ -129,13 +138,29 @@ class Settings:
                 f"unknown target(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TARGETS)}"
             )
 
-        schedule = get("SYNC_SCHEDULE")
-        fields = schedule.split()
-        if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
-            problems["SYNC_SCHEDULE"] = (
-                f"must be an NCRONTAB expression with six fields "
-                f"(second minute hour day month weekday), got {schedule!r}"
-            )
+        def ncrontab(name: str) -> str:
+            schedule = get(name)
+            fields = schedule.split()
+            if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
+                problems[name] = (
+                    f"must be an NCRONTAB expression with six fields "
+                    f"(second minute hour day month weekday), got {schedule!r}"
+                )
+            return schedule
+
+        schedule = ncrontab("SYNC_SCHEDULE")
+        watch_schedule = ncrontab("SYNC_WATCH_SCHEDULE")
+        wait_timeout = integer("SYNC_WAIT_TIMEOUT_SECONDS", 60)
+
+        notify_urls = tuple(u.strip() for u in get("NOTIFY_URL").split(",") if u.strip())
+        for url in notify_urls:
+            parts = urlsplit(url)
+            if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
+                # Never echo the URL: Power Automate trigger URLs carry their signature in the query.
+                problems["NOTIFY_URL"] = "every URL must be https (http only on loopback)"
+        notify_format = get("NOTIFY_FORMAT")
+        if notify_format not in NOTIFY_FORMATS:
+            problems["NOTIFY_FORMAT"] = f"must be one of {', '.join(NOTIFY_FORMATS)}, got {notify_format!r}"
 
         sync_type = get("EXCHANGE_SYNC_TYPE")
         if sync_type not in SYNC_TYPES:
@@ -188,6 +213,10 @@ class Settings:
             state_table=table,
             lease_seconds=lease_seconds,
             graph_timeout_seconds=timeout,
+            wait_timeout_seconds=wait_timeout,
+            watch_schedule=watch_schedule,
+            notify_urls=notify_urls,
+            notify_format=notify_format,
         )
 
 

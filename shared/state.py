@@ -60,6 +60,10 @@ class TargetState:
     last_client_request_id: str | None = None
     last_message: str | None = None
     last_error_code: str | None = None
+    # Set when a sync starts; cleared by whoever first sees Graph report it finished.
+    completion_pending: bool | None = None
+    last_completed_at: datetime | None = None
+    last_sync_status: str | None = None
 
     def lease_active(self, now: datetime) -> bool:
         return bool(self.lease_owner) and self.lease_expires_at is not None and self.lease_expires_at > now
@@ -71,7 +75,7 @@ class TargetState:
                 continue
             value = getattr(self, f.name)
             if value is not None:  # absent properties stay absent: REPLACE clears them
-                entity[_camel(f.name)] = value
+                entity[camel(f.name)] = value
         return entity
 
     @classmethod
@@ -80,9 +84,9 @@ class TargetState:
         for f in fields(cls):
             if f.name in ("key", "etag"):
                 continue
-            value = entity.get(_camel(f.name))
+            value = entity.get(camel(f.name))
             if isinstance(value, datetime):
-                value = _as_utc(value)
+                value = as_utc(value)
             values[f.name] = value
         return cls(key=key, etag=entity.metadata.get("etag"), **values)
 
@@ -120,24 +124,24 @@ class Attempt:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
-                entity[_camel(f.name)] = value
+                entity[camel(f.name)] = value
         return entity
 
 
-def _camel(name: str) -> str:
+def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
 
 
-def _as_utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def _store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
+def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
     """Create the table on first use, and turn storage faults into StateStoreUnavailable."""
 
     @functools.wraps(method)
-    def wrapper(self: "StateStore", *args: Any, **kwargs: Any) -> _T:
+    def wrapper(self: "TableStore", *args: Any, **kwargs: Any) -> _T:
         try:
             try:
                 return method(self, *args, **kwargs)
@@ -158,7 +162,9 @@ def _store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
     return wrapper
 
 
-class StateStore:
+class TableStore:
+    """Plumbing shared by the stores that keep their rows in the state table."""
+
     def __init__(self, table: TableClient):
         self._table = table
         self.table_name = table.table_name
@@ -171,7 +177,10 @@ class StateStore:
         except ResourceExistsError:
             pass
 
-    @_store_errors
+
+class StateStore(TableStore):
+
+    @store_errors
     def read(self, key: str) -> TargetState:
         try:
             entity = self._table.get_entity(partition_key=key, row_key=STATE_ROW)
@@ -181,7 +190,7 @@ class StateStore:
             return TargetState(key=key)
         return TargetState.from_entity(key, entity)
 
-    @_store_errors
+    @store_errors
     def claim(self, state: TargetState, now: datetime, lease_seconds: int, **identity: str | None) -> Lease | None:
         """Take the in-flight lease if nobody changed the row since ``state`` was read.
 
@@ -213,7 +222,7 @@ class StateStore:
             return None  # the row vanished under us: treat like a lost race
         return Lease(state=replace(claimed, etag=meta["etag"]), owner=owner, expires_at=expires)
 
-    @_store_errors
+    @store_errors
     def commit(self, lease: Lease, outcome: TargetState, attempt: Attempt) -> None:
         """Release the lease, record the outcome and append the attempt, atomically.
 
@@ -260,7 +269,7 @@ class StateStore:
             log.warning("lease on %s was lost before commit; merged the outcome", lease.state.key)
         raise StateStoreUnavailable(f"could not record the outcome of {lease.state.key}: the row kept changing")
 
-    @_store_errors
+    @store_errors
     def release(self, lease: Lease) -> None:
         """Give the lease back without an attempt (nothing was sent to Graph)."""
         try:
@@ -273,7 +282,23 @@ class StateStore:
         except ResourceModifiedError:
             pass  # someone else holds it now; theirs to release
 
-    @_store_errors
+    @store_errors
+    def update(self, state: TargetState) -> TargetState | None:
+        """Write the row if nobody changed it since it was read; None if somebody did."""
+        try:
+            meta = self._table.update_entity(
+                state.to_entity(), mode=UpdateMode.REPLACE, etag=state.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return replace(state, etag=meta["etag"])
+
+    @store_errors
+    def pending_completions(self) -> list[TargetState]:
+        rows = self._table.query_entities("RowKey eq @row and completionPending eq true", parameters={"row": STATE_ROW})
+        return [TargetState.from_entity(row["PartitionKey"], row) for row in rows]
+
+    @store_errors
     def states(self, key_prefix: str = "") -> list[TargetState]:
         """Every state row, or those whose key starts with ``key_prefix`` (one round trip)."""
         query, parameters = "RowKey eq @row", {"row": STATE_ROW}
@@ -283,7 +308,7 @@ class StateStore:
         rows = self._table.query_entities(query, parameters=parameters)
         return [TargetState.from_entity(row["PartitionKey"], row) for row in rows]
 
-    @_store_errors
+    @store_errors
     def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._table.query_entities(
             "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",

@@ -18,6 +18,9 @@ from .graph import GraphClient, GraphResponse
 AUTOPILOT_SETTINGS = "/beta/deviceManagement/windowsAutopilotSettings"
 EXCHANGE_CONNECTORS = "/v1.0/deviceManagement/exchangeConnectors"
 GRAPH_AUTOPILOT_WINDOW = timedelta(minutes=10)
+# Graph's clock and ours may disagree a little; a sync finished this much "before" we triggered
+# it still counts as ours (no earlier sync can finish that close: the cooldown is far longer).
+CLOCK_SKEW = timedelta(seconds=30)
 
 
 class InvalidItemId(ValueError):
@@ -50,6 +53,19 @@ class Unit:
 class Skip:
     unit: Unit
     reason: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Where a sync triggered at some moment stands, by Graph's own account."""
+
+    status: str  # "running", "completed" or "failed"
+    last_sync_date_time: str | None = None
+    sync_status: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
 
 
 def parse_guid(value: str) -> str:
@@ -93,6 +109,10 @@ class Target(ABC):
     def graph_status(self) -> list[dict[str, Any]]:
         """Graph's own view of each unit, for GET /api/sync/status."""
 
+    @abstractmethod
+    def completion(self, unit: Unit, since: datetime) -> Completion:
+        """Whether the sync of ``unit`` triggered at ``since`` has finished (one Graph read)."""
+
 
 class AutopilotTarget(Target):
     name = "autopilot"
@@ -117,6 +137,14 @@ class AutopilotTarget(Target):
             return fallback
         end = last + max(self.cooldown, GRAPH_AUTOPILOT_WINDOW)
         return end if now < end <= fallback else fallback
+
+    def completion(self, unit: Unit, since: datetime) -> Completion:
+        body = self.graph.get(AUTOPILOT_SETTINGS).raise_for_status("reading Autopilot settings").body or {}
+        raw_last, status = body.get("lastSyncDateTime"), body.get("syncStatus")
+        last = _parse_time(raw_last)
+        if status == "inProgress" or last is None or last < since - CLOCK_SKEW:
+            return Completion("running", raw_last, status)
+        return Completion("failed" if status == "failed" else "completed", raw_last, status)
 
     def graph_status(self) -> list[dict[str, Any]]:
         body = self.graph.get(AUTOPILOT_SETTINGS).raise_for_status("reading Autopilot settings").body or {}
@@ -155,6 +183,16 @@ class ExchangeTarget(Target):
         return self.graph.post(
             f"{EXCHANGE_CONNECTORS}/{unit.item_id}/sync", json={"syncType": sync_type or self.default_sync_type}
         )
+
+    def completion(self, unit: Unit, since: datetime) -> Completion:
+        connector = self.graph.get(f"{EXCHANGE_CONNECTORS}/{unit.item_id}").raise_for_status(
+            f"reading Exchange connector {unit.item_id}"
+        ).body or {}
+        raw_last = connector.get("lastSyncDateTime")
+        last = _parse_time(raw_last)
+        if last is None or last < since - CLOCK_SKEW:
+            return Completion("running", raw_last, connector.get("status"))
+        return Completion("completed", raw_last, connector.get("status"))
 
     def graph_status(self) -> list[dict[str, Any]]:
         return [

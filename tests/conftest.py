@@ -24,6 +24,8 @@ from emulators.graph import GraphEmulator  # noqa: E402
 from emulators.identity import IdentityEmulator  # noqa: E402
 from shared.graph import GraphClient, RetryPolicy  # noqa: E402
 from shared.identity import make_credential  # noqa: E402
+from shared.notify import Notifier  # noqa: E402
+from shared.operations import OperationStore  # noqa: E402
 from shared.service import SyncService  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.state import StateStore, table_client  # noqa: E402
@@ -138,7 +140,8 @@ def make_service(env: dict[str, str], clock: FakeClock, table_counter: TableCoun
             retry=FAST_RETRY,
         )
         table = table_client(settings.storage, settings.state_table, make_credential, raw_request_hook=table_counter)
-        return SyncService(settings, graph_client, StateStore(table), clock)
+        notifier = Notifier(settings.notify_urls, settings.notify_format, retries=2)
+        return SyncService(settings, graph_client, StateStore(table), clock, OperationStore(table), notifier)
 
     return make
 

@@ -9,6 +9,7 @@ param storageAccountName string
 param deploymentContainerName string
 param applicationInsightsName string
 param maximumInstanceCount int
+@secure() // NOTIFY_URL may carry a signature; keep it out of deployment history
 @description('The sync settings the code reads (built in main.bicep).')
 param appSettings object
 

@@ -1,0 +1,160 @@
+"""Outcome notifications: a JSON summary (or a Teams-ready Adaptive Card) POSTed to each
+``NOTIFY_URL`` when a sync starts, completes or fails.
+
+Delivery runs on a small background pool with bounded retries, so a slow or dead endpoint never
+delays or fails a sync; failures are logged without the URL's query (Power Automate trigger URLs
+carry their signature there).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .model import iso
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+EVENTS = ("syncStarted", "syncCompleted", "syncFailed")
+
+
+@dataclass(frozen=True)
+class Notification:
+    event: str  # one of EVENTS
+    target: str
+    outcome: str
+    at: datetime
+    message: str = ""
+    next_allowed_at: datetime | None = None
+    graph_request_id: str | None = None
+    client_request_id: str | None = None
+    last_sync_date_time: str | None = None
+    sync_status: str | None = None
+
+    def to_json(self, app: str) -> dict[str, Any]:
+        return {
+            "schemaVersion": SCHEMA_VERSION,
+            "event": self.event,
+            "app": app,
+            "target": self.target,
+            "outcome": self.outcome,
+            "at": iso(self.at),
+            "message": self.message,
+            "nextAllowedAt": iso(self.next_allowed_at),
+            "graphRequestId": self.graph_request_id,
+            "clientRequestId": self.client_request_id,
+            "lastSyncDateTime": self.last_sync_date_time,
+            "syncStatus": self.sync_status,
+        }
+
+    def to_adaptive_card(self, app: str) -> dict[str, Any]:
+        """The message shape Teams' "When a Teams webhook request is received" flow accepts."""
+        titles = {"syncStarted": "Intune sync started", "syncCompleted": "Intune sync completed", "syncFailed": "Intune sync failed"}
+        facts = [
+            {"title": name, "value": str(value)}
+            for name, value in (
+                ("Target", self.target),
+                ("Outcome", self.outcome),
+                ("At", iso(self.at)),
+                ("Graph lastSyncDateTime", self.last_sync_date_time),
+                ("Next sync allowed", iso(self.next_allowed_at)),
+                ("Graph request-id", self.graph_request_id),
+                ("App", app),
+            )
+            if value
+        ]
+        card = {
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "type": "AdaptiveCard",
+            "version": "1.4",
+            "body": [
+                {
+                    "type": "TextBlock",
+                    "size": "Medium",
+                    "weight": "Bolder",
+                    "text": titles[self.event],
+                    "color": "Attention" if self.event == "syncFailed" else "Good",
+                },
+                {"type": "TextBlock", "text": self.message, "wrap": True},
+                {"type": "FactSet", "facts": facts},
+            ],
+        }
+        return {
+            "type": "message",
+            "attachments": [
+                {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}
+            ],
+        }
+
+
+class Notifier:
+    def __init__(self, urls: tuple[str, ...], fmt: str = "json", app: str = "intune-sync", timeout: float = 10.0, retries: int = 3):
+        self.urls = urls
+        self.fmt = fmt
+        self.app = app
+        self._timeout = (min(5.0, timeout), timeout)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify") if urls else None
+        self._pending: set[Future[bool]] = set()
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        adapter = HTTPAdapter(
+            max_retries=Retry(
+                total=retries,
+                backoff_factor=0.5,
+                backoff_max=5,
+                status_forcelist=(408, 429, 500, 502, 503, 504),
+                allowed_methods=frozenset({"POST"}),
+                respect_retry_after_header=True,
+                raise_on_status=False,
+            )
+        )
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+
+    def send(self, notification: Notification) -> list[Future[bool]]:
+        """Queue delivery to every URL; returns at once."""
+        if not self._pool:
+            return []
+        body = notification.to_adaptive_card(self.app) if self.fmt == "adaptiveCard" else notification.to_json(self.app)
+        futures = [self._pool.submit(self._deliver, url, body) for url in self.urls]
+        with self._lock:
+            self._pending.update(futures)
+        for future in futures:
+            future.add_done_callback(self._forget)
+        return futures
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait (bounded) for queued deliveries; the timer calls this before it returns."""
+        with self._lock:
+            pending = list(self._pending)
+        wait(pending, timeout=timeout)
+
+    def _forget(self, future: Future[bool]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def _deliver(self, url: str, body: dict[str, Any]) -> bool:
+        where = _redacted(url)
+        try:
+            response = self._session.post(url, json=body, timeout=self._timeout)
+        except requests.RequestException as exc:
+            log.warning("notification to %s failed after retries: %s", where, type(exc).__name__)
+            return False
+        if response.status_code >= 300:
+            log.warning("notification to %s answered %s after retries", where, response.status_code)
+            return False
+        return True
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"

@@ -1,0 +1,108 @@
+"""Long-running "sync and wait" operations, kept in the state table so any instance can answer
+a poll.
+
+A caller polls the operation's URL (the Location of a 202). Power Automate does not send a
+custom connector's credentials when it follows a Location header, so the URL itself carries the
+credential: an unguessable token (valet-key pattern). Only its SHA-256 is stored, it grants
+reading this one operation's status and nothing else, and it expires with the operation.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from .model import iso
+from .state import TableStore, as_utc, camel, store_errors
+
+OPERATION_ROW = "operation"
+STATUSES = ("running", "completed", "failed", "timedOut")
+
+
+@dataclass(frozen=True)
+class Operation:
+    id: str
+    target: str  # the unit's name: "autopilot", "exchange/<id>"
+    unit_target: str
+    item_id: str | None
+    since: datetime  # when the sync was triggered
+    deadline: datetime
+    token_hash: str
+    status: str = "running"
+    last_sync_date_time: str | None = None
+    sync_status: str | None = None
+    message: str = ""
+    finished_at: datetime | None = None
+    etag: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operationId": self.id,
+            "target": self.target,
+            "status": self.status,
+            "startedAt": iso(self.since),
+            "deadline": iso(self.deadline),
+            "finishedAt": iso(self.finished_at),
+            "lastSyncDateTime": self.last_sync_date_time,
+            "syncStatus": self.sync_status,
+            "message": self.message,
+        }
+
+    def matches(self, token: str) -> bool:
+        return hmac.compare_digest(self.token_hash, _hash(token))
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class OperationStore(TableStore):
+    @store_errors
+    def create(self, target: str, unit_target: str, item_id: str | None, since: datetime, deadline: datetime, message: str) -> tuple[Operation, str]:
+        token = secrets.token_urlsafe(32)
+        operation = Operation(
+            id=str(uuid.uuid4()), target=target, unit_target=unit_target, item_id=item_id,
+            since=since, deadline=deadline, token_hash=_hash(token), message=message,
+        )
+        meta = self._table.create_entity(self._entity(operation))
+        return replace(operation, etag=meta["etag"]), token
+
+    @store_errors
+    def get(self, operation_id: str) -> Operation | None:
+        try:
+            entity = self._table.get_entity(partition_key=f"op-{operation_id}", row_key=OPERATION_ROW)
+        except ResourceNotFoundError as exc:
+            if exc.error_code == "TableNotFound":
+                raise
+            return None
+        values = {}
+        for f in fields(Operation):
+            if f.name in ("id", "etag"):
+                continue
+            value = entity.get(camel(f.name))
+            values[f.name] = as_utc(value) if isinstance(value, datetime) else value
+        values["message"] = values.get("message") or ""
+        return Operation(id=operation_id, etag=entity.metadata.get("etag"), **values)
+
+    @store_errors
+    def finish(self, operation: Operation) -> None:
+        """Record a final status; last writer wins (every poller computes the same answer)."""
+        self._table.upsert_entity(self._entity(operation))
+
+    def _entity(self, operation: Operation) -> dict[str, Any]:
+        entity: dict[str, Any] = {"PartitionKey": f"op-{operation.id}", "RowKey": OPERATION_ROW}
+        for f in fields(operation):
+            value = getattr(operation, f.name)
+            if f.name not in ("id", "etag") and value is not None:
+                entity[camel(f.name)] = value
+        return entity
