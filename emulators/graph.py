@@ -12,7 +12,7 @@
 
 Test controls under ``/_emulator/`` (no auth): ``reset``, ``clock`` (advance the emulated clock),
 ``faults`` (answer N matching requests with a status, a delay, a Retry-After), ``config``
-(connectors, sync duration, latency, Retry-After on 429, revoke tokens), ``stats``.
+(connectors, sync duration and outcome, latency, Retry-After on 429, revoke tokens), ``stats``.
 """
 from __future__ import annotations
 
@@ -86,6 +86,7 @@ class GraphEmulator(Server):
             self.sync_duration = timedelta(seconds=30)
             self.latency = 0.0
             self.retry_after_on_429: int | None = None
+            self.sync_outcome = "completed"  # what syncStatus says once a sync has run
             self.revoked_before = 0.0
             self.last_trigger: datetime | None = None
             self.last_sync: datetime | None = None
@@ -103,7 +104,7 @@ class GraphEmulator(Server):
         now = self.now()
         if self.running_until and now >= self.running_until:
             self.last_sync, self.running_until = self.running_until, None
-        status = "inProgress" if self.running_until else ("completed" if self.last_sync else "unknown")
+        status = "inProgress" if self.running_until else (self.sync_outcome if self.last_sync else "unknown")
         return {
             "@odata.context": "https://graph.microsoft.com/beta/$metadata#deviceManagement/windowsAutopilotSettings/$entity",
             "id": "6b6a7f8c-0c64-4a2a-9e53-3b5b0d4a1b11",
@@ -136,6 +137,8 @@ class GraphEmulator(Server):
                 self.sync_duration = timedelta(seconds=float(config["syncDurationSeconds"]))
             if "latencySeconds" in config:
                 self.latency = float(config["latencySeconds"])
+            if "syncOutcome" in config:
+                self.sync_outcome = config["syncOutcome"]
             if "retryAfterOn429" in config:
                 self.retry_after_on_429 = config["retryAfterOn429"]
             if config.get("revokeTokens"):

@@ -151,6 +151,51 @@ def service(make_service: Callable[..., SyncService]) -> SyncService:
     return make_service()
 
 
+class NotificationSink:
+    """A real HTTP endpoint that records what it is sent; can fail its first N requests."""
+
+    def __init__(self) -> None:
+        from emulators.server import JsonHandler, Server
+
+        sink = self
+
+        class Handler(JsonHandler):
+            def dispatch(self) -> None:
+                body = self.read_json()
+                with sink.lock:
+                    sink.attempts += 1
+                    failing = sink.fail_first > 0
+                    sink.fail_first -= 1
+                    if not failing:
+                        sink.received.append(body)
+                self.send_json(503 if failing else 202)
+
+        self.lock = threading.Lock()
+        self.received: list[Any] = []
+        self.attempts = 0
+        self.fail_first = 0
+        self.server = Server(Handler).start()
+        self.url = self.server.base_url + "/notify?sig=secret-signature"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Any]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.received) >= count:
+                    return list(self.received)
+            time.sleep(0.02)
+        return list(self.received)
+
+
+@pytest.fixture
+def sink() -> Iterator[NotificationSink]:
+    s = NotificationSink()
+    yield s
+    s.server.stop()
+
+
 def unreachable_storage() -> str:
     """A connection string for a table endpoint where nothing listens."""
     from emulators.azurite import ACCOUNT, KEY, free_port
@@ -213,3 +258,58 @@ def advance(clock: FakeClock, graph: GraphEmulator, seconds: float) -> None:
     """Move the app's and Graph's clocks together."""
     clock.advance(seconds)
     requests.post(f"{graph.base_url}/_emulator/clock", json={"advanceSeconds": seconds}, timeout=5).raise_for_status()
+
+
+# --- calling the function app in-process, as the host does -----------------------------------
+
+import function_app  # noqa: E402
+from shared import api  # noqa: E402
+
+# app.get_functions() once per process, as documented for testing v2 functions.
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()
+}
+
+
+@pytest.fixture
+def app_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Settings in the environment, and a fresh service built from them (as a new process would)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    api.reload()
+    yield env
+    api.reload()
+
+
+def call(method: str, route: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """Route a request like the host does (route values decoded) and call the matching function."""
+    import json
+    from urllib.parse import parse_qsl, unquote
+
+    import azure.functions as func
+
+    path, _, query = route.partition("?")
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+    if parts[:2] == ["sync", "status"] and len(parts) == 2:
+        name, params = "sync_status", {}
+    elif parts[0] == "sync" and len(parts) == 2:
+        name, params = "sync_target", {"target": parts[1]}
+    elif parts[0] == "sync" and len(parts) == 3:
+        name, params = "sync_item", {"target": parts[1], "itemId": parts[2]}
+    elif parts[0] == "operations" and len(parts) == 2:
+        name, params = "sync_operation", {"operationId": parts[1]}
+    elif parts == ["health"]:
+        name, params = "health", {}
+    else:
+        raise AssertionError(f"no route {route}")
+    headers = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+        headers.setdefault("Content-Type", "application/json")
+    data = body.encode() if isinstance(body, str) else (body or b"")
+    request = func.HttpRequest(method, f"http://localhost/api/{route}", headers=headers,
+                               params=dict(parse_qsl(query)), route_params=params, body=data)
+    response = FUNCTIONS[name](request)
+    assert response.mimetype == "application/json"
+    payload = json.loads(response.get_body()) if response.get_body() else None
+    return response.status_code, dict(response.headers), payload

@@ -4,59 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import unquote
-from typing import Any, Callable
-
-import azure.functions as func
 import pytest
 import requests
 from azure.functions.timer import TimerRequest
 
-import function_app
-from conftest import graph_calls, sync_posts, unreachable_storage
-from shared import api
+from conftest import FUNCTIONS, call, graph_calls, sync_posts, unreachable_storage
 from shared.graph import PERMISSION
 
 CONNECTED = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
 RESULT_KEYS = {"target", "outcome", "nextAllowedAt", "lastAttemptAt", "graphRequestId", "clientRequestId", "message", "errorCode"}
-FUNCTIONS: dict[str, Callable[..., Any]] = {
-    fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()
-}
-
-
-@pytest.fixture
-def app_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Settings in the environment, and a fresh service built from them (as a new process would)."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    api.reload()
-    yield env
-    api.reload()
-
-
-def call(method: str, route: str, body: bytes | str | dict | list | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    """Route a request like the host does and call the matching function."""
-    parts = [unquote(p) for p in route.strip("/").split("/")]  # the host decodes route values
-    if parts[:2] == ["sync", "status"] and len(parts) == 2:
-        name, params = "sync_status", {}
-    elif parts[0] == "sync" and len(parts) == 2:
-        name, params = "sync_target", {"target": parts[1]}
-    elif parts[0] == "sync" and len(parts) == 3:
-        name, params = "sync_item", {"target": parts[1], "itemId": parts[2]}
-    elif parts == ["health"]:
-        name, params = "health", {}
-    else:
-        raise AssertionError(f"no route {route}")
-    headers = dict(headers or {})
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body)
-        headers.setdefault("Content-Type", "application/json")
-    data = body.encode() if isinstance(body, str) else (body or b"")
-    request = func.HttpRequest(method, f"http://localhost/api/{route}", headers=headers, params={}, route_params=params, body=data)
-    response = FUNCTIONS[name](request)
-    assert response.mimetype == "application/json"
-    payload = json.loads(response.get_body()) if response.get_body() else None
-    return response.status_code, dict(response.headers), payload
 
 
 def test_a_granted_sync_answers_202_with_the_result_shape(app_env, graph):
