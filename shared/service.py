@@ -408,8 +408,8 @@ class SyncService:
         for name, target in self.targets.items():
             try:
                 graph: Any = target.graph_status()
-            except UpstreamError as exc:
-                graph = {"error": {"code": exc.code, "message": exc.message}}
+            except UpstreamError as exc:  # same shape as a unit's status, so the schema stays one
+                graph = [{"target": name, "error": {"code": exc.code, "message": exc.message}}]
             rows = [s for key, s in local.items() if key == name or key.startswith(f"{name}-")]
             targets.append(
                 {
