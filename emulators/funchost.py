@@ -95,15 +95,18 @@ class _Handler(JsonHandler):
         if not path.startswith("/api/"):
             return self.send_json(404, {"error": {"code": "NotFound", "message": "no such route"}})
         relative = path[len("/api/"):]
+        allowed: set[str] = set()
         for route in self.server.routes:
             match = route.pattern.match(relative)
+            if match:
+                allowed |= route.methods
             if not match or self.command not in route.methods:
                 continue
             query = dict(parse_qsl(raw.query, keep_blank_values=True))
             if not route.anonymous and self.server.function_key:
                 given = self.headers.get("x-functions-key") or query.get("code")
                 if given != self.server.function_key:
-                    return self.send_json(401, None)
+                    return self.send_json(401, {"error": {"code": "Unauthorized", "message": "missing or wrong function key"}})
             request = func.HttpRequest(
                 method=self.command,
                 url=f"http://{self.headers.get('Host', 'localhost')}{self.path}",
@@ -124,6 +127,11 @@ class _Handler(JsonHandler):
             if self.command != "HEAD":
                 self.wfile.write(data)
             return
+        if allowed:  # as ASP.NET endpoint routing does for a method no route accepts
+            return self.send_json(
+                405, {"error": {"code": "MethodNotAllowed", "message": f"{self.command} is not allowed here"}},
+                {"Allow": ", ".join(sorted(allowed))},
+            )
         self.send_json(404, {"error": {"code": "NotFound", "message": "no such route"}})
 
     def invoke_other(self, name: str) -> None:

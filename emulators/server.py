@@ -47,26 +47,11 @@ class JsonHandler(BaseHTTPRequestHandler):
         if data and self.command != "HEAD":
             self.wfile.write(data)
 
-    def do_GET(self) -> None:
-        self.dispatch()
-
-    def do_POST(self) -> None:
-        self.dispatch()
-
-    def do_PUT(self) -> None:
-        self.dispatch()
-
-    def do_PATCH(self) -> None:
-        self.dispatch()
-
-    def do_DELETE(self) -> None:
-        self.dispatch()
-
-    def do_HEAD(self) -> None:
-        self.dispatch()
-
-    def do_OPTIONS(self) -> None:
-        self.dispatch()
+    def __getattr__(self, name: str) -> Any:
+        # Every method, known or not (TRACE, QUERY...), goes to dispatch, which decides.
+        if name.startswith("do_"):
+            return self.dispatch
+        raise AttributeError(name)
 
     def dispatch(self) -> None:  # each emulator overrides this
         self.send_json(404, {"error": {"code": "NotFound", "message": self.path_only}})

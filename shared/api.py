@@ -250,7 +250,7 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
             f"unknown field(s) {', '.join(unknown)}" + ("; allowed: syncType" if allowed else "; this route takes no body"),
         )
     sync_type = data.get("syncType")
-    if sync_type is not None and (not isinstance(sync_type, str) or sync_type not in SYNC_TYPES):
+    if "syncType" in data and (not isinstance(sync_type, str) or sync_type not in SYNC_TYPES):
         raise ApiError(400, "InvalidSyncType", f"syncType must be one of {', '.join(SYNC_TYPES)}")
     return sync_type
 

@@ -215,11 +215,12 @@ def start_app_hosts(identity_server: IdentityEmulator) -> Iterator[Callable[...,
 
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(count: int, settings: dict[str, str]) -> list[str]:
+    def start(count: int, settings: dict[str, str], function_key: str | None = None) -> list[str]:
         ports = [free_port() for _ in range(count)]
         child_env = {**os.environ, **settings, **identity_server.env()}
+        key = ["--function-key", function_key] if function_key else []
         started = [
-            subprocess.Popen([sys.executable, "-m", "emulators.funchost", "--port", str(p)], cwd=ROOT,
+            subprocess.Popen([sys.executable, "-m", "emulators.funchost", "--port", str(p), *key], cwd=ROOT,
                              env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for p in ports
         ]
@@ -266,9 +267,8 @@ import function_app  # noqa: E402
 from shared import api  # noqa: E402
 
 # app.get_functions() once per process, as documented for testing v2 functions.
-FUNCTIONS: dict[str, Callable[..., Any]] = {
-    fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()
-}
+APP_FUNCTIONS = function_app.app.get_functions()
+FUNCTIONS: dict[str, Callable[..., Any]] = {fn.get_function_name(): fn.get_user_function() for fn in APP_FUNCTIONS}
 
 
 @pytest.fixture
