@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -52,6 +53,31 @@ class RetryPolicy:
         """The longest one logical request can take, every attempt timing out, plus backoff."""
         attempts = self.retries + 1
         return attempts * (CONNECT_TIMEOUT + read_timeout) + self.retries * self.backoff_max
+
+
+class WriteLimiter:
+    """At most ``limit`` writes per ``window`` seconds in this process (a sliding window).
+
+    Intune allows an app 100 writes per 20 s per tenant; a fan-out over many connectors must stay
+    under it. Written by hand: the standard library has no rate limiter and this is a dozen lines.
+    """
+
+    def __init__(self, limit: int = 100, window: float = 20.0):
+        self.limit, self.window = limit, window
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._sent and now - self._sent[0] >= self.window:
+                    self._sent.popleft()
+                if len(self._sent) < self.limit:
+                    self._sent.append(now)
+                    return
+                wait = self.window - (now - self._sent[0])
+            time.sleep(wait)
 
 
 class _GraphRetry(Retry):
@@ -157,6 +183,7 @@ class GraphClient:
         timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
         pool_size: int = 16,
+        write_limiter: WriteLimiter | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._credential = credential
@@ -164,6 +191,7 @@ class GraphClient:
         self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)  # (connect, read)
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
+        self._writes = write_limiter or WriteLimiter()
         self.token_requests = 0  # how many times a token was asked for (tests count it)
         self._session = requests.Session()
         adapter = HTTPAdapter(
@@ -202,6 +230,8 @@ class GraphClient:
         """
         if not _SAFE_PATH.match(path):
             raise ValueError(f"refusing to call Graph with an unsafe path: {path!r}")
+        if method not in _READ_METHODS:
+            self._writes.acquire()
         response = self._send(method, path, json, self._get_token())
         if response.status == 401:
             claims = _CLAIMS.search(response.headers.get("WWW-Authenticate", ""))

@@ -9,7 +9,7 @@ from conftest import FAST_RETRY, graph_calls
 from emulators.azurite import free_port
 from emulators.graph import AUTOPILOT
 from shared.errors import GraphAccessDenied, GraphUnavailable, TokenUnavailable
-from shared.graph import PERMISSION, GraphClient, RetryPolicy
+from shared.graph import PERMISSION, GraphClient, RetryPolicy, WriteLimiter
 from shared.identity import make_credential
 
 SYNC = AUTOPILOT + "/sync"
@@ -150,3 +150,21 @@ def test_a_path_with_caller_pieces_is_refused_before_any_call(client, graph):
         with pytest.raises(ValueError):
             client.post(path)
     assert graph_calls(graph) == []
+
+
+def test_the_write_limiter_holds_writes_to_the_window():
+    limiter = WriteLimiter(limit=3, window=0.5)
+    started = time.monotonic()
+    for _ in range(7):
+        limiter.acquire()
+    assert 0.95 <= time.monotonic() - started < 1.5  # 3 now, 3 after 0.5 s, 1 after 1 s
+
+
+def test_reads_do_not_count_against_the_write_limit(graph):
+    limited = GraphClient(graph.base_url, make_credential(None), f"{graph.base_url}/.default", retry=FAST_RETRY,
+                          write_limiter=WriteLimiter(limit=1, window=60))
+    started = time.monotonic()
+    for _ in range(5):
+        limited.get(AUTOPILOT)
+    limited.post(SYNC)
+    assert time.monotonic() - started < 5

@@ -49,14 +49,30 @@ def test_a_granted_sync_costs_one_post_and_three_table_round_trips(service, grap
     assert table_counter.count <= 3, table_counter.methods
 
 
-def test_a_refusal_costs_no_graph_call_and_one_table_round_trip(service, graph, table_counter):
-    service.sync(AUTOPILOT)
+def test_a_refusal_costs_no_graph_call_and_one_table_round_trip(make_service, graph, table_counter):
+    make_service().sync(AUTOPILOT)  # another instance synced
     calls_before = len(graph_calls(graph))
     table_counter.reset()
-    result = one(service.sync(AUTOPILOT))
+    result = one(make_service().sync(AUTOPILOT))
     assert result.outcome is Outcome.COOLDOWN and result.retry_after_seconds == 600
     assert len(graph_calls(graph)) == calls_before
     assert table_counter.count == 1
+
+
+def test_a_refusal_this_process_already_knows_costs_no_round_trip_at_all(service, graph, table_counter, clock):
+    service.sync(AUTOPILOT)
+    calls_before = len(graph_calls(graph))
+    table_counter.reset()
+    clock.advance(100)
+    result = one(service.sync(AUTOPILOT))
+    assert result.outcome is Outcome.COOLDOWN and result.retry_after_seconds == 500
+    assert table_counter.count == 0 and len(graph_calls(graph)) == calls_before
+
+
+def test_a_remembered_cooldown_ends_on_time(service, graph, clock):
+    service.sync(AUTOPILOT)
+    advance(clock, graph, 601)
+    assert one(service.sync(AUTOPILOT)).outcome is Outcome.STARTED
 
 
 def test_after_the_cooldown_the_next_sync_is_granted(service, graph, clock):
@@ -175,12 +191,12 @@ def test_state_store_down_is_503_with_no_graph_call_and_no_state_lost(make_servi
         svc = make_service(AzureWebJobsStorage=own.connection_string)
         assert one(svc.sync(AUTOPILOT)).outcome is Outcome.STARTED
         own.stop()
-        result = one(svc.sync(AUTOPILOT))
+        result = one(make_service(AzureWebJobsStorage=own.connection_string).sync(AUTOPILOT))  # another instance
         assert result.outcome is Outcome.FAILED and result.failure_status == 503
         assert result.error_code == "StateStoreUnavailable" and "Table Storage" in result.message
         assert len(sync_posts(graph)) == 1
-        own.start()
-        assert one(svc.sync(AUTOPILOT)).outcome is Outcome.COOLDOWN
+        own.start()  # same data: a fresh instance finds the cooldown in the table
+        assert one(make_service(AzureWebJobsStorage=own.connection_string).sync(AUTOPILOT)).outcome is Outcome.COOLDOWN
 
 
 def test_a_commit_after_losing_the_lease_still_records_the_attempt(service, clock):
@@ -260,11 +276,11 @@ def test_graph_429_with_retry_after_zero_still_holds_the_window(service, graph, 
     assert len(sync_posts(graph)) == 1
 
 
-def test_a_fan_out_where_every_unit_is_refused_costs_no_graph_call_and_one_table_round_trip(service, graph, table_counter):
-    service.sync(SyncRequest("exchange"))
+def test_a_fan_out_where_every_unit_is_refused_costs_no_graph_call_and_one_table_round_trip(make_service, graph, table_counter):
+    make_service().sync(SyncRequest("exchange"))
     calls_before = len(graph_calls(graph))
     table_counter.reset()
-    results = service.sync(SyncRequest("exchange"))
+    results = make_service().sync(SyncRequest("exchange"))
     assert [r.outcome for r in results] == [Outcome.COOLDOWN]
     assert len(graph_calls(graph)) == calls_before and table_counter.count == 1
 
