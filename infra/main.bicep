@@ -33,6 +33,28 @@ param autopilotCooldownSeconds int = 600
 @minValue(60)
 param exchangeCooldownSeconds int = 600
 
+@minValue(900)
+param appleAdeCooldownSeconds int = 900
+
+@minValue(60)
+param vppCooldownSeconds int = 600
+
+@minValue(60)
+param managedGooglePlayCooldownSeconds int = 600
+
+@minValue(60)
+param driverInventoryCooldownSeconds int = 600
+
+@description('Hours after the last good sync at which GET /api/sync/status rates a target warning / unhealthy.')
+param healthWarningHours int = 24
+param healthUnhealthyHours int = 72
+
+@description('Per-target overrides of those hours, e.g. vpp=12:48,appleAde=24:96.')
+param healthThresholds string = ''
+
+@description('Days before an Apple or VPP token expires at which it is rated warning.')
+param tokenExpiryWarningDays int = 30
+
 @description('Table for cooldowns, leases and history.')
 param stateTableName string = 'intunesync'
 
@@ -68,6 +90,11 @@ var tags = { 'azd-env-name': environmentName }
 var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 
+// The Graph application roles the enabled targets need, from the same table the code uses.
+var targetRoles = loadJsonContent('../shared/graph-roles.json')
+var rolesPerTarget = [for target in split(syncTargets, ','): targetRoles[trim(target)]]
+var graphAppRoles = union(flatten(rolesPerTarget), []) // union() drops duplicates
+
 var syncSettings = {
   GRAPH_BASE_URL: graphBaseUrl
   SYNC_TARGETS: syncTargets
@@ -75,6 +102,14 @@ var syncSettings = {
   EXCHANGE_SYNC_TYPE: exchangeSyncType
   AUTOPILOT_COOLDOWN_SECONDS: string(autopilotCooldownSeconds)
   EXCHANGE_COOLDOWN_SECONDS: string(exchangeCooldownSeconds)
+  APPLE_ADE_COOLDOWN_SECONDS: string(appleAdeCooldownSeconds)
+  VPP_COOLDOWN_SECONDS: string(vppCooldownSeconds)
+  MANAGED_GOOGLE_PLAY_COOLDOWN_SECONDS: string(managedGooglePlayCooldownSeconds)
+  DRIVER_INVENTORY_COOLDOWN_SECONDS: string(driverInventoryCooldownSeconds)
+  HEALTH_WARNING_HOURS: string(healthWarningHours)
+  HEALTH_UNHEALTHY_HOURS: string(healthUnhealthyHours)
+  HEALTH_THRESHOLDS: healthThresholds
+  TOKEN_EXPIRY_WARNING_DAYS: string(tokenExpiryWarningDays)
   SYNC_STATE_TABLE: stateTableName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
@@ -157,6 +192,7 @@ module graphPermission 'app/graph-permission.bicep' = if (grantGraphPermission) 
   scope: rg
   params: {
     principalId: identity.outputs.principalId
+    appRoles: graphAppRoles
   }
 }
 
@@ -167,3 +203,4 @@ output AZURE_FUNCTION_APP_URL string = api.outputs.url
 output AZURE_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
+output GRAPH_APP_ROLES array = graphAppRoles

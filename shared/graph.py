@@ -139,8 +139,10 @@ class GraphResponse:
     def error_message(self) -> str | None:
         return _odata_error(self.body)[1]
 
-    def raise_for_status(self, what: str) -> "GraphResponse":
-        """Turn a failure status into the error that names its cause; return self when 2xx."""
+    def raise_for_status(self, what: str, roles: tuple[str, ...] = (PERMISSION,)) -> "GraphResponse":
+        """Turn a failure status into the error that names its cause; return self when 2xx.
+
+        ``roles`` are the application permissions the call needs, named in a 401/403."""
         if self.ok:
             return self
         detail = f"Graph answered {self.status}" + (f" {self.error_code}" if self.error_code else "")
@@ -155,8 +157,8 @@ class GraphResponse:
         if self.status in (401, 403):
             raise GraphAccessDenied(
                 f"Graph refused the app's identity for {what} ({detail}). The managed identity needs "
-                f"the application permission {PERMISSION} (admin-consented app role) and the tenant "
-                f"needs an active Intune licence.",
+                f"the application permission {' and '.join(roles)} (admin-consented app role) and the "
+                f"tenant needs an active Intune licence.",
                 **context,
             )
         if self.status == 404:
@@ -182,7 +184,7 @@ class GraphClient:
         *,
         timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
-        pool_size: int = 16,
+        pool_size: int = 32,  # at least the fan-out's workers, so connections are reused
         write_limiter: WriteLimiter | None = None,
     ):
         self.base_url = base_url.rstrip("/")
@@ -213,6 +215,9 @@ class GraphClient:
         )
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
+        # Proxy settings for our one host are read once, not from the environment on every call.
+        self._session.trust_env = False
+        self._session.proxies = requests.utils.get_environ_proxies(self.base_url)
 
     def close(self) -> None:
         self._session.close()

@@ -1,8 +1,24 @@
 """What the app's identity must be granted, in one place: infra/ and the docs derive from it,
 and tests/test_infra.py checks that the Bicep grants exactly this."""
+from __future__ import annotations
 
-# Microsoft Graph application roles (app role assignments on the managed identity).
-GRAPH_APP_ROLES: tuple[str, ...] = ("DeviceManagementServiceConfig.ReadWrite.All",)
+import json
+from pathlib import Path
+from typing import Iterable
+
+# Microsoft Graph application roles each sync target needs. A JSON file, so that
+# infra/main.bicep reads the very same table (loadJsonContent) to grant them.
+TARGET_ROLES: dict[str, tuple[str, ...]] = {
+    target: tuple(roles) for target, roles in json.loads((Path(__file__).parent / "graph-roles.json").read_text()).items()
+}
+
+# Every Graph role any target needs (the Bicep grants those of the enabled targets).
+GRAPH_APP_ROLES: tuple[str, ...] = tuple(dict.fromkeys(r for roles in TARGET_ROLES.values() for r in roles))
+
+
+def roles_for(targets: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r for t in targets for r in TARGET_ROLES[t]))
+
 
 # Built-in Azure roles on the storage account, by role definition id.
 STORAGE_ROLES: dict[str, str] = {

@@ -9,10 +9,22 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from .graph import RetryPolicy
+
+# Each sync target with its cooldown setting, default and minimum (seconds).
+TARGET_COOLDOWNS: dict[str, tuple[str, int, int]] = {
+    # Graph refuses a second Autopilot sync within 10 minutes; a shorter cooldown only buys 429s.
+    "autopilot": ("AUTOPILOT_COOLDOWN_SECONDS", 600, 600),
+    "exchange": ("EXCHANGE_COOLDOWN_SECONDS", 600, 60),
+    # Apple's enrollment program takes a manual sync at most every 15 minutes.
+    "appleAde": ("APPLE_ADE_COOLDOWN_SECONDS", 900, 900),
+    "vpp": ("VPP_COOLDOWN_SECONDS", 600, 60),
+    "managedGooglePlay": ("MANAGED_GOOGLE_PLAY_COOLDOWN_SECONDS", 600, 60),
+    "driverInventory": ("DRIVER_INVENTORY_COOLDOWN_SECONDS", 600, 60),
+}
 
 # Defaults live here only; infra/main.bicep repeats them and tests/test_infra.py checks it does.
 DEFAULTS: dict[str, str] = {
@@ -20,8 +32,7 @@ DEFAULTS: dict[str, str] = {
     "SYNC_TARGETS": "autopilot",
     "SYNC_SCHEDULE": "0 0 * * * *",
     "EXCHANGE_SYNC_TYPE": "deltaSync",
-    "AUTOPILOT_COOLDOWN_SECONDS": "600",
-    "EXCHANGE_COOLDOWN_SECONDS": "600",
+    **{setting: str(default) for setting, default, _ in TARGET_COOLDOWNS.values()},
     "SYNC_STATE_TABLE": "intunesync",
     "SYNC_LEASE_SECONDS": "180",
     "GRAPH_TIMEOUT_SECONDS": "30",
@@ -29,14 +40,15 @@ DEFAULTS: dict[str, str] = {
     "SYNC_WATCH_SCHEDULE": "0 */2 * * * *",
     "NOTIFY_URL": "",
     "NOTIFY_FORMAT": "json",
+    "HEALTH_WARNING_HOURS": "24",
+    "HEALTH_UNHEALTHY_HOURS": "72",
+    "HEALTH_THRESHOLDS": "",
+    "TOKEN_EXPIRY_WARNING_DAYS": "30",
 }
 
 KNOWN_TARGETS = ("autopilot", "exchange")
 SYNC_TYPES = ("deltaSync", "fullSync")
 NOTIFY_FORMATS = ("json", "adaptiveCard")
-# Graph refuses a second Autopilot sync within 10 minutes; a shorter cooldown only buys 429s.
-MIN_AUTOPILOT_COOLDOWN = 600
-MIN_EXCHANGE_COOLDOWN = 60
 MIN_LEASE_SECONDS = 60
 # Besides the Graph call, a claimed sync makes one table write (commit) inside its lease.
 LEASE_MARGIN_SECONDS = 15
@@ -90,8 +102,7 @@ class Settings:
     sync_targets: tuple[str, ...] = ("autopilot",)
     sync_schedule: str = DEFAULTS["SYNC_SCHEDULE"]
     exchange_sync_type: str = DEFAULTS["EXCHANGE_SYNC_TYPE"]
-    autopilot_cooldown_seconds: int = int(DEFAULTS["AUTOPILOT_COOLDOWN_SECONDS"])
-    exchange_cooldown_seconds: int = int(DEFAULTS["EXCHANGE_COOLDOWN_SECONDS"])
+    cooldowns: tuple[tuple[str, int], ...] = tuple((t, d) for t, (_, d, _) in TARGET_COOLDOWNS.items())
     state_table: str = DEFAULTS["SYNC_STATE_TABLE"]
     lease_seconds: int = int(DEFAULTS["SYNC_LEASE_SECONDS"])
     graph_timeout_seconds: float = float(DEFAULTS["GRAPH_TIMEOUT_SECONDS"])
@@ -99,6 +110,17 @@ class Settings:
     watch_schedule: str = DEFAULTS["SYNC_WATCH_SCHEDULE"]
     notify_urls: tuple[str, ...] = ()
     notify_format: str = DEFAULTS["NOTIFY_FORMAT"]
+    # (target or "*", warning hours, unhealthy hours): when a target's last good sync is too old
+    health_thresholds: tuple[tuple[str, float, float], ...] = (("*", 24.0, 72.0),)
+    token_expiry_warning_days: int = int(DEFAULTS["TOKEN_EXPIRY_WARNING_DAYS"])
+
+    def cooldown_seconds(self, target: str) -> int:
+        return dict(self.cooldowns)[target]
+
+    def thresholds(self, target: str) -> tuple[float, float]:
+        """(warning, unhealthy) hours for ``target``: its own override, else the global ones."""
+        table = {name: (warn, bad) for name, warn, bad in self.health_thresholds}
+        return table.get(target, table["*"])
 
     @property
     def graph_scope(self) -> str:
@@ -166,9 +188,10 @@ class Settings:
         if sync_type not in SYNC_TYPES:
             problems["EXCHANGE_SYNC_TYPE"] = f"must be one of {', '.join(SYNC_TYPES)}, got {sync_type!r}"
 
-        autopilot_cooldown = integer("AUTOPILOT_COOLDOWN_SECONDS", MIN_AUTOPILOT_COOLDOWN)
-        exchange_cooldown = integer("EXCHANGE_COOLDOWN_SECONDS", MIN_EXCHANGE_COOLDOWN)
+        cooldowns = tuple((target, integer(name, minimum)) for target, (name, _, minimum) in TARGET_COOLDOWNS.items())
         lease_seconds = integer("SYNC_LEASE_SECONDS", MIN_LEASE_SECONDS)
+        health = _health_thresholds(get, problems)
+        expiry_days = integer("TOKEN_EXPIRY_WARNING_DAYS", 1)
 
         timeout_raw = get("GRAPH_TIMEOUT_SECONDS")
         try:
@@ -208,8 +231,9 @@ class Settings:
             sync_targets=targets,
             sync_schedule=schedule,
             exchange_sync_type=sync_type,
-            autopilot_cooldown_seconds=autopilot_cooldown,
-            exchange_cooldown_seconds=exchange_cooldown,
+            cooldowns=cooldowns,
+            health_thresholds=health,
+            token_expiry_warning_days=expiry_days,
             state_table=table,
             lease_seconds=lease_seconds,
             graph_timeout_seconds=timeout,
@@ -218,6 +242,36 @@ class Settings:
             notify_urls=notify_urls,
             notify_format=notify_format,
         )
+
+
+def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> tuple[tuple[str, float, float], ...]:
+    """Global warning/unhealthy hours, and per-target overrides ``vpp=12:48,appleAde=24:96``."""
+
+    def hours(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+            if value <= 0:
+                raise ValueError
+            return value
+        except ValueError:
+            problems[name] = f"must be a positive number of hours, got {raw!r}"
+            return 1.0
+
+    warn, bad = hours("HEALTH_WARNING_HOURS", get("HEALTH_WARNING_HOURS")), hours("HEALTH_UNHEALTHY_HOURS", get("HEALTH_UNHEALTHY_HOURS"))
+    if warn >= bad and "HEALTH_WARNING_HOURS" not in problems:
+        problems["HEALTH_WARNING_HOURS"] = "must be less than HEALTH_UNHEALTHY_HOURS"
+    table = [("*", warn, bad)]
+    for entry in filter(None, (e.strip() for e in get("HEALTH_THRESHOLDS").split(","))):
+        target, _, pair = entry.partition("=")
+        w, _, b = pair.partition(":")
+        if target.strip() not in KNOWN_TARGETS or not b:
+            problems["HEALTH_THRESHOLDS"] = f"entries look like vpp=12:48 (target=warning:unhealthy hours), got {entry!r}"
+            continue
+        tw, tb = hours("HEALTH_THRESHOLDS", w), hours("HEALTH_THRESHOLDS", b)
+        if tw >= tb:
+            problems["HEALTH_THRESHOLDS"] = f"warning must be less than unhealthy in {entry!r}"
+        table.append((target.strip(), tw, tb))
+    return tuple(table)
 
 
 def _check_base_url(url: str) -> str | None:

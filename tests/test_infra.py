@@ -132,15 +132,30 @@ def test_no_queue_role_is_granted_while_the_code_uses_no_queue():
     assert "azure.storage.queue" not in "".join(p.read_text() for p in (ROOT / "shared").glob("*.py"))
 
 
-def test_the_graph_module_grants_exactly_the_graph_roles_the_code_needs():
+def test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets():
+    main = parse(INFRA / "main.bicep")
+    # The Bicep reads the code's own table...
+    loaded = main["variables"]["targetRoles"]["value"]["function"]
+    assert loaded["type"] == "load_json_content" and loaded["parameters"]["file_path"] == "../shared/graph-roles.json"
+    assert json.loads((INFRA / "../shared/graph-roles.json").read_text()) == {t: list(r) for t, r in permissions.TARGET_ROLES.items()}
+    # ...derives the roles from SYNC_TARGETS, and hands exactly those to the grant.
+    per_target = main["variables"]["rolesPerTarget"]["value"]
+    assert per_target["loop_type"]["detail"]["array_name"]["function"]["parameters"]["input_string"] == "syncTargets"
+    assert per_target["config"]["operator"]["operands"]["operand_1"] == "targetRoles"
+    assert "rolesPerTarget" in json.dumps(main["variables"]["graphAppRoles"])
+    assert main["modules"]["graphPermission"]["config"]["config"]["params"]["appRoles"] == "graphAppRoles"
     graph = parse(INFRA / "app" / "graph-permission.bicep")
-    assert tuple(graph["parameters"]["appRoles"]["default"]) == permissions.GRAPH_APP_ROLES
-    assert PERMISSION in permissions.GRAPH_APP_ROLES
+    assert "default" not in graph["parameters"]["appRoles"] or graph["parameters"]["appRoles"]["default"] is None
     app_id = graph["resources"]["microsoftGraph"]["config"]["appId"]
     assert graph["variables"][app_id]["value"] == "00000003-0000-0000-c000-000000000000"  # Microsoft Graph
     grants = graph["resources"]["grants"]
     assert grants["type"] == "Microsoft.Graph/appRoleAssignedTo"
     assert grants["config"]["loop_type"]["detail"]["array_name"] == "appRoles"  # one grant per role
+
+
+def test_the_default_targets_need_only_the_service_config_role():
+    assert permissions.roles_for(["autopilot"]) == (PERMISSION,)
+    assert set(permissions.roles_for(permissions.TARGET_ROLES)) == set(permissions.GRAPH_APP_ROLES)
 
 
 def test_the_graph_grant_is_behind_a_parameter_that_defaults_on():

@@ -19,7 +19,7 @@ def test_defaults_need_only_storage():
     assert s.sync_targets == ("autopilot",)
     assert s.sync_schedule == "0 0 * * * *"
     assert s.exchange_sync_type == "deltaSync"
-    assert s.autopilot_cooldown_seconds == 600
+    assert s.cooldown_seconds("autopilot") == 600 and s.cooldown_seconds("appleAde") == 900
     assert s.state_table == "intunesync"
 
 

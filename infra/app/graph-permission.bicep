@@ -7,8 +7,8 @@ extension microsoftGraphV1
 @description('Object (principal) id of the managed identity.')
 param principalId string
 
-@description('Graph application roles to grant (shared/permissions.py GRAPH_APP_ROLES).')
-param appRoles array = ['DeviceManagementServiceConfig.ReadWrite.All']
+@description('Graph application roles to grant: those of the enabled targets (shared/graph-roles.json).')
+param appRoles array
 
 var microsoftGraphAppId = '00000003-0000-0000-c000-000000000000'
 
