@@ -23,7 +23,8 @@ from .notify import Notification, Notifier
 from .operations import Operation, OperationStore
 from .settings import Settings
 from .state import Attempt, StateStore, TargetState
-from .targets import TARGETS, Completion, Skip, Target, Unit
+from .health import Rating, rate, worst
+from .targets import TARGETS, Completion, Skip, Target, Unit, read_connector_status
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,7 @@ class SyncService:
         self._known: dict[str, SyncResult] = {}
         self._known_lock = threading.Lock()
         self.targets: dict[str, Target] = {
-            name: TARGETS[name](
-                graph,
-                cooldown_seconds=settings.cooldown_seconds(name),
-                sync_type=settings.exchange_sync_type if name == "exchange" else None,
-            )
+            name: TARGETS[name](graph, settings.cooldown_seconds(name), settings.exchange_sync_type, clock)
             for name in settings.sync_targets
         }
 
@@ -310,7 +307,7 @@ class SyncService:
                 until,
                 f"Graph refused: {unit.name} was synced within its cooldown; next sync allowed at {iso(until)}",
             )
-        response.raise_for_status(f"the {unit.name} sync")
+        response.raise_for_status(f"the {unit.name} sync", target.roles)
         raise AssertionError("unreachable")  # raise_for_status raised for every non-2xx
 
     def _failure(self, name: str, exc: UpstreamError) -> SyncResult:
@@ -432,24 +429,36 @@ class SyncService:
     # --- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Local state next to Graph's own, per enabled target; Graph faults are reported inline."""
+        """Local state next to Graph's own and a health rating, per enabled target and unit.
+        A Graph fault for one target is reported inline and rated unhealthy."""
         now = self.clock()
         local = {s.key: s for s in self.store.states()}
         targets = []
         for name, target in self.targets.items():
+            warning_hours, unhealthy_hours = self.settings.thresholds(name)
             try:
-                graph: Any = target.graph_status()
+                graph: list[dict[str, Any]] = []
+                for view in target.graph_status():
+                    rating = rate(view, now, warning_hours, unhealthy_hours, self.settings.token_expiry_warning_days)
+                    graph.append({"target": view.target, **view.fields, "health": rating.to_json()})
             except UpstreamError as exc:  # same shape as a unit's status, so the schema stays one
-                graph = [{"target": name, "error": {"code": exc.code, "message": exc.message}}]
+                graph = [{"target": name, "error": {"code": exc.code, "message": exc.message},
+                          "health": Rating("unhealthy", (exc.message,)).to_json()}]
             rows = [s for key, s in local.items() if key == name or key.startswith(f"{name}-")]
             targets.append(
                 {
                     "target": name,
+                    "health": worst([g["health"]["rating"] for g in graph]),
                     "units": [_state_json(s, now) for s in sorted(rows, key=lambda s: s.key)],
                     "graph": graph,
                 }
             )
-        return {"now": iso(now), "targets": targets}
+        return {
+            "now": iso(now),
+            "health": worst([t["health"] for t in targets]),
+            "targets": targets,
+            "connectorStatus": read_connector_status(self.graph),
+        }
 
 
 def _unit_of(state: TargetState) -> Unit:

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, str] = {
     "TOKEN_EXPIRY_WARNING_DAYS": "30",
 }
 
-KNOWN_TARGETS = ("autopilot", "exchange")
+KNOWN_TARGETS = tuple(TARGET_COOLDOWNS)
 SYNC_TYPES = ("deltaSync", "fullSync")
 NOTIFY_FORMATS = ("json", "adaptiveCard")
 MIN_LEASE_SECONDS = 60

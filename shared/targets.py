@@ -12,11 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import GraphResourceNotFound
+from .errors import GraphResourceNotFound, UpstreamError
 from .graph import GraphClient, GraphResponse
+from .model import Clock, utcnow
+from .permissions import TARGET_ROLES
 
 AUTOPILOT_SETTINGS = "/beta/deviceManagement/windowsAutopilotSettings"
 EXCHANGE_CONNECTORS = "/v1.0/deviceManagement/exchangeConnectors"
+DEP_ONBOARDING_SETTINGS = "/beta/deviceManagement/depOnboardingSettings"
+VPP_TOKENS = "/v1.0/deviceAppManagement/vppTokens"
+MANAGED_GOOGLE_PLAY = "/beta/deviceManagement/androidManagedStoreAccountEnterpriseSettings"
+DRIVER_UPDATE_PROFILES = "/beta/deviceManagement/windowsDriverUpdateProfiles"
+CONNECTOR_STATUS = "/beta/deviceManagement/connectorStatus"
 GRAPH_AUTOPILOT_WINDOW = timedelta(minutes=10)
 # Graph's clock and ours may disagree a little; a sync finished this much "before" we triggered
 # it still counts as ours (no earlier sync can finish that close: the cooldown is far longer).
@@ -68,6 +75,17 @@ class Completion:
         return self.status != "running"
 
 
+@dataclass(frozen=True)
+class GraphView:
+    """Graph's own account of one unit, with what its health is rated from."""
+
+    target: str
+    fields: dict[str, Any]
+    last_success: datetime | None  # the last sync Graph reports as good
+    failure: str | None = None  # why the unit is broken (last sync failed, token not valid...)
+    expires: datetime | None = None  # when the unit's token expires, if it has one
+
+
 def parse_guid(value: str) -> str:
     """Accept only a canonical GUID; returns it lower-case. Anything else never reaches a URL."""
     try:
@@ -84,10 +102,19 @@ class Target(ABC):
     name: str
     per_item: bool = False  # whether callers may address one item (POST /api/sync/{target}/{id})
 
-    def __init__(self, graph: GraphClient, cooldown_seconds: int, sync_type: str | None = None):
+    def __init__(self, graph: GraphClient, cooldown_seconds: int, sync_type: str | None = None, clock: Clock = utcnow):
         self.graph = graph
         self.cooldown = timedelta(seconds=cooldown_seconds)
         self.default_sync_type = sync_type
+        self.clock = clock
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The Graph application roles this target needs (named in a 403)."""
+        return TARGET_ROLES[self.name]
+
+    def read(self, path: str, what: str) -> Any:
+        return self.graph.get(path).raise_for_status(what, self.roles).body or {}
 
     @abstractmethod
     def units(self, item_id: str | None = None) -> list[Unit | Skip]:
@@ -106,7 +133,7 @@ class Target(ABC):
         return now + self.cooldown
 
     @abstractmethod
-    def graph_status(self) -> list[dict[str, Any]]:
+    def graph_status(self) -> list[GraphView]:
         """Graph's own view of each unit, for GET /api/sync/status."""
 
     @abstractmethod
@@ -130,7 +157,7 @@ class AutopilotTarget(Target):
         fallback = now + self.cooldown
         try:
             settings = self.graph.get(AUTOPILOT_SETTINGS)
-        except Exception:
+        except UpstreamError:
             return fallback
         last = _parse_time((settings.body or {}).get("lastManualSyncTriggerDateTime")) if settings.ok else None
         if last is None:
@@ -139,96 +166,261 @@ class AutopilotTarget(Target):
         return end if now < end <= fallback else fallback
 
     def completion(self, unit: Unit, since: datetime) -> Completion:
-        body = self.graph.get(AUTOPILOT_SETTINGS).raise_for_status("reading Autopilot settings").body or {}
+        body = self.read(AUTOPILOT_SETTINGS, "reading Autopilot settings")
         raw_last, status = body.get("lastSyncDateTime"), body.get("syncStatus")
         last = _parse_time(raw_last)
         if status == "inProgress" or last is None or last < since - CLOCK_SKEW:
             return Completion("running", raw_last, status)
         return Completion("failed" if status == "failed" else "completed", raw_last, status)
 
-    def graph_status(self) -> list[dict[str, Any]]:
-        body = self.graph.get(AUTOPILOT_SETTINGS).raise_for_status("reading Autopilot settings").body or {}
-        return [
-            {
-                "target": self.name,
-                "syncStatus": body.get("syncStatus"),
-                "lastSyncDateTime": body.get("lastSyncDateTime"),
-                "lastManualSyncTriggerDateTime": body.get("lastManualSyncTriggerDateTime"),
-            }
-        ]
+    def graph_status(self) -> list[GraphView]:
+        body = self.read(AUTOPILOT_SETTINGS, "reading Autopilot settings")
+        fields = _pick(body, "syncStatus", "lastSyncDateTime", "lastManualSyncTriggerDateTime")
+        failed = body.get("syncStatus") == "failed"
+        return [GraphView(self.name, fields, _parse_time(body.get("lastSyncDateTime")), "the last sync failed" if failed else None)]
 
 
-class ExchangeTarget(Target):
-    name = "exchange"
+class ManagedGooglePlayTarget(Target):
+    """Managed Google Play app sync: one per tenant, only when the account is bound."""
+
+    name = "managedGooglePlay"
+
+    def units(self, item_id: str | None = None) -> list[Unit | Skip]:
+        if item_id is not None:
+            raise InvalidItemId("managedGooglePlay has no items: use POST /api/sync/managedGooglePlay")
+        return [Unit(self.name)]
+
+    def precheck(self, unit: Unit) -> Skip | None:
+        settings = self.read(MANAGED_GOOGLE_PLAY, "reading Managed Google Play settings")
+        bind = settings.get("bindStatus")
+        return None if bind in ("bound", "boundAndValidated") else Skip(unit, f"Managed Google Play is not bound (bindStatus {bind!r})")
+
+    def sync(self, unit: Unit, sync_type: str | None) -> GraphResponse:
+        return self.graph.post(f"{MANAGED_GOOGLE_PLAY}/syncApps")
+
+    def completion(self, unit: Unit, since: datetime) -> Completion:
+        settings = self.read(MANAGED_GOOGLE_PLAY, "reading Managed Google Play settings")
+        raw_last, status = settings.get("lastAppSyncDateTime"), settings.get("lastAppSyncStatus")
+        last = _parse_time(raw_last)
+        if last is None or last < since - CLOCK_SKEW:
+            return Completion("running", raw_last, status)
+        return Completion("completed" if status == "success" else "failed", raw_last, status)
+
+    def graph_status(self) -> list[GraphView]:
+        settings = self.read(MANAGED_GOOGLE_PLAY, "reading Managed Google Play settings")
+        bind, status = settings.get("bindStatus"), settings.get("lastAppSyncStatus")
+        failure = None
+        if bind not in ("bound", "boundAndValidated"):
+            failure = f"not bound (bindStatus {bind!r})"
+        elif status not in (None, "none", "success"):
+            failure = f"the last app sync failed ({status})"
+        last = _parse_time(settings.get("lastAppSyncDateTime")) if status == "success" else None
+        return [GraphView(self.name, _pick(settings, "bindStatus", "lastAppSyncDateTime", "lastAppSyncStatus"), last, failure)]
+
+
+class ListedTarget(Target):
+    """A target with many items in one Graph collection, each synced by a bound action."""
+
     per_item = True
+    collection: str  # the Graph collection path
+    action: str  # the bound sync action
+    noun: str  # what one item is called, for messages
+
+    def sync_body(self, sync_type: str | None) -> dict[str, Any] | None:
+        return None
+
+    def skip_reason(self, item: dict[str, Any]) -> str | None:
+        """Why an item must not be synced now (e.g. not connected, token expired); None to sync."""
+        return None
+
+    @abstractmethod
+    def view(self, item: dict[str, Any]) -> GraphView:
+        """Graph's account of one item."""
+
+    @abstractmethod
+    def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
+        """Whether the item's sync triggered at ``since`` has finished."""
 
     def units(self, item_id: str | None = None) -> list[Unit | Skip]:
         if item_id is not None:
             return [Unit(self.name, parse_guid(item_id))]
-        return [self._unit_or_skip(c) for c in self._connectors()]
+        return [self._unit_or_skip(item) for item in self._items()]
 
     def precheck(self, unit: Unit) -> Skip | None:
         if unit.checked:
             return None
-        try:
-            connector = self.graph.get(f"{EXCHANGE_CONNECTORS}/{unit.item_id}").raise_for_status(
-                f"reading Exchange connector {unit.item_id}"
-            ).body
-        except GraphResourceNotFound:
-            raise ItemNotFound(f"no Exchange connector with id {unit.item_id}") from None
-        result = self._unit_or_skip(connector or {})
+        result = self._unit_or_skip(self._item(unit))
         return result if isinstance(result, Skip) else None
 
     def sync(self, unit: Unit, sync_type: str | None) -> GraphResponse:
-        return self.graph.post(
-            f"{EXCHANGE_CONNECTORS}/{unit.item_id}/sync", json={"syncType": sync_type or self.default_sync_type}
-        )
+        return self.graph.post(f"{self.collection}/{unit.item_id}/{self.action}", json=self.sync_body(sync_type))
 
     def completion(self, unit: Unit, since: datetime) -> Completion:
-        connector = self.graph.get(f"{EXCHANGE_CONNECTORS}/{unit.item_id}").raise_for_status(
-            f"reading Exchange connector {unit.item_id}"
-        ).body or {}
-        raw_last = connector.get("lastSyncDateTime")
+        return self.completion_of(self._item(unit), since)
+
+    def graph_status(self) -> list[GraphView]:
+        return [self.view(item) for item in self._items()]
+
+    def item_name(self, item: dict[str, Any]) -> str:
+        return f"{self.name}/{item.get('id')}"
+
+    def _items(self) -> list[dict[str, Any]]:
+        body = self.read(self.collection, f"listing {self.noun}s")
+        return [item for item in body.get("value", []) if isinstance(item, dict)]
+
+    def _item(self, unit: Unit) -> dict[str, Any]:
+        try:
+            return self.read(f"{self.collection}/{unit.item_id}", f"reading {self.noun} {unit.item_id}")
+        except GraphResourceNotFound:
+            raise ItemNotFound(f"no {self.noun} with id {unit.item_id}") from None
+
+    def _unit_or_skip(self, item: dict[str, Any]) -> Unit | Skip:
+        try:
+            unit = Unit(self.name, parse_guid(str(item.get("id"))), checked=True)
+        except InvalidItemId:
+            return Skip(Unit(self.name, None, checked=True), f"Graph listed a {self.noun} with an unexpected id {item.get('id')!r}")
+        reason = self.skip_reason(item)
+        return Skip(unit, reason) if reason else unit
+
+
+class ExchangeTarget(ListedTarget):
+    name = "exchange"
+    collection, action, noun = EXCHANGE_CONNECTORS, "sync", "Exchange connector"
+
+    def sync_body(self, sync_type: str | None) -> dict[str, Any]:
+        return {"syncType": sync_type or self.default_sync_type}
+
+    def skip_reason(self, item: dict[str, Any]) -> str | None:
+        status = item.get("status")
+        return None if status == "connected" else f"connector status is {status!r}, not 'connected'"
+
+    def view(self, item: dict[str, Any]) -> GraphView:
+        return GraphView(
+            self.item_name(item),
+            _pick(item, "status", "lastSyncDateTime", "serverName", "connectorServerName"),
+            _parse_time(item.get("lastSyncDateTime")),
+            self.skip_reason(item),
+        )
+
+    def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
+        raw_last = item.get("lastSyncDateTime")
         last = _parse_time(raw_last)
         if last is None or last < since - CLOCK_SKEW:
-            return Completion("running", raw_last, connector.get("status"))
-        return Completion("completed", raw_last, connector.get("status"))
+            return Completion("running", raw_last, item.get("status"))
+        return Completion("completed", raw_last, item.get("status"))
 
-    def graph_status(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "target": f"{self.name}/{c.get('id')}",
-                "status": c.get("status"),
-                "lastSyncDateTime": c.get("lastSyncDateTime"),
-                "serverName": c.get("serverName"),
-                "connectorServerName": c.get("connectorServerName"),
-            }
-            for c in self._connectors()
-        ]
 
-    def _connectors(self) -> list[dict[str, Any]]:
-        body = self.graph.get(EXCHANGE_CONNECTORS).raise_for_status("listing Exchange connectors").body
-        return [c for c in (body or {}).get("value", []) if isinstance(c, dict)]
+class AppleAdeTarget(ListedTarget):
+    """Apple Automated Device Enrollment (DEP) tokens; an expired token is skipped."""
 
-    def _unit_or_skip(self, connector: dict[str, Any]) -> Unit | Skip:
-        try:
-            unit = Unit(self.name, parse_guid(str(connector.get("id"))), checked=True)
-        except InvalidItemId:
-            unit = Unit(self.name, None, checked=True)
-            return Skip(unit, f"Graph listed a connector with an unexpected id {connector.get('id')!r}")
-        status = connector.get("status")
-        if status != "connected":
-            return Skip(unit, f"connector status is {status!r}, not 'connected'")
-        return unit
+    name = "appleAde"
+    collection, action, noun = DEP_ONBOARDING_SETTINGS, "syncWithAppleDeviceEnrollmentProgram", "Apple enrollment token"
+
+    def skip_reason(self, item: dict[str, Any]) -> str | None:
+        expires = _parse_time(item.get("tokenExpirationDateTime"))
+        if expires is not None and expires <= self.clock():
+            return f"the token expired at {item.get('tokenExpirationDateTime')}; renew it in Apple Business Manager"
+        return None
+
+    def view(self, item: dict[str, Any]) -> GraphView:
+        fields = _pick(item, "tokenName", "appleIdentifier", "lastSuccessfulSyncDateTime", "lastSyncTriggeredDateTime",
+                       "lastSyncErrorCode", "tokenExpirationDateTime")
+        last = _parse_time(item.get("lastSuccessfulSyncDateTime"))
+        triggered = _parse_time(item.get("lastSyncTriggeredDateTime"))
+        failure = None
+        if item.get("lastSyncErrorCode") and triggered and (last is None or triggered > last):
+            failure = f"the last sync failed with error {item.get('lastSyncErrorCode')}"
+        return GraphView(self.item_name(item), fields, last, failure or self.skip_reason(item),
+                         _parse_time(item.get("tokenExpirationDateTime")))
+
+    def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
+        raw_last = item.get("lastSuccessfulSyncDateTime")
+        last, triggered = _parse_time(raw_last), _parse_time(item.get("lastSyncTriggeredDateTime"))
+        code = item.get("lastSyncErrorCode")
+        if last is not None and last >= since - CLOCK_SKEW:
+            return Completion("completed", raw_last, "success")
+        if code and triggered is not None and triggered >= since - CLOCK_SKEW:
+            return Completion("failed", raw_last, f"error {code}")
+        return Completion("running", raw_last, None)
+
+
+class VppTarget(ListedTarget):
+    """Apple Volume Purchase Program tokens; only valid tokens are synced (answers 200)."""
+
+    name = "vpp"
+    collection, action, noun = VPP_TOKENS, "syncLicenses", "VPP token"
+
+    def skip_reason(self, item: dict[str, Any]) -> str | None:
+        state = item.get("state")
+        return None if state == "valid" else f"token state is {state!r}, not 'valid'"
+
+    def view(self, item: dict[str, Any]) -> GraphView:
+        fields = _pick(item, "organizationName", "state", "lastSyncDateTime", "lastSyncStatus", "expirationDateTime")
+        status = item.get("lastSyncStatus")
+        last = _parse_time(item.get("lastSyncDateTime")) if status != "failed" else None
+        failure = "the last sync failed" if status == "failed" else self.skip_reason(item)
+        return GraphView(self.item_name(item), fields, last, failure, _parse_time(item.get("expirationDateTime")))
+
+    def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
+        raw_last, status = item.get("lastSyncDateTime"), item.get("lastSyncStatus")
+        last = _parse_time(raw_last)
+        if status == "inProgress" or last is None or last < since - CLOCK_SKEW:
+            return Completion("running", raw_last, status)
+        return Completion("failed" if status == "failed" else "completed", raw_last, status)
+
+
+class DriverInventoryTarget(ListedTarget):
+    """Windows driver update profiles: refresh the driver inventory of each."""
+
+    name = "driverInventory"
+    collection, action, noun = DRIVER_UPDATE_PROFILES, "syncInventory", "Windows driver update profile"
+
+    def view(self, item: dict[str, Any]) -> GraphView:
+        sync = item.get("inventorySyncStatus") or {}
+        fields = {"displayName": item.get("displayName"), "driverInventorySyncState": sync.get("driverInventorySyncState"),
+                  "lastSuccessfulSyncDateTime": sync.get("lastSuccessfulSyncDateTime")}
+        failed = sync.get("driverInventorySyncState") == "failure"
+        return GraphView(self.item_name(item), fields, _parse_time(sync.get("lastSuccessfulSyncDateTime")),
+                         "the last inventory sync failed" if failed else None)
+
+    def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
+        sync = item.get("inventorySyncStatus") or {}
+        raw_last, state = sync.get("lastSuccessfulSyncDateTime"), sync.get("driverInventorySyncState")
+        last = _parse_time(raw_last)
+        if last is not None and last >= since - CLOCK_SKEW:
+            return Completion("completed", raw_last, state)
+        if state == "failure":
+            return Completion("failed", raw_last, state)
+        return Completion("running", raw_last, state)
+
+
+def read_connector_status(graph: GraphClient) -> list[dict[str, Any]] | None:
+    """Intune's own health of its connectors (beta); None where the tenant or API has none."""
+    try:
+        response = graph.get(CONNECTOR_STATUS)
+    except UpstreamError:
+        return None
+    if not response.ok or not isinstance(response.body, dict):
+        return None
+    return [c for c in response.body.get("value", []) if isinstance(c, dict)]
+
+
+def _pick(item: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: item.get(name) for name in names}
 
 
 def _parse_time(value: Any) -> datetime | None:
+    """Graph's DateTimeOffset; its "0001-01-01" placeholder means never."""
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return None if parsed.year <= 1 else parsed
 
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (AutopilotTarget, ExchangeTarget)}
+TARGETS: dict[str, type[Target]] = {
+    t.name: t
+    for t in (AutopilotTarget, ExchangeTarget, AppleAdeTarget, VppTarget, ManagedGooglePlayTarget, DriverInventoryTarget)
+}
