@@ -27,10 +27,28 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .server import JsonHandler, Server
-from .tokens import PERMISSION, decode
+from .tokens import decode
 
 AUTOPILOT = "/beta/deviceManagement/windowsAutopilotSettings"
 _EXCHANGE = re.compile(r"^/(v1\.0|beta)/deviceManagement/exchangeConnectors(?:/([^/]+))?(/sync)?$")
+MANAGED_GOOGLE_PLAY = "/beta/deviceManagement/androidManagedStoreAccountEnterpriseSettings"
+CONNECTOR_STATUS = "/beta/deviceManagement/connectorStatus"
+# Collections of items with a bound sync action: path -> (config key, action)
+COLLECTIONS = {
+    "/beta/deviceManagement/depOnboardingSettings": ("depOnboardingSettings", "syncWithAppleDeviceEnrollmentProgram"),
+    "/v1.0/deviceAppManagement/vppTokens": ("vppTokens", "syncLicenses"),
+    "/beta/deviceManagement/windowsDriverUpdateProfiles": ("windowsDriverUpdateProfiles", "syncInventory"),
+}
+SERVICE_CONFIG = "DeviceManagementServiceConfig.ReadWrite.All"
+CONFIGURATION = "DeviceManagementConfiguration.ReadWrite.All"
+APPLE_SYNC_WINDOW = timedelta(minutes=15)
+
+
+def required_role(path: str) -> str:
+    """The application permission Graph demands for a path (as documented per action)."""
+    if "androidManagedStoreAccountEnterpriseSettings" in path or "windowsDriverUpdateProfiles" in path:
+        return CONFIGURATION
+    return SERVICE_CONFIG
 WINDOW = timedelta(minutes=10)
 DEFAULT_CONNECTORS = [
     {
@@ -92,6 +110,8 @@ class GraphEmulator(Server):
             self.last_sync: datetime | None = None
             self.running_until: datetime | None = None
             self.connectors = {c["id"]: dict(c, lastSyncDateTime=_iso(None)) for c in DEFAULT_CONNECTORS}
+            self.items: dict[str, dict[str, dict[str, Any]]] = default_items(self.now())
+            self.managed_google_play = default_managed_google_play(self.now())
             self.faults: list[Fault] = []
             self.requests: list[dict[str, Any]] = []
 
@@ -133,6 +153,11 @@ class GraphEmulator(Server):
                 self.connectors = {
                     c["id"]: dict({"lastSyncDateTime": _iso(None)}, **c) for c in config["connectors"]
                 }
+            for key, _ in COLLECTIONS.values():
+                if key in config:
+                    self.items[key] = {item["id"]: dict(item) for item in config[key]}
+            if "managedGooglePlay" in config:
+                self.managed_google_play = dict(config["managedGooglePlay"])
             if "syncDurationSeconds" in config:
                 self.sync_duration = timedelta(seconds=float(config["syncDurationSeconds"]))
             if "latencySeconds" in config:
@@ -147,6 +172,25 @@ class GraphEmulator(Server):
                 when = datetime.fromisoformat(config["lastManualSyncTriggerDateTime"].replace("Z", "+00:00"))
                 self.last_trigger = when
                 self.running_until = when + self.sync_duration
+
+    def sync_item(self, key: str, item: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """A bound sync action on one item, as Graph answers it."""
+        now = _iso(self.now())
+        if key == "depOnboardingSettings":
+            triggered = item.get("lastSyncTriggeredDateTime")
+            if triggered and self.now() - datetime.fromisoformat(triggered.replace("Z", "+00:00")) < APPLE_SYNC_WINDOW:
+                return 429, _error("TooManyRequests", "Apple allows one sync every 15 minutes."), {}
+            item["lastSyncTriggeredDateTime"] = now
+            if item.get("failNextSync"):
+                item["lastSyncErrorCode"] = 5002
+            else:
+                item.update(lastSuccessfulSyncDateTime=now, lastSyncErrorCode=0)
+            return 204, None, {}
+        if key == "vppTokens":
+            item.update(lastSyncDateTime=now, lastSyncStatus="completed")
+            return 200, dict(item, **{"@odata.type": "#microsoft.graph.vppToken"}), {}  # syncLicenses returns the token
+        item["inventorySyncStatus"] = {"driverInventorySyncState": "success", "lastSuccessfulSyncDateTime": now}
+        return 204, None, {}
 
     def add_faults(self, faults: list[dict[str, Any]]) -> None:
         with self.lock:
@@ -181,6 +225,39 @@ class GraphEmulator(Server):
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "innerError": {}}}
+
+
+def default_items(now: datetime) -> dict[str, dict[str, dict[str, Any]]]:
+    """A small tenant: a good and an expired Apple token, a valid and an expired VPP token, and a
+    driver update profile whose inventory is four days old."""
+    ago = lambda **kw: _iso(now - timedelta(**kw))  # noqa: E731
+    ahead = lambda **kw: _iso(now + timedelta(**kw))  # noqa: E731
+    items = {
+        "depOnboardingSettings": [
+            {"id": "2f0a8b6e-6c3d-4f5e-9a1b-7c2d3e4f5a01", "tokenName": "Contoso ABM", "appleIdentifier": "mdm@contoso.com",
+             "tokenExpirationDateTime": ahead(days=200), "lastSuccessfulSyncDateTime": ago(hours=2),
+             "lastSyncTriggeredDateTime": ago(hours=2), "lastSyncErrorCode": 0},
+            {"id": "2f0a8b6e-6c3d-4f5e-9a1b-7c2d3e4f5a02", "tokenName": "Old ABM token", "appleIdentifier": "old@contoso.com",
+             "tokenExpirationDateTime": ago(days=5), "lastSuccessfulSyncDateTime": ago(days=6),
+             "lastSyncTriggeredDateTime": ago(days=6), "lastSyncErrorCode": 0},
+        ],
+        "vppTokens": [
+            {"id": "7b1c9d2e-3f4a-4b5c-8d6e-9f0a1b2c3d01", "organizationName": "Contoso", "state": "valid",
+             "lastSyncDateTime": ago(hours=3), "lastSyncStatus": "completed", "expirationDateTime": ahead(days=20)},
+            {"id": "7b1c9d2e-3f4a-4b5c-8d6e-9f0a1b2c3d02", "organizationName": "Fabrikam", "state": "expired",
+             "lastSyncDateTime": ago(days=40), "lastSyncStatus": "completed", "expirationDateTime": ago(days=10)},
+        ],
+        "windowsDriverUpdateProfiles": [
+            {"id": "c4d5e6f7-0a1b-4c2d-9e3f-4a5b6c7d8e01", "displayName": "Drivers - pilot ring",
+             "inventorySyncStatus": {"driverInventorySyncState": "success", "lastSuccessfulSyncDateTime": ago(days=4)}},
+        ],
+    }
+    return {key: {item["id"]: item for item in values} for key, values in items.items()}
+
+
+def default_managed_google_play(now: datetime) -> dict[str, Any]:
+    return {"id": "asdf1234", "bindStatus": "boundAndValidated", "lastAppSyncStatus": "success",
+            "lastAppSyncDateTime": _iso(now - timedelta(hours=30)), "ownerOrganizationName": "Contoso"}
 
 
 class _Handler(JsonHandler):
@@ -246,11 +323,12 @@ class _Handler(JsonHandler):
             # Continuous access evaluation: a revoked token gets a claims challenge.
             challenge = 'Bearer realm="", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZX19fQ=="'
             return 401, _error("InvalidAuthenticationToken", "Access token has been revoked."), {"WWW-Authenticate": challenge}
-        if PERMISSION not in (claims.get("roles") or []):
+        role = required_role(self.path_only)
+        if role not in (claims.get("roles") or []):
             return 403, _error(
                 "Forbidden",
                 f"Application is not authorized to perform this operation. Application must have one of the "
-                f"following scopes: {PERMISSION}",
+                f"following scopes: {role}",
             ), {}
         return None
 
@@ -262,6 +340,30 @@ class _Handler(JsonHandler):
             if body.strip():
                 return self.answer(400, _error("BadRequest", "This action takes no request body."))
             return self.answer(*em.trigger_autopilot())
+        if path == CONNECTOR_STATUS and method == "GET":
+            return self.answer(200, {"value": [
+                {"connectorName": "applePushNotificationServiceExpirationDateTime", "status": "healthy", "eventDateTime": _iso(em.now())},
+                {"connectorName": "vppTokenExpirationDateTime", "status": "warning", "eventDateTime": _iso(em.now())},
+            ]})
+        if path == MANAGED_GOOGLE_PLAY and method == "GET":
+            return self.answer(200, em.managed_google_play)
+        if path == MANAGED_GOOGLE_PLAY + "/syncApps" and method == "POST":
+            if em.managed_google_play.get("bindStatus") not in ("bound", "boundAndValidated"):
+                return self.answer(400, _error("BadRequest", "The Managed Google Play account is not bound."))
+            em.managed_google_play.update(lastAppSyncDateTime=_iso(em.now()), lastAppSyncStatus="success")
+            return self.answer(204)
+        for collection, (key, action) in COLLECTIONS.items():
+            if path == collection and method == "GET":
+                return self.answer(200, {"value": list(em.items[key].values())})
+            if path.startswith(collection + "/"):
+                item_id, _, rest = path[len(collection) + 1:].partition("/")
+                item = em.items[key].get(item_id)
+                if item is None:
+                    return self.answer(404, _error("ResourceNotFound", f"Resource not found: {item_id}"))
+                if not rest and method == "GET":
+                    return self.answer(200, item)
+                if rest == action and method == "POST":
+                    return self.answer(*em.sync_item(key, item))
         match = _EXCHANGE.match(path)
         if match:
             version, connector_id, sync = match.groups()

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .server import JsonHandler, Server
-from .tokens import PERMISSION, issue
+from .tokens import ALL_ROLES, issue
 
 TOKEN_PATH = "/msi/token"
 DEFAULT_SECRET = "local-identity-header"
@@ -26,7 +26,7 @@ class IdentityEmulator(Server):
         super().__init__(_Handler, port)
         self.secret = secret
         self.lock = threading.Lock()
-        self.roles: list[str] = [PERMISSION]
+        self.roles: list[str] = list(ALL_ROLES)
         self.failing = False
         self.lifetime = 3600
         self.token_requests = 0

@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 PERMISSION = "DeviceManagementServiceConfig.ReadWrite.All"
+# What the emulated app registration is granted unless a test says otherwise.
+ALL_ROLES = (PERMISSION, "DeviceManagementConfiguration.ReadWrite.All")
 
 
 def _b64(data: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from emulators.azurite import Azurite  # noqa: E402
 from emulators.graph import GraphEmulator  # noqa: E402
 from emulators.identity import IdentityEmulator  # noqa: E402
+from emulators.tokens import ALL_ROLES  # noqa: E402
 from shared.graph import GraphClient, RetryPolicy  # noqa: E402
 from shared.identity import make_credential  # noqa: E402
 from shared.notify import Notifier  # noqa: E402
@@ -95,7 +96,7 @@ def managed_identity_env(identity_server: IdentityEmulator, monkeypatch: pytest.
 @pytest.fixture
 def graph(graph_server: GraphEmulator, identity_server: IdentityEmulator) -> GraphEmulator:
     graph_server.reset()
-    identity_server.configure(roles=["DeviceManagementServiceConfig.ReadWrite.All"], failing=False, lifetimeSeconds=3600, resetStats=True)
+    identity_server.configure(roles=list(ALL_ROLES), failing=False, lifetimeSeconds=3600, resetStats=True)
     return graph_server
 
 
