@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Grants the app's managed identity the Microsoft Graph application role(s) it needs
-# (shared/permissions.py), for deployments made with GRANT_GRAPH_PERMISSION=false.
+# Grants the app's managed identity the Microsoft Graph application roles its enabled targets need
+# (SYNC_TARGETS; shared/graph-roles.json), for deployments made with GRANT_GRAPH_PERMISSION=false.
 #
 # Run it as someone who may grant app roles: Privileged Role Administrator (or an app with
 # AppRoleAssignment.ReadWrite.All and Application.Read.All). Idempotent: roles already granted
@@ -17,7 +17,9 @@ graph_app_id=00000003-0000-0000-c000-000000000000
 # The Graph endpoint of the cloud az is logged in to (public, US Gov, China...).
 graph=$(az cloud show --query endpoints.microsoftGraphResourceId -o tsv)
 graph=${graph%/}
-roles=$(python3 -c 'import sys; sys.path.insert(0, "."); from shared.permissions import GRAPH_APP_ROLES; print(" ".join(GRAPH_APP_ROLES))')
+# The roles of the enabled targets (shared/graph-roles.json), as the Bicep grants them.
+targets=${SYNC_TARGETS:-$(azd env get-value SYNC_TARGETS 2>/dev/null || echo autopilot)}
+roles=$(SYNC_TARGETS="$targets" python3 -c 'import os, sys; sys.path.insert(0, "."); from shared.permissions import roles_for; print(" ".join(roles_for(t.strip() for t in os.environ["SYNC_TARGETS"].split(",") if t.strip())))')
 graph_sp=$(az ad sp show --id "$graph_app_id" --query id -o tsv)
 
 for role in $roles; do

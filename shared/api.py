@@ -139,11 +139,12 @@ def sync(req: func.HttpRequest) -> func.HttpResponse:
     target = req.route_params.get("target", "")
     item_id = req.route_params.get("itemId")
     svc = service()
-    per_item = svc.target(target).per_item  # UnknownTarget -> 404 before the body is read
+    kind = svc.target(target)  # UnknownTarget -> 404 before the body is read
+    per_item = kind.per_item
     wait = _flag(req, "wait")
     if wait and per_item and item_id is None:
         raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST /api/sync/{target}/{{id}})")
-    sync_type = _read_body(req, allow_sync_type=per_item)
+    sync_type = _read_body(req, allow_sync_type=kind.takes_sync_type)
     request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP, caller=caller_of(req))
     if wait:
         result, operation, token = svc.sync_and_follow(request)

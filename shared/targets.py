@@ -101,6 +101,7 @@ def parse_guid(value: str) -> str:
 class Target(ABC):
     name: str
     per_item: bool = False  # whether callers may address one item (POST /api/sync/{target}/{id})
+    takes_sync_type: bool = False  # whether the action has a syncType (Exchange only)
 
     def __init__(self, graph: GraphClient, cooldown_seconds: int, sync_type: str | None = None, clock: Clock = utcnow):
         self.graph = graph
@@ -285,6 +286,7 @@ class ListedTarget(Target):
 
 class ExchangeTarget(ListedTarget):
     name = "exchange"
+    takes_sync_type = True
     collection, action, noun = EXCHANGE_CONNECTORS, "sync", "Exchange connector"
 
     def sync_body(self, sync_type: str | None) -> dict[str, Any]:

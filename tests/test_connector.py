@@ -14,6 +14,7 @@ import requests
 from openapi_spec_validator import validate
 
 from conftest import APP_FUNCTIONS, ROOT
+from shared.targets import TARGETS
 
 CONNECTOR = ROOT / "connector"
 SCHEMAS = ROOT.parent / "shared" / "reference" / "powerplatform-connector-schemas"
@@ -21,14 +22,16 @@ SWAGGER = json.loads((CONNECTOR / "apiDefinition.swagger.json").read_text())
 KEY = "test-function-key"
 GUID = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
 # Proper nouns allowed to keep their capital in a sentence-case summary.
-PROPER = {"Windows", "Autopilot", "Exchange", "Intune", "Graph", "Microsoft"}
+PROPER = {"Windows", "Autopilot", "Exchange", "Intune", "Graph", "Microsoft", "Apple", "VPP", "Managed", "Google", "Play"}
 OPERATIONS = [(path, method, op) for path, ops in SWAGGER["paths"].items() for method, op in ops.items()]
 
 
 @pytest.fixture
 def host(start_app_hosts, env):
-    """The app behind a real HTTP server that enforces a function key, as in Azure."""
-    url = start_app_hosts(1, env, function_key=KEY)[0]
+    """The app behind a real HTTP server that enforces a function key, as in Azure, with every
+    target enabled."""
+    settings = {**env, "SYNC_TARGETS": ",".join(TARGETS)}
+    url = start_app_hosts(1, settings, function_key=KEY)[0]
     return url + SWAGGER["basePath"]
 
 
@@ -84,8 +87,20 @@ def test_anonymous_routes_are_exactly_the_operations_without_security():
     assert {re.sub(r"\{[^}]+\}", "{}", r) for r in anonymous} == {re.sub(r"\{[^}]+\}", "{}", p) for p in open_ops}
 
 
+# Items the Graph emulator has, so that each operation reaches Graph.
+ITEMS = {"/sync/exchange/{connectorId}": GUID, "/sync/appleAde/{tokenId}": "2f0a8b6e-6c3d-4f5e-9a1b-7c2d3e4f5a01",
+         "/sync/vpp/{tokenId}": "7b1c9d2e-3f4a-4b5c-8d6e-9f0a1b2c3d01",
+         "/sync/driverInventory/{profileId}": "c4d5e6f7-0a1b-4c2d-9e3f-4a5b6c7d8e01"}
+
+
 def concrete(path: str) -> str:
-    return path.replace("{connectorId}", GUID).replace("{operationId}", GUID)
+    return re.sub(r"\{[^}]+\}", ITEMS.get(path, GUID), path)
+
+
+def test_every_target_has_its_operations():
+    for name, kind in TARGETS.items():
+        assert f"/sync/{name}" in SWAGGER["paths"], name
+        assert kind.per_item == any(p.startswith(f"/sync/{name}/") for p in SWAGGER["paths"]), name
 
 
 @pytest.mark.parametrize("path,method,op", OPERATIONS, ids=[f"{m.upper()} {p}" for p, m, _ in OPERATIONS])
@@ -93,6 +108,8 @@ def test_every_operation_is_served_with_its_method_and_other_methods_get_405(hos
     headers = {"x-functions-key": KEY}
     served = requests.request(method, host + concrete(path), headers=headers, params={"token": "x"}, timeout=30)
     assert served.status_code != 405 and str(served.status_code) in op["responses"]
+    if path.startswith("/sync/") and path != "/sync/status":
+        assert served.status_code in (200, 202), served.text  # served for real, not "unknown target"
     assert served.headers["Content-Type"].startswith("application/json")
     for other in {"get", "post", "put", "delete", "patch"} - {method}:
         refused = requests.request(other, host + concrete(path), headers=headers, timeout=30)

@@ -184,5 +184,5 @@ def test_shell_scripts_are_valid_bash(script):
 
 def test_the_grant_script_grants_the_roles_the_code_names():
     text = (ROOT / "scripts" / "grant-graph-permission.sh").read_text()
-    assert "from shared.permissions import GRAPH_APP_ROLES" in text and "appRoleAssignments" in text
+    assert "from shared.permissions import roles_for" in text and "appRoleAssignments" in text
     assert "00000003-0000-0000-c000-000000000000" in text
