@@ -31,6 +31,12 @@ def sync_item(req: func.HttpRequest) -> func.HttpResponse:
     return api.handle(req, "POST", api.sync)
 
 
+# A deferred sync fires when its message becomes visible (its cooldown has ended).
+@app.queue_trigger(arg_name="message", queue_name=api.queue_name_expression(), connection="AzureWebJobsStorage")
+def sync_deferred(message: func.QueueMessage) -> None:
+    api.run_deferred(message.get_body().decode())
+
+
 @app.timer_trigger(arg_name="timer", schedule=api.schedule_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
 def sync_watch(timer: func.TimerRequest) -> None:
     api.run_watch()

@@ -1,7 +1,7 @@
-"""Start and stop a real Azurite table service (npm package ``azurite``) for tests and local runs."""
+"""Start and stop a real Azurite (npm package ``azurite``: blob, queue and table services) for
+tests and local runs."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -23,18 +23,20 @@ def free_port() -> int:
 
 
 def azurite_binary() -> str:
-    local = ROOT / "node_modules" / ".bin" / "azurite-table"
+    local = ROOT / "node_modules" / ".bin" / "azurite"
     if local.exists():
         return str(local)
-    found = shutil.which("azurite-table")
+    found = shutil.which("azurite")
     if not found:
-        raise RuntimeError("azurite-table not found: run `npm ci` in the repository root (scripts/test.sh does)")
+        raise RuntimeError("azurite not found: run `npm ci` in the repository root (scripts/test.sh does)")
     return found
 
 
 class Azurite:
-    def __init__(self, port: int | None = None, location: str | None = None):
-        self.port = port or free_port()
+    def __init__(self, port: int | None = None, location: str | None = None, queue_port: int | None = None, blob_port: int | None = None):
+        self.port = port or free_port()  # the table service's
+        self.queue_port = queue_port or free_port()
+        self.blob_port = blob_port or free_port()
         self.location = location
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -47,15 +49,24 @@ class Azurite:
     def connection_string(self) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
             f"TableEndpoint={self.table_endpoint};"
         )
 
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return self.port, self.queue_port, self.blob_port
+
     def start(self, timeout: float = 30.0) -> "Azurite":
         # Something already listening would answer our readiness probe and silently take over.
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                raise RuntimeError(f"port {self.port} is already in use (another Azurite?); stop it or use --random-ports")
+        for port in self.ports:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    raise RuntimeError(f"port {port} is already in use (another Azurite?); stop it or use --random-ports")
         args = [azurite_binary(), "--tableHost", "127.0.0.1", "--tablePort", str(self.port),
+                "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
+                "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                 "--disableTelemetry", "--silent", "--skipApiVersionCheck"]
         if self.location:
             Path(self.location).mkdir(parents=True, exist_ok=True)
@@ -72,8 +83,10 @@ class Azurite:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise RuntimeError(f"Azurite exited with {self.process.returncode}: {err[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                for port in self.ports:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        pass
+                return self
             except OSError:
                 time.sleep(0.1)
         self.stop()
@@ -104,6 +117,6 @@ class Azurite:
 
 
 if __name__ == "__main__":
-    a = Azurite(port=int(os.environ.get("AZURITE_TABLE_PORT", "10002"))).start()
+    a = Azurite(port=10002, queue_port=10001, blob_port=10000).start()
     print(a.connection_string)
     a.process.wait()  # type: ignore[union-attr]

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     ports = {name: free_port() if args.random_ports else default
-             for name, default in (("app", 7071), ("graph", 8090), ("identity", 8091), ("azurite", 10002))}
-    azurite = Azurite(port=ports["azurite"], location=None if args.once else str(ROOT / ".azurite")).start()
+             for name, default in (("app", 7071), ("graph", 8090), ("identity", 8091), ("table", 10002), ("queue", 10001), ("blob", 10000))}
+    azurite = Azurite(port=ports["table"], queue_port=ports["queue"], blob_port=ports["blob"],
+                      location=None if args.once else str(ROOT / ".azurite")).start()
     identity = IdentityEmulator(port=ports["identity"]).start()
     graph = GraphEmulator(port=ports["graph"]).start()
     os.environ.update(

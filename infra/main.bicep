@@ -58,6 +58,9 @@ param tokenExpiryWarningDays int = 30
 @description('Table for cooldowns, leases and history.')
 param stateTableName string = 'intunesync'
 
+@description('Queue whose delayed messages fire deferred syncs.')
+param deferredQueueName string = 'intunesync-deferred'
+
 @minValue(60)
 param leaseSeconds int = 180
 
@@ -111,6 +114,7 @@ var syncSettings = {
   HEALTH_THRESHOLDS: healthThresholds
   TOKEN_EXPIRY_WARNING_DAYS: string(tokenExpiryWarningDays)
   SYNC_STATE_TABLE: stateTableName
+  SYNC_QUEUE: deferredQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
   SYNC_WAIT_TIMEOUT_SECONDS: string(waitTimeoutSeconds)
@@ -144,6 +148,7 @@ module storage 'app/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     stateTableName: stateTableName
+    deferredQueueName: deferredQueueName
   }
 }
 

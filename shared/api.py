@@ -14,6 +14,7 @@ from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
 
+from .deferred import PendingFire
 from .errors import UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, Trigger
 from .service import SyncService, UnknownTarget, build_service
@@ -30,6 +31,7 @@ _STATUS_BY_OUTCOME = {
     Outcome.COOLDOWN: 429,
     Outcome.IN_PROGRESS: 409,
     Outcome.SKIPPED: 200,
+    Outcome.SCHEDULED: 202,
 }
 
 
@@ -145,7 +147,8 @@ def sync(req: func.HttpRequest) -> func.HttpResponse:
     if wait and per_item and item_id is None:
         raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST /api/sync/{target}/{{id}})")
     sync_type = _read_body(req, allow_sync_type=kind.takes_sync_type)
-    request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP, caller=caller_of(req))
+    request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP,
+                          caller=caller_of(req), defer=_flag(req, "defer"))
     if wait:
         result, operation, token = svc.sync_and_follow(request)
         if operation is None:
@@ -203,6 +206,19 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
             "schedule": current.sync_schedule,
         }
     )
+
+
+def run_deferred(message: str) -> SyncResult | None:
+    """A pending sync's queue message became visible: fire it. A storage fault raises, so that
+    the host retries the message (and moves it to the poison queue after five tries)."""
+    result = service().fire(PendingFire.from_json(message))
+    if result is not None:
+        log.info("deferred sync %s: %s %s", result.target, result.outcome.value, result.message)
+    return result
+
+
+def queue_name_expression() -> str:
+    return "%SYNC_QUEUE%" if os.environ.get("SYNC_QUEUE") else DEFAULTS["SYNC_QUEUE"]
 
 
 def run_watch() -> int:

@@ -25,11 +25,13 @@ class Outcome(str, Enum):
     IN_PROGRESS = "inProgress"
     SKIPPED = "skipped"
     FAILED = "failed"
+    SCHEDULED = "scheduled"  # deferred: one pending sync will run when the window ends
 
 
 class Trigger(str, Enum):
     TIMER = "timer"
     HTTP = "http"
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class SyncRequest:
     sync_type: str | None = None
     trigger: Trigger = Trigger.HTTP
     caller: str = "anonymous"
+    defer: bool = False  # inside the cooldown, schedule the next allowed sync instead of refusing
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class SyncResult:
     failure_status: int | None = None
     graph_status: int | None = None
     retry_after_seconds: int | None = None
+    scheduled_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,4 +74,5 @@ class SyncResult:
             "clientRequestId": self.client_request_id,
             "message": self.message,
             "errorCode": self.error_code,
+            "scheduledAt": iso(self.scheduled_at),
         }

@@ -27,6 +27,8 @@ STORAGE_ROLES: dict[str, str] = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     # shared/state.py: cooldowns, leases and history in the state table.
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    # shared/deferred.py sends the pending-sync messages; the host's queue trigger reads them.
+    "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
 }
 
 # On Application Insights, whose local (key) auth is off.

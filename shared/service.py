@@ -11,11 +11,13 @@ import math
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from .deferred import MAX_RESCHEDULES, PendingFire, PendingQueue, queue_client
 from .errors import StateStoreUnavailable, UpstreamError
 from .graph import GraphClient, GraphResponse
 from .model import Clock, Outcome, SyncRequest, SyncResult, Trigger, iso, utcnow
@@ -50,6 +52,7 @@ class SyncService:
         clock: Clock = utcnow,
         operations: OperationStore | None = None,
         notifier: Notifier | None = None,
+        queue: PendingQueue | None = None,
     ):
         self.settings = settings
         self.graph = graph
@@ -57,6 +60,7 @@ class SyncService:
         self.clock = clock
         self.operations = operations
         self.notifier = notifier
+        self.queue = queue
         # Refusals this process has already seen: a cooldown only ever moves forward (Graph's
         # window stands whatever our table says), so until it ends it can be answered from memory.
         self._known: dict[str, SyncResult] = {}
@@ -87,7 +91,7 @@ class SyncService:
                 now = self.clock()
                 known = {s.key: s for s in self.store.states(f"{target.name}-")}
                 refusals = [self._refusal(_unit_of(s), s, now) for s in known.values()]
-                if refusals and all(refusals):
+                if refusals and all(refusals) and not request.defer:
                     return [r for r in refusals if r]
             planned = target.units(request.item_id)
         except UpstreamError as exc:  # the state query or listing the items failed
@@ -104,7 +108,8 @@ class SyncService:
         results: list[SyncResult] = []
         for name in self.targets:
             try:
-                results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller)))
+                # A tick inside a cooldown becomes the pending sync rather than being lost.
+                results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller, defer=True)))
             except Exception as exc:  # isolate: log and go on with the next target
                 log.exception("sync of %s failed unexpectedly", name)
                 results.append(
@@ -127,14 +132,17 @@ class SyncService:
 
     def _run(self, target: Target, unit: Unit, request: SyncRequest, state: TargetState | None = None) -> SyncResult:
         """One unit: decide from its state row, claim it, call Graph, record the outcome."""
-        remembered = self._remembered(unit, self.clock())
-        if remembered:
-            return remembered
+        if not request.defer and request.trigger is not Trigger.DEFERRED:
+            remembered = self._remembered(unit, self.clock())
+            if remembered:
+                return remembered
         if state is None:
             state = self.store.read(unit.key)  # else: a fan-out read it already
         now = self.clock()
         refusal = self._refusal(unit, state, now)
         if refusal:
+            if request.defer:
+                return self._defer(unit, state, refusal, request)
             # A lease can end any moment; a cooldown cannot end before nextAllowedAt.
             return refusal if state.lease_active(now) else self._remember(refusal)
         skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
@@ -188,6 +196,8 @@ class SyncService:
             last_error_code=error.code if error else None,
             completion_pending=True if outcome is Outcome.STARTED else state.completion_pending,
         )
+        if outcome is Outcome.STARTED:  # whoever asked for a deferred sync has it now
+            new_state = new_state.without_pending()
         attempt = Attempt(
             attempt_at=attempt_at,
             finished_at=finished,
@@ -328,18 +338,101 @@ class SyncService:
         except Exception:
             log.exception("could not release lease on %s", lease.state.key)
 
+    # --- deferred syncs (shared/deferred.py) --------------------------------------------
+
+    def _defer(self, unit: Unit, state: TargetState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
+        """Turn a refused ask into the unit's one pending sync: join it, or create it."""
+        if self.queue is None:
+            return refusal
+        caller = f"{request.trigger.value}:{request.caller}"
+        for _ in range(5):
+            now = self.clock()
+            if state.pending_id and state.pending_at:
+                joined = self.store.update(replace(
+                    state, pending_asks=(state.pending_asks or 1) + 1,
+                    pending_asked_by=_append(state.pending_asked_by, caller),
+                ))
+                if joined is not None:
+                    return self._scheduled(unit, joined, f"joined the sync already scheduled for {iso(joined.pending_at)} "
+                                                         f"({joined.pending_asks} asks)")
+            else:
+                at = refusal.next_allowed_at if refusal.next_allowed_at and refusal.next_allowed_at > now \
+                    else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
+                pending_id = uuid.uuid4().hex
+                # The message goes first: if our row update then loses a race, the message finds
+                # another pendingId when it fires and does nothing.
+                self.queue.schedule(PendingFire(unit.key, unit.target, unit.item_id, pending_id, at), now)
+                created = self.store.update(replace(
+                    state, pending_id=pending_id, pending_at=at, pending_since=now, pending_asks=1,
+                    pending_asked_by=caller, pending_reschedules=0,
+                ))
+                if created is not None:
+                    return self._scheduled(unit, created, f"in cooldown: one sync is scheduled for {iso(at)}")
+            state = self.store.read(unit.key)
+            refusal = self._refusal(unit, state, self.clock()) or refusal
+        raise StateStoreUnavailable(f"could not record the deferred sync of {unit.name}: the row kept changing")
+
+    def _scheduled(self, unit: Unit, state: TargetState, message: str) -> SyncResult:
+        return SyncResult(unit.name, Outcome.SCHEDULED, next_allowed_at=state.next_allowed_at,
+                          last_attempt_at=state.last_attempt_at, message=message, scheduled_at=state.pending_at,
+                          retry_after_seconds=_seconds_until(state.pending_at, self.clock()))
+
+    def fire(self, fire: PendingFire) -> SyncResult | None:
+        """The queue message of a pending sync arrived: run it through the normal claim.
+
+        Returns None when there is nothing to do (a duplicate or stale message, asks already
+        satisfied by another sync); reschedules, a bounded number of times, if still refused."""
+        target = self.targets.get(fire.target)
+        state = self.store.read(fire.unit_key)
+        if target is None or state.pending_id != fire.pending_id:
+            log.info("deferred sync %s: message %s is stale or a duplicate; nothing to do", fire.unit_key, fire.pending_id)
+            return None
+        unit = Unit(fire.target, fire.item_id)
+        now = self.clock()
+        if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
+            self.queue.schedule(replace(fire, scheduled_at=state.pending_at), now)  # type: ignore[union-attr]
+            return None
+        request = SyncRequest(
+            fire.target, fire.item_id, trigger=Trigger.DEFERRED,
+            caller=f"asked by {state.pending_asked_by} ({state.pending_asks} asks since {iso(state.pending_since)})",
+        )
+        result = self._run(target, unit, request, state)
+        if result.outcome is Outcome.STARTED:
+            return result
+        retriable = result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503
+        self._reschedule(unit, fire, result if retriable else None)
+        return result
+
+    def _reschedule(self, unit: Unit, fire: PendingFire, refused: SyncResult | None) -> None:
+        state = self.store.read(unit.key)
+        if state.pending_id != fire.pending_id:
+            return
+        reschedules = (state.pending_reschedules or 0) + 1
+        if refused is None or reschedules > MAX_RESCHEDULES:
+            log.warning("deferred sync of %s given up after %d reschedules", unit.name, reschedules - 1)
+            self.store.update(state.without_pending())
+            return
+        now = self.clock()
+        at = refused.next_allowed_at if refused.next_allowed_at and refused.next_allowed_at > now \
+            else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
+        if self.store.update(replace(state, pending_at=at, pending_reschedules=reschedules)) is not None:
+            self.queue.schedule(replace(fire, scheduled_at=at), now)  # type: ignore[union-attr]
+            log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), reschedules)
+
     # --- following a sync to its end -----------------------------------------------------
 
     def sync_and_follow(self, request: SyncRequest) -> tuple[SyncResult, Operation | None, str | None]:
         """Sync one unit; if it started (or one is running), also create an operation that a
         caller can poll until Graph reports the sync finished. Returns (result, operation, token)."""
         result = self.sync(request)[0]
-        if result.outcome not in (Outcome.STARTED, Outcome.IN_PROGRESS) or self.operations is None:
+        if result.outcome not in (Outcome.STARTED, Outcome.IN_PROGRESS, Outcome.SCHEDULED) or self.operations is None:
             return result, None, None
         target = self.target(request.target)
         unit = target.units(request.item_id)[0]
         assert isinstance(unit, Unit)
-        since = result.last_attempt_at if result.outcome is Outcome.STARTED and result.last_attempt_at else self.clock()
+        since = (result.last_attempt_at if result.outcome is Outcome.STARTED and result.last_attempt_at
+                 else result.scheduled_at if result.outcome is Outcome.SCHEDULED and result.scheduled_at
+                 else self.clock())
         operation, token = self.operations.create(
             unit.name, unit.target, unit.item_id, since,
             since + timedelta(seconds=self.settings.wait_timeout_seconds), result.message,
@@ -479,7 +572,19 @@ def _state_json(state: TargetState, now: datetime) -> dict[str, Any]:
         "lastHttpStatus": state.last_http_status,
         "graphRequestId": state.last_graph_request_id,
         "message": state.last_message,
+        "pending": {"scheduledAt": iso(state.pending_at), "since": iso(state.pending_since), "asks": state.pending_asks,
+                    "askedBy": state.pending_asked_by, "reschedules": state.pending_reschedules}
+        if state.pending_id
+        else None,
     }
+
+
+def _append(callers: str | None, caller: str, limit: int = 20) -> str:
+    """The callers of a pending sync, for its history row; the first ``limit`` are named."""
+    names = (callers or "").split(", ") if callers else []
+    if caller in names:
+        return callers or caller
+    return ", ".join(names + [caller]) if len(names) < limit else f"{callers}, …"
 
 
 def _seconds_until(when: datetime | None, now: datetime) -> int | None:
@@ -502,4 +607,5 @@ def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: An
     )
     table = table_client(settings.storage, settings.state_table, make_credential)
     notifier = Notifier(settings.notify_urls, settings.notify_format, os.environ.get("WEBSITE_SITE_NAME", "intune-sync"))
-    return SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier)
+    queue = PendingQueue(queue_client(settings.storage, settings.queue_name, make_credential))
+    return SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier, queue)

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, str] = {
     "EXCHANGE_SYNC_TYPE": "deltaSync",
     **{setting: str(default) for setting, default, _ in TARGET_COOLDOWNS.values()},
     "SYNC_STATE_TABLE": "intunesync",
+    "SYNC_QUEUE": "intunesync-deferred",
     "SYNC_LEASE_SECONDS": "180",
     "GRAPH_TIMEOUT_SECONDS": "30",
     "SYNC_WAIT_TIMEOUT_SECONDS": "3600",
@@ -58,6 +59,8 @@ LEASE_MARGIN_SECONDS = 15
 AZURITE_CONNECTION_STRING = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
     "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
     "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
 )
 
@@ -79,6 +82,7 @@ class StorageSettings:
 
     connection_string: str | None = None
     table_service_uri: str | None = None
+    queue_service_uri: str | None = None
     use_managed_identity: bool = False
     client_id: str | None = None
 
@@ -104,6 +108,7 @@ class Settings:
     exchange_sync_type: str = DEFAULTS["EXCHANGE_SYNC_TYPE"]
     cooldowns: tuple[tuple[str, int], ...] = tuple((t, d) for t, (_, d, _) in TARGET_COOLDOWNS.items())
     state_table: str = DEFAULTS["SYNC_STATE_TABLE"]
+    queue_name: str = DEFAULTS["SYNC_QUEUE"]
     lease_seconds: int = int(DEFAULTS["SYNC_LEASE_SECONDS"])
     graph_timeout_seconds: float = float(DEFAULTS["GRAPH_TIMEOUT_SECONDS"])
     wait_timeout_seconds: int = int(DEFAULTS["SYNC_WAIT_TIMEOUT_SECONDS"])
@@ -211,6 +216,10 @@ class Settings:
                 f"call with its retries), got {lease_seconds}"
             )
 
+        queue = get("SYNC_QUEUE")
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", queue):
+            problems["SYNC_QUEUE"] = f"must be 3-63 lower-case letters, digits and single hyphens, got {queue!r}"
+
         table = get("SYNC_STATE_TABLE")
         if not _TABLE_NAME.match(table):
             problems["SYNC_STATE_TABLE"] = (
@@ -235,6 +244,7 @@ class Settings:
             health_thresholds=health,
             token_expiry_warning_days=expiry_days,
             state_table=table,
+            queue_name=queue,
             lease_seconds=lease_seconds,
             graph_timeout_seconds=timeout,
             wait_timeout_seconds=wait_timeout,
@@ -308,9 +318,14 @@ def _storage_settings(env: Mapping[str, str], problems: dict[str, str]) -> Stora
         return StorageSettings(connection_string=conn)
 
     uri = (env.get("AzureWebJobsStorage__tableServiceUri") or "").strip().rstrip("/")
+    queue_uri = (env.get("AzureWebJobsStorage__queueServiceUri") or "").strip().rstrip("/")
     account = (env.get("AzureWebJobsStorage__accountName") or "").strip()
     if not uri and account:
         uri = f"https://{account}.table.core.windows.net"
+    if not queue_uri and account:
+        queue_uri = f"https://{account}.queue.core.windows.net"
+    if not queue_uri and ".table." in uri:
+        queue_uri = uri.replace(".table.", ".queue.", 1)
     if not uri:
         problems["AzureWebJobsStorage"] = (
             "is not set: give a connection string (UseDevelopmentStorage=true for Azurite) or the "
@@ -328,6 +343,7 @@ def _storage_settings(env: Mapping[str, str], problems: dict[str, str]) -> Stora
         problems["AzureWebJobsStorage__clientId"] = "must be the client id (a GUID) of a user-assigned managed identity"
     return StorageSettings(
         table_service_uri=uri,
+        queue_service_uri=queue_uri or None,
         use_managed_identity=credential == "managedidentity",
         client_id=client_id,
     )

@@ -65,6 +65,17 @@ class TargetState:
     completion_pending: bool | None = None
     last_completed_at: datetime | None = None
     last_sync_status: str | None = None
+    # A deferred sync waiting for the window to end (shared/deferred.py); cleared by any sync that starts.
+    pending_id: str | None = None
+    pending_at: datetime | None = None
+    pending_since: datetime | None = None
+    pending_asks: int | None = None
+    pending_asked_by: str | None = None
+    pending_reschedules: int | None = None
+
+    def without_pending(self) -> "TargetState":
+        return replace(self, pending_id=None, pending_at=None, pending_since=None, pending_asks=None,
+                       pending_asked_by=None, pending_reschedules=None)
 
     def lease_active(self, now: datetime) -> bool:
         return bool(self.lease_owner) and self.lease_expires_at is not None and self.lease_expires_at > now

@@ -25,6 +25,7 @@ from emulators.identity import IdentityEmulator  # noqa: E402
 from emulators.tokens import ALL_ROLES  # noqa: E402
 from shared.graph import GraphClient, RetryPolicy  # noqa: E402
 from shared.identity import make_credential  # noqa: E402
+from shared.deferred import PendingQueue, queue_client  # noqa: E402
 from shared.notify import Notifier  # noqa: E402
 from shared.operations import OperationStore  # noqa: E402
 from shared.service import SyncService  # noqa: E402
@@ -113,6 +114,7 @@ def env(azurite: Azurite, graph: GraphEmulator, table_name: str) -> dict[str, st
         "AzureWebJobsStorage": azurite.connection_string,
         "SYNC_TARGETS": "autopilot,exchange",
         "SYNC_STATE_TABLE": table_name,
+        "SYNC_QUEUE": "q" + table_name[1:],
         "GRAPH_TIMEOUT_SECONDS": "2",
     }
 
@@ -142,7 +144,8 @@ def make_service(env: dict[str, str], clock: FakeClock, table_counter: TableCoun
         )
         table = table_client(settings.storage, settings.state_table, make_credential, raw_request_hook=table_counter)
         notifier = Notifier(settings.notify_urls, settings.notify_format, retries=2)
-        return SyncService(settings, graph_client, StateStore(table), clock, OperationStore(table), notifier)
+        queue = PendingQueue(queue_client(settings.storage, settings.queue_name, make_credential))
+        return SyncService(settings, graph_client, StateStore(table), clock, OperationStore(table), notifier, queue)
 
     return make
 

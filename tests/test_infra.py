@@ -124,12 +124,14 @@ def test_the_storage_roles_granted_are_exactly_those_the_code_needs():
     assert {rbac["monitoringMetricsPublisher"]["value"]} == set(permissions.MONITORING_ROLES)
 
 
-def test_no_queue_role_is_granted_while_the_code_uses_no_queue():
-    queue_roles = {"974c5e8b-45b9-4653-ba55-5f855dd0fb88", "8a0f0c08-91a1-4084-bc3d-661d67233fed",
-                   "19e7f393-937e-4f77-808e-94535e297925", "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"}
-    text = "\n".join(p.read_text() for p in BICEP_FILES)
-    assert not any(role in text for role in queue_roles)
-    assert "azure.storage.queue" not in "".join(p.read_text() for p in (ROOT / "shared").glob("*.py"))
+def test_the_queue_role_is_granted_because_the_code_uses_a_queue():
+    queue_contributor = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+    assert "azure.storage.queue" in (ROOT / "shared" / "deferred.py").read_text()
+    assert queue_contributor in permissions.STORAGE_ROLES
+    storage = parse(INFRA / "app" / "storage.bicep")
+    assert storage["resources"]["deferredQueue"]["config"]["name"] == "deferredQueueName"
+    api = parse(INFRA / "app" / "api.bicep")
+    assert "AzureWebJobsStorage__queueServiceUri" in api["variables"]["allSettings"]["value"]["function"]["parameters"]["arg_2"]
 
 
 def test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets():

@@ -1,0 +1,86 @@
+"""Deferred syncs: "make sure a sync runs as soon as it may".
+
+A caller inside the cooldown (or the timer) asks with ``defer``; the asks for one unit become one
+pending sync, recorded in the unit's state row (``pendingId``, ``pendingAt``…), and one Azure
+Storage queue message whose visibility is delayed to ``pendingAt``. The queue-triggered function
+fires it then, through the normal claim, so it can never cause a second sync in a window.
+
+Why a storage queue: it is the platform's own delayed delivery (visibility timeout up to 7
+days), survives restarts and scale-out, needs no process waiting or polling, and the Functions
+host already watches queues for us. A message delivered twice, or one left over after another
+caller's sync satisfied the asks, finds no matching ``pendingId`` in the row and does nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+from .errors import StateStoreUnavailable
+from .model import iso
+
+MAX_RESCHEDULES = 3  # a pending sync that Graph keeps refusing gives up after this many
+MAX_VISIBILITY = timedelta(days=7)  # the queue service's limit
+
+
+@dataclass(frozen=True)
+class PendingFire:
+    """The queue message that fires a pending sync."""
+
+    unit_key: str
+    target: str
+    item_id: str | None
+    pending_id: str
+    scheduled_at: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({"unitKey": self.unit_key, "target": self.target, "itemId": self.item_id,
+                           "pendingId": self.pending_id, "scheduledAt": iso(self.scheduled_at)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "PendingFire":
+        data: dict[str, Any] = json.loads(text)
+        return cls(data["unitKey"], data["target"], data.get("itemId"), data["pendingId"],
+                   datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")))
+
+
+class PendingQueue:
+    def __init__(self, queue: QueueClient):
+        self._queue = queue
+
+    def schedule(self, fire: PendingFire, now: datetime) -> None:
+        """Send the message, invisible until ``fire.scheduled_at`` (creating the queue on first use)."""
+        delay = min(MAX_VISIBILITY, max(timedelta(0), fire.scheduled_at - now))
+        try:
+            try:
+                self._send(fire, delay)
+            except ResourceNotFoundError:
+                try:
+                    self._queue.create_queue()
+                except ResourceExistsError:
+                    pass
+                self._send(fire, delay)
+        except AzureError as exc:
+            raise StateStoreUnavailable(
+                f"Queue Storage ({self._queue.queue_name}) is unavailable: {type(exc).__name__}"
+            ) from exc
+
+    def _send(self, fire: PendingFire, delay: timedelta) -> None:
+        self._queue.send_message(fire.to_json(), visibility_timeout=math.ceil(delay.total_seconds()))
+
+
+def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> QueueClient:
+    # Base64, as the Functions host's queue trigger expects by default.
+    codecs: dict[str, Any] = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
+                                  connection_timeout=5, read_timeout=15, retry_total=2)
+    if storage.connection_string:
+        return QueueClient.from_connection_string(storage.connection_string, queue_name, **codecs)
+    if not storage.queue_service_uri:
+        raise StateStoreUnavailable("no queue endpoint: set AzureWebJobsStorage__queueServiceUri or __accountName")
+    credential = credential_factory(storage.client_id if storage.use_managed_identity else None)
+    return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **codecs)
