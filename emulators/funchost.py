@@ -2,8 +2,8 @@
 
 It loads ``function_app.app`` the documented way (``app.get_functions()`` once per process),
 serves each HTTP trigger on its route under ``/api`` (literal segments take precedence over
-parameters, as in the real host), and invokes non-HTTP functions through the host's admin API
-(``POST /admin/functions/{name}``). Like ``func start``, it reads ``local.settings.json`` and does
+parameters, as in the real host), runs queue triggers against their storage queue, and invokes
+timer functions through the host's admin API (``POST /admin/functions/{name}``). Like ``func start``, it reads ``local.settings.json`` and does
 not enforce function keys unless given one (``--function-key``). With Core Tools installed,
 ``func start`` serves the same app unchanged.
 """
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import posixpath
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .server import JsonHandler, Server
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("funchost")
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,27 @@ def _compile(template: str) -> tuple[re.Pattern[str], tuple[int, ...]]:
     return re.compile("^" + "/".join(parts) + "$", re.IGNORECASE), tuple(precedence)
 
 
-def load_routes(app: Any) -> tuple[list[Route], dict[str, Callable[..., Any]]]:
-    """HTTP routes (most specific first) and the other functions by name."""
-    routes, others = [], {}
+@dataclass(frozen=True)
+class QueueFunction:
+    name: str
+    queue_name: str
+    connection: str
+    handler: Callable[..., Any]
+
+
+def _resolve(value: str) -> str:
+    """The host's %SETTING% binding expressions."""
+    return re.sub(r"%(\w+)%", lambda m: os.environ.get(m.group(1), ""), value)
+
+
+def load_routes(app: Any) -> tuple[list[Route], dict[str, Callable[..., Any]], list[QueueFunction]]:
+    """HTTP routes (most specific first), the other functions by name, and the queue triggers."""
+    routes, others, queues = [], {}, []
     for fn in app.get_functions():  # once per process, as documented
         trigger = fn.get_trigger()
         user_function = fn.get_user_function()
+        if type(trigger).__name__ == "QueueTrigger":
+            queues.append(QueueFunction(fn.get_function_name(), _resolve(trigger.queue_name), trigger.connection, user_function))
         if type(trigger).__name__ != "HttpTrigger":
             others[fn.get_function_name()] = user_function
             continue
@@ -63,7 +81,60 @@ def load_routes(app: Any) -> tuple[list[Route], dict[str, Callable[..., Any]]]:
         auth = str(getattr(trigger.auth_level, "value", trigger.auth_level) or "function").lower()
         routes.append(Route(fn.get_function_name(), pattern, precedence, methods, auth == "anonymous", user_function))
     routes.sort(key=lambda r: r.precedence)
-    return routes, others
+    return routes, others, queues
+
+
+class QueuePoller(threading.Thread):
+    """What the host does for a queue trigger: take visible messages, run the function, delete
+    the message on success; after five failed deliveries, move it to ``<queue>-poison``."""
+
+    def __init__(self, function: QueueFunction, interval: float = 0.2, max_dequeue: int = 5):
+        super().__init__(name=f"queue-{function.name}", daemon=True)
+        self.function, self.interval, self.max_dequeue = function, interval, max_dequeue
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+        connection = os.environ.get(self.function.connection, "")
+        if "UseDevelopmentStorage=true" in connection.replace(" ", ""):
+            from shared.settings import AZURITE_CONNECTION_STRING
+
+            connection = AZURITE_CONNECTION_STRING
+        if "QueueEndpoint=" not in connection and "AccountName=" not in connection:
+            log.warning("queue trigger %s: the local host needs a storage connection string", self.function.name)
+            return
+        codecs = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy())
+        queue = QueueClient.from_connection_string(connection, self.function.queue_name, **codecs)
+        poison = QueueClient.from_connection_string(connection, self.function.queue_name + "-poison", **codecs)
+        while not self.stopping.wait(self.interval):
+            try:
+                for message in queue.receive_messages(messages_per_page=16, visibility_timeout=60):
+                    self.deliver(queue, poison, message)
+            except ResourceNotFoundError:
+                continue  # no queue yet: nothing has been deferred
+            except Exception:
+                log.exception("queue trigger %s: polling failed", self.function.name)
+
+    def deliver(self, queue: Any, poison: Any, message: Any) -> None:
+        import azure.functions as func
+
+        try:
+            self.function.handler(func.QueueMessage(id=message.id, body=message.content.encode(), pop_receipt=message.pop_receipt))
+        except Exception:
+            log.exception("queue trigger %s failed (delivery %s)", self.function.name, message.dequeue_count)
+            if message.dequeue_count >= self.max_dequeue:
+                from azure.core.exceptions import ResourceExistsError
+
+                try:
+                    poison.create_queue()
+                except ResourceExistsError:
+                    pass
+                poison.send_message(message.content)
+                queue.delete_message(message)
+            return
+        queue.delete_message(message)
 
 
 def load_local_settings(path: Path = ROOT / "local.settings.json") -> None:
@@ -77,8 +148,20 @@ def load_local_settings(path: Path = ROOT / "local.settings.json") -> None:
 class FunctionHost(Server):
     def __init__(self, app: Any, port: int = 7071, function_key: str | None = None):
         super().__init__(_Handler, port)
-        self.routes, self.others = load_routes(app)
+        self.routes, self.others, queues = load_routes(app)
         self.function_key = function_key
+        self.pollers = [QueuePoller(q) for q in queues]
+
+    def start(self) -> "FunctionHost":
+        super().start()
+        for poller in self.pollers:
+            poller.start()
+        return self
+
+    def stop(self) -> None:
+        for poller in self.pollers:
+            poller.stopping.set()
+        super().stop()
 
 
 class _Handler(JsonHandler):
@@ -155,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     import function_app
 
     host = FunctionHost(function_app.app, port=args.port, function_key=args.function_key)
+    for poller in host.pollers:
+        poller.start()
     print(f"function host on {host.base_url}/api", flush=True)
     host.serve_forever()
 

@@ -348,13 +348,8 @@ class SyncService:
         for _ in range(5):
             now = self.clock()
             if state.pending_id and state.pending_at:
-                joined = self.store.update(replace(
-                    state, pending_asks=(state.pending_asks or 1) + 1,
-                    pending_asked_by=_append(state.pending_asked_by, caller),
-                ))
-                if joined is not None:
-                    return self._scheduled(unit, joined, f"joined the sync already scheduled for {iso(joined.pending_at)} "
-                                                         f"({joined.pending_asks} asks)")
+                self.store.add_ask(unit.key, state.pending_id, caller, now)
+                return self._scheduled(unit, state, f"joined the sync already scheduled for {iso(state.pending_at)}")
             else:
                 at = refusal.next_allowed_at if refusal.next_allowed_at and refusal.next_allowed_at > now \
                     else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
@@ -363,7 +358,7 @@ class SyncService:
                 # another pendingId when it fires and does nothing.
                 self.queue.schedule(PendingFire(unit.key, unit.target, unit.item_id, pending_id, at), now)
                 created = self.store.update(replace(
-                    state, pending_id=pending_id, pending_at=at, pending_since=now, pending_asks=1,
+                    state, pending_id=pending_id, pending_at=at, pending_since=now,
                     pending_asked_by=caller, pending_reschedules=0,
                 ))
                 if created is not None:
@@ -392,9 +387,10 @@ class SyncService:
         if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
             self.queue.schedule(replace(fire, scheduled_at=state.pending_at), now)  # type: ignore[union-attr]
             return None
+        callers = [state.pending_asked_by or "?"] + [c for _, c in self.store.asks(fire.unit_key, fire.pending_id)]
         request = SyncRequest(
             fire.target, fire.item_id, trigger=Trigger.DEFERRED,
-            caller=f"asked by {state.pending_asked_by} ({state.pending_asks} asks since {iso(state.pending_since)})",
+            caller=f"asked by {_names(callers)} ({len(callers)} asks since {iso(state.pending_since)})",
         )
         result = self._run(target, unit, request, state)
         if result.outcome is Outcome.STARTED:
@@ -542,7 +538,8 @@ class SyncService:
                 {
                     "target": name,
                     "health": worst([g["health"]["rating"] for g in graph]),
-                    "units": [_state_json(s, now) for s in sorted(rows, key=lambda s: s.key)],
+                    "units": [_state_json(s, now, 1 + len(self.store.asks(s.key, s.pending_id)) if s.pending_id else 0)
+                              for s in sorted(rows, key=lambda s: s.key)],
                     "graph": graph,
                 }
             )
@@ -558,7 +555,7 @@ def _unit_of(state: TargetState) -> Unit:
     return Unit(state.target or state.key, state.item_id)
 
 
-def _state_json(state: TargetState, now: datetime) -> dict[str, Any]:
+def _state_json(state: TargetState, now: datetime, asks: int = 0) -> dict[str, Any]:
     return {
         "target": state.key if state.item_id is None else f"{state.target}/{state.item_id}",
         "lastOutcome": state.last_outcome,
@@ -572,19 +569,17 @@ def _state_json(state: TargetState, now: datetime) -> dict[str, Any]:
         "lastHttpStatus": state.last_http_status,
         "graphRequestId": state.last_graph_request_id,
         "message": state.last_message,
-        "pending": {"scheduledAt": iso(state.pending_at), "since": iso(state.pending_since), "asks": state.pending_asks,
-                    "askedBy": state.pending_asked_by, "reschedules": state.pending_reschedules}
+        "pending": {"scheduledAt": iso(state.pending_at), "since": iso(state.pending_since), "asks": asks,
+                    "firstAskedBy": state.pending_asked_by, "reschedules": state.pending_reschedules}
         if state.pending_id
         else None,
     }
 
 
-def _append(callers: str | None, caller: str, limit: int = 20) -> str:
-    """The callers of a pending sync, for its history row; the first ``limit`` are named."""
-    names = (callers or "").split(", ") if callers else []
-    if caller in names:
-        return callers or caller
-    return ", ".join(names + [caller]) if len(names) < limit else f"{callers}, …"
+def _names(callers: list[str], limit: int = 10) -> str:
+    """The distinct callers of a pending sync, for its history row; the first ``limit`` named."""
+    distinct = list(dict.fromkeys(callers))
+    return ", ".join(distinct[:limit]) + (f" and {len(distinct) - limit} more" if len(distinct) > limit else "")
 
 
 def _seconds_until(when: datetime | None, now: datetime) -> int | None:

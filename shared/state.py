@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 STATE_ROW = "state"
 HISTORY_PREFIX = "history-"
+ASK_PREFIX = "ask-"  # one row per caller who joined a pending (deferred) sync
 _MAX_TICKS = 10**19 - 1  # inverted so that the newest history row sorts first
 _T = TypeVar("_T")
 
@@ -69,12 +70,11 @@ class TargetState:
     pending_id: str | None = None
     pending_at: datetime | None = None
     pending_since: datetime | None = None
-    pending_asks: int | None = None
     pending_asked_by: str | None = None
     pending_reschedules: int | None = None
 
     def without_pending(self) -> "TargetState":
-        return replace(self, pending_id=None, pending_at=None, pending_since=None, pending_asks=None,
+        return replace(self, pending_id=None, pending_at=None, pending_since=None,
                        pending_asked_by=None, pending_reschedules=None)
 
     def lease_active(self, now: datetime) -> bool:
@@ -304,6 +304,20 @@ class StateStore(TableStore):
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
         return replace(state, etag=meta["etag"])
+
+    @store_errors
+    def add_ask(self, key: str, pending_id: str, caller: str, at: datetime) -> None:
+        """Join a pending sync: an insert of its own, so that many joiners never contend."""
+        self._table.create_entity({"PartitionKey": key, "RowKey": f"{ASK_PREFIX}{pending_id}-{uuid.uuid4().hex}",
+                                   "caller": caller[:200], "askedAt": at})
+
+    @store_errors
+    def asks(self, key: str, pending_id: str) -> list[tuple[datetime, str]]:
+        """Who joined a pending sync, oldest first."""
+        prefix = f"{ASK_PREFIX}{pending_id}-"
+        rows = self._table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                                          parameters={"pk": key, "lo": prefix, "hi": prefix[:-1] + "."})
+        return sorted((as_utc(row["askedAt"]), row["caller"]) for row in rows)
 
     @store_errors
     def pending_completions(self) -> list[TargetState]:

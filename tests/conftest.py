@@ -243,10 +243,15 @@ def start_app_hosts(identity_server: IdentityEmulator) -> Iterator[Callable[...,
                 time.sleep(0.1)
         return urls
 
+    def stop_all() -> None:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+    start.stop_all = stop_all  # type: ignore[attr-defined]
     yield start
-    for proc in processes:
-        proc.terminate()
-        proc.wait(timeout=10)
+    stop_all()
 
 
 def graph_calls(graph: GraphEmulator, method: str | None = None, contains: str = "") -> list[dict[str, Any]]:

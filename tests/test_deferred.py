@@ -1,0 +1,210 @@
+"""Deferred sync: asks inside the cooldown become one pending sync, fired by a delayed queue
+message at the window's end through the normal claim — against Azurite's table and queue
+services and the Graph emulator."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+from azure.storage.queue import QueueClient
+
+from conftest import advance, sync_posts
+from shared.deferred import MAX_RESCHEDULES, PendingFire
+from shared.model import Outcome, SyncRequest, Trigger
+from shared.settings import Settings
+from shared.state import Attempt, StateStore, table_client
+from shared.identity import make_credential
+
+DEFER = SyncRequest("autopilot", caller="flow-1", defer=True)
+
+
+def configure(graph, **config):
+    requests.post(f"{graph.base_url}/_emulator/config", json=config, timeout=5).raise_for_status()
+
+
+def queued(env) -> int:
+    """Messages in the queue, visible or not."""
+    queue = QueueClient.from_connection_string(env["AzureWebJobsStorage"], env["SYNC_QUEUE"])
+    return queue.get_queue_properties().approximate_message_count
+
+
+def pending_fire(service) -> PendingFire:
+    state = service.store.read("autopilot")
+    return PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at)
+
+
+def one(results):
+    assert len(results) == 1
+    return results[0]
+
+
+def test_a_deferred_ask_inside_the_cooldown_is_scheduled_for_the_windows_end(service, graph, env):
+    started = one(service.sync(SyncRequest("autopilot")))
+    result = one(service.sync(DEFER))
+    assert result.outcome is Outcome.SCHEDULED and result.scheduled_at == started.next_allowed_at
+    assert result.to_json()["scheduledAt"] and queued(env) == 1
+    state = service.store.read("autopilot")
+    assert state.pending_at == started.next_allowed_at and "flow-1" in state.pending_asked_by
+    assert service.store.asks("autopilot", state.pending_id) == []  # the first ask is the pending sync itself
+
+
+def test_further_asks_join_the_same_pending_sync(service, graph, env):
+    service.sync(SyncRequest("autopilot"))
+    first = one(service.sync(DEFER))
+    later = [one(service.sync(replace(DEFER, caller=f"flow-{i}"))) for i in range(2, 5)]
+    assert {r.scheduled_at for r in later} == {first.scheduled_at}
+    assert all("joined" in r.message for r in later)
+    state = service.store.read("autopilot")
+    assert queued(env) == 1 and len(service.store.asks("autopilot", state.pending_id)) == 3
+
+
+def test_a_non_deferred_ask_in_the_window_still_gets_cooldown(service, graph):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    plain = one(service.sync(SyncRequest("autopilot")))
+    assert plain.outcome is Outcome.COOLDOWN and plain.retry_after_seconds and plain.scheduled_at is None
+
+
+def test_a_deferred_ask_outside_the_cooldown_syncs_at_once(service, graph, env):
+    result = one(service.sync(DEFER))
+    assert result.outcome is Outcome.STARTED and len(sync_posts(graph)) == 1
+
+
+def test_firing_at_the_windows_end_syncs_once_and_clears_the_pending_sync(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    service.sync(replace(DEFER, caller="flow-2"))
+    fire = pending_fire(service)
+    advance(clock, graph, 601)
+    result = service.fire(fire)
+    assert result.outcome is Outcome.STARTED and len(sync_posts(graph)) == 2
+    assert service.store.read("autopilot").pending_id is None
+    row = service.store.history("autopilot")[0]
+    assert row["trigger"] == "deferred" and "flow-1" in row["caller"] and "flow-2" in row["caller"] and "2 asks" in row["caller"]
+
+
+def test_a_duplicated_message_causes_no_second_sync(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    fire = pending_fire(service)
+    advance(clock, graph, 601)
+    assert service.fire(fire).outcome is Outcome.STARTED
+    assert service.fire(fire) is None
+    assert len(sync_posts(graph)) == 2
+
+
+def test_a_message_for_asks_a_sync_already_satisfied_does_nothing(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    fire = pending_fire(service)
+    advance(clock, graph, 601)
+    assert one(service.sync(SyncRequest("autopilot"))).outcome is Outcome.STARTED  # someone synced first
+    assert service.fire(fire) is None and len(sync_posts(graph)) == 2
+
+
+def test_a_graph_429_at_firing_reschedules_from_retry_after(service, graph, clock, env):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    fire = pending_fire(service)
+    advance(clock, graph, 601)
+    now = requests.get(f"{graph.base_url}/_emulator/stats", timeout=5).json()["now"]
+    configure(graph, lastManualSyncTriggerDateTime=now, syncDurationSeconds=0, retryAfterOn429=120)  # a portal click
+    result = service.fire(fire)
+    assert result.outcome is Outcome.COOLDOWN and result.graph_status == 429
+    state = service.store.read("autopilot")
+    assert state.pending_id == fire.pending_id and state.pending_reschedules == 1
+    assert abs(state.pending_at - (clock.now + timedelta(seconds=120))) < timedelta(seconds=2)
+    assert queued(env) == 2  # the original message (fired in this test by hand) and the rescheduled one
+
+
+def test_reschedules_are_bounded(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    fire = pending_fire(service)
+    requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 409, "times": 50}], timeout=5)
+    for _ in range(MAX_RESCHEDULES + 1):
+        advance(clock, graph, 601)
+        fire = pending_fire(service) if service.store.read("autopilot").pending_id else fire
+        service.fire(fire)
+    assert service.store.read("autopilot").pending_id is None  # given up, logged
+
+
+def test_a_timer_tick_inside_the_cooldown_becomes_the_pending_sync(service, graph):
+    service.sync(SyncRequest("autopilot"))
+    results = {r.target: r for r in service.sync_enabled(Trigger.TIMER)}
+    assert results["autopilot"].outcome is Outcome.SCHEDULED
+    assert "timer:" in service.store.read("autopilot").pending_asked_by
+
+
+def test_status_shows_the_pending_sync(service, graph):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    unit = next(t for t in service.status()["targets"] if t["target"] == "autopilot")["units"][0]
+    assert unit["pending"]["asks"] == 1 and unit["pending"]["scheduledAt"]
+
+
+def test_sync_and_wait_follows_a_scheduled_sync(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    result, operation, token = service.sync_and_follow(DEFER)
+    assert result.outcome is Outcome.SCHEDULED and operation.since == result.scheduled_at
+    assert service.poll(operation.id, token).status == "running"  # the earlier sync does not count
+
+
+# --- across processes, on the real clock ------------------------------------------------------
+
+
+def window_ends_in(seconds: float, env, graph) -> datetime:
+    """As if a sync had run just under ten minutes ago: the window ends ``seconds`` from now."""
+    settings = Settings.from_env(env)
+    store = StateStore(table_client(settings.storage, settings.state_table, make_credential))
+    now = datetime.now(timezone.utc)
+    ends = now + timedelta(seconds=seconds)
+    lease = store.claim(store.read("autopilot"), now - timedelta(seconds=1), 60, target="autopilot")
+    store.commit(lease, replace(lease.state, lease_owner=None, lease_expires_at=None, next_allowed_at=ends, last_outcome="started"),
+                 Attempt(now, now, "http", "earlier", "started", http_status=204))
+    triggered = ends - timedelta(minutes=10)
+    configure(graph, lastManualSyncTriggerDateTime=triggered.isoformat(), syncDurationSeconds=1)
+    return ends
+
+
+def wait_for_posts(graph, count: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(sync_posts(graph)) < count:
+        time.sleep(0.2)
+    return len(sync_posts(graph))
+
+
+def test_twenty_deferred_asks_from_four_processes_become_one_sync_at_the_windows_end(start_app_hosts, env, graph):
+    hosts = start_app_hosts(4, env)
+    ends = window_ends_in(6, env, graph)
+
+    def ask(i: int) -> requests.Response:
+        return requests.post(f"{hosts[i % 4]}/api/sync/autopilot", params={"defer": "true"}, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(ask, range(20)))
+    assert [a.status_code for a in answers] == [202] * 20, [a.text for a in answers if a.status_code != 202]
+    assert {a.json()["outcome"] for a in answers} == {"scheduled"}
+    assert len({a.json()["scheduledAt"] for a in answers}) == 1
+    plain = requests.post(f"{hosts[0]}/api/sync/autopilot", timeout=30)
+    assert plain.status_code == 429 and "Retry-After" in plain.headers
+    assert sync_posts(graph) == []
+    assert wait_for_posts(graph, 1, timeout=30) == 1
+    fired_at = datetime.fromisoformat(graph.stats()["now"].replace("Z", "+00:00"))
+    assert fired_at >= ends - timedelta(seconds=1)
+    time.sleep(2)  # any duplicate firing would land by now
+    assert len(sync_posts(graph)) == 1 and [p["status"] for p in sync_posts(graph)] == [204]
+
+
+def test_a_restart_between_scheduling_and_firing_loses_nothing(start_app_hosts, env, graph):
+    first = start_app_hosts(1, env)[0]
+    window_ends_in(4, env, graph)
+    assert requests.post(f"{first}/api/sync/autopilot", params={"defer": "true"}, timeout=30).json()["outcome"] == "scheduled"
+    start_app_hosts.stop_all()  # the instance that scheduled it goes away before the window ends
+    assert sync_posts(graph) == []
+    start_app_hosts(1, env)  # a new instance, started later, fires it
+    assert wait_for_posts(graph, 1, timeout=30) == 1
