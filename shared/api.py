@@ -273,7 +273,10 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
 
 
 def _flag(req: func.HttpRequest, name: str) -> bool:
-    value = (req.params.get(name) or "false").lower()
+    raw = req.params.get(name)
+    if raw is None:
+        return False
+    value = raw.lower()
     if value not in ("true", "false", "1", "0"):
         raise ApiError(400, "InvalidQuery", f"{name} must be true or false")
     return value in ("true", "1")
