@@ -323,8 +323,8 @@ def round_trips(bench: Bench, stack: Stack) -> None:
               "0 Graph, ≤ 1 table", graph_known == 0 and table_known <= 1)
     bench.add("100 calls in one window: Graph calls / table round trips", f"{graph_100} / {table_100}", "1 / ≤ 102", "",
               "1 POST", graph_100 == 1)
-    bench.add("Token requests for all of the above", str(tokens), "≤ 1 per instance and token lifetime", "",
-              "1 per lifetime", tokens <= 3, "three service instances (three credentials) made 102 calls")
+    bench.add("Token requests for all of the above", str(tokens), "1 per instance that calls Graph", "",
+              "1 per lifetime", tokens <= 2, "two of the three instances called Graph; one token each, reused for every call")
 
 
 # --- 5. contention ----------------------------------------------------------------------------
@@ -419,6 +419,24 @@ def report(bench: Bench, seconds: float) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [f"| {r.name} | {r.ours} | {r.baseline} | {r.ratio} | {r.target} | {r.met} | {r.note} |" for r in bench.rows]
+    lines += [
+        "",
+        "## Reading the results",
+        "",
+        "- Cold start and memory are measured from the moment the Functions worker would load the app: "
+        "both processes import `azure.functions` first (the worker has it loaded before it loads any app), "
+        "then import the app and answer one sync through the token endpoint, Table Storage and Graph.",
+        "- Peak RSS of the whole process includes what both contenders share: Python itself, `azure.functions` "
+        "with werkzeug (about 19 MB) and azure-identity with MSAL and cryptography (about 10 MB). Against that "
+        "floor the whole-process target of 0.80× is missed (about 0.85×); above the worker's own memory, which is "
+        "what the app adds and what it can change, ours is about 0.71× of the SDK's.",
+        "- A refusal in a warm instance is answered from memory (a cooldown only moves forward, so it is safe to "
+        "remember until `nextAllowedAt`); a new instance reads one table row, about the cost of the bare read.",
+        "- The fan-out pays, per connector, the claim and the commit that guarantee one sync per window (two table "
+        "round trips) which the runbook loop does not; with 25 side-by-side syncs under the 100-writes-per-20-s "
+        "limiter it still finishes about ten times sooner. On two cores the Python work per request, not Graph, "
+        "bounds it, so the ratio moves by ±1× between runs.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -279,6 +279,7 @@ class _Handler(JsonHandler):
                     "path": self.path_only,
                     "status": status,
                     "clientRequestId": client_request_id,
+                    "at": _iso(self.server.now()),
                     "body": getattr(self, "body", b"").decode(errors="replace")[:500],
                 }
             )

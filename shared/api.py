@@ -130,7 +130,8 @@ def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpReques
     except UpstreamError as exc:
         return error_response(exc.http_status, exc.code, exc.message)
     except Exception:  # a bug: log it with its trace, answer without leaking internals
-        log.exception("unhandled error in %s %s", req.method, req.url)
+        # The path only: the query may hold an operation token or a function key.
+        log.exception("unhandled error in %s %s", req.method, urlsplit(req.url).path)
         return error_response(500, "InternalError", "unexpected error; see the function's logs")
 
 
@@ -211,9 +212,11 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 def run_deferred(message: str) -> SyncResult | None:
     """A pending sync's queue message became visible: fire it. A storage fault raises, so that
     the host retries the message (and moves it to the poison queue after five tries)."""
-    result = service().fire(PendingFire.from_json(message))
+    svc = service()
+    result = svc.fire(PendingFire.from_json(message))
     if result is not None:
         log.info("deferred sync %s: %s %s", result.target, result.outcome.value, result.message)
+    _flush(svc)
     return result
 
 
@@ -231,11 +234,19 @@ def run_watch() -> int:
 def run_timer(past_due: bool) -> list[SyncResult]:
     if past_due:
         log.info("timer is past due; syncing now")
-    results = service().sync_enabled(Trigger.TIMER, caller="timer")
+    svc = service()
+    results = svc.sync_enabled(Trigger.TIMER, caller="timer")
     for r in results:
         level = logging.ERROR if r.outcome is Outcome.FAILED else logging.INFO
         log.log(level, "timer sync %s: %s %s", r.target, r.outcome.value, r.message)
+    _flush(svc)
     return results
+
+
+def _flush(svc: SyncService) -> None:
+    # Deliver queued notifications before the invocation ends: an idle instance may be reclaimed.
+    if svc.notifier is not None:
+        svc.notifier.flush(timeout=20)
 
 
 # --- input -------------------------------------------------------------------------------
@@ -283,9 +294,20 @@ def _flag(req: func.HttpRequest, name: str) -> bool:
 
 
 def _operation_url(req: func.HttpRequest, operation_id: str, token: str) -> str:
-    # Absolute, as the async pattern requires; the token carries the poller's authority.
+    """Absolute, as the async pattern requires; the token carries the poller's authority.
+
+    Behind Azure's front end (or APIM / Front Door) the worker may see http and an inner host, so
+    the public scheme and host come from X-Forwarded-Proto / X-Forwarded-Host, else the app's
+    WEBSITE_HOSTNAME; anything but loopback is https, so the token never travels in clear."""
     parts = urlsplit(req.url)
-    return f"{parts.scheme}://{parts.netloc}/api/operations/{operation_id}?{urlencode({'token': token})}"
+    host = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip() or parts.netloc
+    if not req.headers.get("x-forwarded-host") and os.environ.get("WEBSITE_HOSTNAME"):
+        host = os.environ["WEBSITE_HOSTNAME"]
+    loopback = (host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]"))
+    scheme = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip() or parts.scheme
+    scheme = scheme if loopback else "https"
+    prefix = parts.path[: parts.path.find("/sync/")] if "/sync/" in parts.path else parts.path.rsplit("/operations/", 1)[0]
+    return f"{scheme}://{host}{prefix}/operations/{operation_id}?{urlencode({'token': token})}"
 
 
 def caller_of(req: func.HttpRequest) -> str:

@@ -25,6 +25,9 @@ from .errors import StateStoreUnavailable
 from .model import iso
 
 MAX_RESCHEDULES = 3  # a pending sync that Graph keeps refusing gives up after this many
+# A pending sync whose time passed this long ago without firing (its message was lost to the
+# poison queue, say) is replaced by the next ask rather than joined.
+STALE_PENDING = timedelta(minutes=5)
 MAX_VISIBILITY = timedelta(days=7)  # the queue service's limit
 
 
@@ -37,16 +40,18 @@ class PendingFire:
     item_id: str | None
     pending_id: str
     scheduled_at: datetime
+    generation: int = 0  # the pending sync's reschedule count when sent: older messages are stale
 
     def to_json(self) -> str:
         return json.dumps({"unitKey": self.unit_key, "target": self.target, "itemId": self.item_id,
-                           "pendingId": self.pending_id, "scheduledAt": iso(self.scheduled_at)})
+                           "pendingId": self.pending_id, "scheduledAt": iso(self.scheduled_at),
+                           "generation": self.generation})
 
     @classmethod
     def from_json(cls, text: str) -> "PendingFire":
         data: dict[str, Any] = json.loads(text)
         return cls(data["unitKey"], data["target"], data.get("itemId"), data["pendingId"],
-                   datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")))
+                   datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")), int(data.get("generation", 0)))
 
 
 class PendingQueue:

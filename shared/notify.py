@@ -122,7 +122,8 @@ class Notifier:
         return futures
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait (bounded) for queued deliveries; the timer calls this before it returns."""
+        """Wait (bounded) for queued deliveries; the timer, queue and watcher functions call this
+        before they return, since an idle instance may be reclaimed."""
         with self._lock:
             pending = list(self._pending)
         wait(pending, timeout=timeout)

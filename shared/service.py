@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .deferred import MAX_RESCHEDULES, PendingFire, PendingQueue, queue_client
+from .deferred import MAX_RESCHEDULES, STALE_PENDING, PendingFire, PendingQueue, queue_client
 from .errors import StateStoreUnavailable, UpstreamError
 from .graph import GraphClient, GraphResponse
 from .model import Clock, Outcome, SyncRequest, SyncResult, Trigger, iso, utcnow
@@ -347,10 +347,10 @@ class SyncService:
         caller = f"{request.trigger.value}:{request.caller}"
         for _ in range(5):
             now = self.clock()
-            if state.pending_id and state.pending_at:
+            if state.pending_id and state.pending_at and state.pending_at > now - STALE_PENDING:
                 self.store.add_ask(unit.key, state.pending_id, caller, now)
                 return self._scheduled(unit, state, f"joined the sync already scheduled for {iso(state.pending_at)}")
-            else:
+            else:  # none, or a stale one that never fired: schedule afresh
                 at = refusal.next_allowed_at if refusal.next_allowed_at and refusal.next_allowed_at > now \
                     else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
                 pending_id = uuid.uuid4().hex
@@ -376,16 +376,21 @@ class SyncService:
         """The queue message of a pending sync arrived: run it through the normal claim.
 
         Returns None when there is nothing to do (a duplicate or stale message, asks already
-        satisfied by another sync); reschedules, a bounded number of times, if still refused."""
+        satisfied by another sync, a sync in flight to wait for); reschedules, a bounded number of
+        times, if Graph still refuses."""
         target = self.targets.get(fire.target)
         state = self.store.read(fire.unit_key)
-        if target is None or state.pending_id != fire.pending_id:
-            log.info("deferred sync %s: message %s is stale or a duplicate; nothing to do", fire.unit_key, fire.pending_id)
+        if target is None or state.pending_id != fire.pending_id or (state.pending_reschedules or 0) != fire.generation:
+            log.info("deferred sync %s: message %s/%d is stale or a duplicate; nothing to do",
+                     fire.unit_key, fire.pending_id, fire.generation)
             return None
         unit = Unit(fire.target, fire.item_id)
         now = self.clock()
         if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
             self.queue.schedule(replace(fire, scheduled_at=state.pending_at), now)  # type: ignore[union-attr]
+            return None
+        if state.lease_active(now):  # a sync is in flight: look again when its lease ends
+            self._reschedule(unit, fire, state.lease_expires_at + timedelta(seconds=1), counted=False)  # type: ignore[operator]
             return None
         callers = [state.pending_asked_by or "?"] + [c for _, c in self.store.asks(fire.unit_key, fire.pending_id)]
         request = SyncRequest(
@@ -395,25 +400,34 @@ class SyncService:
         result = self._run(target, unit, request, state)
         if result.outcome is Outcome.STARTED:
             return result
-        retriable = result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503
-        self._reschedule(unit, fire, result if retriable else None)
+        if result.outcome is Outcome.IN_PROGRESS and result.graph_status is None:  # lost the claim to another caller
+            self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False)
+            return result
+        if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503:
+            later = result.next_allowed_at if result.next_allowed_at and result.next_allowed_at > self.clock() else None
+            self._reschedule(unit, fire, later or self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER))
+        else:
+            self._reschedule(unit, fire, None)  # a refusal that waiting will not fix (403...)
         return result
 
-    def _reschedule(self, unit: Unit, fire: PendingFire, refused: SyncResult | None) -> None:
-        state = self.store.read(unit.key)
-        if state.pending_id != fire.pending_id:
-            return
-        reschedules = (state.pending_reschedules or 0) + 1
-        if refused is None or reschedules > MAX_RESCHEDULES:
-            log.warning("deferred sync of %s given up after %d reschedules", unit.name, reschedules - 1)
-            self.store.update(state.without_pending())
-            return
-        now = self.clock()
-        at = refused.next_allowed_at if refused.next_allowed_at and refused.next_allowed_at > now \
-            else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
-        if self.store.update(replace(state, pending_at=at, pending_reschedules=reschedules)) is not None:
-            self.queue.schedule(replace(fire, scheduled_at=at), now)  # type: ignore[union-attr]
-            log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), reschedules)
+    def _reschedule(self, unit: Unit, fire: PendingFire, at: datetime | None, counted: bool = True) -> None:
+        """Move the pending sync to ``at`` with a new message (None: give it up). Only Graph's
+        refusals count against MAX_RESCHEDULES; waiting for a lease or a lost race does not."""
+        for _ in range(5):
+            state = self.store.read(unit.key)
+            if state.pending_id != fire.pending_id:
+                return  # answered meanwhile
+            reschedules = (state.pending_reschedules or 0) + (1 if counted else 0)
+            if at is None or reschedules > MAX_RESCHEDULES:
+                if self.store.update(state.without_pending()) is not None:
+                    log.warning("deferred sync of %s given up after %d reschedules", unit.name, reschedules - 1)
+                    return
+                continue
+            if self.store.update(replace(state, pending_at=at, pending_reschedules=reschedules)) is not None:
+                self.queue.schedule(replace(fire, scheduled_at=at, generation=reschedules), self.clock())  # type: ignore[union-attr]
+                log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), reschedules)
+                return
+        raise StateStoreUnavailable(f"could not reschedule the deferred sync of {unit.name}: the row kept changing")
 
     # --- following a sync to its end -----------------------------------------------------
 

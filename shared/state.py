@@ -149,6 +149,28 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+# What a sync attempt decides; everything else on the row belongs to whoever wrote it.
+_OUTCOME_FIELDS = ("last_outcome", "last_attempt_at", "last_http_status", "last_graph_request_id",
+                   "last_client_request_id", "last_message", "last_error_code")
+_STARTED_FIELDS = ("last_started_at", "completion_pending")
+
+
+def _merge(current: TargetState, outcome: TargetState, lease: Lease) -> TargetState:
+    """Our outcome on top of a row that others changed while our sync ran.
+
+    Our lease is released (another instance's is kept), ``nextAllowedAt`` never moves backwards,
+    and a pending deferred sync stays unless it was asked for before this sync began."""
+    started = outcome.last_outcome == "started"
+    fields = {f: getattr(outcome, f) for f in _OUTCOME_FIELDS + (_STARTED_FIELDS if started else ())}
+    fields["next_allowed_at"] = max((t for t in (current.next_allowed_at, outcome.next_allowed_at) if t), default=None)
+    if current.lease_owner == lease.owner:
+        fields.update(lease_owner=None, lease_expires_at=None)
+    merged = replace(current, **fields)
+    answered = current.pending_since is not None and outcome.last_attempt_at is not None \
+        and current.pending_since <= outcome.last_attempt_at
+    return merged.without_pending() if started and answered else merged
+
+
 def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
     """Create the table on first use, and turn storage faults into StateStoreUnavailable."""
 
@@ -238,9 +260,9 @@ class StateStore(TableStore):
     def commit(self, lease: Lease, outcome: TargetState, attempt: Attempt) -> None:
         """Release the lease, record the outcome and append the attempt, atomically.
 
-        ``outcome`` is the new state row, its lease cleared. If our lease expired and someone else
-        took the row meanwhile, the attempt is still recorded: we merge into the current row
-        without touching their lease, and never move ``nextAllowedAt`` backwards.
+        ``outcome`` is the new state row, its lease cleared. If the row changed during the sync (a
+        deferred ask, the completion watcher, or another instance after our lease expired), the
+        attempt is still recorded: our outcome is merged into the current row (see ``_merge``).
         """
         history = attempt.to_entity(lease.state.key)
         new_row, etag = outcome, lease.state.etag
@@ -268,17 +290,8 @@ class StateStore(TableStore):
                 outcome.last_attempt_at,
             ):
                 return  # our transaction landed; only its answer was lost
-            next_allowed = max(
-                (t for t in (current.next_allowed_at, outcome.next_allowed_at) if t), default=None
-            )
-            new_row = replace(
-                outcome,
-                next_allowed_at=next_allowed,
-                lease_owner=current.lease_owner,
-                lease_expires_at=current.lease_expires_at,
-            )
-            etag = current.etag
-            log.warning("lease on %s was lost before commit; merged the outcome", lease.state.key)
+            new_row, etag = _merge(current, outcome, lease), current.etag
+            log.info("state of %s changed during the sync; merged the outcome", lease.state.key)
         raise StateStoreUnavailable(f"could not record the outcome of {lease.state.key}: the row kept changing")
 
     @store_errors

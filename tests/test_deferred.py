@@ -33,8 +33,9 @@ def queued(env) -> int:
 
 
 def pending_fire(service) -> PendingFire:
+    """The message the service last sent for the pending sync (same id, time and generation)."""
     state = service.store.read("autopilot")
-    return PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at)
+    return PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at, state.pending_reschedules or 0)
 
 
 def one(results):
@@ -124,13 +125,76 @@ def test_a_graph_429_at_firing_reschedules_from_retry_after(service, graph, cloc
 def test_reschedules_are_bounded(service, graph, clock):
     service.sync(SyncRequest("autopilot"))
     service.sync(DEFER)
-    fire = pending_fire(service)
     requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 409, "times": 50}], timeout=5)
-    for _ in range(MAX_RESCHEDULES + 1):
+    for step in range(1, MAX_RESCHEDULES + 2):
         advance(clock, graph, 601)
-        fire = pending_fire(service) if service.store.read("autopilot").pending_id else fire
-        service.fire(fire)
-    assert service.store.read("autopilot").pending_id is None  # given up, logged
+        result = service.fire(pending_fire(service))
+        assert result.outcome is Outcome.IN_PROGRESS and result.graph_status == 409
+        assert len(sync_posts(graph)) == 1 + step  # one POST per firing, never more
+        state = service.store.read("autopilot")
+        if step <= MAX_RESCHEDULES:
+            assert state.pending_reschedules == step
+    assert state.pending_id is None  # given up after MAX_RESCHEDULES, and logged
+
+
+def test_a_message_of_an_earlier_generation_is_ignored(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    first = pending_fire(service)
+    advance(clock, graph, 601)
+    requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 409, "times": 1}], timeout=5)
+    service.fire(first)  # Graph 409: rescheduled as generation 1
+    assert service.fire(first) is None  # a late duplicate of generation 0
+    assert len(sync_posts(graph)) == 2 and service.store.read("autopilot").pending_reschedules == 1
+
+
+def test_two_copies_delivered_at_once_cause_one_sync(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    fire = pending_fire(service)
+    advance(clock, graph, 601)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = [r.outcome if r else None for r in pool.map(service.fire, [fire, fire])]
+    assert Outcome.STARTED in outcomes and len(sync_posts(graph)) == 2
+
+
+def test_a_sync_in_flight_when_the_message_fires_moves_it_to_the_lease_end_uncounted(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    fire = pending_fire(service)
+    advance(clock, graph, 601)
+    lease = service.store.claim(service.store.read("autopilot"), clock.now, 180, target="autopilot")  # another instance
+    assert service.fire(fire) is None and len(sync_posts(graph)) == 1
+    state = service.store.read("autopilot")
+    assert state.pending_reschedules == 0 and state.pending_at == lease.expires_at + timedelta(seconds=1)
+
+
+def test_an_ask_during_a_sync_in_flight_keeps_its_pending_sync_and_the_lease_is_released(service, graph, clock):
+    configure(graph, latencySeconds=0.6)  # the sync is in flight long enough to ask meanwhile
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        syncing = pool.submit(service.sync, SyncRequest("autopilot"))
+        deadline = time.monotonic() + 5
+        while not service.store.read("autopilot").lease_owner and time.monotonic() < deadline:
+            time.sleep(0.02)
+        clock.advance(1)  # the ask comes after the sync began
+        asked = one(service.sync(DEFER))
+        assert asked.outcome is Outcome.SCHEDULED
+        assert one(syncing.result()).outcome is Outcome.STARTED
+    state = service.store.read("autopilot")
+    assert state.lease_owner is None  # our lease, released although the row changed under us
+    assert state.pending_id is not None and state.last_outcome == "started"  # the later ask still gets its sync
+
+
+def test_a_stale_pending_sync_is_replaced_by_the_next_ask(service, graph, clock, env):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    stale = service.store.read("autopilot").pending_id
+    clock.advance(601 + 6 * 60)  # its time passed long ago and it never fired (poison queue, say)
+    configure(graph, lastManualSyncTriggerDateTime=datetime.now(timezone.utc).isoformat())
+    service.store.update(replace(service.store.read("autopilot"), next_allowed_at=clock.now + timedelta(seconds=300)))
+    fresh = one(service.sync(DEFER))
+    assert fresh.outcome is Outcome.SCHEDULED and service.store.read("autopilot").pending_id != stale
+    assert fresh.scheduled_at == clock.now + timedelta(seconds=300)
 
 
 def test_a_timer_tick_inside_the_cooldown_becomes_the_pending_sync(service, graph):
@@ -147,11 +211,16 @@ def test_status_shows_the_pending_sync(service, graph):
     assert unit["pending"]["asks"] == 1 and unit["pending"]["scheduledAt"]
 
 
-def test_sync_and_wait_follows_a_scheduled_sync(service, graph, clock):
+def test_sync_and_wait_follows_a_scheduled_sync_to_its_end(service, graph, clock):
     service.sync(SyncRequest("autopilot"))
     result, operation, token = service.sync_and_follow(DEFER)
     assert result.outcome is Outcome.SCHEDULED and operation.since == result.scheduled_at
     assert service.poll(operation.id, token).status == "running"  # the earlier sync does not count
+    advance(clock, graph, 601)
+    assert service.fire(pending_fire(service)).outcome is Outcome.STARTED
+    assert service.poll(operation.id, token).status == "running"  # Graph is syncing
+    advance(clock, graph, 31)
+    assert service.poll(operation.id, token).status == "completed"
 
 
 # --- across processes, on the real clock ------------------------------------------------------
@@ -194,8 +263,8 @@ def test_twenty_deferred_asks_from_four_processes_become_one_sync_at_the_windows
     assert plain.status_code == 429 and "Retry-After" in plain.headers
     assert sync_posts(graph) == []
     assert wait_for_posts(graph, 1, timeout=30) == 1
-    fired_at = datetime.fromisoformat(graph.stats()["now"].replace("Z", "+00:00"))
-    assert fired_at >= ends - timedelta(seconds=1)
+    fired_at = datetime.fromisoformat(sync_posts(graph)[0]["at"].replace("Z", "+00:00"))
+    assert ends - timedelta(seconds=1) <= fired_at <= ends + timedelta(seconds=5)  # at the window's end
     time.sleep(2)  # any duplicate firing would land by now
     assert len(sync_posts(graph)) == 1 and [p["status"] for p in sync_posts(graph)] == [204]
 

@@ -44,6 +44,22 @@ def test_sync_and_wait_answers_202_with_an_absolute_location_and_retry_after(app
     assert headers["Retry-After"] == "30"
 
 
+@pytest.mark.parametrize(
+    "headers,app_settings,expected",
+    [
+        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "sync.contoso.com"}, {}, "https://sync.contoso.com/api/operations/"),
+        ({}, {"WEBSITE_HOSTNAME": "func-abc.azurewebsites.net"}, "https://func-abc.azurewebsites.net/api/operations/"),
+    ],
+    ids=["behind a proxy", "on Azure"],
+)
+def test_the_location_is_the_public_https_url(app_env, graph, monkeypatch, headers, app_settings, expected):
+    for name, value in app_settings.items():
+        monkeypatch.setenv(name, value)
+    status, answer, body = call("POST", "sync/autopilot?wait=true", headers=headers)
+    assert status == 202, body
+    assert answer["Location"].startswith(expected)
+
+
 def test_polling_answers_202_while_graph_runs_the_sync_then_200_with_the_result(app_env, graph):
     _, headers, _ = call("POST", "sync/autopilot?wait=true")
     first = poll(headers["Location"])
