@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from .errors import StateStoreUnavailable
 from .model import iso
@@ -55,8 +55,20 @@ class PendingFire:
 
 
 class PendingQueue:
-    def __init__(self, queue: QueueClient):
-        self._queue = queue
+    """The queue of pending syncs. Its client is made on first use: most invocations never defer,
+    and azure-storage-queue is a noticeable share of a cold start."""
+
+    def __init__(self, make_client: Callable[[], Any]):
+        self._make_client = make_client
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def _queue(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
 
     def schedule(self, fire: PendingFire, now: datetime) -> None:
         """Send the message, invisible until ``fire.scheduled_at`` (creating the queue on first use)."""
@@ -79,7 +91,9 @@ class PendingQueue:
         self._queue.send_message(fire.to_json(), visibility_timeout=math.ceil(delay.total_seconds()))
 
 
-def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> QueueClient:
+def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> Any:
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
     # Base64, as the Functions host's queue trigger expects by default.
     codecs: dict[str, Any] = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
                                   connection_timeout=5, read_timeout=15, retry_total=2)

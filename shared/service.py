@@ -616,5 +616,5 @@ def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: An
     )
     table = table_client(settings.storage, settings.state_table, make_credential)
     notifier = Notifier(settings.notify_urls, settings.notify_format, os.environ.get("WEBSITE_SITE_NAME", "intune-sync"))
-    queue = PendingQueue(queue_client(settings.storage, settings.queue_name, make_credential))
+    queue = PendingQueue(lambda: queue_client(settings.storage, settings.queue_name, make_credential))
     return SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier, queue)

@@ -144,7 +144,7 @@ def make_service(env: dict[str, str], clock: FakeClock, table_counter: TableCoun
         )
         table = table_client(settings.storage, settings.state_table, make_credential, raw_request_hook=table_counter)
         notifier = Notifier(settings.notify_urls, settings.notify_format, retries=2)
-        queue = PendingQueue(queue_client(settings.storage, settings.queue_name, make_credential))
+        queue = PendingQueue(lambda: queue_client(settings.storage, settings.queue_name, make_credential))
         return SyncService(settings, graph_client, StateStore(table), clock, OperationStore(table), notifier, queue)
 
     return make
