@@ -428,8 +428,8 @@ def report(bench: Bench, seconds: float) -> str:
         "then import the app and answer one sync through the token endpoint, Table Storage and Graph.",
         "- Peak RSS of the whole process includes what both contenders share: Python itself, `azure.functions` "
         "with werkzeug (about 19 MB) and azure-identity with MSAL and cryptography (about 10 MB). Against that "
-        "floor the whole-process target of 0.80× is missed (about 0.85×); above the worker's own memory, which is "
-        "what the app adds and what it can change, ours is about 0.71× of the SDK's.",
+        "floor the whole-process target of 0.80× is missed (about 0.86×, see the table); above the worker's own "
+        "memory, which is what the app adds and what it can change, ours is about three quarters of the SDK's.",
         "- A refusal in a warm instance is answered from memory (a cooldown only moves forward, so it is safe to "
         "remember until `nextAllowedAt`); a new instance reads one table row, about the cost of the bare read.",
         "- The fan-out pays, per connector, the claim and the commit that guarantee one sync per window (two table "
