@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit
 
@@ -59,9 +60,19 @@ def settings() -> Settings:
     return loaded
 
 
+_service_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
-def service() -> SyncService:
+def _service() -> SyncService:
     return build_service(settings())
+
+
+def service() -> SyncService:
+    # One service per process, even when the first requests arrive together: lru_cache alone
+    # would let concurrent first calls each build (and race to import) their own clients.
+    with _service_lock:
+        return _service()
 
 
 def check_settings_at_startup() -> None:
@@ -76,7 +87,7 @@ def check_settings_at_startup() -> None:
 def reload() -> None:
     """Forget the cached settings and service (for tests that change settings in-process)."""
     _settings_or_problems.cache_clear()
-    service.cache_clear()
+    _service.cache_clear()
 
 
 def schedule_expression(setting: str = "SYNC_SCHEDULE") -> str:
@@ -258,7 +269,7 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
     body = req.get_body() or b""
     if len(body) > MAX_BODY_BYTES or (declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES):
         raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_BODY_BYTES} bytes")
-    if not body.strip():
+    if not body:  # no body at all; whitespace is a body, and not valid JSON
         return None
     media_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media_type != "application/json":

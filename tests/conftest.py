@@ -213,27 +213,30 @@ def start_app_hosts(identity_server: IdentityEmulator) -> Iterator[Callable[...,
     """Start app processes (the local Functions host serving function_app) with given settings."""
     import os
     import subprocess
+    import tempfile
     import time
 
     from emulators.azurite import free_port
 
     processes: list[subprocess.Popen[bytes]] = []
+    logs: list[str] = []
 
     def start(count: int, settings: dict[str, str], function_key: str | None = None) -> list[str]:
         ports = [free_port() for _ in range(count)]
         child_env = {**os.environ, **settings, **identity_server.env()}
         key = ["--function-key", function_key] if function_key else []
-        started = [
-            subprocess.Popen([sys.executable, "-m", "emulators.funchost", "--port", str(p), *key], cwd=ROOT,
-                             env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for p in ports
-        ]
+        started = []
+        for p in ports:
+            log_file = tempfile.NamedTemporaryFile(prefix="funchost-", suffix=".log", delete=False)
+            logs.append(log_file.name)
+            started.append(subprocess.Popen([sys.executable, "-m", "emulators.funchost", "--port", str(p), *key], cwd=ROOT,
+                                            env=child_env, stdout=subprocess.DEVNULL, stderr=log_file))
         processes.extend(started)
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         deadline = time.monotonic() + 60
-        for url, proc in zip(urls, started):
+        for url, proc, log_name in zip(urls, started, logs[-count:]):
             while True:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert proc.poll() is None, open(log_name).read()
                 try:
                     requests.get(f"{url}/api/health", timeout=1)
                     break
@@ -252,6 +255,11 @@ def start_app_hosts(identity_server: IdentityEmulator) -> Iterator[Callable[...,
     start.stop_all = stop_all  # type: ignore[attr-defined]
     yield start
     stop_all()
+    for name in logs:  # shown by pytest when the test failed
+        text = open(name).read()
+        if "Traceback" in text:
+            print(f"--- {name}\n{text[-4000:]}")
+        os.unlink(name)
 
 
 def graph_calls(graph: GraphEmulator, method: str | None = None, contains: str = "") -> list[dict[str, Any]]:
