@@ -33,7 +33,6 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from azure.core.exceptions import ResourceNotFoundError  # noqa: E402
 from azure.data.tables import TableServiceClient  # noqa: E402
 
 from emulators.azurite import Azurite, free_port  # noqa: E402

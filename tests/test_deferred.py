@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-import pytest
 import requests
 from azure.storage.queue import QueueClient
 
