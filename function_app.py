@@ -10,7 +10,7 @@ api.check_settings_at_startup()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
-@app.timer_trigger(arg_name="timer", schedule=api.schedule_expression(), run_on_startup=False, use_monitor=True)
+@app.timer_trigger(arg_name="timer", schedule=api.binding_expression("SYNC_SCHEDULE"), run_on_startup=False, use_monitor=True)
 def sync_timer(timer: func.TimerRequest) -> None:
     api.run_timer(timer.past_due)
 
@@ -32,12 +32,12 @@ def sync_item(req: func.HttpRequest) -> func.HttpResponse:
 
 
 # A deferred sync fires when its message becomes visible (its cooldown has ended).
-@app.queue_trigger(arg_name="message", queue_name=api.queue_name_expression(), connection="AzureWebJobsStorage")
+@app.queue_trigger(arg_name="message", queue_name=api.binding_expression("SYNC_QUEUE"), connection="AzureWebJobsStorage")
 def sync_deferred(message: func.QueueMessage) -> None:
     api.run_deferred(message.get_body().decode())
 
 
-@app.timer_trigger(arg_name="timer", schedule=api.schedule_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
+@app.timer_trigger(arg_name="timer", schedule=api.binding_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
 def sync_watch(timer: func.TimerRequest) -> None:
     api.run_watch()
 

@@ -90,8 +90,9 @@ def reload() -> None:
     _service.cache_clear()
 
 
-def schedule_expression(setting: str = "SYNC_SCHEDULE") -> str:
-    # The host resolves %SETTING% only when the setting exists; fall back to the default.
+def binding_expression(setting: str) -> str:
+    """A trigger's schedule or queue name from an app setting. The host resolves %SETTING% only
+    when the setting exists; otherwise the code's default is used."""
     return f"%{setting}%" if os.environ.get(setting) else DEFAULTS[setting]
 
 
@@ -229,10 +230,6 @@ def run_deferred(message: str) -> SyncResult | None:
         log.info("deferred sync %s: %s %s", result.target, result.outcome.value, result.message)
     _flush(svc)
     return result
-
-
-def queue_name_expression() -> str:
-    return "%SYNC_QUEUE%" if os.environ.get("SYNC_QUEUE") else DEFAULTS["SYNC_QUEUE"]
 
 
 def run_watch() -> int:

@@ -296,16 +296,9 @@ class StateStore(TableStore):
 
     @store_errors
     def release(self, lease: Lease) -> None:
-        """Give the lease back without an attempt (nothing was sent to Graph)."""
-        try:
-            self._table.update_entity(
-                replace(lease.state, lease_owner=None, lease_expires_at=None).to_entity(),
-                mode=UpdateMode.REPLACE,
-                etag=lease.state.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except ResourceModifiedError:
-            pass  # someone else holds it now; theirs to release
+        """Give the lease back without an attempt (nothing was sent to Graph). If the row changed
+        meanwhile, someone else holds it now: theirs to release."""
+        self.update(replace(lease.state, lease_owner=None, lease_expires_at=None))
 
     @store_errors
     def update(self, state: TargetState) -> TargetState | None:

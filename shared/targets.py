@@ -117,9 +117,13 @@ class Target(ABC):
     def read(self, path: str, what: str) -> Any:
         return self.graph.get(path).raise_for_status(what, self.roles).body or {}
 
-    @abstractmethod
     def units(self, item_id: str | None = None) -> list[Unit | Skip]:
-        """What a sync of this target covers. For one named item, no Graph call is made here."""
+        """What a sync of this target covers. For one named item, no Graph call is made here.
+
+        This default is for a tenant-wide target (one unit, no items); ListedTarget overrides it."""
+        if item_id is not None:
+            raise InvalidItemId(f"{self.name} has no items: use POST /api/sync/{self.name}")
+        return [Unit(self.name)]
 
     def precheck(self, unit: Unit) -> Skip | None:
         """Read the item's Graph-side status before syncing it, when listing did not."""
@@ -144,11 +148,6 @@ class Target(ABC):
 
 class AutopilotTarget(Target):
     name = "autopilot"
-
-    def units(self, item_id: str | None = None) -> list[Unit | Skip]:
-        if item_id is not None:
-            raise InvalidItemId("autopilot has no items: use POST /api/sync/autopilot")
-        return [Unit(self.name)]
 
     def sync(self, unit: Unit, sync_type: str | None) -> GraphResponse:
         return self.graph.post(f"{AUTOPILOT_SETTINGS}/sync")
@@ -185,11 +184,6 @@ class ManagedGooglePlayTarget(Target):
     """Managed Google Play app sync: one per tenant, only when the account is bound."""
 
     name = "managedGooglePlay"
-
-    def units(self, item_id: str | None = None) -> list[Unit | Skip]:
-        if item_id is not None:
-            raise InvalidItemId("managedGooglePlay has no items: use POST /api/sync/managedGooglePlay")
-        return [Unit(self.name)]
 
     def precheck(self, unit: Unit) -> Skip | None:
         settings = self.read(MANAGED_GOOGLE_PLAY, "reading Managed Google Play settings")
