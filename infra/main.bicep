@@ -28,32 +28,54 @@ param syncSchedule string = '0 0 * * * *'
 param exchangeSyncType string = 'deltaSync'
 
 @minValue(600)
+@maxValue(604800)
 param autopilotCooldownSeconds int = 600
 
 @minValue(60)
+@maxValue(604800)
 param exchangeCooldownSeconds int = 600
 
 @minValue(900)
+@maxValue(604800)
 param appleAdeCooldownSeconds int = 900
 
 @minValue(60)
+@maxValue(604800)
 param vppCooldownSeconds int = 600
 
 @minValue(60)
+@maxValue(604800)
 param managedGooglePlayCooldownSeconds int = 600
 
 @minValue(60)
+@maxValue(604800)
 param driverInventoryCooldownSeconds int = 600
 
 @description('Hours after the last good sync at which GET /api/sync/status rates a target warning / unhealthy.')
+@minValue(1)
+@maxValue(8760)
 param healthWarningHours int = 24
+@minValue(1)
+@maxValue(8760)
 param healthUnhealthyHours int = 72
 
 @description('Per-target overrides of those hours, e.g. vpp=12:48,appleAde=24:96.')
 param healthThresholds string = ''
 
 @description('Days before an Apple or VPP token expires at which it is rated warning.')
+@minValue(1)
+@maxValue(365)
 param tokenExpiryWarningDays int = 30
+
+@description('Seconds within which GET /api/sync/status answers; Graph reads still running then are reported unavailable.')
+@minValue(1)
+@maxValue(200)
+param statusDeadlineSeconds int = 20
+
+@description('Days of sync history kept in the state table; older rows are deleted by the watcher.')
+@minValue(1)
+@maxValue(3650)
+param historyRetentionDays int = 90
 
 @description('Table for cooldowns, leases and history.')
 param stateTableName string = 'intunesync'
@@ -62,6 +84,7 @@ param stateTableName string = 'intunesync'
 param deferredQueueName string = 'intunesync-deferred'
 
 @minValue(60)
+@maxValue(3600)
 param leaseSeconds int = 180
 
 @minValue(1)
@@ -70,6 +93,7 @@ param graphTimeoutSeconds int = 30
 
 @description('How long "sync and wait" follows a sync before answering timedOut.')
 @minValue(60)
+@maxValue(86400)
 param waitTimeoutSeconds int = 3600
 
 @description('NCRONTAB schedule of the watcher that reports finished syncs to NOTIFY_URL.')
@@ -81,6 +105,13 @@ param notifyUrl string = ''
 
 @allowed(['json', 'adaptiveCard'])
 param notifyFormat string = 'json'
+
+@description('Comma list of host names a trusted front end (Front Door, APIM) may send in X-Forwarded-Host; the "sync and wait" Location uses such a host. Empty: always WEBSITE_HOSTNAME.')
+param trustedForwardedHosts string = ''
+
+@description('Storage redundancy. Standard_LRS (default) deploys in every Flex Consumption region. Choose Standard_ZRS in a region with availability zones to keep the state, the queue and the deployment package through a zone outage; it fails to deploy in a region without zones (as does Standard_GZRS). Standard_GRS/GZRS add a paired-region copy the single-region app never fails over to.')
+@allowed(['Standard_LRS', 'Standard_ZRS', 'Standard_GRS', 'Standard_GZRS'])
+param storageSku string = 'Standard_LRS'
 
 @description('Maximum Flex Consumption instances; the app needs few.')
 @minValue(1)
@@ -113,6 +144,9 @@ var syncSettings = {
   HEALTH_UNHEALTHY_HOURS: string(healthUnhealthyHours)
   HEALTH_THRESHOLDS: healthThresholds
   TOKEN_EXPIRY_WARNING_DAYS: string(tokenExpiryWarningDays)
+  TRUSTED_FORWARDED_HOSTS: trustedForwardedHosts
+  STATUS_DEADLINE_SECONDS: string(statusDeadlineSeconds)
+  HISTORY_RETENTION_DAYS: string(historyRetentionDays)
   SYNC_STATE_TABLE: stateTableName
   SYNC_QUEUE: deferredQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
@@ -149,6 +183,7 @@ module storage 'app/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     stateTableName: stateTableName
     deferredQueueName: deferredQueueName
+    skuName: storageSku
   }
 }
 
@@ -192,6 +227,13 @@ module api 'app/api.bicep' = {
   dependsOn: [rbac]
 }
 
+// The grant takes the identity's principalId from the identity module's output, so ARM cannot
+// start it before the identity exists. It also waits for the function app (dependsOn) so that it
+// runs last: Entra ID replicates a new managed identity's service principal with a delay, and
+// the Graph extension has no principalType hint like role assignments have, so a grant made
+// seconds after the identity can fail ("Not a valid reference update"). Running last gives
+// Entra ID the minute or two the plan and app take; it makes the failure rarer, not impossible.
+// A rerun of `azd provision` fixes it (docs/deploy.md).
 module graphPermission 'app/graph-permission.bicep' = if (grantGraphPermission) {
   name: 'graph-permission'
   scope: rg
@@ -199,6 +241,7 @@ module graphPermission 'app/graph-permission.bicep' = if (grantGraphPermission) 
     principalId: identity.outputs.principalId
     appRoles: graphAppRoles
   }
+  dependsOn: [api]
 }
 
 output AZURE_LOCATION string = location

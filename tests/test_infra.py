@@ -1,5 +1,6 @@
 """The Bicep in infra/: it parses, checkov finds nothing, and it agrees with the code about the
-settings (names and defaults) and the roles the app's identity needs."""
+settings (names and defaults) and the roles the app's identity needs; it sets nothing Flex
+Consumption rejects and nothing Microsoft's published Bicep types do not define."""
 from __future__ import annotations
 
 import json
@@ -188,3 +189,384 @@ def test_the_grant_script_grants_the_roles_the_code_names():
     text = (ROOT / "scripts" / "grant-graph-permission.sh").read_text()
     assert "from shared.permissions import roles_for" in text and "appRoleAssignments" in text
     assert "00000003-0000-0000-c000-000000000000" in text
+
+
+# --- Flex Consumption, storage redundancy, the Graph grant's ordering, Microsoft's Bicep types ---
+
+# Site properties Flex Consumption rejects or has replaced. Source: ../shared/reference/azure/
+# flex-consumption-facts.md, "Unsupported / deprecated site properties and app settings" (Microsoft's
+# Flex Consumption deprecations table, F3), and ARM's BadRequest 51021 for Site.SiteConfig.FtpsState.
+# The table writes properties.X; most are siteConfig properties, some are site properties, so both
+# levels are checked, without regard to case. `reserved` is the site property the table calls isReserved.
+FLEX_CONSUMPTION_UNSUPPORTED_SITE_PROPERTIES = frozenset({
+    "ftpsState", "use32BitWorkerProcess", "isReserved", "reserved", "isXenon", "windowsFxVersion",
+    "alwaysOn", "preWarmedInstanceCount", "functionAppScaleLimit", "containerSize", "javaVersion",
+    "powerShellVersion", "netFrameworkVersion", "linuxFxVersion",
+})
+# App settings of the same table (F3), and those the GA page (F1) names as unsupported.
+FLEX_CONSUMPTION_UNSUPPORTED_APP_SETTINGS = frozenset({
+    "FUNCTIONS_EXTENSION_VERSION", "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_WORKER_RUNTIME_VERSION",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY", "FUNCTIONS_WORKER_PROCESS_COUNT",
+    "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "WEBSITE_CONTENTSHARE", "WEBSITE_NODE_DEFAULT_VERSION", "WEBSITE_LOAD_CERTIFICATES",
+    "WEBSITE_TIME_ZONE", "TZ",
+})
+
+# Microsoft's published Bicep types for the API versions the Bicep uses: for every resource type it
+# deploys, the writable properties (ReadOnly ones left out) of each object it sets, at that object's
+# path ("x[]" is an array item). Taken from Azure/bicep-types-az @ 1f896de2db966ad91e8f7d7d981e11d32e4f5d8d,
+# generated/<provider>/<namespace>/<api-version>/types.json (web, storage, resources_11, msi,
+# operationalinsights, applicationinsights, authorization), and for Microsoft.Graph from
+# microsoftgraph/msgraph-bicep-types @ bc4390567a8808286eb5e48815fda8ebd6e9eea8,
+# generated/microsoftgraph/microsoft.graph/v1.0/1.0.0/types.json (the extension version in
+# infra/bicepconfig.json). A new resource, API version or nested object needs its entry from there.
+BICEP_TYPES = {
+    "Microsoft.Authorization/roleAssignments@2022-04-01": {
+        "": "name properties",
+        "properties": (
+            "condition conditionVersion delegatedManagedIdentityResourceId description principalId "
+            "principalType roleDefinitionId"
+        ),
+    },
+    "Microsoft.Graph/appRoleAssignedTo@v1.0": {
+        "": "appRoleId principalId resourceDisplayName resourceId",
+    },
+    "Microsoft.Insights/components@2020-02-02": {
+        "": "etag kind location name properties tags",
+        "properties": (
+            "Application_Type DisableIpMasking DisableLocalAuth Flow_Type "
+            "ForceCustomerStorageForProfiler HockeyAppId ImmediatePurgeDataOn30Days IngestionMode "
+            "Request_Source RetentionInDays SamplingPercentage WorkspaceResourceId "
+            "publicNetworkAccessForIngestion publicNetworkAccessForQuery"
+        ),
+    },
+    "Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31": {
+        "": "location name tags",
+    },
+    "Microsoft.OperationalInsights/workspaces@2023-09-01": {
+        "": "etag identity location name properties tags",
+        "properties": (
+            "defaultDataCollectionRuleResourceId features forceCmkForQuery "
+            "publicNetworkAccessForIngestion publicNetworkAccessForQuery retentionInDays sku "
+            "workspaceCapping"
+        ),
+        "properties.sku": "capacityReservationLevel name",
+        "properties.features": (
+            "clusterResourceId disableLocalAuth enableDataExport "
+            "enableLogAccessUsingOnlyResourcePermissions immediatePurgeDataOn30Days"
+        ),
+    },
+    "Microsoft.Resources/resourceGroups@2024-03-01": {
+        "": "location managedBy name properties tags",
+    },
+    "Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01": {
+        "": "name properties",
+        "properties": (
+            "defaultEncryptionScope denyEncryptionScopeOverride enableNfsV3AllSquash "
+            "enableNfsV3RootSquash immutableStorageWithVersioning metadata publicAccess"
+        ),
+    },
+    "Microsoft.Storage/storageAccounts/blobServices@2023-05-01": {
+        "": "name properties",
+        "properties": (
+            "automaticSnapshotPolicyEnabled changeFeed containerDeleteRetentionPolicy cors "
+            "defaultServiceVersion deleteRetentionPolicy isVersioningEnabled "
+            "lastAccessTimeTrackingPolicy restorePolicy"
+        ),
+        "properties.deleteRetentionPolicy": "allowPermanentDelete days enabled",
+        "properties.containerDeleteRetentionPolicy": "allowPermanentDelete days enabled",
+    },
+    "Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01": {
+        "": "name properties",
+    },
+    "Microsoft.Storage/storageAccounts/queueServices@2023-05-01": {
+        "": "name properties",
+    },
+    "Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01": {
+        "": "name properties",
+    },
+    "Microsoft.Storage/storageAccounts/tableServices@2023-05-01": {
+        "": "name properties",
+    },
+    "Microsoft.Storage/storageAccounts@2023-05-01": {
+        "": "extendedLocation identity kind location name properties sku tags",
+        "sku": "name",
+        "properties": (
+            "accessTier allowBlobPublicAccess allowCrossTenantReplication allowSharedKeyAccess "
+            "allowedCopyScope azureFilesIdentityBasedAuthentication customDomain "
+            "defaultToOAuthAuthentication dnsEndpointType enableExtendedGroups encryption "
+            "immutableStorageWithVersioning isHnsEnabled isLocalUserEnabled isNfsV3Enabled "
+            "isSftpEnabled keyPolicy largeFileSharesState minimumTlsVersion networkAcls "
+            "publicNetworkAccess routingPreference sasPolicy supportsHttpsTrafficOnly"
+        ),
+        "properties.networkAcls": (
+            "bypass defaultAction ipRules resourceAccessRules virtualNetworkRules"
+        ),
+        "properties.encryption": (
+            "identity keySource keyvaultproperties requireInfrastructureEncryption services"
+        ),
+        "properties.encryption.services": "blob file queue table",
+        "properties.encryption.services.blob": "enabled keyType",
+        "properties.encryption.services.file": "enabled keyType",
+        "properties.encryption.services.table": "enabled keyType",
+        "properties.encryption.services.queue": "enabled keyType",
+    },
+    "Microsoft.Web/serverfarms@2024-04-01": {
+        "": "extendedLocation kind location name properties sku tags",
+        "sku": "capabilities capacity family locations name size skuCapacity tier",
+        "properties": (
+            "elasticScaleEnabled freeOfferExpirationTime hostingEnvironmentProfile hyperV isSpot "
+            "isXenon kubeEnvironmentProfile maximumElasticWorkerCount perSiteScaling reserved "
+            "spotExpirationTime targetWorkerCount targetWorkerSizeId workerTierName zoneRedundant"
+        ),
+    },
+    "Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01": {
+        "": "kind name properties",
+        "properties": "allow",
+    },
+    "Microsoft.Web/sites@2024-04-01": {
+        "": "extendedLocation identity kind location name properties tags",
+        "identity": "type userAssignedIdentities",
+        "properties": (
+            "autoGeneratedDomainNameLabelScope clientAffinityEnabled clientCertEnabled "
+            "clientCertExclusionPaths clientCertMode cloningInfo containerSize "
+            "customDomainVerificationId dailyMemoryTimeQuota daprConfig dnsConfiguration enabled "
+            "endToEndEncryptionEnabled functionAppConfig hostNameSslStates hostNamesDisabled "
+            "hostingEnvironmentProfile httpsOnly hyperV ipMode isXenon keyVaultReferenceIdentity "
+            "managedEnvironmentId publicNetworkAccess redundancyMode reserved resourceConfig "
+            "scmSiteAlsoStopped serverFarmId siteConfig storageAccountRequired "
+            "virtualNetworkSubnetId vnetBackupRestoreEnabled vnetContentShareEnabled "
+            "vnetImagePullEnabled vnetRouteAllEnabled workloadProfileName"
+        ),
+        "properties.siteConfig": (
+            "acrUseManagedIdentityCreds acrUserManagedIdentityID alwaysOn apiDefinition "
+            "apiManagementConfig appCommandLine appSettings autoHealEnabled autoHealRules "
+            "autoSwapSlotName azureStorageAccounts connectionStrings cors defaultDocuments "
+            "detailedErrorLoggingEnabled documentRoot elasticWebAppScaleLimit experiments ftpsState "
+            "functionAppScaleLimit functionsRuntimeScaleMonitoringEnabled handlerMappings "
+            "healthCheckPath http20Enabled httpLoggingEnabled ipSecurityRestrictions "
+            "ipSecurityRestrictionsDefaultAction javaContainer javaContainerVersion javaVersion "
+            "keyVaultReferenceIdentity limits linuxFxVersion loadBalancing localMySqlEnabled "
+            "logsDirectorySizeLimit managedPipelineMode managedServiceIdentityId metadata "
+            "minTlsCipherSuite minTlsVersion minimumElasticInstanceCount netFrameworkVersion "
+            "nodeVersion numberOfWorkers phpVersion powerShellVersion preWarmedInstanceCount "
+            "publicNetworkAccess publishingUsername push pythonVersion remoteDebuggingEnabled "
+            "remoteDebuggingVersion requestTracingEnabled requestTracingExpirationTime "
+            "scmIpSecurityRestrictions scmIpSecurityRestrictionsDefaultAction "
+            "scmIpSecurityRestrictionsUseMain scmMinTlsVersion scmType tracingOptions "
+            "use32BitWorkerProcess virtualApplications vnetName vnetPrivatePortsCount "
+            "vnetRouteAllEnabled webSocketsEnabled websiteTimeZone windowsFxVersion "
+            "xManagedServiceIdentityId"
+        ),
+        "properties.siteConfig.appSettings[]": "name value",
+        "properties.functionAppConfig": "deployment runtime scaleAndConcurrency",
+        "properties.functionAppConfig.deployment": "storage",
+        "properties.functionAppConfig.deployment.storage": "authentication type value",
+        "properties.functionAppConfig.deployment.storage.authentication": (
+            "storageAccountConnectionStringName type userAssignedIdentityResourceId"
+        ),
+        "properties.functionAppConfig.scaleAndConcurrency": (
+            "alwaysReady instanceMemoryMB maximumInstanceCount triggers"
+        ),
+        "properties.functionAppConfig.runtime": "name version",
+    },
+}
+
+# The same source: the values those types list for the strings the Bicep sets.
+BICEP_TYPE_VALUES = {
+    "Microsoft.Authorization/roleAssignments@2022-04-01": {
+        "properties.principalType": (
+            "AgentServicePrincipal", "AgentUser", "Device", "ForeignGroup", "Group",
+            "ServicePrincipal", "User",
+        ),
+    },
+    "Microsoft.Insights/components@2020-02-02": {
+        "properties.Application_Type": ("other", "web"),
+    },
+    "Microsoft.OperationalInsights/workspaces@2023-09-01": {
+        "properties.sku.name": (
+            "CapacityReservation", "Free", "LACluster", "PerGB2018", "PerNode", "Premium",
+            "Standalone", "Standard",
+        ),
+    },
+    "Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01": {
+        "properties.publicAccess": ("Blob", "Container", "None"),
+    },
+    "Microsoft.Storage/storageAccounts/blobServices@2023-05-01": {
+        "name": ("default",),
+    },
+    "Microsoft.Storage/storageAccounts/queueServices@2023-05-01": {
+        "name": ("default",),
+    },
+    "Microsoft.Storage/storageAccounts/tableServices@2023-05-01": {
+        "name": ("default",),
+    },
+    "Microsoft.Storage/storageAccounts@2023-05-01": {
+        "kind": ("BlobStorage", "BlockBlobStorage", "FileStorage", "Storage", "StorageV2"),
+        "properties.accessTier": ("Cold", "Cool", "Hot", "Premium"),
+        "properties.encryption.keySource": ("Microsoft.Keyvault", "Microsoft.Storage"),
+        "properties.encryption.services.blob.keyType": ("Account", "Service"),
+        "properties.encryption.services.file.keyType": ("Account", "Service"),
+        "properties.encryption.services.queue.keyType": ("Account", "Service"),
+        "properties.encryption.services.table.keyType": ("Account", "Service"),
+        "properties.minimumTlsVersion": ("TLS1_0", "TLS1_1", "TLS1_2", "TLS1_3"),
+        "properties.networkAcls.bypass": ("AzureServices", "Logging", "Metrics", "None"),
+        "properties.networkAcls.defaultAction": ("Allow", "Deny"),
+        "properties.publicNetworkAccess": ("Disabled", "Enabled", "SecuredByPerimeter"),
+        "sku.name": (
+            "Premium_LRS", "Premium_ZRS", "Standard_GRS", "Standard_GZRS", "Standard_LRS",
+            "Standard_RAGRS", "Standard_RAGZRS", "Standard_ZRS",
+        ),
+    },
+    "Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01": {
+        "name": ("ftp", "scm"),
+    },
+    "Microsoft.Web/sites@2024-04-01": {
+        "identity.type": ("None", "SystemAssigned", "SystemAssigned, UserAssigned", "UserAssigned"),
+        "properties.clientCertMode": ("Optional", "OptionalInteractiveUser", "Required"),
+        "properties.functionAppConfig.deployment.storage.authentication.type": (
+            "StorageAccountConnectionString", "SystemAssignedIdentity", "UserAssignedIdentity",
+        ),
+        "properties.functionAppConfig.deployment.storage.type": ("blobContainer",),
+        "properties.functionAppConfig.runtime.name": (
+            "custom", "dotnet-isolated", "java", "node", "powershell", "python",
+        ),
+        "properties.siteConfig.minTlsVersion": ("1.0", "1.1", "1.2", "1.3"),
+        "properties.siteConfig.scmMinTlsVersion": ("1.0", "1.1", "1.2", "1.3"),
+    },
+}
+
+# Bicep keywords inside a resource body that are not properties of the resource type.
+BICEP_RESOURCE_KEYWORDS = {"parent", "scope", "dependsOn"}
+
+
+def deployed_resources(template: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Resource symbol -> ("type@api-version", body) for every resource the file deploys."""
+    found = {}
+    for symbol, resource in template.get("resources", {}).items():
+        if resource["existing"]:
+            continue
+        body = resource["config"]
+        while isinstance(body, dict) and "config" in body and ("loop_type" in body or "condition" in body):
+            body = body["config"]  # a resource loop or condition: its body
+        found[symbol] = (f"{resource['type']}@{resource['api_version']}", body)
+    return found
+
+
+def site_of(template: dict[str, Any]) -> dict[str, Any]:
+    [site] = [body for kind, body in deployed_resources(template).values() if kind.startswith("Microsoft.Web/sites@")]
+    return site
+
+
+def allowed_values(template: dict[str, Any], param: str) -> list[Any]:
+    decorators = {d["type"]: d.get("argument") for d in template["parameters"][param]["decorators"]}
+    return decorators.get("allowed") or []
+
+
+def test_the_site_sets_no_property_flex_consumption_rejects():
+    api = parse(INFRA / "app" / "api.bicep")
+    plans = [body for kind, body in deployed_resources(api).values() if kind.startswith("Microsoft.Web/serverfarms@")]
+    assert [plan["sku"]["tier"] for plan in plans] == ["FlexConsumption"]  # the list below applies
+    site = site_of(api)["properties"]
+    unsupported = {name.lower() for name in FLEX_CONSUMPTION_UNSUPPORTED_SITE_PROPERTIES}
+    for level, properties in (("properties", site), ("properties.siteConfig", site["siteConfig"])):
+        rejected = [name for name in properties if name.lower() in unsupported]
+        assert not rejected, "Flex Consumption rejects " + ", ".join(f"{level}.{name}" for name in rejected)
+    # The runtime and scale are where Flex Consumption takes them instead.
+    assert set(site["functionAppConfig"]) >= {"runtime", "scaleAndConcurrency", "deployment"}
+
+
+def test_the_app_sets_no_app_setting_flex_consumption_deprecates():
+    sync_settings = parse(INFRA / "main.bicep")["variables"]["syncSettings"]["value"]
+    api = parse(INFRA / "app" / "api.bicep")
+    fixed = api["variables"]["allSettings"]["value"]["function"]["parameters"]["arg_2"]
+    assert not (set(sync_settings) | set(fixed)) & FLEX_CONSUMPTION_UNSUPPORTED_APP_SETTINGS
+
+
+def test_ftp_and_scm_publishing_credentials_are_off_since_ftps_state_cannot_be_set():
+    api = parse(INFRA / "app" / "api.bicep")
+    policies = {
+        body["name"]: body
+        for kind, body in deployed_resources(api).values()
+        if kind.startswith("Microsoft.Web/sites/basicPublishingCredentialsPolicies@")
+    }
+    assert set(policies) == {"ftp", "scm"}
+    for policy in policies.values():
+        assert policy["parent"] == "functionApp" and policy["properties"] == {"allow": False}
+    assert "CKV_AZURE_78" in (INFRA / "app" / "api.bicep").read_text()  # checkov's FTP check, skipped with a reason
+
+
+def test_storage_redundancy_is_a_parameter_defaulting_to_lrs():
+    main = parse(INFRA / "main.bicep")
+    param = main["parameters"]["storageSku"]
+    assert param["default"] == "Standard_LRS"  # deploys in every Flex Consumption region
+    allowed = allowed_values(main, "storageSku")
+    assert {"Standard_LRS", "Standard_ZRS"} <= set(allowed)
+    storage_skus = BICEP_TYPE_VALUES["Microsoft.Storage/storageAccounts@2023-05-01"]["sku.name"]
+    assert set(allowed) <= set(storage_skus) and not any(sku.startswith("Premium_") for sku in allowed)  # tables and queues
+    description = next(d["argument"] for d in param["decorators"] if d["type"] == "description")
+    assert "Standard_ZRS" in description and "availability zones" in description
+    assert main["modules"]["storage"]["config"]["params"]["skuName"] == "storageSku"
+    storage = parse(INFRA / "app" / "storage.bicep")
+    assert deployed_resources(storage)["storage"][1]["sku"] == {"name": "skuName"}
+    assert "default" not in storage["parameters"]["skuName"] or storage["parameters"]["skuName"]["default"] is None
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["storageSku"]["value"] == "${STORAGE_SKU=Standard_LRS}"
+
+
+def test_the_graph_grant_takes_the_principal_from_the_identity_output_and_runs_after_the_app():
+    module = parse(INFRA / "main.bicep")["modules"]["graphPermission"]["config"]["config"]
+    principal = module["params"]["principalId"]["operator"]["operands"]
+    assert principal["operand_1"] == "identity"
+    assert principal["operand_2"]["operator"]["operands"] == {"operand_1": "outputs", "operand_2": "principalId"}
+    assert "api" in module["dependsOn"]
+    deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
+    assert "Not a valid reference update" in deploy_doc and "scripts/grant-graph-permission.sh" in deploy_doc
+
+
+def _check_against_types(kind: str, value: Any, path: str, template: dict[str, Any], problems: list[str]) -> None:
+    if isinstance(value, dict) and "loop_type" in value:  # [for ...: {...}]
+        _check_against_types(kind, value["config"], f"{path}[]", template, problems)
+    elif isinstance(value, list):
+        for item in value:
+            _check_against_types(kind, item, f"{path}[]", template, problems)
+    elif isinstance(value, dict) and not ("function" in value or "operator" in value):
+        keys = [key for key in value if key not in BICEP_RESOURCE_KEYWORDS or path]
+        if keys and not all(key.startswith("'") for key in keys):  # quoted keys: a map (tags, identities)
+            known = BICEP_TYPES[kind].get(path)
+            if known is None:
+                problems.append(f"{kind} {path or '<body>'}: not in BICEP_TYPES (add it from types.json)")
+                return
+            unknown = [key for key in keys if key not in known.split()]
+            problems += [f"{kind}: {path + '.' if path else ''}{key} is not in Microsoft's type" for key in unknown]
+        for key in keys:
+            _check_against_types(kind, value[key], f"{path}.{key}" if path else key, template, problems)
+    elif isinstance(value, str) and path in BICEP_TYPE_VALUES.get(kind, {}):
+        listed = BICEP_TYPE_VALUES[kind][path]
+        if value in template.get("parameters", {}):  # a parameter: its allowed values and default
+            candidates = [*allowed_values(template, value), template["parameters"][value]["default"]]
+            problems += [f"{kind} {path}: {v!r} (parameter {value})" for v in candidates if v not in (None, *listed)]
+        elif value not in template.get("variables", {}) and "${" not in value and value not in listed:
+            problems.append(f"{kind} {path}: {value!r} is not one of {listed}")
+
+
+def test_every_property_and_sku_set_exists_in_microsofts_bicep_types_for_its_api_version():
+    problems: list[str] = []
+    checked = set()
+    for path in BICEP_FILES:
+        template = parse(path)
+        for kind, body in deployed_resources(template).values():
+            if kind not in BICEP_TYPES:
+                problems.append(f"{path.name}: {kind} is not in BICEP_TYPES (add it from types.json)")
+                continue
+            checked.add(kind)
+            _check_against_types(kind, body, "", template, problems)
+    assert not problems, "\n".join(problems)
+    assert {"Microsoft.Web/sites@2024-04-01", "Microsoft.Storage/storageAccounts@2023-05-01"} <= checked
+
+
+def test_the_type_check_catches_a_property_microsoft_does_not_define():
+    problems: list[str] = []
+    site = {"properties": {"siteConfig": {"minTlsVersion": "1.2", "ftpsStat": "Disabled"}, "clientCertMode": "Sometimes"}}
+    _check_against_types("Microsoft.Web/sites@2024-04-01", site, "", {"parameters": {}, "variables": {}}, problems)
+    assert len(problems) == 2 and "ftpsStat" in problems[0] + problems[1] and "Sometimes" in problems[0] + problems[1]

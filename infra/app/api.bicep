@@ -44,7 +44,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
     tier: 'FlexConsumption'
     name: 'FC1'
   }
-  // checkov:skip=CKV_AZURE_225: a scheduled sync tolerates a zone outage (state is in zone-redundant storage, Graph is the source of truth); zone redundancy narrows the regions Flex Consumption deploys to
+  // checkov:skip=CKV_AZURE_225: a scheduled sync tolerates a zone outage (the state is a cooldown record that Graph's own 429 backs up; Graph is the source of truth); zone redundancy narrows the regions Flex Consumption deploys to
   properties: {
     reserved: true
   }
@@ -67,10 +67,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     clientCertMode: 'Optional'
+    // checkov:skip=CKV_AZURE_78: Flex Consumption rejects siteConfig.ftpsState (ARM BadRequest 51021; Microsoft lists it as unsupported there); FTP is off through the ftp and scm basicPublishingCredentialsPolicies below (allow: false)
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // No ftpsState, alwaysOn, use32BitWorkerProcess, linuxFxVersion, …: Flex Consumption rejects them
+      // (tests/test_infra.py lists them). The runtime and scale live in functionAppConfig.
       http20Enabled: true
       appSettings: [for setting in items(allSettings): { name: setting.key, value: setting.value }]
     }
@@ -97,7 +99,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   }
 }
 
-// No publishing passwords: deployments go through Entra ID (azd, az functionapp deploy).
+// No publishing passwords, and with them no FTP (Flex Consumption has no ftpsState to turn it off):
+// deployments go through Entra ID (azd, az functionapp deploy).
 resource ftpCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'ftp'

@@ -6,14 +6,16 @@ param tags object
 param deploymentContainerName string
 param stateTableName string
 param deferredQueueName string
+@description('Redundancy (SKU) of the account; chosen in main.bicep (storageSku).')
+param skuName string
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
   location: location
   tags: tags
   kind: 'StorageV2'
-  sku: { name: 'Standard_ZRS' }
-  // checkov:skip=CKV_AZURE_206: zone-redundant is enough: the state is a cooldown record that Graph's own 429 backs up, and the app runs in one region; geo-replication adds cost, not safety
+  sku: { name: skuName }
+  // checkov:skip=CKV_AZURE_206: the redundancy is a parameter (storageSku, LRS by default, ZRS where the region has zones): the state is a cooldown record that Graph's own 429 backs up, and the app runs in one region; geo-replication adds cost, not safety
   // checkov:skip=CKV_AZURE_35: access is Entra-only (shared keys off, data roles per identity); denying public networks needs VNet integration and private endpoints, an opt-in described in docs/deploy.md
   // checkov:skip=CKV_AZURE_59: same reason as CKV_AZURE_35: the Flex Consumption app reaches storage over its public endpoint unless VNet-integrated
   properties: {
