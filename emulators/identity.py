@@ -5,7 +5,8 @@ azure-identity's ManagedIdentityCredential calls
 ``X-IDENTITY-HEADER: {IDENTITY_HEADER}``; this answers the same way Azure does.
 
 Test controls (no auth): ``POST /_emulator/config`` ``{"roles": [...], "failing": bool,
-"lifetimeSeconds": n}``, ``GET /_emulator/stats``.
+"lifetimeSeconds": n, "hangSeconds": s, "hangTimes": n}`` (the next n token requests wait s
+seconds before answering: a hanging endpoint), ``GET /_emulator/stats``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class IdentityEmulator(Server):
         self.failing = False
         self.lifetime = 3600
         self.token_requests = 0
+        self.hang_seconds, self.hang_times = 0.0, 0
 
     @property
     def endpoint(self) -> str:
@@ -47,6 +49,9 @@ class IdentityEmulator(Server):
                 self.failing = bool(config["failing"])
             if "lifetimeSeconds" in config:
                 self.lifetime = int(config["lifetimeSeconds"])
+            if "hangSeconds" in config:
+                self.hang_seconds = float(config["hangSeconds"])
+                self.hang_times = int(config.get("hangTimes", 1))
             if config.get("resetStats"):
                 self.token_requests = 0
 
@@ -68,6 +73,11 @@ class _Handler(JsonHandler):
         resource = self.query.get("resource")
         if self.query.get("api-version") != "2019-08-01" or not resource:
             return self.send_json(400, {"error": "invalid_request", "error_description": "api-version and resource are required"})
+        with em.lock:
+            hang = em.hang_seconds if em.hang_times > 0 else 0.0
+            em.hang_times -= 1 if hang else 0
+        if hang:
+            time.sleep(hang)
         with em.lock:
             em.token_requests += 1
             if em.failing:

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit
@@ -19,12 +20,13 @@ from .deferred import PendingFire
 from .errors import UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, Trigger
 from .service import SyncService, UnknownTarget, build_service
-from .settings import DEFAULTS, SYNC_TYPES, Settings, SettingsError
+from .settings import DEFAULTS, SYNC_TYPES, Settings, SettingsError, _is_loopback, host_name, valid_host
 from .targets import InvalidItemId, ItemNotFound, parse_guid
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4096
+MAX_JSON_DEPTH = 32  # the only body is {"syncType": ...}: depth 1
 POLL_SECONDS = 30  # Retry-After for "sync and wait" polls; an Autopilot sync takes minutes
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _STATUS_BY_OUTCOME = {
@@ -163,6 +165,7 @@ def sync(req: func.HttpRequest) -> func.HttpResponse:
     request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP,
                           caller=caller_of(req), defer=_flag(req, "defer"))
     if wait:
+        _public_origin(req)  # no valid host for the poll URL: refused before anything starts
         result, operation, token = svc.sync_and_follow(request)
         if operation is None:
             return result_response([result], single=True)
@@ -271,9 +274,12 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
     media_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise ApiError(415, "UnsupportedMediaType", "send the body as application/json (or send no body)")
+    if _nesting_exceeds(body, MAX_JSON_DEPTH):
+        # json.loads recurses per level: ~1,000 "[" (well under the size limit) is a RecursionError.
+        raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "InvalidBody", "the body must be a JSON object")
@@ -291,6 +297,29 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
     return sync_type
 
 
+def _nesting_exceeds(body: bytes, limit: int) -> bool:
+    """Whether ``body`` opens more than ``limit`` arrays/objects inside each other (strings
+    skipped), in one pass over at most MAX_BODY_BYTES: cheaper than letting the parser find out."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:  # UTF-8 (and UTF-16/32) keep these ASCII characters as single bytes
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
 def _flag(req: func.HttpRequest, name: str) -> bool:
     raw = req.params.get(name)
     if raw is None:
@@ -302,20 +331,40 @@ def _flag(req: func.HttpRequest, name: str) -> bool:
 
 
 def _operation_url(req: func.HttpRequest, operation_id: str, token: str) -> str:
-    """Absolute, as the async pattern requires; the token carries the poller's authority.
+    """Absolute, as the async pattern requires; the token carries the poller's authority."""
+    origin, prefix = _public_origin(req)
+    return f"{origin}{prefix}/operations/{operation_id}?{urlencode({'token': token})}"
 
-    Behind Azure's front end (or APIM / Front Door) the worker may see http and an inner host, so
-    the public scheme and host come from X-Forwarded-Proto / X-Forwarded-Host, else the app's
-    WEBSITE_HOSTNAME; anything but loopback is https, so the token never travels in clear."""
+
+def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
+    """(``scheme://host``, path prefix such as ``/api``) under which callers reach this app.
+
+    The poll URL carries its operation's token, so its host must be ours, never one a caller
+    chose: X-Forwarded-Host (and -Proto) count only when TRUSTED_FORWARDED_HOSTS lists that host
+    (a front end such as Front Door or APIM that sets them); else the app's WEBSITE_HOSTNAME,
+    else the request's own host. Each must be a bare host[:port] (no user-info, path or other
+    characters); anything but loopback is https, so the token never travels in clear. With no
+    valid host at all the call is refused (400) before anything is started."""
     parts = urlsplit(req.url)
-    host = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip() or parts.netloc
-    if not req.headers.get("x-forwarded-host") and os.environ.get("WEBSITE_HOSTNAME"):
-        host = os.environ["WEBSITE_HOSTNAME"]
-    loopback = (host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]"))
-    scheme = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip() or parts.scheme
-    scheme = scheme if loopback else "https"
+    trusted = settings().trusted_forwarded_hosts
+    forwarded = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
+    proto = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
+    website = (os.environ.get("WEBSITE_HOSTNAME") or "").strip()
+    if forwarded and valid_host(forwarded) and (forwarded.lower() in trusted or host_name(forwarded) in trusted):
+        host, scheme = forwarded, proto if proto in ("http", "https") else parts.scheme
+    elif website and valid_host(website):
+        host, scheme = website, parts.scheme
+    elif parts.netloc and valid_host(parts.netloc):
+        host, scheme = parts.netloc, parts.scheme
+    else:
+        raise ApiError(400, "InvalidHost", "the request's host is not a valid host name; no poll URL can be built")
+    if not _is_loopback(host_name(host).strip("[]")):
+        scheme = "https"
+    # The route's prefix (/api by default); anything odd in it falls back to the default.
     prefix = parts.path[: parts.path.find("/sync/")] if "/sync/" in parts.path else parts.path.rsplit("/operations/", 1)[0]
-    return f"{scheme}://{host}{prefix}/operations/{operation_id}?{urlencode({'token': token})}"
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)*", prefix) or "/../" in prefix + "/" or "/./" in prefix + "/":
+        prefix = "/api"
+    return f"{scheme}://{host}", prefix
 
 
 def caller_of(req: func.HttpRequest) -> str:

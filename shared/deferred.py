@@ -24,11 +24,22 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from .errors import StateStoreUnavailable
 from .model import iso
 
-MAX_RESCHEDULES = 3  # a pending sync that Graph keeps refusing gives up after this many
+# A pending sync that Graph keeps refusing (503s, 429s) is retried with back-off for this long
+# after its first due time, then given up (shown in GET /api/sync/status, notified as failed).
+DEFERRED_BUDGET = timedelta(hours=1)
+BACKOFF_FIRST, BACKOFF_MAX = timedelta(seconds=10), timedelta(minutes=5)
 # A pending sync whose time passed this long ago without firing (its message was lost to the
 # poison queue, say) is replaced by the next ask rather than joined.
 STALE_PENDING = timedelta(minutes=5)
 MAX_VISIBILITY = timedelta(days=7)  # the queue service's limit
+
+
+def deferred_backoff(refusals: int, retry_after_seconds: float | None = None) -> timedelta:
+    """How long to wait before firing again: Graph's Retry-After when it gave one (already
+    sanitised), else 10 s doubling with each refusal, at most 5 minutes."""
+    if retry_after_seconds:
+        return timedelta(seconds=retry_after_seconds)
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(refusals, 16))
 
 
 @dataclass(frozen=True)
@@ -92,14 +103,19 @@ class PendingQueue:
 
 
 def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> Any:
-    from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+    from .transport import azure_options
 
     # Base64, as the Functions host's queue trigger expects by default.
     codecs: dict[str, Any] = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
                                   connection_timeout=5, read_timeout=15, retry_total=2)
     if storage.connection_string:
-        return QueueClient.from_connection_string(storage.connection_string, queue_name, **codecs)
+        # The SDK parses the connection string; its endpoint decides the proxy settings.
+        endpoint = QueueServiceClient.from_connection_string(storage.connection_string).url
+        return QueueClient.from_connection_string(storage.connection_string, queue_name, **codecs, **azure_options(endpoint))
     if not storage.queue_service_uri:
         raise StateStoreUnavailable("no queue endpoint: set AzureWebJobsStorage__queueServiceUri or __accountName")
     credential = credential_factory(storage.client_id if storage.use_managed_identity else None)
-    return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **codecs)
+    return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **codecs,
+                       **azure_options(storage.queue_service_uri))

@@ -18,6 +18,8 @@ class UpstreamError(Exception):
         graph_code: str | None = None,
         request_id: str | None = None,
         client_request_id: str | None = None,
+        maybe_sent: bool = False,
+        retry_after_seconds: float | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -25,6 +27,10 @@ class UpstreamError(Exception):
         self.graph_code = graph_code
         self.request_id = request_id
         self.client_request_id = client_request_id
+        # A write that may have reached Graph although no answer came back (read timeout, a
+        # connection dropped after sending): it may have started a sync.
+        self.maybe_sent = maybe_sent
+        self.retry_after_seconds = retry_after_seconds  # Graph's Retry-After, already sanitised
 
     @property
     def reached_graph(self) -> bool:
@@ -62,3 +68,10 @@ class TokenUnavailable(UpstreamError):
 class StateStoreUnavailable(UpstreamError):
     code = "StateStoreUnavailable"
     http_status = 503
+
+
+class UnexpectedError(UpstreamError):
+    """A bug of ours while calling Graph: whether the request went out is unknown."""
+
+    code = "InternalError"
+    http_status = 500

@@ -19,7 +19,10 @@ from typing import Any, Mapping
 import requests
 from azure.core.credentials import AccessToken, TokenCredential
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
+
+from .answers import parse_retry_after
 
 from .errors import (
     GraphAccessDenied,
@@ -29,7 +32,9 @@ from .errors import (
     TokenUnavailable,
     UpstreamError,
 )
+from .model import utcnow
 from .permissions import GRAPH_APP_ROLES
+from .transport import configure_session
 
 PERMISSION = GRAPH_APP_ROLES[0]
 USER_AGENT = "intune-sync/1.0"
@@ -41,6 +46,12 @@ _TOKEN_REFRESH_MARGIN = 300  # seconds before expiry at which a cached token is 
 
 
 CONNECT_TIMEOUT = 5.0
+# A token request to the identity endpoint: explicit timeouts and few retries (azure-identity's
+# defaults would wait far longer), so that a hanging endpoint costs a bounded time.
+TOKEN_CONNECT_TIMEOUT, TOKEN_READ_TIMEOUT, TOKEN_RETRIES, TOKEN_BACKOFF_MAX = 5, 10, 1, 2
+TOKEN_WORST_CASE_SECONDS = (TOKEN_RETRIES + 1) * (TOKEN_CONNECT_TIMEOUT + TOKEN_READ_TIMEOUT) + TOKEN_RETRIES * TOKEN_BACKOFF_MAX
+# The deadline of the request in flight on this thread (urllib3 calls Retry on the same thread).
+_deadline = threading.local()
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,13 @@ class RetryPolicy:
         """The longest one logical request can take, every attempt timing out, plus backoff."""
         attempts = self.retries + 1
         return attempts * (CONNECT_TIMEOUT + read_timeout) + self.retries * self.backoff_max
+
+
+def write_budget_seconds(read_timeout: float) -> float:
+    """The shortest deadline under which a sync write can still take its worst single path:
+    one attempt answered 401, a fresh token, and the resend."""
+    attempt = CONNECT_TIMEOUT + read_timeout
+    return 2 * attempt + TOKEN_WORST_CASE_SECONDS
 
 
 class WriteLimiter:
@@ -92,11 +110,24 @@ class _GraphRetry(Retry):
         error = kwargs.get("error")
         if error is not None and method and method.upper() not in _READ_METHODS and self._is_read_error(error):
             raise error
-        return super().increment(method, url, *args, **kwargs)
+        retry = super().increment(method, url, *args, **kwargs)
+        deadline, attempt_seconds = getattr(_deadline, "value", None) or (None, 0.0)
+        if deadline is not None:
+            # Another attempt only if it can finish before the deadline; otherwise the last
+            # answer (or error) stands, as if the retries were used up.
+            wait = retry.get_backoff_time()
+            response = kwargs.get("response")
+            if response is not None:
+                wait = max(wait, self.get_retry_after(response) or 0.0)
+            if time.monotonic() + wait + attempt_seconds > deadline:
+                reason = error or ResponseError(f"no time left before the deadline (status {getattr(response, 'status', None)})")
+                raise MaxRetryError(kwargs.get("_pool"), url or "", reason)  # type: ignore[arg-type]
+        return retry
 
     def get_retry_after(self, response: Any) -> float | None:
-        # Bounded: a read answered "Retry-After: 600" is not worth a ten-minute sleep in a function.
-        value = super().get_retry_after(response)
+        # Sanitised (garbage, inf and negatives are ignored) and bounded: a read answered
+        # "Retry-After: 600" is not worth a ten-minute sleep in a function.
+        value = parse_retry_after(response.headers.get("Retry-After"), utcnow())
         return None if value is None else min(value, self.backoff_max)
 
 
@@ -120,16 +151,8 @@ class GraphResponse:
 
     @property
     def retry_after_seconds(self) -> float | None:
-        raw = self.headers.get("Retry-After")
-        if raw is None:
-            return None
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            try:
-                return Retry().parse_retry_after(raw)  # the HTTP-date form
-            except Exception:
-                return None
+        """Graph's Retry-After in seconds, clamped (shared/answers.py); None if absent or invalid."""
+        return parse_retry_after(self.headers.get("Retry-After"), utcnow())
 
     @property
     def error_code(self) -> str | None:
@@ -153,6 +176,7 @@ class GraphResponse:
             graph_code=self.error_code,
             request_id=self.request_id,
             client_request_id=self.client_request_id,
+            retry_after_seconds=self.retry_after_seconds,
         )
         if self.status in (401, 403):
             raise GraphAccessDenied(
@@ -215,9 +239,8 @@ class GraphClient:
         )
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
-        # Proxy settings for our one host are read once, not from the environment on every call.
-        self._session.trust_env = False
-        self._session.proxies = requests.utils.get_environ_proxies(self.base_url)
+        # Proxies for our one host and the CA bundle are read once, not on every call.
+        configure_session(self._session, self.base_url)
 
     def close(self) -> None:
         self._session.close()
@@ -225,26 +248,39 @@ class GraphClient:
     def get(self, path: str) -> GraphResponse:
         return self.request("GET", path)
 
-    def post(self, path: str, json: Mapping[str, Any] | None = None) -> GraphResponse:
-        return self.request("POST", path, json=json)
+    def post(self, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None) -> GraphResponse:
+        return self.request("POST", path, json=json, deadline=deadline)
 
-    def request(self, method: str, path: str, json: Mapping[str, Any] | None = None) -> GraphResponse:
+    def request(
+        self, method: str, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None
+    ) -> GraphResponse:
         """Send one logical request; any HTTP status comes back, transport faults raise.
 
         A 401 gets one retry with a fresh token (using Graph's claims challenge when it sends one).
+        ``deadline`` (time.monotonic()) bounds the whole request, retries, token and resend
+        included: no attempt starts that could not end before it.
         """
         if not _SAFE_PATH.match(path):
             raise ValueError(f"refusing to call Graph with an unsafe path: {path!r}")
         if method not in _READ_METHODS:
             self._writes.acquire()
-        response = self._send(method, path, json, self._get_token())
+        response = self._send(method, path, json, self._get_token(), deadline)
         if response.status == 401:
+            if deadline is not None and time.monotonic() + TOKEN_WORST_CASE_SECONDS + sum(self._timeout) > deadline:
+                return response  # no time for a new token and a resend: the 401 stands
             claims = _CLAIMS.search(response.headers.get("WWW-Authenticate", ""))
             token = self._get_token(force=True, claims=claims.group(1) if claims else None)
-            response = self._send(method, path, json, token)
+            response = self._send(method, path, json, token, deadline)
         return response
 
-    def _send(self, method: str, path: str, json: Mapping[str, Any] | None, token: str) -> GraphResponse:
+    def ensure_token(self) -> None:
+        """Get (or reuse) the token now. The service calls this before it claims a unit, so that
+        a slow or dead identity endpoint never holds a lease."""
+        self._get_token()
+
+    def _send(
+        self, method: str, path: str, json: Mapping[str, Any] | None, token: str, deadline: float | None = None
+    ) -> GraphResponse:
         client_request_id = str(uuid.uuid4())
         headers = {
             "Authorization": f"Bearer {token}",
@@ -254,16 +290,28 @@ class GraphClient:
             "User-Agent": USER_AGENT,
         }
         started = time.perf_counter()
+        connect, read = self._timeout
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining < connect + 1:
+                raise GraphUnavailable(f"no time left to send {method} {path} before the deadline",
+                                       client_request_id=client_request_id)
+            read = min(read, remaining - connect)
+        _deadline.value = (deadline, connect + read) if deadline is not None else None
         try:
-            raw = self._session.request(
-                method, self.base_url + path, headers=headers, json=json, timeout=self._timeout
-            )
+            raw = self._session.request(method, self.base_url + path, headers=headers, json=json, timeout=(connect, read))
         except requests.RequestException as exc:
+            maybe_sent = method not in _READ_METHODS and not _provably_not_sent(exc)
             kind = "timed out" if _is_timeout(exc) else "could not be reached"
+            if maybe_sent and not _is_timeout(exc):
+                kind = "dropped the connection before answering"
             raise GraphUnavailable(
-                f"Graph {kind} for {method} {path} after retries: {type(exc).__name__}",
+                f"Graph {kind} for {method} {path}: {type(exc).__name__}",
                 client_request_id=client_request_id,
+                maybe_sent=maybe_sent,
             ) from exc
+        finally:
+            _deadline.value = None
         duration_ms = int((time.perf_counter() - started) * 1000)
         try:
             body = raw.json() if raw.content else None
@@ -299,6 +347,19 @@ class GraphClient:
                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 ) from exc
             return self._token.token
+
+
+def _provably_not_sent(exc: requests.RequestException) -> bool:
+    """Whether a failed request certainly never reached Graph: the connection was never made
+    (refused, name not resolved, connect timeout). Anything else may have been received."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if type(exc) is not requests.ConnectionError:
+        return False
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+    return isinstance(reason, (NewConnectionError, NameResolutionError, ConnectTimeoutError))
 
 
 def _is_timeout(exc: BaseException) -> bool:

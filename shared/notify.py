@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .model import iso
+from .transport import configure_session, proxies_for
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ class Notifier:
         self._pending: set[Future[bool]] = set()
         self._lock = threading.Lock()
         self._retries = retries
-        self._session = requests.Session()
+        # The CA bundle and each URL's proxies, from the standard environment, read once.
+        self._session = configure_session(requests.Session())
+        self._proxies = {url: proxies_for(url) for url in urls}
 
     def send(self, notification: Notification) -> list[Future[bool]]:
         """Queue delivery to every URL; returns at once."""
@@ -141,9 +144,13 @@ class Notifier:
             if attempt:
                 time.sleep(min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2 ** (attempt - 1)))
             try:
-                response = self._session.post(url, json=body, timeout=self._timeout)
+                response = self._session.post(url, json=body, timeout=self._timeout, proxies=self._proxies.get(url))
             except requests.RequestException as exc:
+                # Never the exception's text: it carries the URL, query (signature) included.
                 outcome = type(exc).__name__
+                if isinstance(exc, requests.exceptions.SSLError):
+                    outcome += " (is the endpoint's CA in the bundle? see REQUESTS_CA_BUNDLE / SSL_CERT_FILE)"
+                    break  # an untrusted certificate stays untrusted
                 continue
             if response.status_code < 300:
                 return True

@@ -19,7 +19,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from .model import iso
-from .state import TableStore, as_utc, camel, store_errors
+from .state import TableStore, as_utc, camel, store_errors, table_missing
 
 OPERATION_ROW = "operation"
 STATUSES = ("running", "completed", "failed", "timedOut")
@@ -82,7 +82,7 @@ class OperationStore(TableStore):
         try:
             entity = self._table.get_entity(partition_key=f"op-{operation_id}", row_key=OPERATION_ROW)
         except ResourceNotFoundError as exc:
-            if exc.error_code == "TableNotFound":
+            if table_missing(exc):
                 raise
             return None
         values = {}

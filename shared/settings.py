@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from .graph import RetryPolicy
+from .graph import write_budget_seconds
+from .transport import ca_bundle_problem
 
 # Each sync target with its cooldown setting, default and minimum (seconds).
 TARGET_COOLDOWNS: dict[str, tuple[str, int, int]] = {
@@ -45,14 +46,111 @@ DEFAULTS: dict[str, str] = {
     "HEALTH_UNHEALTHY_HOURS": "72",
     "HEALTH_THRESHOLDS": "",
     "TOKEN_EXPIRY_WARNING_DAYS": "30",
+    "TRUSTED_FORWARDED_HOSTS": "",
+    "STATUS_DEADLINE_SECONDS": "20",
+    "HISTORY_RETENTION_DAYS": "90",
 }
 
 KNOWN_TARGETS = tuple(TARGET_COOLDOWNS)
 SYNC_TYPES = ("deltaSync", "fullSync")
 NOTIFY_FORMATS = ("json", "adaptiveCard")
 MIN_LEASE_SECONDS = 60
-# Besides the Graph call, a claimed sync makes one table write (commit) inside its lease.
-LEASE_MARGIN_SECONDS = 15
+# A deferred sync is a queue message delayed until the cooldown ends; a queue message can be
+# delayed 7 days at most, so no cooldown may be longer.
+MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of one numeric setting: [minimum, maximum] (minimum excluded when ``above``)."""
+
+    minimum: float
+    maximum: float
+    unit: str
+    whole: bool = True  # a whole number (seconds, days); else any finite number
+    above: bool = False  # strictly more than ``minimum``
+    why: str = ""  # why the maximum, shown when it is exceeded
+
+
+# Every numeric setting and its bounds, in one table: a value outside (1e12, inf, nan) is refused
+# by name at start-up instead of overflowing a date on the first sync.
+NUMERIC_SETTINGS: dict[str, Bounds] = {
+    **{
+        setting: Bounds(minimum, MAX_COOLDOWN_SECONDS, "seconds", why="7 days, the longest a deferred sync can wait in the queue")
+        for setting, _, minimum in TARGET_COOLDOWNS.values()
+    },
+    "SYNC_LEASE_SECONDS": Bounds(MIN_LEASE_SECONDS, 3600, "seconds", why="a dead instance must not block a unit for longer"),
+    "GRAPH_TIMEOUT_SECONDS": Bounds(0, 120, "seconds", whole=False, above=True),
+    "SYNC_WAIT_TIMEOUT_SECONDS": Bounds(60, 86400, "seconds", why="a day; a sync still running then is stuck"),
+    "HEALTH_WARNING_HOURS": Bounds(0, 8760, "hours", whole=False, above=True, why="a year"),
+    "HEALTH_UNHEALTHY_HOURS": Bounds(0, 8760, "hours", whole=False, above=True, why="a year"),
+    "HEALTH_THRESHOLDS": Bounds(0, 8760, "hours", whole=False, above=True, why="a year"),
+    "TOKEN_EXPIRY_WARNING_DAYS": Bounds(1, 365, "days", why="Apple and VPP tokens last a year"),
+    "STATUS_DEADLINE_SECONDS": Bounds(1, 200, "seconds", why="inside the 230 s the platform allows an HTTP call"),
+    "HISTORY_RETENTION_DAYS": Bounds(1, 3650, "days"),
+}
+
+# A host as it may appear in an absolute URL we hand out: DNS labels or an IPv4 address, or an
+# IPv6 address in brackets, then an optional port. No user-info, path, query or other characters.
+_HOST_PORT = re.compile(
+    r"(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+def valid_host(value: str) -> bool:
+    """Whether ``value`` is ``host`` or ``host:port`` and nothing else (see _HOST_PORT)."""
+    match = _HOST_PORT.fullmatch(value)
+    if not match or len(value) > 260:
+        return False
+    host, port = match.group("host"), match.group("port")
+    if port is not None and not 0 < int(port) <= 65535:
+        return False
+    try:
+        if host.startswith("["):
+            ipaddress.IPv6Address(host[1:-1])
+        elif re.fullmatch(r"[0-9.]+", host):
+            ipaddress.IPv4Address(host)  # all digits: an IPv4 address, and a valid one
+    except ValueError:
+        return False
+    return True
+
+
+def host_name(value: str) -> str:
+    """The host of ``host[:port]`` (brackets kept for IPv6), lower-case."""
+    match = _HOST_PORT.fullmatch(value)
+    return (match.group("host") if match else value).lower()
+
+
+def number(name: str, raw: str, problems: dict[str, str]) -> float | None:
+    """``raw`` checked against NUMERIC_SETTINGS[name]; None (and a problem named ``name``) if bad."""
+    bounds = NUMERIC_SETTINGS[name]
+    lowest = f"more than {bounds.minimum:g}" if bounds.above else f"at least {bounds.minimum:g}"
+    kind = "whole number" if bounds.whole else "number"
+    # Plain ASCII decimals only: int() and float() would also take "1_000", other scripts'
+    # digits, "inf" and "nan".
+    pattern = r"[+-]?[0-9]{1,18}" if bounds.whole else r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?"
+    try:
+        if not re.fullmatch(pattern, raw.strip()):
+            raise ValueError
+        value = int(raw) if bounds.whole else float(raw)
+    except ValueError:
+        problems[name] = f"must be a {kind} of {bounds.unit} from {bounds.minimum:g} to {bounds.maximum:g}, got {raw!r}"
+        return None
+    if not math.isfinite(value):
+        problems[name] = f"must be a finite number of {bounds.unit}, got {raw!r}"
+    elif value < bounds.minimum or (bounds.above and value == bounds.minimum):
+        problems[name] = f"must be {lowest}, got {value:g}"
+    elif value > bounds.maximum:
+        why = f" ({bounds.why})" if bounds.why else ""
+        problems[name] = f"must be at most {bounds.maximum:g} {bounds.unit}{why}, got {raw.strip()}"
+    else:
+        return value
+    return None
+
+
+# Graph calls under a lease end this long before it does: time to record the outcome (with retries).
+LEASE_MARGIN_SECONDS = 20
 
 # The well-known Azurite account (public, documented by Microsoft); azure-data-tables does not
 # understand the "UseDevelopmentStorage=true" shorthand that the Functions host accepts.
@@ -118,6 +216,12 @@ class Settings:
     # (target or "*", warning hours, unhealthy hours): when a target's last good sync is too old
     health_thresholds: tuple[tuple[str, float, float], ...] = (("*", 24.0, 72.0),)
     token_expiry_warning_days: int = int(DEFAULTS["TOKEN_EXPIRY_WARNING_DAYS"])
+    # Hosts ("host" or "host:port", lower-case) a trusted front end may send as X-Forwarded-Host
+    trusted_forwarded_hosts: tuple[str, ...] = ()
+    # GET /api/sync/status answers within this, marking Graph reads still running unavailable.
+    status_deadline_seconds: int = int(DEFAULTS["STATUS_DEADLINE_SECONDS"])
+    # History rows older than this are deleted by the sweep (shared/retention.py).
+    history_retention_days: int = int(DEFAULTS["HISTORY_RETENTION_DAYS"])
 
     def cooldown_seconds(self, target: str) -> int:
         return dict(self.cooldowns)[target]
@@ -140,16 +244,10 @@ class Settings:
             value = env.get(name)
             return DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
 
-        def integer(name: str, minimum: int) -> int:
-            raw = get(name)
-            try:
-                value = int(raw)
-            except ValueError:
-                problems[name] = f"must be a whole number of seconds, got {raw!r}"
-                return minimum
-            if value < minimum:
-                problems[name] = f"must be at least {minimum}, got {value}"
-            return value
+        def integer(name: str) -> int:
+            # Bounds from NUMERIC_SETTINGS; a bad value is a problem, and the default stands in.
+            value = number(name, get(name), problems)
+            return int(DEFAULTS[name]) if value is None else int(value)
 
         graph_base_url = get("GRAPH_BASE_URL").rstrip("/")
         why = _check_base_url(graph_base_url)
@@ -177,7 +275,7 @@ class Settings:
 
         schedule = ncrontab("SYNC_SCHEDULE")
         watch_schedule = ncrontab("SYNC_WATCH_SCHEDULE")
-        wait_timeout = integer("SYNC_WAIT_TIMEOUT_SECONDS", 60)
+        wait_timeout = integer("SYNC_WAIT_TIMEOUT_SECONDS")
 
         notify_urls = tuple(u.strip() for u in get("NOTIFY_URL").split(",") if u.strip())
         for url in notify_urls:
@@ -193,27 +291,33 @@ class Settings:
         if sync_type not in SYNC_TYPES:
             problems["EXCHANGE_SYNC_TYPE"] = f"must be one of {', '.join(SYNC_TYPES)}, got {sync_type!r}"
 
-        cooldowns = tuple((target, integer(name, minimum)) for target, (name, _, minimum) in TARGET_COOLDOWNS.items())
-        lease_seconds = integer("SYNC_LEASE_SECONDS", MIN_LEASE_SECONDS)
+        cooldowns = tuple((target, integer(name)) for target, (name, _, _) in TARGET_COOLDOWNS.items())
+        lease_seconds = integer("SYNC_LEASE_SECONDS")
         health = _health_thresholds(get, problems)
-        expiry_days = integer("TOKEN_EXPIRY_WARNING_DAYS", 1)
+        expiry_days = integer("TOKEN_EXPIRY_WARNING_DAYS")
+        trusted_hosts = tuple(dict.fromkeys(h.strip().lower() for h in get("TRUSTED_FORWARDED_HOSTS").split(",") if h.strip()))
+        if any(not valid_host(h) for h in trusted_hosts):
+            problems["TRUSTED_FORWARDED_HOSTS"] = (
+                "must be a comma list of host names (or host:port), such as sync.contoso.com; got "
+                + ", ".join(repr(h) for h in trusted_hosts if not valid_host(h))
+            )
+        ca_problem = ca_bundle_problem(env)
+        if ca_problem:
+            problems[ca_problem[0]] = ca_problem[1]
+        # Well inside the 230 s that the platform allows an HTTP call.
+        status_deadline = _bounded(get, "STATUS_DEADLINE_SECONDS", 1, 200, "seconds", problems)
+        retention_days = _bounded(get, "HISTORY_RETENTION_DAYS", 1, 3650, "days", problems)
 
-        timeout_raw = get("GRAPH_TIMEOUT_SECONDS")
-        try:
-            timeout = float(timeout_raw)
-            if not 0 < timeout <= 120:
-                raise ValueError
-        except ValueError:
-            problems["GRAPH_TIMEOUT_SECONDS"] = f"must be a number of seconds in (0, 120], got {timeout_raw!r}"
-            timeout = 30.0
+        timeout = number("GRAPH_TIMEOUT_SECONDS", get("GRAPH_TIMEOUT_SECONDS"), problems) or 30.0
 
-        # The lease must outlive the slowest sync call, or a second instance could claim the unit
-        # while the first one's POST is still in flight.
-        needed = math.ceil(RetryPolicy().worst_case_seconds(timeout)) + LEASE_MARGIN_SECONDS
+        # Every Graph call under a lease ends LEASE_MARGIN_SECONDS before the lease does (a
+        # deadline). The lease must leave room for the slowest single path: a POST answered 401,
+        # a new token from a slow identity endpoint, and the resend.
+        needed = math.ceil(write_budget_seconds(timeout)) + LEASE_MARGIN_SECONDS
         if lease_seconds < needed and "SYNC_LEASE_SECONDS" not in problems:
             problems["SYNC_LEASE_SECONDS"] = (
-                f"must be at least {needed} with GRAPH_TIMEOUT_SECONDS={timeout:g} (the slowest Graph "
-                f"call with its retries), got {lease_seconds}"
+                f"must be at least {needed} with GRAPH_TIMEOUT_SECONDS={timeout:g} (a sync POST answered "
+                f"401, a new token and the resend, plus {LEASE_MARGIN_SECONDS} s to record the outcome), got {lease_seconds}"
             )
 
         queue = get("SYNC_QUEUE")
@@ -243,6 +347,9 @@ class Settings:
             cooldowns=cooldowns,
             health_thresholds=health,
             token_expiry_warning_days=expiry_days,
+            trusted_forwarded_hosts=trusted_hosts,
+            status_deadline_seconds=status_deadline,
+            history_retention_days=retention_days,
             state_table=table,
             queue_name=queue,
             lease_seconds=lease_seconds,
@@ -254,21 +361,28 @@ class Settings:
         )
 
 
+def _bounded(get: Callable[[str], str], name: str, minimum: int, maximum: int, unit: str, problems: dict[str, str]) -> int:
+    """A whole number in [minimum, maximum]; the default when it is not."""
+    raw = get(name)
+    try:
+        value = int(raw)
+        if minimum <= value <= maximum:
+            return value
+    except ValueError:
+        pass
+    problems[name] = f"must be a whole number of {unit} from {minimum} to {maximum}, got {raw!r}"
+    return int(DEFAULTS[name])
+
+
 def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> tuple[tuple[str, float, float], ...]:
     """Global warning/unhealthy hours, and per-target overrides ``vpp=12:48,appleAde=24:96``."""
 
     def hours(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-            if value <= 0:
-                raise ValueError
-            return value
-        except ValueError:
-            problems[name] = f"must be a positive number of hours, got {raw!r}"
-            return 1.0
+        value = number(name, raw, problems)  # positive, finite, at most a year (NUMERIC_SETTINGS)
+        return 1.0 if value is None else value
 
     warn, bad = hours("HEALTH_WARNING_HOURS", get("HEALTH_WARNING_HOURS")), hours("HEALTH_UNHEALTHY_HOURS", get("HEALTH_UNHEALTHY_HOURS"))
-    if warn >= bad and "HEALTH_WARNING_HOURS" not in problems:
+    if warn >= bad and not {"HEALTH_WARNING_HOURS", "HEALTH_UNHEALTHY_HOURS"} & set(problems):
         problems["HEALTH_WARNING_HOURS"] = "must be less than HEALTH_UNHEALTHY_HOURS"
     table = [("*", warn, bad)]
     for entry in filter(None, (e.strip() for e in get("HEALTH_THRESHOLDS").split(","))):
@@ -277,8 +391,9 @@ def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> t
         if target.strip() not in KNOWN_TARGETS or not b:
             problems["HEALTH_THRESHOLDS"] = f"entries look like vpp=12:48 (target=warning:unhealthy hours), got {entry!r}"
             continue
+        before = problems.get("HEALTH_THRESHOLDS")
         tw, tb = hours("HEALTH_THRESHOLDS", w), hours("HEALTH_THRESHOLDS", b)
-        if tw >= tb:
+        if tw >= tb and problems.get("HEALTH_THRESHOLDS") == before:
             problems["HEALTH_THRESHOLDS"] = f"warning must be less than unhealthy in {entry!r}"
         table.append((target.strip(), tw, tb))
     return tuple(table)

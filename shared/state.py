@@ -15,6 +15,7 @@ Round trips: a refusal is one read; a granted sync is read, claim, commit (three
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass, fields, replace
@@ -29,10 +30,10 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-import requests
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from .errors import StateStoreUnavailable
+from .transport import azure_options
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,26 @@ class TargetState:
     pending_since: datetime | None = None
     pending_asked_by: str | None = None
     pending_reschedules: int | None = None
+    pending_deadline: datetime | None = None  # after this, Graph's refusals give the pending sync up
+    # The last pending sync that was given up, and why (shown in GET /api/sync/status).
+    pending_failed_at: datetime | None = None
+    pending_failure: str | None = None
+    # The claim in flight (pessimistic): who claimed, when, for which sync type. A claim whose
+    # lease expired with these still set never recorded its outcome; the next reader records it.
+    claim_at: datetime | None = None
+    claim_by: str | None = None
+    claim_sync_type: str | None = None
 
     def without_pending(self) -> "TargetState":
         return replace(self, pending_id=None, pending_at=None, pending_since=None,
-                       pending_asked_by=None, pending_reschedules=None)
+                       pending_asked_by=None, pending_reschedules=None, pending_deadline=None)
+
+    def without_claim(self) -> "TargetState":
+        return replace(self, lease_owner=None, lease_expires_at=None, claim_at=None, claim_by=None, claim_sync_type=None)
+
+    def orphaned_claim(self, now: datetime) -> bool:
+        """A claim whose holder never recorded its outcome (it died, or storage failed it)."""
+        return bool(self.lease_owner) and self.claim_at is not None and not self.lease_active(now)
 
     def lease_active(self, now: datetime) -> bool:
         return bool(self.lease_owner) and self.lease_expires_at is not None and self.lease_expires_at > now
@@ -126,16 +143,19 @@ class Attempt:
     error: str | None = None
     sync_type: str | None = None
     next_allowed_at: datetime | None = None
+    # True when Graph may have received the POST without our seeing its answer (timeout).
+    ambiguous: bool | None = None
+    # The claim's lease owner: the row key is derived from it, so that the attempt is one row
+    # whether its holder records it late or the next reader records it as unknown.
+    attempt_id: str | None = None
 
     def to_entity(self, key: str) -> dict[str, Any]:
         ticks = int(self.attempt_at.timestamp() * 10_000_000)
-        entity: dict[str, Any] = {
-            "PartitionKey": key,
-            "RowKey": f"{HISTORY_PREFIX}{_MAX_TICKS - ticks:019d}-{uuid.uuid4().hex[:12]}",
-        }
+        suffix = (self.attempt_id or uuid.uuid4().hex)[:12]
+        entity: dict[str, Any] = {"PartitionKey": key, "RowKey": f"{HISTORY_PREFIX}{_MAX_TICKS - ticks:019d}-{suffix}"}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if value is not None and f.name != "attempt_id":
                 entity[camel(f.name)] = value
         return entity
 
@@ -162,13 +182,23 @@ def _merge(current: TargetState, outcome: TargetState, lease: Lease) -> TargetSt
     and a pending deferred sync stays unless it was asked for before this sync began."""
     started = outcome.last_outcome == "started"
     fields = {f: getattr(outcome, f) for f in _OUTCOME_FIELDS + (_STARTED_FIELDS if started else ())}
-    fields["next_allowed_at"] = max((t for t in (current.next_allowed_at, outcome.next_allowed_at) if t), default=None)
-    if current.lease_owner == lease.owner:
-        fields.update(lease_owner=None, lease_expires_at=None)
+    ours = current.lease_owner == lease.owner
+    # While our claim stands, its pessimistic nextAllowedAt is ours to replace; otherwise it only
+    # ever moves forward.
+    fields["next_allowed_at"] = outcome.next_allowed_at if ours else \
+        max((t for t in (current.next_allowed_at, outcome.next_allowed_at) if t), default=None)
     merged = replace(current, **fields)
+    if ours:
+        merged = merged.without_claim()
     answered = current.pending_since is not None and outcome.last_attempt_at is not None \
         and current.pending_since <= outcome.last_attempt_at
     return merged.without_pending() if started and answered else merged
+
+
+def table_missing(exc: Exception) -> bool:
+    """Whether a not-found error means the table itself is missing (not just a row). Some calls
+    (create_entity) raise it without ``error_code``; the service's code is in the message then."""
+    return getattr(exc, "error_code", None) == "TableNotFound" or "TableNotFound" in str(exc)
 
 
 def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -180,7 +210,7 @@ def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
             try:
                 return method(self, *args, **kwargs)
             except ResourceNotFoundError as exc:
-                if exc.error_code != "TableNotFound":
+                if not table_missing(exc):
                     raise
                 self._create_table()
                 return method(self, *args, **kwargs)
@@ -219,20 +249,28 @@ class StateStore(TableStore):
         try:
             entity = self._table.get_entity(partition_key=key, row_key=STATE_ROW)
         except ResourceNotFoundError as exc:
-            if exc.error_code == "TableNotFound":
+            if table_missing(exc):
                 raise
             return TargetState(key=key)
         return TargetState.from_entity(key, entity)
 
     @store_errors
-    def claim(self, state: TargetState, now: datetime, lease_seconds: int, **identity: str | None) -> Lease | None:
+    def claim(
+        self, state: TargetState, now: datetime, lease_seconds: int, hold_until: datetime | None = None,
+        claim_by: str | None = None, claim_sync_type: str | None = None, **identity: str | None,
+    ) -> Lease | None:
         """Take the in-flight lease if nobody changed the row since ``state`` was read.
 
+        The claim is pessimistic: it also moves ``nextAllowedAt`` to ``hold_until`` (the end of the
+        window a sync sent under this lease could start), so that if the outcome is never recorded
+        the unit stays closed for that window. The commit puts the real value back.
         Returns None when another caller got there first (the race is normal, not an error).
         """
         owner = uuid.uuid4().hex
         expires = now + timedelta(seconds=lease_seconds)
-        claimed = replace(state, lease_owner=owner, lease_expires_at=expires, **identity)
+        hold = max((t for t in (state.next_allowed_at, hold_until) if t), default=None)
+        claimed = replace(state, lease_owner=owner, lease_expires_at=expires, next_allowed_at=hold,
+                          claim_at=now, claim_by=claim_by, claim_sync_type=claim_sync_type, **identity)
         try:
             if state.etag is None:
                 meta = self._table.create_entity(claimed.to_entity())
@@ -251,7 +289,7 @@ class StateStore(TableStore):
                 return Lease(state=current, owner=owner, expires_at=expires)
             return None
         except ResourceNotFoundError as exc:
-            if exc.error_code == "TableNotFound":
+            if table_missing(exc):
                 raise
             return None  # the row vanished under us: treat like a lost race
         return Lease(state=replace(claimed, etag=meta["etag"]), owner=owner, expires_at=expires)
@@ -275,7 +313,7 @@ class StateStore(TableStore):
                             new_row.to_entity(),
                             {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
                         ),
-                        ("create", history),
+                        ("upsert", history, {"mode": UpdateMode.REPLACE}),
                     ]
                 )
                 return
@@ -293,6 +331,26 @@ class StateStore(TableStore):
             new_row, etag = _merge(current, outcome, lease), current.etag
             log.info("state of %s changed during the sync; merged the outcome", lease.state.key)
         raise StateStoreUnavailable(f"could not record the outcome of {lease.state.key}: the row kept changing")
+
+    @store_errors
+    def record_orphan(self, state: TargetState, attempt: Attempt) -> TargetState | None:
+        """Record a claim that never recorded its own outcome, and clear it (keeping its
+        pessimistic ``nextAllowedAt``). None if the row changed meanwhile (someone else did)."""
+        cleared = replace(state.without_claim(), last_outcome=attempt.outcome, last_attempt_at=attempt.attempt_at,
+                          last_message=attempt.error, last_http_status=None, last_graph_request_id=None,
+                          last_client_request_id=None, last_error_code="OutcomeNotRecorded")
+        try:
+            result = self._table.submit_transaction([
+                ("update", cleared.to_entity(),
+                 {"mode": UpdateMode.REPLACE, "etag": state.etag, "match_condition": MatchConditions.IfNotModified}),
+                ("upsert", attempt.to_entity(state.key), {"mode": UpdateMode.MERGE}),
+            ])
+        except HttpResponseError as exc:
+            if exc.status_code == 412 or "UpdateConditionNotSatisfied" in str(exc):
+                return None
+            raise
+        etag = result[0].get("etag") if result and isinstance(result[0], dict) else None
+        return replace(cleared, etag=etag) if etag else self.read(state.key)
 
     @store_errors
     def release(self, lease: Lease) -> None:
@@ -318,12 +376,13 @@ class StateStore(TableStore):
                                    "caller": caller[:200], "askedAt": at})
 
     @store_errors
-    def asks(self, key: str, pending_id: str) -> list[tuple[datetime, str]]:
-        """Who joined a pending sync, oldest first."""
+    def asks(self, key: str, pending_id: str, limit: int = 1000) -> list[tuple[datetime, str]]:
+        """Who joined a pending sync, oldest first: the first ``limit`` (one round trip)."""
         prefix = f"{ASK_PREFIX}{pending_id}-"
         rows = self._table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                                          parameters={"pk": key, "lo": prefix, "hi": prefix[:-1] + "."})
-        return sorted((as_utc(row["askedAt"]), row["caller"]) for row in rows)
+                                          parameters={"pk": key, "lo": prefix, "hi": prefix[:-1] + "."},
+                                          select=["askedAt", "caller"], results_per_page=min(limit, 1000))
+        return sorted((as_utc(row["askedAt"]), row["caller"]) for row in itertools.islice(rows, limit))
 
     @store_errors
     def pending_completions(self) -> list[TargetState]:
@@ -349,6 +408,16 @@ class StateStore(TableStore):
         )
         return [dict(row) for row in _take(rows, limit)]
 
+    @store_errors
+    def count_asks(self, key: str, pending_id: str, limit: int = 1000) -> int:
+        """How many callers joined a pending sync, counted up to ``limit`` (one round trip for at
+        most 1,000; only RowKeys come back)."""
+        prefix = f"{ASK_PREFIX}{pending_id}-"
+        rows = self._table.query_entities("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                                          parameters={"pk": key, "lo": prefix, "hi": prefix[:-1] + "."},
+                                          select=["RowKey"], results_per_page=min(limit, 1000))
+        return sum(1 for _ in itertools.islice(rows, limit))  # islice: no request for a next page
+
 
 def _take(rows: Any, limit: int) -> Iterator[Any]:
     for index, row in enumerate(rows):
@@ -370,19 +439,12 @@ def table_client(settings_storage: Any, table_name: str, credential_factory: Cal
         # The SDK parses the connection string; its endpoint decides the proxy settings.
         endpoint = TableServiceClient.from_connection_string(settings_storage.connection_string).url
         service = TableServiceClient.from_connection_string(
-            settings_storage.connection_string, **options, **_proxy_options(endpoint)
+            settings_storage.connection_string, **options, **azure_options(endpoint)
         )
     else:
         credential = credential_factory(settings_storage.client_id if settings_storage.use_managed_identity else None)
         service = TableServiceClient(
             endpoint=settings_storage.table_service_uri, credential=credential,
-            **options, **_proxy_options(settings_storage.table_service_uri),
+            **options, **azure_options(settings_storage.table_service_uri),
         )
     return service.get_table_client(table_name)
-
-
-def _proxy_options(endpoint: str) -> dict[str, Any]:
-    """Read proxy settings from the environment once for our one endpoint, not on every request
-    (requests re-reads the whole environment per call, a large share of a fan-out's CPU)."""
-    proxies = requests.utils.get_environ_proxies(endpoint)
-    return {"use_env_settings": False, **({"proxies": proxies} if proxies else {})}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .answers import parse_graph_time
 from .errors import GraphResourceNotFound, UpstreamError
 from .graph import GraphClient, GraphResponse
 from .model import Clock, utcnow
@@ -130,8 +131,8 @@ class Target(ABC):
         return None
 
     @abstractmethod
-    def sync(self, unit: Unit, sync_type: str | None) -> GraphResponse:
-        """Send the sync action; any HTTP status comes back."""
+    def sync(self, unit: Unit, sync_type: str | None, deadline: float | None = None) -> GraphResponse:
+        """Send the sync action, ending before ``deadline`` (monotonic); any HTTP status comes back."""
 
     def cooldown_end_without_retry_after(self, now: datetime) -> datetime:
         """When Graph said 429 without Retry-After: our best estimate of the window's end."""
@@ -149,8 +150,8 @@ class Target(ABC):
 class AutopilotTarget(Target):
     name = "autopilot"
 
-    def sync(self, unit: Unit, sync_type: str | None) -> GraphResponse:
-        return self.graph.post(f"{AUTOPILOT_SETTINGS}/sync")
+    def sync(self, unit: Unit, sync_type: str | None, deadline: float | None = None) -> GraphResponse:
+        return self.graph.post(f"{AUTOPILOT_SETTINGS}/sync", deadline=deadline)
 
     def cooldown_end_without_retry_after(self, now: datetime) -> datetime:
         # "429 if called within 10 minutes of the previous sync": ask Graph when that was.
@@ -190,8 +191,8 @@ class ManagedGooglePlayTarget(Target):
         bind = settings.get("bindStatus")
         return None if bind in ("bound", "boundAndValidated") else Skip(unit, f"Managed Google Play is not bound (bindStatus {bind!r})")
 
-    def sync(self, unit: Unit, sync_type: str | None) -> GraphResponse:
-        return self.graph.post(f"{MANAGED_GOOGLE_PLAY}/syncApps")
+    def sync(self, unit: Unit, sync_type: str | None, deadline: float | None = None) -> GraphResponse:
+        return self.graph.post(f"{MANAGED_GOOGLE_PLAY}/syncApps", deadline=deadline)
 
     def completion(self, unit: Unit, since: datetime) -> Completion:
         settings = self.read(MANAGED_GOOGLE_PLAY, "reading Managed Google Play settings")
@@ -247,8 +248,9 @@ class ListedTarget(Target):
         result = self._unit_or_skip(self._item(unit))
         return result if isinstance(result, Skip) else None
 
-    def sync(self, unit: Unit, sync_type: str | None) -> GraphResponse:
-        return self.graph.post(f"{self.collection}/{unit.item_id}/{self.action}", json=self.sync_body(sync_type))
+    def sync(self, unit: Unit, sync_type: str | None, deadline: float | None = None) -> GraphResponse:
+        return self.graph.post(f"{self.collection}/{unit.item_id}/{self.action}", json=self.sync_body(sync_type),
+                               deadline=deadline)
 
     def completion(self, unit: Unit, since: datetime) -> Completion:
         return self.completion_of(self._item(unit), since)
@@ -405,15 +407,7 @@ def _pick(item: dict[str, Any], *names: str) -> dict[str, Any]:
     return {name: item.get(name) for name in names}
 
 
-def _parse_time(value: Any) -> datetime | None:
-    """Graph's DateTimeOffset; its "0001-01-01" placeholder means never."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return None if parsed.year <= 1 else parsed
+_parse_time = parse_graph_time  # offset-less timestamps are UTC; nonsense means "never"
 
 
 TARGETS: dict[str, type[Target]] = {

@@ -97,7 +97,7 @@ def managed_identity_env(identity_server: IdentityEmulator, monkeypatch: pytest.
 @pytest.fixture
 def graph(graph_server: GraphEmulator, identity_server: IdentityEmulator) -> GraphEmulator:
     graph_server.reset()
-    identity_server.configure(roles=list(ALL_ROLES), failing=False, lifetimeSeconds=3600, resetStats=True)
+    identity_server.configure(roles=list(ALL_ROLES), failing=False, lifetimeSeconds=3600, hangSeconds=0, resetStats=True)
     return graph_server
 
 

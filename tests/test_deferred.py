@@ -12,7 +12,7 @@ import requests
 from azure.storage.queue import QueueClient
 
 from conftest import advance, sync_posts
-from shared.deferred import MAX_RESCHEDULES, PendingFire
+from shared.deferred import BACKOFF_MAX, PendingFire
 from shared.model import Outcome, SyncRequest, Trigger
 from shared.settings import Settings
 from shared.state import Attempt, StateStore, table_client
@@ -121,19 +121,54 @@ def test_a_graph_429_at_firing_reschedules_from_retry_after(service, graph, cloc
     assert queued(env) == 2  # the original message (fired in this test by hand) and the rescheduled one
 
 
-def test_reschedules_are_bounded(service, graph, clock):
+def test_a_deferred_sync_backs_off_through_graph_503s_doubling_from_ten_seconds(service, graph, clock):
     service.sync(SyncRequest("autopilot"))
     service.sync(DEFER)
-    requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 409, "times": 50}], timeout=5)
-    for step in range(1, MAX_RESCHEDULES + 2):
-        advance(clock, graph, 601)
+    advance(clock, graph, 601)
+    requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 503, "times": 40}], timeout=5)
+    waits = []
+    for _ in range(7):
+        before = clock.now
         result = service.fire(pending_fire(service))
-        assert result.outcome is Outcome.IN_PROGRESS and result.graph_status == 409
-        assert len(sync_posts(graph)) == 1 + step  # one POST per firing, never more
+        assert result.outcome is Outcome.FAILED and result.error_code == "GraphUnavailable"
         state = service.store.read("autopilot")
-        if step <= MAX_RESCHEDULES:
-            assert state.pending_reschedules == step
-    assert state.pending_id is None  # given up after MAX_RESCHEDULES, and logged
+        waits.append(round((state.pending_at - before).total_seconds()))
+        advance(clock, graph, waits[-1])
+    assert waits == [10, 20, 40, 80, 160, 300, 300]
+    assert state.pending_id is not None  # ~15 minutes of outage: still pending
+
+
+def test_a_deferred_sync_refused_past_its_budget_is_given_up_shown_in_status_and_notified(make_service, graph, clock, sink):
+    service = make_service(NOTIFY_URL=sink.url)
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    advance(clock, graph, 601)
+    requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 503, "times": 200}], timeout=5)
+    firings = 0
+    while service.store.read("autopilot").pending_id is not None:
+        service.fire(pending_fire(service))
+        firings += 1
+        advance(clock, graph, BACKOFF_MAX.total_seconds())
+        assert firings < 40
+    state = service.store.read("autopilot")
+    assert firings > 10  # about an hour of back-off, not three quick retries
+    assert state.pending_failed_at is not None and "deadline" in state.pending_failure
+    assert "GraphUnavailable" in state.pending_failure or "unavailable" in state.pending_failure
+    unit = next(u for t in service.status()["targets"] for u in t["units"] if u["target"] == "autopilot")
+    assert unit["deferred"]["gaveUpAt"] and "deadline" in unit["deferred"]["reason"]
+    service.notifier.flush(timeout=10)
+    assert any(n["event"] == "syncFailed" and "given up" in n["message"] for n in sink.wait_for(2))
+
+
+def test_a_deferred_sync_that_graph_refuses_for_good_is_given_up_at_once(make_service, graph, clock, sink):
+    service = make_service(NOTIFY_URL=sink.url)
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    advance(clock, graph, 601)
+    requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 403, "times": 5}], timeout=5)
+    assert service.fire(pending_fire(service)).error_code == "GraphAccessDenied"
+    state = service.store.read("autopilot")
+    assert state.pending_id is None and "GraphAccessDenied" in state.pending_failure or "refused" in state.pending_failure
 
 
 def test_a_message_of_an_earlier_generation_is_ignored(service, graph, clock):

@@ -47,7 +47,8 @@ def test_sync_and_wait_answers_202_with_an_absolute_location_and_retry_after(app
 @pytest.mark.parametrize(
     "headers,app_settings,expected",
     [
-        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "sync.contoso.com"}, {}, "https://sync.contoso.com/api/operations/"),
+        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "sync.contoso.com"}, {"TRUSTED_FORWARDED_HOSTS": "sync.contoso.com"},
+         "https://sync.contoso.com/api/operations/"),
         ({}, {"WEBSITE_HOSTNAME": "func-abc.azurewebsites.net"}, "https://func-abc.azurewebsites.net/api/operations/"),
     ],
     ids=["behind a proxy", "on Azure"],

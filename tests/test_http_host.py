@@ -45,3 +45,11 @@ def test_a_declared_oversize_body_gets_413_and_no_graph_call(host, graph):
 def test_an_unknown_route_gets_a_json_404(host, graph):
     got, content_type, _ = raw(host, "GET", "/api/users")
     assert got == 404 and content_type == "application/json"
+
+
+@pytest.mark.parametrize("body", [b"[" * 1100, b'{"":[' * 600], ids=["arrays", "objects"])
+def test_deeply_nested_json_gets_400_not_500(host, graph, body):
+    assert len(body) < 4096  # under the size limit: the nesting alone must be refused
+    got, content_type, payload = raw(host, "POST", "/api/sync/exchange", body, {"Content-Type": "application/json"})
+    assert got == 400 and content_type == "application/json" and b"InvalidJson" in payload
+    assert graph_calls(graph) == []

@@ -168,14 +168,26 @@ def test_graph_503_then_204_is_started_after_a_retry(service, graph):
     assert [c["status"] for c in sync_posts(graph)] == [503, 204]
 
 
-def test_graph_timeouts_fail_as_unavailable_without_a_cooldown(service, graph):
+def test_a_sync_post_that_times_out_starts_the_cooldown_and_is_recorded_as_ambiguous(service, graph):
     faults(graph, {"pathContains": "/sync", "delaySeconds": 2.5, "times": 10})
     result = one(service.sync(AUTOPILOT))
-    assert result.outcome is Outcome.FAILED and result.failure_status == 503
-    assert "timed out" in result.message
-    assert service.store.read("autopilot").next_allowed_at is None  # a retry may go ahead
-    time.sleep(2.6)  # the emulator answers the slow request eventually; it must be the only one
+    assert result.outcome is Outcome.STARTED and "may have started" in result.message
+    assert result.next_allowed_at is not None
+    [row] = service.store.history("autopilot")
+    assert row["ambiguous"] is True and row["outcome"] == "started" and "timed out" in row["error"]
+    time.sleep(2.6)  # Graph performs the slow request; the caller's retry must not send another
+    assert one(service.sync(AUTOPILOT)).outcome is Outcome.COOLDOWN
     assert len(sync_posts(graph)) == 1
+
+
+def test_graph_not_reachable_fails_as_unavailable_without_a_cooldown(make_service, graph):
+    from emulators.azurite import free_port
+
+    service = make_service(GRAPH_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    result = one(service.sync(AUTOPILOT))
+    assert result.outcome is Outcome.FAILED and result.failure_status == 503 and "could not be reached" in result.message
+    assert service.store.read("autopilot").next_allowed_at is None  # nothing was sent: a retry may go ahead
+    assert service.store.history("autopilot")[0].get("ambiguous") is None
 
 
 def test_token_endpoint_down_is_503_and_frees_the_unit(service, graph, identity_server):

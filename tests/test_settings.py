@@ -99,3 +99,100 @@ def test_every_problem_is_reported_at_once():
 def test_a_lease_shorter_than_the_slowest_graph_call_is_refused():
     found = problems({**STORAGE, "GRAPH_TIMEOUT_SECONDS": "60", "SYNC_LEASE_SECONDS": "180"})
     assert "GRAPH_TIMEOUT_SECONDS=60" in found["SYNC_LEASE_SECONDS"]
+
+
+# --- upper bounds (issue #10, item 11): every numeric setting has a documented maximum ---------
+
+from shared.settings import DEFAULTS, NUMERIC_SETTINGS  # noqa: E402
+
+
+def too_big(name: str) -> str:
+    bounds = NUMERIC_SETTINGS[name]
+    return str(int(bounds.maximum) + 1) if bounds.whole else str(bounds.maximum + 0.5)
+
+
+def setting_env(name: str, value: str) -> dict[str, str]:
+    """``value`` for ``name``, shaped as that setting takes it (HEALTH_THRESHOLDS is per target)."""
+    if name == "HEALTH_THRESHOLDS":
+        return {name: f"vpp=1:{value}"}
+    if name == "HEALTH_WARNING_HOURS":  # must stay below the unhealthy hours
+        return {name: value, "HEALTH_UNHEALTHY_HOURS": "8760"}
+    return {name: value}
+
+
+# Settings read through NUMERIC_SETTINGS by number(); the others (read by _bounded) take int()'s syntax.
+STRICT_SYNTAX = set(NUMERIC_SETTINGS) - {"STATUS_DEADLINE_SECONDS", "HISTORY_RETENTION_DAYS"}
+BAD_NUMBERS = [
+    (name, value)
+    for name in NUMERIC_SETTINGS
+    for value in (too_big(name), "1000000000000", "1e12", "inf", "-inf", "nan", "1e400", "1_000")
+    if value != "1_000" or name in STRICT_SYNTAX
+]
+
+
+@pytest.mark.parametrize("name,value", BAD_NUMBERS, ids=[f"{n}={v}" for n, v in BAD_NUMBERS])
+def test_a_huge_or_non_finite_number_is_refused_by_its_setting_name(name, value):
+    found = problems({**STORAGE, **setting_env(name, value)})
+    assert name in found and value in found[name], found
+    assert set(found) == {name}  # and only it: no follow-on complaint about another setting
+
+
+@pytest.mark.parametrize("name", list(NUMERIC_SETTINGS))
+def test_the_maximum_itself_is_accepted(name):
+    bounds = NUMERIC_SETTINGS[name]
+    top = str(int(bounds.maximum)) if bounds.whole else f"{bounds.maximum:g}"
+    env = {**STORAGE, **setting_env(name, top)}
+    if name == "HEALTH_UNHEALTHY_HOURS":
+        env["HEALTH_WARNING_HOURS"] = "24"
+    if name == "HEALTH_WARNING_HOURS":  # below the unhealthy hours, which are at their maximum
+        env[name] = f"{bounds.maximum - 0.5:g}"
+    if name == "GRAPH_TIMEOUT_SECONDS":
+        env["SYNC_LEASE_SECONDS"] = "3600"  # a longer Graph timeout needs a longer lease
+    Settings.from_env(env)
+
+
+def test_the_bounds_are_the_documented_ones():
+    assert {n: b.maximum for n, b in NUMERIC_SETTINGS.items() if n.endswith("_COOLDOWN_SECONDS")} == {
+        n: 604800 for n in NUMERIC_SETTINGS if n.endswith("_COOLDOWN_SECONDS")
+    }
+    assert len([n for n in NUMERIC_SETTINGS if n.endswith("_COOLDOWN_SECONDS")]) == 6
+    assert NUMERIC_SETTINGS["SYNC_LEASE_SECONDS"].maximum == 3600
+    assert NUMERIC_SETTINGS["SYNC_WAIT_TIMEOUT_SECONDS"].maximum == 86400
+    assert NUMERIC_SETTINGS["GRAPH_TIMEOUT_SECONDS"].maximum == 120
+    assert NUMERIC_SETTINGS["HEALTH_WARNING_HOURS"].maximum == NUMERIC_SETTINGS["HEALTH_UNHEALTHY_HOURS"].maximum == 8760
+    assert NUMERIC_SETTINGS["TOKEN_EXPIRY_WARNING_DAYS"].maximum == 365
+
+
+def test_every_numeric_setting_has_bounds_and_its_default_is_inside_them():
+    numeric = {name for name, default in DEFAULTS.items() if default.replace(".", "", 1).isdigit()}
+    assert numeric <= set(NUMERIC_SETTINGS)
+    for name, bounds in NUMERIC_SETTINGS.items():
+        if name in DEFAULTS and DEFAULTS[name]:
+            assert bounds.minimum <= float(DEFAULTS[name]) <= bounds.maximum, name
+
+
+def test_a_whole_number_setting_takes_plain_digits_only():
+    for value in ("600.0", "6e2", "٦٠٠", " 0x258"):
+        assert "AUTOPILOT_COOLDOWN_SECONDS" in problems({**STORAGE, "AUTOPILOT_COOLDOWN_SECONDS": value}), value
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("AUTOPILOT_COOLDOWN_SECONDS", "1000000000000"),
+        ("EXCHANGE_COOLDOWN_SECONDS", "604801"),
+        ("SYNC_LEASE_SECONDS", "1000000000000"),
+        ("SYNC_WAIT_TIMEOUT_SECONDS", "86401"),
+        ("HEALTH_WARNING_HOURS", "nan"),
+        ("HEALTH_UNHEALTHY_HOURS", "inf"),
+        ("HEALTH_THRESHOLDS", "vpp=1:inf"),
+        ("TOKEN_EXPIRY_WARNING_DAYS", "366"),
+        ("GRAPH_TIMEOUT_SECONDS", "nan"),
+    ],
+)
+def test_health_answers_503_naming_an_out_of_bounds_setting(app_env, monkeypatch, name, value):
+    from conftest import call
+
+    monkeypatch.setenv(name, value)
+    status, _, body = call("GET", "health")
+    assert status == 503 and body["status"] == "unhealthy" and name in body["problems"], body
