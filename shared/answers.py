@@ -14,7 +14,7 @@ from typing import Any
 # The longest wait any Retry-After may impose on a unit. Graph's own windows are minutes; a
 # header asking for more is clamped so that one odd answer can never lock a unit for years.
 MAX_RETRY_AFTER_SECONDS = 24 * 3600
-_DELTA_SECONDS = re.compile(r"^\s*(\d{1,20})\s*$")  # RFC 9110: 1*DIGIT, nothing else
+_DELTA_SECONDS = re.compile(r"^[ \t]*([0-9]{1,20})[ \t]*$")  # RFC 9110: 1*DIGIT, nothing else
 
 
 def parse_retry_after(raw: str | None, now: datetime) -> float | None:

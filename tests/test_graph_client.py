@@ -107,6 +107,64 @@ def test_a_sync_post_that_times_out_is_not_sent_again(client, graph):
     assert len(graph_calls(graph, "POST")) == 1
 
 
+def test_a_sync_post_that_timed_out_is_reported_as_maybe_sent(client, graph):
+    faults(graph, {"method": "POST", "pathContains": "/sync", "delaySeconds": 1.5, "times": 1})
+    with pytest.raises(GraphUnavailable) as raised:
+        client.post(SYNC)
+    assert raised.value.maybe_sent is True
+
+
+def test_a_sync_post_to_a_host_that_refuses_connections_is_provably_not_sent(graph, identity_server):
+    dead = GraphClient(f"http://127.0.0.1:{free_port()}", make_credential(None), f"{graph.base_url}/.default", retry=FAST_RETRY)
+    with pytest.raises(GraphUnavailable) as raised:
+        dead.post(SYNC)
+    assert raised.value.maybe_sent is False
+
+
+def test_under_a_deadline_no_retry_starts_that_could_not_end_before_it(client, graph):
+    faults(graph, {"method": "POST", "pathContains": "/sync", "status": 503, "delaySeconds": 0.8, "times": 10})
+    started = time.monotonic()
+    response = client.post(SYNC, deadline=started + 2.5)  # an attempt may take 2 s (1 s connect + 1 s read)
+    assert response.status == 503 and time.monotonic() - started < 2.5
+    assert len(graph_calls(graph, "POST")) == 1  # a second attempt could have ended past the deadline
+
+
+def test_without_a_deadline_the_same_faults_are_retried(client, graph):
+    faults(graph, {"method": "POST", "pathContains": "/sync", "status": 503, "delaySeconds": 0.1, "times": 10})
+    assert client.post(SYNC).status == 503
+    assert len(graph_calls(graph, "POST")) == 1 + FAST_RETRY.retries
+
+
+def test_a_401_with_no_time_left_for_a_new_token_and_a_resend_stands(client, graph, identity_server):
+    from shared.graph import TOKEN_WORST_CASE_SECONDS
+
+    assert client.get(AUTOPILOT).status == 200
+    requests.post(f"{graph.base_url}/_emulator/config", json={"revokeTokens": True}, timeout=5)
+    response = client.post(SYNC, deadline=time.monotonic() + TOKEN_WORST_CASE_SECONDS)
+    assert response.status == 401 and identity_server.token_requests == 1
+    assert [c["status"] for c in graph_calls(graph, "POST")] == [401]  # provably nothing started
+
+
+def test_a_401_with_time_left_gets_a_new_token_and_is_resent(client, graph, identity_server):
+    from shared.graph import TOKEN_WORST_CASE_SECONDS
+
+    assert client.get(AUTOPILOT).status == 200
+    requests.post(f"{graph.base_url}/_emulator/config", json={"revokeTokens": True}, timeout=5)
+    assert client.post(SYNC, deadline=time.monotonic() + TOKEN_WORST_CASE_SECONDS + 10).status == 204
+    assert [c["status"] for c in graph_calls(graph, "POST")] == [401, 204]
+
+
+def test_a_token_request_to_a_hanging_identity_endpoint_ends_in_bounded_time(graph, identity_server):
+    from shared.graph import TOKEN_WORST_CASE_SECONDS
+
+    identity_server.configure(hangSeconds=12, hangTimes=2)  # longer than the 10 s read timeout, twice
+    fresh = GraphClient(graph.base_url, make_credential(None), f"{graph.base_url}/.default", retry=FAST_RETRY)
+    started = time.monotonic()
+    with pytest.raises(TokenUnavailable):
+        fresh.ensure_token()
+    assert time.monotonic() - started <= TOKEN_WORST_CASE_SECONDS
+
+
 def test_a_sync_post_is_retried_when_the_connection_fails(graph, identity_server):
     dead = GraphClient(f"http://127.0.0.1:{free_port()}", make_credential(None), f"{graph.base_url}/.default", retry=FAST_RETRY)
     with pytest.raises(GraphUnavailable, match="could not be reached"):
