@@ -305,8 +305,8 @@ class Settings:
         if ca_problem:
             problems[ca_problem[0]] = ca_problem[1]
         # Well inside the 230 s that the platform allows an HTTP call.
-        status_deadline = _bounded(get, "STATUS_DEADLINE_SECONDS", 1, 200, "seconds", problems)
-        retention_days = _bounded(get, "HISTORY_RETENTION_DAYS", 1, 3650, "days", problems)
+        status_deadline = integer("STATUS_DEADLINE_SECONDS")
+        retention_days = integer("HISTORY_RETENTION_DAYS")
 
         timeout = number("GRAPH_TIMEOUT_SECONDS", get("GRAPH_TIMEOUT_SECONDS"), problems) or 30.0
 
@@ -359,19 +359,6 @@ class Settings:
             notify_urls=notify_urls,
             notify_format=notify_format,
         )
-
-
-def _bounded(get: Callable[[str], str], name: str, minimum: int, maximum: int, unit: str, problems: dict[str, str]) -> int:
-    """A whole number in [minimum, maximum]; the default when it is not."""
-    raw = get(name)
-    try:
-        value = int(raw)
-        if minimum <= value <= maximum:
-            return value
-    except ValueError:
-        pass
-    problems[name] = f"must be a whole number of {unit} from {minimum} to {maximum}, got {raw!r}"
-    return int(DEFAULTS[name])
 
 
 def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> tuple[tuple[str, float, float], ...]:

@@ -140,4 +140,4 @@ def test_the_deadline_setting_stays_inside_the_platforms_230_s(value, ok):
     else:
         with pytest.raises(SettingsError) as caught:
             Settings.from_env(env)
-        assert "from 1 to 200" in caught.value.problems["STATUS_DEADLINE_SECONDS"]
+        assert caught.value.problems["STATUS_DEADLINE_SECONDS"]  # named; the wording is test_settings' concern
