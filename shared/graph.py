@@ -104,7 +104,9 @@ class _GraphRetry(Retry):
             return False
         return super().is_retry(method, status_code, has_retry_after)
 
-    def increment(self, method: str | None = None, url: str | None = None, *args: Any, **kwargs: Any) -> Retry:
+    def increment(  # type: ignore[override]
+        self, method: str | None = None, url: str | None = None, *args: Any, **kwargs: Any
+    ) -> Retry:
         # A write that timed out after it was sent may have been carried out: sending it again
         # could start a second sync. Connect errors (nothing sent) and 5xx answers are retried.
         error = kwargs.get("error")
@@ -171,7 +173,7 @@ class GraphResponse:
         detail = f"Graph answered {self.status}" + (f" {self.error_code}" if self.error_code else "")
         if self.error_message:
             detail += f": {self.error_message}"
-        context = dict(
+        context: dict[str, Any] = dict(
             graph_status=self.status,
             graph_code=self.error_code,
             request_id=self.request_id,

@@ -85,7 +85,7 @@ class OperationStore(TableStore):
             if table_missing(exc):
                 raise
             return None
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(Operation):
             if f.name in ("id", "etag"):
                 continue

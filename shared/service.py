@@ -171,7 +171,7 @@ class SyncService:
             if request.defer:
                 return self._defer(unit, state, refusal, request)
             # A lease can end any moment; a cooldown cannot end before nextAllowedAt.
-            return refusal if state.lease_active(now) else self._remember(refusal)
+            return refusal if state.lease_active(now) else (self._remember(refusal) or refusal)
         skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
         if skip:
             return SyncResult(unit.name, Outcome.SKIPPED, next_allowed_at=state.next_allowed_at, message=skip.reason)
@@ -366,7 +366,7 @@ class SyncService:
         return replace(known, retry_after_seconds=_seconds_until(known.next_allowed_at, now))
 
     def _refusal(self, unit: Unit, state: TargetState, now: datetime) -> SyncResult | None:
-        common = dict(
+        common: dict[str, Any] = dict(
             last_attempt_at=state.last_attempt_at,
             graph_request_id=state.last_graph_request_id,
             client_request_id=state.last_client_request_id,
@@ -501,7 +501,7 @@ class SyncService:
             self.queue.schedule(replace(fire, scheduled_at=state.pending_at), now)  # type: ignore[union-attr]
             return None
         if state.lease_active(now):  # a sync is in flight: look again when its lease ends
-            self._reschedule(unit, fire, state.lease_expires_at + timedelta(seconds=1), counted=False)  # type: ignore[operator]
+            self._reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
             return None
         callers = [state.pending_asked_by or "?"] + [c for _, c in self.store.asks(fire.unit_key, fire.pending_id)]
         request = SyncRequest(
@@ -743,7 +743,7 @@ class SyncService:
         local = {s.key: s for s in self.store.states()}
         asks = {key: 1 + self.store.count_asks(key, s.pending_id) for key, s in local.items() if s.pending_id}
         answers = READS.answers(reads, deadline - (time.monotonic() - started), deadline)
-        targets = []
+        targets: list[dict[str, Any]] = []
         for name in self.targets:
             graph = self._graph_json(name, answers[name], now)
             rows = [s for key, s in local.items() if key == name or key.startswith(f"{name}-")]

@@ -257,7 +257,7 @@ class StateStore(TableStore):
     @store_errors
     def claim(
         self, state: TargetState, now: datetime, lease_seconds: int, hold_until: datetime | None = None,
-        claim_by: str | None = None, claim_sync_type: str | None = None, **identity: str | None,
+        claim_by: str | None = None, claim_sync_type: str | None = None, **identity: Any,
     ) -> Lease | None:
         """Take the in-flight lease if nobody changed the row since ``state`` was read.
 
