@@ -31,7 +31,10 @@ def parse_retry_after(raw: str | None, now: datetime) -> float | None:
         return None
     if when is None:  # pragma: no cover - older Pythons returned None
         return None
-    seconds = (as_utc(when) - now).total_seconds()
+    try:
+        seconds = (as_utc(when) - now).total_seconds()
+    except OverflowError:  # a date at the edge of the calendar: far ahead or far back
+        return float(MAX_RETRY_AFTER_SECONDS) if when.year > now.year else 0.0
     return min(max(0.0, seconds), float(MAX_RETRY_AFTER_SECONDS))
 
 
@@ -42,9 +45,9 @@ def parse_graph_time(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return None if parsed.year <= 1 else as_utc(parsed)
+    except (ValueError, OverflowError):  # OverflowError: year 9999 with a negative offset
         return None
-    return None if parsed.year <= 1 else as_utc(parsed)
 
 
 def as_utc(value: datetime) -> datetime:

@@ -266,13 +266,20 @@ class GraphClient:
             raise ValueError(f"refusing to call Graph with an unsafe path: {path!r}")
         if method not in _READ_METHODS:
             self._writes.acquire()
-        response = self._send(method, path, json, self._get_token(), deadline)
+        # One client-request-id for the logical request, its transport retries and a resend after
+        # a 401, so that history names every request Graph saw.
+        client_request_id = str(uuid.uuid4())
+        response = self._send(method, path, json, self._get_token(), deadline, client_request_id)
         if response.status == 401:
             if deadline is not None and time.monotonic() + TOKEN_WORST_CASE_SECONDS + sum(self._timeout) > deadline:
                 return response  # no time for a new token and a resend: the 401 stands
             claims = _CLAIMS.search(response.headers.get("WWW-Authenticate", ""))
-            token = self._get_token(force=True, claims=claims.group(1) if claims else None)
-            response = self._send(method, path, json, token, deadline)
+            try:
+                token = self._get_token(force=True, claims=claims.group(1) if claims else None)
+            except TokenUnavailable as exc:
+                exc.client_request_id, exc.graph_status = client_request_id, 401
+                raise
+            response = self._send(method, path, json, token, deadline, client_request_id)
         return response
 
     def ensure_token(self) -> None:
@@ -281,9 +288,10 @@ class GraphClient:
         self._get_token()
 
     def _send(
-        self, method: str, path: str, json: Mapping[str, Any] | None, token: str, deadline: float | None = None
+        self, method: str, path: str, json: Mapping[str, Any] | None, token: str, deadline: float | None = None,
+        client_request_id: str = "",
     ) -> GraphResponse:
-        client_request_id = str(uuid.uuid4())
+        client_request_id = client_request_id or str(uuid.uuid4())
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",

@@ -63,6 +63,7 @@ class SyncResult:
     graph_status: int | None = None
     retry_after_seconds: int | None = None
     scheduled_at: datetime | None = None
+    ambiguous: bool = False  # not serialised: Graph may have started the sync without our seeing it
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -180,6 +180,9 @@ class SyncService:
 
         sync_type = request.sync_type or target.default_sync_type
         claimed_at = self.clock()
+        # Every Graph call under this lease ends before it does, with time left to commit: the
+        # deadline counts from before the claim's own round trip, as the lease does.
+        deadline = time.monotonic() + self.settings.lease_seconds - LEASE_MARGIN_SECONDS
         lease_length = timedelta(seconds=self.settings.lease_seconds)
         lease = self.store.claim(
             state, claimed_at, self.settings.lease_seconds,
@@ -195,8 +198,6 @@ class SyncService:
                 message=f"another caller claimed {unit.name} a moment ago; its sync is in flight",
                 retry_after_seconds=IN_FLIGHT_RETRY_AFTER,
             )
-        # Every Graph call under this lease ends before it does, with time left to commit.
-        deadline = time.monotonic() + self.settings.lease_seconds - LEASE_MARGIN_SECONDS
         started = time.perf_counter()
         response: GraphResponse | None = None
         error: UpstreamError | None = None
@@ -261,7 +262,7 @@ class SyncService:
             last_error_code=failure.code if failure else None,
             completion_pending=True if outcome is Outcome.STARTED else state.completion_pending,
         )
-        if outcome is Outcome.STARTED:  # whoever asked for a deferred sync has it now
+        if outcome is Outcome.STARTED and not verdict.ambiguous:  # whoever asked for a deferred sync has it now
             new_state = new_state.without_pending()
         problem = failure or error
         attempt = Attempt(
@@ -290,6 +291,7 @@ class SyncService:
             error_code=failure.code if failure else None, failure_status=failure.http_status if failure else None,
             graph_status=graph_status,
             retry_after_seconds=_retry_after(failure) if failure else _seconds_until(next_allowed, finished),
+            ambiguous=verdict.ambiguous,
         )
         if outcome is not Outcome.FAILED:
             self._remember(self._refusal(unit, new_state, finished))
@@ -455,7 +457,9 @@ class SyncService:
                 else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
             created = self.store.update(replace(
                 state, pending_id=uuid.uuid4().hex, pending_at=at, pending_since=now, pending_asked_by=caller,
-                pending_reschedules=0, pending_deadline=at + DEFERRED_BUDGET,
+                # The budget runs from the end of the window the unit is in (a claim in flight
+                # holds it to its pessimistic end), not from a first look 10 s from now.
+                pending_reschedules=0, pending_deadline=max(at, state.next_allowed_at or at) + DEFERRED_BUDGET,
             ))
             if created is not None:
                 message = f"in cooldown: one sync is scheduled for {iso(at)}"
@@ -514,7 +518,11 @@ class SyncService:
             reason = f"{unit.name} no longer exists in Graph ({exc})"
             self._give_up(unit, fire, reason)
             return SyncResult(unit.name, Outcome.SKIPPED, message=reason)
-        if result.outcome is Outcome.STARTED:
+        if result.outcome is Outcome.STARTED and not result.ambiguous:
+            return result
+        if result.outcome is Outcome.STARTED or result.ambiguous:
+            # Graph may not have started it: the asks stay pending, for the window this attempt opened.
+            self._reschedule(unit, fire, result.next_allowed_at or self.clock() + deferred_backoff(0), counted=False)
             return result
         if result.outcome is Outcome.IN_PROGRESS and result.graph_status is None:  # lost the claim to another caller
             self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False)

@@ -175,7 +175,7 @@ _OUTCOME_FIELDS = ("last_outcome", "last_attempt_at", "last_http_status", "last_
 _STARTED_FIELDS = ("last_started_at", "completion_pending")
 
 
-def _merge(current: TargetState, outcome: TargetState, lease: Lease) -> TargetState:
+def _merge(current: TargetState, outcome: TargetState, lease: Lease, definite: bool = True) -> TargetState:
     """Our outcome on top of a row that others changed while our sync ran.
 
     Our lease is released (another instance's is kept), ``nextAllowedAt`` never moves backwards,
@@ -192,7 +192,7 @@ def _merge(current: TargetState, outcome: TargetState, lease: Lease) -> TargetSt
         merged = merged.without_claim()
     answered = current.pending_since is not None and outcome.last_attempt_at is not None \
         and current.pending_since <= outcome.last_attempt_at
-    return merged.without_pending() if started and answered else merged
+    return merged.without_pending() if started and definite and answered else merged
 
 
 def table_missing(exc: Exception) -> bool:
@@ -328,7 +328,7 @@ class StateStore(TableStore):
                 outcome.last_attempt_at,
             ):
                 return  # our transaction landed; only its answer was lost
-            new_row, etag = _merge(current, outcome, lease), current.etag
+            new_row, etag = _merge(current, outcome, lease, definite=not attempt.ambiguous), current.etag
             log.info("state of %s changed during the sync; merged the outcome", lease.state.key)
         raise StateStoreUnavailable(f"could not record the outcome of {lease.state.key}: the row kept changing")
 

@@ -116,7 +116,7 @@ class Target(ABC):
         return TARGET_ROLES[self.name]
 
     def read(self, path: str, what: str) -> Any:
-        return self.graph.get(path).raise_for_status(what, self.roles).body or {}
+        return _object(self.graph.get(path).raise_for_status(what, self.roles).body)
 
     def units(self, item_id: str | None = None) -> list[Unit | Skip]:
         """What a sync of this target covers. For one named item, no Graph call is made here.
@@ -160,7 +160,7 @@ class AutopilotTarget(Target):
             settings = self.graph.get(AUTOPILOT_SETTINGS)
         except UpstreamError:
             return fallback
-        last = _parse_time((settings.body or {}).get("lastManualSyncTriggerDateTime")) if settings.ok else None
+        last = _parse_time(_object(settings.body).get("lastManualSyncTriggerDateTime")) if settings.ok else None
         if last is None:
             return fallback
         end = last + max(self.cooldown, GRAPH_AUTOPILOT_WINDOW)
@@ -263,7 +263,8 @@ class ListedTarget(Target):
 
     def _items(self) -> list[dict[str, Any]]:
         body = self.read(self.collection, f"listing {self.noun}s")
-        return [item for item in body.get("value", []) if isinstance(item, dict)]
+        items = body.get("value")
+        return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
     def _item(self, unit: Unit) -> dict[str, Any]:
         try:
@@ -374,7 +375,7 @@ class DriverInventoryTarget(ListedTarget):
     collection, action, noun = DRIVER_UPDATE_PROFILES, "syncInventory", "Windows driver update profile"
 
     def view(self, item: dict[str, Any]) -> GraphView:
-        sync = item.get("inventorySyncStatus") or {}
+        sync = _object(item.get("inventorySyncStatus"))
         fields = {"displayName": item.get("displayName"), "driverInventorySyncState": sync.get("driverInventorySyncState"),
                   "lastSuccessfulSyncDateTime": sync.get("lastSuccessfulSyncDateTime")}
         failed = sync.get("driverInventorySyncState") == "failure"
@@ -382,7 +383,7 @@ class DriverInventoryTarget(ListedTarget):
                          "the last inventory sync failed" if failed else None)
 
     def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
-        sync = item.get("inventorySyncStatus") or {}
+        sync = _object(item.get("inventorySyncStatus"))
         raw_last, state = sync.get("lastSuccessfulSyncDateTime"), sync.get("driverInventorySyncState")
         last = _parse_time(raw_last)
         if last is not None and last >= since - CLOCK_SKEW:
@@ -400,11 +401,18 @@ def read_connector_status(graph: GraphClient) -> list[dict[str, Any]] | None:
         return None
     if not response.ok or not isinstance(response.body, dict):
         return None
-    return [c for c in response.body.get("value", []) if isinstance(c, dict)]
+    value = response.body.get("value")
+    return [c for c in value if isinstance(c, dict)] if isinstance(value, list) else None
 
 
 def _pick(item: dict[str, Any], *names: str) -> dict[str, Any]:
     return {name: item.get(name) for name in names}
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object from Graph, or an empty one: a list, string or null where an object belongs
+    is read as "nothing known", never as a crash."""
+    return value if isinstance(value, dict) else {}
 
 
 _parse_time = parse_graph_time  # offset-less timestamps are UTC; nonsense means "never"

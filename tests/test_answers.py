@@ -40,6 +40,10 @@ def test_an_http_date_far_ahead_is_clamped():
     assert parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT", NOW) == MAX_RETRY_AFTER_SECONDS
 
 
+def test_an_http_date_at_the_end_of_the_calendar_is_clamped_not_an_overflow():
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 -1200", NOW) == MAX_RETRY_AFTER_SECONDS
+
+
 def test_a_graph_timestamp_without_an_offset_is_utc():
     assert parse_graph_time("2026-11-25T10:00:00") == datetime(2026, 11, 25, 10, tzinfo=timezone.utc)
 
@@ -52,7 +56,8 @@ def test_graphs_seven_digit_fractions_are_read():
     assert parse_graph_time("2026-11-25T10:00:00.1234567Z") == datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=timezone.utc)
 
 
-@pytest.mark.parametrize("value", ["0001-01-01T00:00:00Z", "", "yesterday", None, 42, ["2026-11-25"], "9" * 100])
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00Z", "", "yesterday", None, 42, ["2026-11-25"], "9" * 100,
+                                   "9999-12-31T23:59:59-12:00"])
 def test_placeholders_and_nonsense_mean_never(value):
     assert parse_graph_time(value) is None
 

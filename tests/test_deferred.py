@@ -171,6 +171,18 @@ def test_a_deferred_sync_that_graph_refuses_for_good_is_given_up_at_once(make_se
     assert state.pending_id is None and "GraphAccessDenied" in state.pending_failure or "refused" in state.pending_failure
 
 
+def test_a_deferred_sync_whose_post_got_no_answer_stays_pending_for_the_next_window(service, graph, clock):
+    service.sync(SyncRequest("autopilot"))
+    service.sync(DEFER)
+    advance(clock, graph, 601)
+    # Graph answers 503 (no sync), but only after our 2 s timeout: we cannot know that.
+    requests.post(f"{graph.base_url}/_emulator/faults", json=[{"method": "POST", "status": 503, "delaySeconds": 3, "times": 1}], timeout=5)
+    result = service.fire(pending_fire(service))
+    assert result.outcome is Outcome.STARTED and result.ambiguous
+    state = service.store.read("autopilot")
+    assert state.pending_id is not None and state.pending_at == result.next_allowed_at  # the asks are not dropped
+
+
 def test_a_message_of_an_earlier_generation_is_ignored(service, graph, clock):
     service.sync(SyncRequest("autopilot"))
     service.sync(DEFER)

@@ -190,6 +190,15 @@ def test_graph_not_reachable_fails_as_unavailable_without_a_cooldown(make_servic
     assert service.store.history("autopilot")[0].get("ambiguous") is None
 
 
+def test_a_sync_post_resent_after_a_401_keeps_one_client_request_id_found_in_history(service, graph):
+    service.graph.ensure_token()
+    configure(graph, revokeTokens=True)
+    assert one(service.sync(AUTOPILOT)).outcome is Outcome.STARTED
+    posts = sync_posts(graph)
+    assert [p["status"] for p in posts] == [401, 204]
+    assert {p["clientRequestId"] for p in posts} == {service.store.history("autopilot")[0]["clientRequestId"]}
+
+
 def test_token_endpoint_down_is_503_and_frees_the_unit(service, graph, identity_server):
     identity_server.configure(failing=True)
     result = one(service.sync(AUTOPILOT))

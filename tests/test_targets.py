@@ -170,3 +170,25 @@ def test_adding_targets_touched_no_trigger_code():
     source = inspect.getsource(function_app)
     assert not [name for name in TARGETS if name in source]
     assert parse_guid(DRIVERS) == DRIVERS
+
+
+# --- nonsense from Graph is "nothing known", never a crash -----------------------------------
+
+
+def test_a_timestamp_at_the_end_of_the_calendar_neither_fails_the_fan_out_nor_status(service, graph):
+    edge = "9999-12-31T23:59:59-12:00"
+    configure(graph, depOnboardingSettings=[
+        {"id": ADE_GOOD, "tokenExpirationDateTime": edge, "lastSuccessfulSyncDateTime": edge},
+        {"id": ADE_EXPIRED, "tokenExpirationDateTime": "2099-01-01T00:00:00Z"},
+    ])
+    results = service.sync(SyncRequest("appleAde"))
+    assert {r.outcome for r in results} == {Outcome.STARTED}
+    apple = next(t for t in service.status()["targets"] if t["target"] == "appleAde")
+    assert len(apple["graph"]) == 2
+
+
+def test_an_object_that_is_not_an_object_reads_as_nothing_known(service, graph):
+    configure(graph, windowsDriverUpdateProfiles=[{"id": DRIVERS, "displayName": "odd", "inventorySyncStatus": "weird"}])
+    drivers = next(t for t in service.status()["targets"] if t["target"] == "driverInventory")
+    assert drivers["graph"][0]["driverInventorySyncState"] is None
+    assert one(service.sync(SyncRequest("driverInventory", item_id=DRIVERS))).outcome is Outcome.STARTED
