@@ -532,9 +532,10 @@ class SyncService:
             later = result.next_allowed_at if result.next_allowed_at and result.next_allowed_at > now else None
             wait = deferred_backoff(state.pending_reschedules or 0, result.retry_after_seconds
                                     if result.outcome is Outcome.FAILED else None)
-            self._reschedule(unit, fire, later or now + wait, reason=result.message)
+            reason = f"{result.error_code}: {result.message}" if result.error_code else result.message
+            self._reschedule(unit, fire, later or now + wait, reason=reason)
         else:
-            self._give_up(unit, fire, f"Graph refused it: {result.message}")  # waiting will not fix a 403
+            self._give_up(unit, fire, f"Graph refused it ({result.error_code}): {result.message}")  # waiting will not fix a 403
         return result
 
     def _reschedule(
