@@ -13,16 +13,23 @@ caller's sync satisfied the asks, finds no matching ``pendingId`` in the row and
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
+from .core import ServiceCore
+from .decisions import IN_FLIGHT_RETRY_AFTER, caller_names, refusal_for, seconds_until
 from .errors import StateStoreUnavailable
-from .model import iso
+from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
+from .notify import Notification
+from .state import UnitState
+from .targets import ItemNotFound, Unit
 
 # A pending sync that Graph keeps refusing (503s, 429s) is retried with back-off for this long
 # after its first due time, then given up (shown in GET /api/sync/status, notified as failed).
@@ -31,6 +38,7 @@ BACKOFF_FIRST, BACKOFF_MAX = timedelta(seconds=10), timedelta(minutes=5)
 # A pending sync whose time passed this long ago without firing (its message was lost to the
 # poison queue, say) is replaced by the next ask rather than joined.
 STALE_PENDING = timedelta(minutes=5)
+log = logging.getLogger(__name__)
 MAX_VISIBILITY = timedelta(days=7)  # the queue service's limit
 
 
@@ -119,3 +127,144 @@ def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[st
     credential = credential_factory(storage.client_id if storage.use_managed_identity else None)
     return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **codecs,
                        **azure_options(storage.queue_service_uri))
+
+
+class DeferredSyncs(ServiceCore):
+    """The service's part that turns refused asks into one pending sync and fires it."""
+
+    def _defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
+        """Turn a refused ask into the unit's one pending sync: join it, or create it."""
+        if self.queue is None:
+            return refusal
+        caller = f"{request.trigger.value}:{request.caller}"
+        for _ in range(5):
+            now = self.clock()
+            if state.pending_id and state.pending_at and state.pending_at > now - STALE_PENDING:
+                self.store.add_ask(unit.key, state.pending_id, caller, now)
+                return self._scheduled(unit, state, f"joined the sync already scheduled for {iso(state.pending_at)}")
+            # None, or a stale one that never fired: schedule afresh. The row first: of racing
+            # first asks one wins this If-Match write and sends the one message; the others read
+            # the row again and join. If we stop before sending, the watcher sends it.
+            at = refusal.next_allowed_at if refusal.next_allowed_at and refusal.next_allowed_at > now \
+                else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
+            created = self.store.update(replace(
+                state, pending_id=uuid.uuid4().hex, pending_at=at, pending_since=now, pending_asked_by=caller,
+                # The budget runs from the end of the window the unit is in (a claim in flight
+                # holds it to its pessimistic end), not from a first look 10 s from now.
+                pending_reschedules=0, pending_deadline=max(at, state.next_allowed_at or at) + DEFERRED_BUDGET,
+            ))
+            if created is not None:
+                message = f"in cooldown: one sync is scheduled for {iso(at)}"
+                if not self._send_fire(created, at):
+                    message += " (its queue message will be sent by the next watcher tick)"
+                return self._scheduled(unit, created, message)
+            state = self.store.read(unit.key)
+            refusal = refusal_for(unit.name, state, self.clock()) or refusal
+        raise StateStoreUnavailable(f"could not record the deferred sync of {unit.name}: the row kept changing")
+
+    def _send_fire(self, state: UnitState, at: datetime) -> bool:
+        """Send the pending sync's message; False (logged) if the queue is unavailable: the row
+        holds the pending sync, and the watcher sends a message for one that is overdue."""
+        fire = PendingFire(state.key, state.target or state.key, state.item_id, state.pending_id or "", at,
+                           state.pending_reschedules or 0)
+        try:
+            self.queue.schedule(fire, self.clock())  # type: ignore[union-attr]
+            return True
+        except StateStoreUnavailable as exc:
+            log.error("deferred sync of %s recorded, but its message was not sent: %s", state.key, exc.message)
+            return False
+
+    def _scheduled(self, unit: Unit, state: UnitState, message: str) -> SyncResult:
+        return SyncResult(unit.name, Outcome.SCHEDULED, next_allowed_at=state.next_allowed_at,
+                          last_attempt_at=state.last_attempt_at, message=message, scheduled_at=state.pending_at,
+                          retry_after_seconds=seconds_until(state.pending_at, self.clock()))
+
+    def fire(self, fire: PendingFire) -> SyncResult | None:
+        """The queue message of a pending sync arrived: run it through the normal claim.
+
+        Returns None when there is nothing to do (a duplicate or stale message, asks already
+        satisfied by another sync, a sync in flight to wait for). While Graph refuses, it backs
+        off (Graph's Retry-After, else 10 s doubling to 5 min) until DEFERRED_BUDGET is spent."""
+        target = self.targets.get(fire.target)
+        state = self.store.read(fire.unit_key)
+        if target is None or state.pending_id != fire.pending_id or (state.pending_reschedules or 0) != fire.generation:
+            log.info("deferred sync %s: message %s/%d is stale or a duplicate; nothing to do",
+                     fire.unit_key, fire.pending_id, fire.generation)
+            return None
+        unit = Unit(fire.target, fire.item_id)
+        now = self.clock()
+        if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
+            self.queue.schedule(replace(fire, scheduled_at=state.pending_at), now)  # type: ignore[union-attr]
+            return None
+        if state.lease_active(now):  # a sync is in flight: look again when its lease ends
+            self._reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
+            return None
+        callers = [state.pending_asked_by or "?"] + [c for _, c in self.store.asks(fire.unit_key, fire.pending_id)]
+        request = SyncRequest(
+            fire.target, fire.item_id, trigger=Trigger.DEFERRED,
+            caller=f"asked by {caller_names(callers)} ({len(callers)} asks since {iso(state.pending_since)})",
+        )
+        try:
+            result = self._run(target, unit, request, state)
+        except ItemNotFound as exc:  # the connector or token was deleted: nothing left to sync
+            reason = f"{unit.name} no longer exists in Graph ({exc})"
+            self._give_up(unit, fire, reason)
+            return SyncResult(unit.name, Outcome.SKIPPED, message=reason)
+        if result.outcome is Outcome.STARTED and not result.ambiguous:
+            return result
+        if result.outcome is Outcome.STARTED or result.ambiguous:
+            # Graph may not have started it: the asks stay pending, for the window this attempt opened.
+            self._reschedule(unit, fire, result.next_allowed_at or self.clock() + deferred_backoff(0), counted=False)
+            return result
+        if result.outcome is Outcome.IN_PROGRESS and result.graph_status is None:  # lost the claim to another caller
+            self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False)
+            return result
+        if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503:
+            now = self.clock()
+            later = result.next_allowed_at if result.next_allowed_at and result.next_allowed_at > now else None
+            wait = deferred_backoff(state.pending_reschedules or 0, result.retry_after_seconds
+                                    if result.outcome is Outcome.FAILED else None)
+            reason = f"{result.error_code}: {result.message}" if result.error_code else result.message
+            self._reschedule(unit, fire, later or now + wait, reason=reason)
+        else:
+            self._give_up(unit, fire, f"Graph refused it ({result.error_code}): {result.message}")  # waiting will not fix a 403
+        return result
+
+    def _reschedule(
+        self, unit: Unit, fire: PendingFire, at: datetime, counted: bool = True, reason: str = ""
+    ) -> None:
+        """Move the pending sync to ``at`` with a new message, or give it up if ``at`` is past its
+        deadline. Only Graph's refusals count (they set the back-off); waiting for a lease or a
+        lost race does not."""
+        for _ in range(5):
+            state = self.store.read(unit.key)
+            if state.pending_id != fire.pending_id:
+                return  # answered meanwhile
+            deadline = state.pending_deadline or (state.pending_since or self.clock()) + DEFERRED_BUDGET
+            if counted and at > deadline:
+                self._give_up(unit, fire, f"still refused at its deadline {iso(deadline)}: {reason}")
+                return
+            reschedules = (state.pending_reschedules or 0) + (1 if counted else 0)
+            moved = self.store.update(replace(state, pending_at=at, pending_reschedules=reschedules))
+            if moved is not None:
+                self.queue.schedule(replace(fire, scheduled_at=at, generation=reschedules), self.clock())  # type: ignore[union-attr]
+                log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), reschedules)
+                return
+        raise StateStoreUnavailable(f"could not reschedule the deferred sync of {unit.name}: the row kept changing")
+
+    def _give_up(self, unit: Unit, fire: PendingFire, reason: str) -> None:
+        """Drop the pending sync for good, say why in its row (GET /api/sync/status), and send a
+        ``syncFailed`` notification: whoever was told ``scheduled`` must hear of it."""
+        for _ in range(5):
+            state = self.store.read(unit.key)
+            if state.pending_id != fire.pending_id:
+                return
+            now = self.clock()
+            given_up = replace(state.without_pending(), pending_failed_at=now, pending_failure=reason[:1000])
+            if self.store.update(given_up) is not None:
+                log.warning("deferred sync of %s given up: %s", unit.name, reason)
+                self._notify(Notification("syncFailed", unit.name, "failed", now,
+                                          f"the deferred sync of {unit.name} was given up: {reason}",
+                                          state.next_allowed_at))
+                return
+        raise StateStoreUnavailable(f"could not give up the deferred sync of {unit.name}: the row kept changing")

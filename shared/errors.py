@@ -75,3 +75,7 @@ class UnexpectedError(UpstreamError):
 
     code = "InternalError"
     http_status = 500
+
+
+class UnknownTarget(LookupError):
+    """A caller named a target that does not exist or is not enabled (HTTP 404)."""

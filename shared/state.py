@@ -45,7 +45,7 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class TargetState:
+class UnitState:
     """The state row of one unit as read, with the ETag that a claim must match."""
 
     key: str
@@ -83,11 +83,11 @@ class TargetState:
     claim_by: str | None = None
     claim_sync_type: str | None = None
 
-    def without_pending(self) -> "TargetState":
+    def without_pending(self) -> "UnitState":
         return replace(self, pending_id=None, pending_at=None, pending_since=None,
                        pending_asked_by=None, pending_reschedules=None, pending_deadline=None)
 
-    def without_claim(self) -> "TargetState":
+    def without_claim(self) -> "UnitState":
         return replace(self, lease_owner=None, lease_expires_at=None, claim_at=None, claim_by=None, claim_sync_type=None)
 
     def orphaned_claim(self, now: datetime) -> bool:
@@ -108,7 +108,7 @@ class TargetState:
         return entity
 
     @classmethod
-    def from_entity(cls, key: str, entity: Any) -> "TargetState":
+    def from_entity(cls, key: str, entity: Any) -> "UnitState":
         values = {}
         for f in fields(cls):
             if f.name in ("key", "etag"):
@@ -122,7 +122,7 @@ class TargetState:
 
 @dataclass(frozen=True)
 class Lease:
-    state: TargetState  # the row as it stands after the claim; its etag is the lease's
+    state: UnitState  # the row as it stands after the claim; its etag is the lease's
     owner: str
     expires_at: datetime
 
@@ -175,7 +175,7 @@ _OUTCOME_FIELDS = ("last_outcome", "last_attempt_at", "last_http_status", "last_
 _STARTED_FIELDS = ("last_started_at", "completion_pending")
 
 
-def _merge(current: TargetState, outcome: TargetState, lease: Lease, definite: bool = True) -> TargetState:
+def _merge(current: UnitState, outcome: UnitState, lease: Lease, definite: bool = True) -> UnitState:
     """Our outcome on top of a row that others changed while our sync ran.
 
     Our lease is released (another instance's is kept), ``nextAllowedAt`` never moves backwards,
@@ -245,18 +245,18 @@ class TableStore:
 class StateStore(TableStore):
 
     @store_errors
-    def read(self, key: str) -> TargetState:
+    def read(self, key: str) -> UnitState:
         try:
             entity = self._table.get_entity(partition_key=key, row_key=STATE_ROW)
         except ResourceNotFoundError as exc:
             if table_missing(exc):
                 raise
-            return TargetState(key=key)
-        return TargetState.from_entity(key, entity)
+            return UnitState(key=key)
+        return UnitState.from_entity(key, entity)
 
     @store_errors
     def claim(
-        self, state: TargetState, now: datetime, lease_seconds: int, hold_until: datetime | None = None,
+        self, state: UnitState, now: datetime, lease_seconds: int, hold_until: datetime | None = None,
         claim_by: str | None = None, claim_sync_type: str | None = None, **identity: Any,
     ) -> Lease | None:
         """Take the in-flight lease if nobody changed the row since ``state`` was read.
@@ -295,7 +295,7 @@ class StateStore(TableStore):
         return Lease(state=replace(claimed, etag=meta["etag"]), owner=owner, expires_at=expires)
 
     @store_errors
-    def commit(self, lease: Lease, outcome: TargetState, attempt: Attempt) -> None:
+    def commit(self, lease: Lease, outcome: UnitState, attempt: Attempt) -> None:
         """Release the lease, record the outcome and append the attempt, atomically.
 
         ``outcome`` is the new state row, its lease cleared. If the row changed during the sync (a
@@ -333,7 +333,7 @@ class StateStore(TableStore):
         raise StateStoreUnavailable(f"could not record the outcome of {lease.state.key}: the row kept changing")
 
     @store_errors
-    def record_orphan(self, state: TargetState, attempt: Attempt) -> TargetState | None:
+    def record_orphan(self, state: UnitState, attempt: Attempt) -> UnitState | None:
         """Record a claim that never recorded its own outcome, and clear it (keeping its
         pessimistic ``nextAllowedAt``). None if the row changed meanwhile (someone else did)."""
         cleared = replace(state.without_claim(), last_outcome=attempt.outcome, last_attempt_at=attempt.attempt_at,
@@ -359,7 +359,7 @@ class StateStore(TableStore):
         self.update(replace(lease.state, lease_owner=None, lease_expires_at=None))
 
     @store_errors
-    def update(self, state: TargetState) -> TargetState | None:
+    def update(self, state: UnitState) -> UnitState | None:
         """Write the row if nobody changed it since it was read; None if somebody did."""
         try:
             meta = self._table.update_entity(
@@ -385,19 +385,19 @@ class StateStore(TableStore):
         return sorted((as_utc(row["askedAt"]), row["caller"]) for row in itertools.islice(rows, limit))
 
     @store_errors
-    def pending_completions(self) -> list[TargetState]:
+    def pending_completions(self) -> list[UnitState]:
         rows = self._table.query_entities("RowKey eq @row and completionPending eq true", parameters={"row": STATE_ROW})
-        return [TargetState.from_entity(row["PartitionKey"], row) for row in rows]
+        return [UnitState.from_entity(row["PartitionKey"], row) for row in rows]
 
     @store_errors
-    def states(self, key_prefix: str = "") -> list[TargetState]:
+    def states(self, key_prefix: str = "") -> list[UnitState]:
         """Every state row, or those whose key starts with ``key_prefix`` (one round trip)."""
         query, parameters = "RowKey eq @row", {"row": STATE_ROW}
         if key_prefix:
             query += " and PartitionKey ge @lo and PartitionKey lt @hi"
             parameters |= {"lo": key_prefix, "hi": key_prefix[:-1] + chr(ord(key_prefix[-1]) + 1)}
         rows = self._table.query_entities(query, parameters=parameters)
-        return [TargetState.from_entity(row["PartitionKey"], row) for row in rows]
+        return [UnitState.from_entity(row["PartitionKey"], row) for row in rows]
 
     @store_errors
     def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -15,13 +15,24 @@ finish on its own (it ends within the Graph client's timeout and retries). Bound
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Hashable
+
+from .core import ServiceCore
+from .errors import UpstreamError
+from .health import Rating, rate, worst
+from .model import iso
+from .state import UnitState
+from .targets import read_connector_status
 
 # 6 targets + connectorStatus per status call; room for a few services (instances of the app
 # object) in one process, each with at most one read per target in flight.
 MAX_READS = 32
+# The key of Intune's connectorStatus among the status call's Graph reads (no target has it).
+_CONNECTOR_STATUS = "connectorStatus"
 
 
 @dataclass(frozen=True)
@@ -86,3 +97,92 @@ class Reads:
 
 
 READS = Reads()
+
+
+class StatusReport(ServiceCore):
+    """GET /api/sync/status: local state next to Graph's own and a health rating."""
+
+    def status(self) -> dict[str, Any]:
+        """Local state next to Graph's own and a health rating, per enabled target and unit.
+
+        Graph is read side by side (shared/status.py) while the table is read, and the answer
+        comes within STATUS_DEADLINE_SECONDS with what is known: a target whose Graph read has
+        not answered by then is reported like a Graph fault, inline and rated unhealthy (error
+        code ``Unavailable``), and ``connectorStatus`` is null. Table reads: the state rows (one
+        query) and one keys-only count per pending sync; no history."""
+        started = time.monotonic()
+        now = self.clock()
+        deadline = self.settings.status_deadline_seconds
+        reads = READS.start_all({
+            **{name: ((target, "graph_status"), target.graph_status) for name, target in self.targets.items()},
+            _CONNECTOR_STATUS: ((self.graph, _CONNECTOR_STATUS), lambda: read_connector_status(self.graph)),
+        })
+        local = {s.key: s for s in self.store.states()}
+        asks = {key: 1 + self.store.count_asks(key, s.pending_id) for key, s in local.items() if s.pending_id}
+        answers = READS.answers(reads, deadline - (time.monotonic() - started), deadline)
+        targets: list[dict[str, Any]] = []
+        for name in self.targets:
+            graph = self._graph_json(name, answers[name], now)
+            rows = [s for key, s in local.items() if key == name or key.startswith(f"{name}-")]
+            targets.append(
+                {
+                    "target": name,
+                    "health": worst([g["health"]["rating"] for g in graph]),
+                    "units": [_state_json(s, now, asks.get(s.key, 0)) for s in sorted(rows, key=lambda s: s.key)],
+                    "graph": graph,
+                }
+            )
+        connectors = answers[_CONNECTOR_STATUS]
+        if isinstance(connectors, BaseException):
+            raise connectors
+        return {
+            "now": iso(now),
+            "health": worst([t["health"] for t in targets]),
+            "targets": targets,
+            "connectorStatus": None if isinstance(connectors, Unavailable) else connectors,
+        }
+
+    def _graph_json(self, name: str, answer: Any, now: datetime) -> list[dict[str, Any]]:
+        """Graph's views of one target, rated; or one entry saying why there are none."""
+        if isinstance(answer, (UpstreamError, Unavailable)):  # same shape as a unit's status: one schema
+            code = answer.code if isinstance(answer, UpstreamError) else "Unavailable"
+            return [{"target": name, "error": {"code": code, "message": answer.message},
+                     "health": Rating("unhealthy", (answer.message,)).to_json()}]
+        if isinstance(answer, BaseException):
+            raise answer
+        warning_hours, unhealthy_hours = self.settings.thresholds(name)
+        return [
+            {"target": view.target, **view.fields,
+             "health": rate(view, now, warning_hours, unhealthy_hours, self.settings.token_expiry_warning_days).to_json()}
+            for view in answer
+        ]
+
+
+def _state_json(state: UnitState, now: datetime, asks: int = 0) -> dict[str, Any]:
+    return {
+        "target": state.key if state.item_id is None else f"{state.target}/{state.item_id}",
+        "lastOutcome": state.last_outcome,
+        "lastAttemptAt": iso(state.last_attempt_at),
+        "lastStartedAt": iso(state.last_started_at),
+        "nextAllowedAt": iso(state.next_allowed_at),
+        "inCooldown": bool(state.next_allowed_at and state.next_allowed_at > now),
+        "lease": {"active": state.lease_active(now), "expiresAt": iso(state.lease_expires_at)}
+        if state.lease_owner
+        else None,
+        "lastHttpStatus": state.last_http_status,
+        "graphRequestId": state.last_graph_request_id,
+        "message": state.last_message,
+        "pending": {"scheduledAt": iso(state.pending_at), "since": iso(state.pending_since), "asks": asks,
+                    "firstAskedBy": state.pending_asked_by, "reschedules": state.pending_reschedules,
+                    "deadline": iso(state.pending_deadline)}
+        if state.pending_id
+        else None,
+        # The last deferred sync that was given up, and why (Graph kept refusing, or the item is gone).
+        "deferred": {"gaveUpAt": iso(state.pending_failed_at), "reason": state.pending_failure}
+        if state.pending_failed_at
+        else None,
+        # A claim whose holder never recorded Graph's answer (shown until the next reader records it).
+        "unrecordedClaim": {"at": iso(state.claim_at), "by": state.claim_by}
+        if state.orphaned_claim(now)
+        else None,
+    }

@@ -9,7 +9,7 @@ import pytest
 from conftest import unreachable_storage
 from shared.retention import history_key_before
 from shared.settings import Settings, SettingsError
-from shared.state import Attempt, TargetState
+from shared.state import Attempt, UnitState
 
 LIVE, OLD = uuid.uuid4().hex, uuid.uuid4().hex  # pending ids: the unit's current one, and one long gone
 CONNECTOR = "exchange-6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
@@ -40,7 +40,7 @@ def history_callers(service, key):
 
 
 def pending_state(service, clock, pending_id=LIVE):
-    state = TargetState(key="autopilot", target="autopilot", next_allowed_at=clock.now + timedelta(minutes=5),
+    state = UnitState(key="autopilot", target="autopilot", next_allowed_at=clock.now + timedelta(minutes=5),
                         pending_id=pending_id, pending_at=clock.now + timedelta(minutes=5), pending_since=clock.now,
                         pending_asked_by="flow:first")
     service.store.read("autopilot")  # creates the table

@@ -1,0 +1,99 @@
+"""What every part of the sync service shares: its clients, its clock and its targets.
+
+The service is assembled from one class per responsibility (shared/service.py), each in the
+module named for it: the claim -> call -> commit pipeline (pipeline), recording attempts
+(recording), deferred syncs (deferred), following syncs to their end (follow) and the status
+document (status). They meet here: the attributes they share, and the few methods one part
+calls on another, declared once.
+"""
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .errors import UnknownTarget
+from .graph import GraphClient
+from .model import Clock, SyncRequest, SyncResult, utcnow
+from .notify import Notification, Notifier
+from .operations import OperationStore
+from .settings import Settings
+from .state import Attempt, Lease, StateStore, UnitState
+from .targets import TARGETS, Target, Unit
+
+if TYPE_CHECKING:
+    from .decisions import Verdict
+    from .deferred import PendingQueue
+    from .errors import UpstreamError
+    from .graph import GraphResponse
+
+
+class ServiceCore:
+    def __init__(
+        self,
+        settings: Settings,
+        graph: GraphClient,
+        store: StateStore,
+        clock: Clock = utcnow,
+        operations: OperationStore | None = None,
+        notifier: Notifier | None = None,
+        queue: PendingQueue | None = None,
+    ):
+        self.settings = settings
+        self.graph = graph
+        self.store = store
+        self.clock = clock
+        self.operations = operations
+        self.notifier = notifier
+        self.queue = queue
+        # Refusals this process has already seen: a cooldown only ever moves forward (Graph's
+        # window stands whatever our table says), so until it ends it can be answered from memory.
+        self._known: dict[str, SyncResult] = {}
+        self._known_lock = threading.Lock()
+        # Attempts whose commit failed (storage down): unit key -> what to commit, retried later.
+        self._unrecorded: dict[str, tuple[Lease, UnitState, Attempt]] = {}
+        self._unrecorded_lock = threading.Lock()
+        self.targets: dict[str, Target] = {
+            name: TARGETS[name](graph, settings.cooldown_seconds(name), settings.exchange_sync_type, clock)
+            for name in settings.sync_targets
+        }
+
+    def target(self, name: str) -> Target:
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise UnknownTarget(
+                f"unknown or disabled target {name!r}; enabled: {', '.join(self.targets)}"
+            ) from None
+
+    # --- what one part calls on another (each is defined by exactly one part) ---------------
+
+    def sync(self, request: SyncRequest) -> list[SyncResult]:
+        raise NotImplementedError  # pipeline
+
+    def _run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
+        raise NotImplementedError  # pipeline
+
+    def _remember(self, refusal: SyncResult | None) -> SyncResult | None:
+        raise NotImplementedError  # pipeline
+
+    def _record(
+        self, unit: Unit, request: SyncRequest, state: UnitState, lease: Lease, verdict: Verdict,
+        response: GraphResponse | None, error: UpstreamError | None, sync_type: str | None, started: float,
+    ) -> SyncResult:
+        raise NotImplementedError  # recording
+
+    def _record_orphan(self, state: UnitState, now: datetime) -> UnitState:
+        raise NotImplementedError  # recording
+
+    def flush_unrecorded(self, key: str | None = None) -> int:
+        raise NotImplementedError  # recording
+
+    def _defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
+        raise NotImplementedError  # deferred
+
+    def _send_fire(self, state: UnitState, at: datetime) -> bool:
+        raise NotImplementedError  # deferred
+
+    def _notify(self, notification: Notification) -> None:
+        raise NotImplementedError  # follow

@@ -1,0 +1,109 @@
+"""The service's decisions, as small pure functions: may this unit sync now, and what did Graph's
+answer mean. No I/O here: they take the state row, the clock reading and Graph's answer, and
+return what to do. Everything that reads or writes lives around them (shared/pipeline.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .errors import UpstreamError
+from .model import Outcome, SyncResult, iso
+from .state import UnitState
+
+# After Graph's 409 ("a sync is already running") without Retry-After: look again in a minute.
+IN_PROGRESS_BACKOFF = timedelta(seconds=60)
+# What to tell a caller who finds another caller's sync in flight (it settles within seconds).
+IN_FLIGHT_RETRY_AFTER = 10
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one attempt means for its unit."""
+
+    outcome: Outcome
+    next_allowed_at: datetime | None
+    message: str
+    ambiguous: bool = False  # Graph may have started a sync without our seeing its answer
+    failure: UpstreamError | None = None
+
+
+def refusal_for(name: str, state: UnitState, now: datetime) -> SyncResult | None:
+    """Why unit ``name`` may not sync now (a sync in flight, or its window), or None if it may."""
+    common: dict[str, Any] = dict(
+        last_attempt_at=state.last_attempt_at,
+        graph_request_id=state.last_graph_request_id,
+        client_request_id=state.last_client_request_id,
+    )
+    if state.lease_active(now):
+        # A claim's nextAllowedAt is its pessimistic hold, not the window: the commit sets that.
+        before = None if state.claim_at else state.next_allowed_at
+        return SyncResult(
+            name, Outcome.IN_PROGRESS, next_allowed_at=before if before and before > now else None,
+            message=f"a sync of {name} is in flight (lease until {iso(state.lease_expires_at)})",
+            retry_after_seconds=IN_FLIGHT_RETRY_AFTER, **common,
+        )
+    if state.next_allowed_at and state.next_allowed_at > now:
+        in_progress = state.last_outcome == Outcome.IN_PROGRESS.value
+        reason = (f"Graph reported a sync of {name} already running; next try allowed at " if in_progress
+                  else f"{name} was synced recently; next sync allowed at ")
+        return SyncResult(
+            name, Outcome.IN_PROGRESS if in_progress else Outcome.COOLDOWN, next_allowed_at=state.next_allowed_at,
+            message=reason + str(iso(state.next_allowed_at)),
+            retry_after_seconds=seconds_until(state.next_allowed_at, now), **common,
+        )
+    return None
+
+
+def graph_answer(
+    name: str, status: int, retry_after: float | None, now: datetime, cooldown: timedelta,
+    window_end: datetime | None = None,
+) -> Verdict | None:
+    """What Graph's answer to a sync POST means: 2xx started, 409 running, 429 cooldown; None for
+    any other status (a failure, which the caller turns into the error naming its cause).
+
+    ``retry_after`` is already sanitised and clamped (shared/answers.py); 0 counts as absent, as it
+    would reopen the window at once. ``window_end`` is the caller's estimate of the window's end
+    for a 429 without Retry-After (else the cooldown from now)."""
+    wait = timedelta(seconds=retry_after) if retry_after else None
+    if 200 <= status < 300:
+        until = now + cooldown
+        return Verdict(Outcome.STARTED, until, f"sync of {name} started; next sync allowed at {iso(until)}")
+    if status == 409:
+        return Verdict(Outcome.IN_PROGRESS, now + (wait or IN_PROGRESS_BACKOFF), f"Graph says a sync of {name} is already running")
+    if status == 429:
+        until = now + wait if wait else window_end or now + cooldown
+        return Verdict(Outcome.COOLDOWN, until,
+                       f"Graph refused: {name} was synced within its cooldown; next sync allowed at {iso(until)}")
+    return None
+
+
+def no_answer(name: str, error: UpstreamError, now: datetime, cooldown: timedelta, before: datetime | None) -> Verdict:
+    """A sync POST that got no usable answer. If it may have reached Graph, it may have started a
+    sync: that opens the window. Otherwise nothing started, and the window stays as it was
+    (``before``, the unit's nextAllowedAt before the claim)."""
+    if error.maybe_sent:
+        until = now + cooldown
+        return Verdict(Outcome.STARTED, until, f"{error.message}; the sync may have started, so the "
+                       f"next sync is allowed at {iso(until)}", ambiguous=True)
+    return Verdict(Outcome.FAILED, before, error.message)
+
+
+def seconds_until(when: datetime | None, now: datetime) -> int | None:
+    """Whole seconds to wait (at least 1), for a Retry-After."""
+    if when is None:
+        return None
+    return max(1, math.ceil((when - now).total_seconds()))
+
+
+def retry_after_of(error: UpstreamError) -> int | None:
+    """Graph's own Retry-After on a failure (already sanitised), in whole seconds."""
+    return math.ceil(error.retry_after_seconds) if error.retry_after_seconds else None
+
+
+def caller_names(callers: list[str], limit: int = 10) -> str:
+    """The distinct callers of a pending sync, for its history row; the first ``limit`` named."""
+    distinct = list(dict.fromkeys(callers))
+    return ", ".join(distinct[:limit]) + (f" and {len(distinct) - limit} more" if len(distinct) > limit else "")

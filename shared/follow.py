@@ -1,0 +1,177 @@
+"""Following a sync to its end: "sync and wait" operations, the watcher tick (which also keeps
+every unit's row honest), notifications, and the retention sweep.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from .core import ServiceCore
+from .errors import StateStoreUnavailable, UpstreamError
+from .model import Outcome, SyncRequest, SyncResult, iso
+from .notify import Notification
+from .operations import Operation
+from .retention import SWEEP_LIMIT, RetentionStore, Swept
+from .state import UnitState
+from .targets import Completion, ItemNotFound, Unit
+
+log = logging.getLogger(__name__)
+
+# A pending sync this far past its time without having fired lost its message: send it again.
+MISSING_MESSAGE_GRACE = timedelta(minutes=2)
+
+
+class Following(ServiceCore):
+    def sync_and_follow(self, request: SyncRequest) -> tuple[SyncResult, Operation | None, str | None]:
+        """Sync one unit; if it started (or one is running), also create an operation that a
+        caller can poll until Graph reports the sync finished. Returns (result, operation, token)."""
+        result = self.sync(request)[0]
+        if result.outcome not in (Outcome.STARTED, Outcome.IN_PROGRESS, Outcome.SCHEDULED) or self.operations is None:
+            return result, None, None
+        target = self.target(request.target)
+        unit = target.units(request.item_id)[0]
+        assert isinstance(unit, Unit)
+        since = (result.last_attempt_at if result.outcome is Outcome.STARTED and result.last_attempt_at
+                 else result.scheduled_at if result.outcome is Outcome.SCHEDULED and result.scheduled_at
+                 else self.clock())
+        operation, token = self.operations.create(
+            unit.name, unit.target, unit.item_id, since,
+            since + timedelta(seconds=self.settings.wait_timeout_seconds), result.message,
+        )
+        return result, operation, token
+
+    def poll(self, operation_id: str, token: str) -> Operation | None:
+        """The operation's current status; None if there is no such operation for this token."""
+        assert self.operations is not None
+        operation = self.operations.get(operation_id)
+        if operation is None or not operation.matches(token):
+            return None
+        if operation.done:
+            return operation
+        now = self.clock()
+        target = self.target(operation.unit_target)
+        unit = Unit(operation.unit_target, operation.item_id)
+        try:
+            completion = target.completion(unit, operation.since)
+        except ItemNotFound as exc:  # deleted in Graph: this sync will never be seen to finish
+            final = replace(operation, status="failed", finished_at=now, message=f"{unit.name} no longer exists in Graph ({exc})")
+            self.operations.finish(final)
+            return final
+        except UpstreamError as exc:  # keep waiting: a blip in Graph is not the sync's failure
+            completion = None
+            message = f"still waiting; Graph status unavailable ({exc.code})"
+        if completion and completion.done:
+            final = replace(
+                operation, status=completion.status, last_sync_date_time=completion.last_sync_date_time,
+                sync_status=completion.sync_status, finished_at=now,
+                message=f"sync of {unit.name} {completion.status} (Graph lastSyncDateTime {completion.last_sync_date_time})",
+            )
+            self.operations.finish(final)
+            self._record_completion(unit, completion)
+            return final
+        if now >= operation.deadline:
+            final = replace(
+                operation, status="timedOut", finished_at=now,
+                message=f"gave up waiting after {self.settings.wait_timeout_seconds} s; Graph still reports the sync running",
+            )
+            self.operations.finish(final)
+            return final
+        if completion:
+            message = f"sync of {unit.name} is running (Graph syncStatus {completion.sync_status})"
+        return replace(operation, message=message, sync_status=completion.sync_status if completion else operation.sync_status)
+
+    def watch(self) -> int:
+        """The watcher tick: keep every unit's row honest, then report finished syncs.
+
+        Records attempts whose commit failed earlier in this process and claims that never
+        recorded their outcome, sends the message of a pending sync that is overdue (its sender
+        stopped before sending it), and, with NOTIFY_URL set, reports syncs Graph shows finished.
+        One unit's fault never stops the others. Returns how many syncs were seen to finish.
+        One table query when there is nothing to do."""
+        self.flush_unrecorded()
+        states = self.store.states()
+        now = self.clock()
+        for state in states:
+            try:
+                self._repair(state, now)
+            except UpstreamError as exc:
+                log.warning("watch: could not repair %s: %s", state.key, exc.message)
+        self.sweep()  # bounded: old history, asks and operations
+        finished = 0
+        if self.notifier is not None and self.notifier.urls:
+            for state in states:
+                if state.completion_pending and state.target in self.targets and state.last_started_at is not None:
+                    finished += self._watch_completion(state)
+            self.notifier.flush()
+        return finished
+
+    def _repair(self, state: UnitState, now: datetime) -> None:
+        if state.orphaned_claim(now):
+            self._record_orphan(state, now)
+        elif self.queue is not None and state.pending_id and state.pending_at and \
+                state.pending_at < now - MISSING_MESSAGE_GRACE:
+            # Overdue: its message was never sent (or was lost). A duplicate is harmless: the
+            # message's pendingId and generation must match, and the claim allows one sync.
+            log.warning("watch: the pending sync of %s is overdue since %s; sending its message again",
+                        state.key, iso(state.pending_at))
+            self._send_fire(state, now)
+
+    def _watch_completion(self, state: UnitState) -> int:
+        unit = Unit(state.target or state.key, state.item_id)
+        try:
+            completion = self.targets[unit.target].completion(unit, state.last_started_at)  # type: ignore[arg-type]
+        except ItemNotFound as exc:
+            self._mark_gone(state, str(exc))
+            return 0
+        except UpstreamError as exc:
+            log.warning("could not read the status of %s: %s", unit.name, exc.message)
+            return 0
+        except Exception:  # a bug or nonsense from Graph for one unit: the others go on
+            log.exception("watch: could not follow %s", unit.name)
+            return 0
+        return int(completion.done and self._record_completion(unit, completion, state))
+
+    def _mark_gone(self, state: UnitState, reason: str) -> None:
+        """The unit's item was deleted in Graph: nothing left to follow; it ends as skipped."""
+        message = f"{state.key} no longer exists in Graph ({reason}); nothing left to follow"
+        if self.store.update(replace(state, completion_pending=False, last_outcome=Outcome.SKIPPED.value,
+                                     last_message=message)) is not None:
+            log.warning("watch: %s", message)
+
+    def _record_completion(self, unit: Unit, completion: Completion, state: UnitState | None = None) -> bool:
+        """Clear the unit's completion flag; whoever clears it sends the one notification."""
+        state = state or self.store.read(unit.key)
+        if not state.completion_pending:
+            return False
+        cleared = self.store.update(
+            replace(state, completion_pending=False, last_completed_at=self.clock(), last_sync_status=completion.sync_status)
+        )
+        if cleared is None:
+            return False  # another poller or the watcher got there first
+        self._notify(
+            Notification(
+                "syncFailed" if completion.status == "failed" else "syncCompleted",
+                unit.name, completion.status, self.clock(),
+                f"Graph reports the sync of {unit.name} {completion.status}",
+                state.next_allowed_at, last_sync_date_time=completion.last_sync_date_time, sync_status=completion.sync_status,
+            )
+        )
+        return True
+
+    def _notify(self, notification: Notification) -> None:
+        if self.notifier is not None:
+            self.notifier.send(notification)
+
+    def sweep(self, limit: int = SWEEP_LIMIT) -> Swept:
+        """Delete expired rows (shared/retention.py): history older than HISTORY_RETENTION_DAYS,
+        asks of pending syncs that are over, operations a day past their deadline or finish. At
+        most ``limit`` deletes. A Table Storage fault is logged, not raised: the next tick sweeps."""
+        try:
+            swept = RetentionStore.of(self.store).sweep(self.clock(), self.settings.history_retention_days, limit)
+        except StateStoreUnavailable as exc:
+            log.warning("sweep skipped: %s", exc.message)
+            return Swept()
+        if swept.total:
+            log.info("sweep deleted %d history, %d ask and %d operation rows", swept.history, swept.asks, swept.operations)
+        return swept

@@ -1,0 +1,203 @@
+"""The claim -> call -> commit pipeline: every trigger's way to Graph.
+
+Per unit: read the state row (1 table round trip) -> refuse from it if the unit is in its window
+or in flight (decisions.refusal; no Graph call) -> get the token -> claim the lease, which also
+holds the window pessimistically (1 round trip, If-Match) -> POST the sync under a deadline ->
+commit outcome and history together (1 round trip; shared/recording.py).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from .core import ServiceCore
+from .decisions import IN_FLIGHT_RETRY_AFTER, Verdict, graph_answer, no_answer, refusal_for, retry_after_of, seconds_until
+from .errors import UnexpectedError, UpstreamError
+from .graph import GraphResponse
+from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
+from .settings import LEASE_MARGIN_SECONDS
+from .state import Lease, UnitState
+from .targets import Skip, Target, Unit
+
+log = logging.getLogger(__name__)
+
+# Side-by-side syncs in a fan-out: with Graph at ~100 ms a call, 25 get 100 connectors done in
+# about half a second, while the WriteLimiter keeps them inside Intune's 100 writes per 20 s.
+FANOUT_WORKERS = 25
+
+
+class SyncPipeline(ServiceCore):
+    def sync(self, request: SyncRequest) -> list[SyncResult]:
+        """Sync what the request names: one unit, or every unit of a target."""
+        target = self.target(request.target)
+        known: dict[str, UnitState] | None = None  # a fan-out's state rows, read in one query
+        try:
+            if target.per_item and request.item_id is None:
+                # A fan-out reads its units' state first (one query): Table Storage down means
+                # no Graph call, and if every known unit is refused, so is the caller.
+                now = self.clock()
+                known = {s.key: s for s in self.store.states(f"{target.name}-")}
+                refusals = [refusal_for(_name_of(s), s, now) for s in known.values()]
+                if refusals and all(refusals) and not request.defer:
+                    return [r for r in refusals if r]
+            planned = target.units(request.item_id)
+        except UpstreamError as exc:  # the state query or listing the items failed
+            return [self._failure(target.name, exc)]
+        if len(planned) <= 1:
+            return [self._run_planned(target, p, request, known) for p in planned]
+        # Items are independent; sync them side by side, bounded so we stay well inside
+        # Intune's write limits.
+        with ThreadPoolExecutor(max_workers=min(FANOUT_WORKERS, len(planned))) as pool:
+            return list(pool.map(lambda p: self._run_planned(target, p, request, known), planned))
+
+    def sync_enabled(self, trigger: Trigger = Trigger.TIMER, caller: str = "timer") -> list[SyncResult]:
+        """Every enabled target; one target's failure never stops the others."""
+        results: list[SyncResult] = []
+        for name in self.targets:
+            try:
+                # A tick inside a cooldown becomes the pending sync rather than being lost.
+                results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller, defer=True)))
+            except Exception as exc:  # isolate: log and go on with the next target
+                log.exception("sync of %s failed unexpectedly", name)
+                results.append(
+                    SyncResult(name, Outcome.FAILED, message=f"unexpected error: {type(exc).__name__}: {exc}",
+                               error_code="InternalError", failure_status=500)
+                )
+        return results
+
+    def _run_planned(
+        self, target: Target, planned: Unit | Skip, request: SyncRequest, known: dict[str, UnitState] | None
+    ) -> SyncResult:
+        if isinstance(planned, Skip):
+            return SyncResult(planned.unit.name, Outcome.SKIPPED, message=planned.reason)
+        try:
+            # After a fan-out's query, a unit without a row has none: no need to read it again.
+            state = None if known is None else known.get(planned.key, UnitState(key=planned.key))
+            return self._run(target, planned, request, state)
+        except UpstreamError as exc:
+            return self._failure(planned.name, exc)
+
+    def _run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
+        """One unit: decide from its state row, claim it, call Graph, record the outcome."""
+        self.flush_unrecorded(unit.key)
+        if not request.defer and request.trigger is not Trigger.DEFERRED:
+            remembered = self._remembered(unit, self.clock())
+            if remembered:
+                return remembered
+        if state is None:
+            state = self.store.read(unit.key)  # else: a fan-out read it already
+        now = self.clock()
+        if state.orphaned_claim(now):
+            state = self._record_orphan(state, now)
+        refusal = refusal_for(unit.name, state, now)
+        if refusal:
+            if request.defer:
+                return self._defer(unit, state, refusal, request)
+            # A lease can end any moment; a cooldown cannot end before nextAllowedAt.
+            return refusal if state.lease_active(now) else (self._remember(refusal) or refusal)
+        skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
+        if skip:
+            return SyncResult(unit.name, Outcome.SKIPPED, next_allowed_at=state.next_allowed_at, message=skip.reason)
+        # The token first: a slow or dead identity endpoint must never hold a lease.
+        self.graph.ensure_token()
+
+        sync_type = request.sync_type or target.default_sync_type
+        claimed_at = self.clock()
+        # Every Graph call under this lease ends before it does, with time left to commit: the
+        # deadline counts from before the claim's own round trip, as the lease does.
+        deadline = time.monotonic() + self.settings.lease_seconds - LEASE_MARGIN_SECONDS
+        lease_length = timedelta(seconds=self.settings.lease_seconds)
+        lease = self.store.claim(
+            state, claimed_at, self.settings.lease_seconds,
+            # Pessimistic: a sync sent at the lease's last moment starts a window that ends here.
+            hold_until=claimed_at + lease_length + target.cooldown,
+            claim_by=f"{request.trigger.value}:{request.caller}"[:200], claim_sync_type=sync_type,
+            target=unit.target, item_id=unit.item_id,
+        )
+        if lease is None:
+            return SyncResult(
+                unit.name,
+                Outcome.IN_PROGRESS,
+                message=f"another caller claimed {unit.name} a moment ago; its sync is in flight",
+                retry_after_seconds=IN_FLIGHT_RETRY_AFTER,
+            )
+        started = time.perf_counter()
+        response: GraphResponse | None = None
+        error: UpstreamError | None = None
+        try:
+            response = target.sync(unit, sync_type, deadline)
+        except UpstreamError as exc:
+            error = exc
+        except Exception as exc:  # a bug: we cannot tell whether Graph got the request
+            log.exception("sync of %s raised unexpectedly", unit.name)
+            error = UnexpectedError(f"unexpected error: {type(exc).__name__}: {exc}", maybe_sent=True)
+        verdict = self._verdict(target, unit, state, lease, response, error)
+        return self._record(unit, request, state, lease, verdict, response, error, sync_type, started)
+
+    def _verdict(
+        self, target: Target, unit: Unit, state: UnitState, lease: Lease,
+        response: GraphResponse | None, error: UpstreamError | None,
+    ) -> Verdict:
+        """What the attempt means for the unit. Never raises: whatever goes wrong while reading
+        Graph's answer, the attempt is still recorded (and the claim's window kept)."""
+        now = self.clock()
+        try:
+            if response is not None:
+                return self._interpret(target, unit, response)
+            assert error is not None
+            return no_answer(unit.name, error, now, target.cooldown, state.next_allowed_at)
+        except UpstreamError as exc:  # raise_for_status on a failure answer
+            return Verdict(Outcome.FAILED, state.next_allowed_at, exc.message, failure=exc)
+        except Exception as exc:
+            log.exception("could not interpret Graph's answer for %s", unit.name)
+            return Verdict(Outcome.FAILED, lease.state.next_allowed_at,
+                           f"could not interpret Graph's answer ({type(exc).__name__}); the unit stays closed "
+                           f"until {iso(lease.state.next_allowed_at)} in case a sync started", ambiguous=True)
+
+    def _remember(self, refusal: SyncResult | None) -> SyncResult | None:
+        """Keep a refusal that rests on nextAllowedAt, to answer the next callers from memory."""
+        if refusal is not None and refusal.next_allowed_at is not None:
+            with self._known_lock:
+                self._known[refusal.target] = refusal
+        return refusal
+
+    def _remembered(self, unit: Unit, now: datetime) -> SyncResult | None:
+        with self._known_lock:
+            known = self._known.get(unit.name)
+            if known is None or known.next_allowed_at is None or known.next_allowed_at <= now:
+                self._known.pop(unit.name, None)
+                return None
+        return replace(known, retry_after_seconds=seconds_until(known.next_allowed_at, now))
+
+    def _interpret(self, target: Target, unit: Unit, response: GraphResponse) -> Verdict:
+        """Graph answered (decisions.graph_answer); a failure status raises the error naming its
+        cause. Only a 429 without Retry-After costs a read: when did Graph's window start?"""
+        now = self.clock()
+        retry_after = response.retry_after_seconds or None
+        window_end = target.cooldown_end_without_retry_after(now) if response.status == 429 and not retry_after else None
+        verdict = graph_answer(unit.name, response.status, retry_after, now, target.cooldown, window_end)
+        if verdict is None:
+            response.raise_for_status(f"the {unit.name} sync", target.roles)
+            raise AssertionError("unreachable")  # raise_for_status raised for every non-2xx
+        return verdict
+
+    def _failure(self, name: str, exc: UpstreamError) -> SyncResult:
+        return SyncResult(
+            name,
+            Outcome.FAILED,
+            graph_request_id=exc.request_id,
+            client_request_id=exc.client_request_id,
+            message=exc.message,
+            error_code=exc.code,
+            failure_status=exc.http_status,
+            graph_status=exc.graph_status,
+            retry_after_seconds=retry_after_of(exc),
+        )
+
+
+def _name_of(state: UnitState) -> str:
+    """The unit name of a state row ("autopilot", "exchange/<id>")."""
+    return Unit(state.target or state.key, state.item_id).name

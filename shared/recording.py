@@ -1,0 +1,142 @@
+"""Recording attempts: the commit of an outcome with its history row, retried; attempts kept in
+the process while storage is down; and claims whose holder never recorded them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime
+
+from .core import ServiceCore
+from .decisions import Verdict, retry_after_of, refusal_for, seconds_until
+from .errors import StateStoreUnavailable, UpstreamError
+from .graph import GraphResponse
+from .model import Outcome, SyncRequest, SyncResult, iso
+from .notify import Notification
+from .state import Attempt, Lease, UnitState
+from .targets import Unit
+
+log = logging.getLogger(__name__)
+
+# A commit that fails is retried this long inside the invocation (then kept in the process).
+COMMIT_BACKOFF = (0.5, 1.0, 2.0, 4.0)
+COMMIT_RETRY_SECONDS = 10.0
+
+
+class Recorder(ServiceCore):
+    def _record(
+        self, unit: Unit, request: SyncRequest, state: UnitState, lease: Lease, verdict: Verdict,
+        response: GraphResponse | None, error: UpstreamError | None, sync_type: str | None, started: float,
+    ) -> SyncResult:
+        """Commit the outcome and its history row, notify, and answer the caller."""
+        outcome, next_allowed, message = verdict.outcome, verdict.next_allowed_at, verdict.message
+        failure = verdict.failure or (error if outcome is Outcome.FAILED else None)
+        finished = self.clock()
+        answer = response if response is not None else error
+        graph_status = answer.status if isinstance(answer, GraphResponse) else error.graph_status if error else None
+        request_id = answer.request_id if answer is not None else None
+        client_request_id = answer.client_request_id if answer is not None else None
+        attempt_at = lease.state.claim_at or finished
+        new_state = replace(
+            lease.state.without_claim(),
+            next_allowed_at=next_allowed,
+            last_outcome=outcome.value,
+            last_attempt_at=attempt_at,
+            last_started_at=attempt_at if outcome is Outcome.STARTED else state.last_started_at,
+            last_http_status=graph_status,
+            last_graph_request_id=request_id,
+            last_client_request_id=client_request_id,
+            last_message=message[:1000],
+            last_error_code=failure.code if failure else None,
+            completion_pending=True if outcome is Outcome.STARTED else state.completion_pending,
+        )
+        if outcome is Outcome.STARTED and not verdict.ambiguous:  # whoever asked for a deferred sync has it now
+            new_state = new_state.without_pending()
+        problem = failure or error
+        attempt = Attempt(
+            attempt_at=attempt_at, finished_at=finished, trigger=request.trigger.value, caller=request.caller[:200],
+            outcome=outcome.value, http_status=graph_status, graph_request_id=request_id,
+            client_request_id=client_request_id, duration_ms=int((time.perf_counter() - started) * 1000),
+            error=(f"{problem.code}: {problem.message}"[:1000] if problem else message[:1000] if verdict.ambiguous else None),
+            sync_type=sync_type, next_allowed_at=next_allowed, ambiguous=verdict.ambiguous or None,
+            attempt_id=lease.owner,
+        )
+        warning = self._commit(lease, new_state, attempt)
+        if warning:
+            message += f" (warning: {warning})"
+        log.info(
+            "sync %s: %s (graph %s, request-id %s) by %s/%s",
+            unit.name, outcome.value, graph_status, request_id, request.trigger.value, request.caller,
+        )
+        if outcome in (Outcome.STARTED, Outcome.FAILED):
+            self._notify(Notification(
+                "syncStarted" if outcome is Outcome.STARTED else "syncFailed",
+                unit.name, outcome.value, finished, message, next_allowed, request_id, client_request_id,
+            ))
+        result = SyncResult(
+            unit.name, outcome, next_allowed_at=next_allowed, last_attempt_at=attempt_at,
+            graph_request_id=request_id, client_request_id=client_request_id, message=message,
+            error_code=failure.code if failure else None, failure_status=failure.http_status if failure else None,
+            graph_status=graph_status,
+            retry_after_seconds=retry_after_of(failure) if failure else seconds_until(next_allowed, finished),
+            ambiguous=verdict.ambiguous,
+        )
+        if outcome is not Outcome.FAILED:
+            self._remember(refusal_for(unit.name, new_state, finished))
+        return result
+
+    def _commit(self, lease: Lease, new_state: UnitState, attempt: Attempt) -> str | None:
+        """Record the attempt, retrying with backoff for a while. If storage stays down the
+        attempt is kept in this process and recorded later (flush_unrecorded); the claim's
+        pessimistic window keeps the unit closed meanwhile. Returns a warning, or None."""
+        began = time.monotonic()
+        for delay in (*COMMIT_BACKOFF, None):
+            try:
+                self.store.commit(lease, new_state, attempt)
+                return None
+            except StateStoreUnavailable as exc:
+                failure = exc
+            if delay is None or time.monotonic() - began + delay > COMMIT_RETRY_SECONDS:
+                break
+            time.sleep(delay)
+        with self._unrecorded_lock:
+            self._unrecorded[lease.state.key] = (lease, new_state, attempt)
+        log.error("could not record the attempt on %s: %s; kept to record later: %s", lease.state.key, failure.message, attempt)
+        return (f"the outcome could not be recorded yet ({failure.message}); the unit stays closed until "
+                f"{iso(lease.state.next_allowed_at)} unless it is recorded sooner")
+
+    def flush_unrecorded(self, key: str | None = None) -> int:
+        """Record attempts whose commit failed earlier in this process (one unit, or all).
+        Returns how many were recorded."""
+        with self._unrecorded_lock:
+            waiting = [(k, v) for k, v in self._unrecorded.items() if key is None or k == key]
+        recorded = 0
+        for unit_key, (lease, new_state, attempt) in waiting:
+            try:
+                self.store.commit(lease, new_state, attempt)
+            except StateStoreUnavailable as exc:
+                log.warning("attempt on %s still not recorded: %s", unit_key, exc.message)
+                continue
+            with self._unrecorded_lock:
+                if self._unrecorded.get(unit_key) == (lease, new_state, attempt):
+                    del self._unrecorded[unit_key]
+            recorded += 1
+        return recorded
+
+    def _record_orphan(self, state: UnitState, now: datetime) -> UnitState:
+        """A claim whose lease ended without an outcome: record it as unknown (it may have
+        started a sync) and clear it, keeping its window. Whoever reads such a row does this."""
+        trigger, _, caller = (state.claim_by or "unknown:?").partition(":")
+        attempt = Attempt(
+            attempt_at=state.claim_at or now, finished_at=now, trigger=trigger, caller=caller, outcome="unknown",
+            error="OutcomeNotRecorded: the instance that claimed this sync did not record Graph's answer (it "
+                  "stopped, or Table Storage failed); the sync may have started",
+            sync_type=state.claim_sync_type, next_allowed_at=state.next_allowed_at, ambiguous=True,
+            attempt_id=state.lease_owner,
+        )
+        recorded = self.store.record_orphan(state, attempt)
+        if recorded is None:
+            return self.store.read(state.key)  # someone else recorded it, or the holder came back
+        log.warning("recorded the unrecorded claim of %s from %s", state.key, iso(state.claim_at))
+        return recorded
