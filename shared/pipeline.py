@@ -82,6 +82,42 @@ class SyncPipeline(ServiceCore):
 
     def _run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
         """One unit: decide from its state row, claim it, call Graph, record the outcome."""
+        gate = self._gate(target, unit, request, state)
+        if isinstance(gate, SyncResult):
+            return gate
+        state = gate
+        sync_type = request.sync_type or target.default_sync_type
+        claimed_at = self.clock()
+        # Every Graph call under this lease ends before it does, with time left to commit: the
+        # deadline counts from before the claim's own round trip, as the lease does.
+        deadline = time.monotonic() + self.settings.lease_seconds - LEASE_MARGIN_SECONDS
+        lease = self.store.claim(
+            state, claimed_at, self.settings.lease_seconds,
+            # Pessimistic: a sync sent at the lease's last moment starts a window that ends here.
+            hold_until=claimed_at + timedelta(seconds=self.settings.lease_seconds) + target.cooldown,
+            claim_by=f"{request.trigger.value}:{request.caller}"[:200], claim_sync_type=sync_type,
+            target=unit.target, item_id=unit.item_id,
+        )
+        if lease is None:
+            return SyncResult(unit.name, Outcome.IN_PROGRESS, retry_after_seconds=IN_FLIGHT_RETRY_AFTER,
+                              message=f"another caller claimed {unit.name} a moment ago; its sync is in flight")
+        started = time.perf_counter()
+        response: GraphResponse | None = None
+        error: UpstreamError | None = None
+        try:
+            response = target.sync(unit, sync_type, deadline)
+        except UpstreamError as exc:
+            error = exc
+        except Exception as exc:  # a bug: we cannot tell whether Graph got the request
+            log.exception("sync of %s raised unexpectedly", unit.name)
+            error = UnexpectedError(f"unexpected error: {type(exc).__name__}: {exc}", maybe_sent=True)
+        verdict = self._verdict(target, unit, state, lease, response, error)
+        return self._record(unit, request, state, lease, verdict, response, error, sync_type, started)
+
+    def _gate(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None) -> SyncResult | UnitState:
+        """Everything before the claim: the answer for a unit that may not sync now (refused,
+        deferred, skipped), or its state row to claim. The token is fetched here too, so that a
+        slow or dead identity endpoint never holds a lease."""
         self.flush_unrecorded(unit.key)
         if not request.defer and request.trigger is not Trigger.DEFERRED:
             remembered = self._remembered(unit, self.clock())
@@ -101,41 +137,8 @@ class SyncPipeline(ServiceCore):
         skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
         if skip:
             return SyncResult(unit.name, Outcome.SKIPPED, next_allowed_at=state.next_allowed_at, message=skip.reason)
-        # The token first: a slow or dead identity endpoint must never hold a lease.
         self.graph.ensure_token()
-
-        sync_type = request.sync_type or target.default_sync_type
-        claimed_at = self.clock()
-        # Every Graph call under this lease ends before it does, with time left to commit: the
-        # deadline counts from before the claim's own round trip, as the lease does.
-        deadline = time.monotonic() + self.settings.lease_seconds - LEASE_MARGIN_SECONDS
-        lease_length = timedelta(seconds=self.settings.lease_seconds)
-        lease = self.store.claim(
-            state, claimed_at, self.settings.lease_seconds,
-            # Pessimistic: a sync sent at the lease's last moment starts a window that ends here.
-            hold_until=claimed_at + lease_length + target.cooldown,
-            claim_by=f"{request.trigger.value}:{request.caller}"[:200], claim_sync_type=sync_type,
-            target=unit.target, item_id=unit.item_id,
-        )
-        if lease is None:
-            return SyncResult(
-                unit.name,
-                Outcome.IN_PROGRESS,
-                message=f"another caller claimed {unit.name} a moment ago; its sync is in flight",
-                retry_after_seconds=IN_FLIGHT_RETRY_AFTER,
-            )
-        started = time.perf_counter()
-        response: GraphResponse | None = None
-        error: UpstreamError | None = None
-        try:
-            response = target.sync(unit, sync_type, deadline)
-        except UpstreamError as exc:
-            error = exc
-        except Exception as exc:  # a bug: we cannot tell whether Graph got the request
-            log.exception("sync of %s raised unexpectedly", unit.name)
-            error = UnexpectedError(f"unexpected error: {type(exc).__name__}: {exc}", maybe_sent=True)
-        verdict = self._verdict(target, unit, state, lease, response, error)
-        return self._record(unit, request, state, lease, verdict, response, error, sync_type, started)
+        return state
 
     def _verdict(
         self, target: Target, unit: Unit, state: UnitState, lease: Lease,

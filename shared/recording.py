@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from .core import ServiceCore
@@ -33,31 +33,14 @@ class Recorder(ServiceCore):
         outcome, next_allowed, message = verdict.outcome, verdict.next_allowed_at, verdict.message
         failure = verdict.failure or (error if outcome is Outcome.FAILED else None)
         finished = self.clock()
-        answer = response if response is not None else error
-        graph_status = answer.status if isinstance(answer, GraphResponse) else error.graph_status if error else None
-        request_id = answer.request_id if answer is not None else None
-        client_request_id = answer.client_request_id if answer is not None else None
+        ids = _Ids.of(response, error)
         attempt_at = lease.state.claim_at or finished
-        new_state = replace(
-            lease.state.without_claim(),
-            next_allowed_at=next_allowed,
-            last_outcome=outcome.value,
-            last_attempt_at=attempt_at,
-            last_started_at=attempt_at if outcome is Outcome.STARTED else state.last_started_at,
-            last_http_status=graph_status,
-            last_graph_request_id=request_id,
-            last_client_request_id=client_request_id,
-            last_message=message[:1000],
-            last_error_code=failure.code if failure else None,
-            completion_pending=True if outcome is Outcome.STARTED else state.completion_pending,
-        )
-        if outcome is Outcome.STARTED and not verdict.ambiguous:  # whoever asked for a deferred sync has it now
-            new_state = new_state.without_pending()
+        new_state = _row_after(lease, state, verdict, ids, attempt_at, failure)
         problem = failure or error
         attempt = Attempt(
             attempt_at=attempt_at, finished_at=finished, trigger=request.trigger.value, caller=request.caller[:200],
-            outcome=outcome.value, http_status=graph_status, graph_request_id=request_id,
-            client_request_id=client_request_id, duration_ms=int((time.perf_counter() - started) * 1000),
+            outcome=outcome.value, http_status=ids.graph_status, graph_request_id=ids.request_id,
+            client_request_id=ids.client_request_id, duration_ms=int((time.perf_counter() - started) * 1000),
             error=(f"{problem.code}: {problem.message}"[:1000] if problem else message[:1000] if verdict.ambiguous else None),
             sync_type=sync_type, next_allowed_at=next_allowed, ambiguous=verdict.ambiguous or None,
             attempt_id=lease.owner,
@@ -65,26 +48,23 @@ class Recorder(ServiceCore):
         warning = self._commit(lease, new_state, attempt)
         if warning:
             message += f" (warning: {warning})"
-        log.info(
-            "sync %s: %s (graph %s, request-id %s) by %s/%s",
-            unit.name, outcome.value, graph_status, request_id, request.trigger.value, request.caller,
-        )
+        log.info("sync %s: %s (graph %s, request-id %s) by %s/%s", unit.name, outcome.value, ids.graph_status,
+                 ids.request_id, request.trigger.value, request.caller)
         if outcome in (Outcome.STARTED, Outcome.FAILED):
             self._notify(Notification(
                 "syncStarted" if outcome is Outcome.STARTED else "syncFailed",
-                unit.name, outcome.value, finished, message, next_allowed, request_id, client_request_id,
+                unit.name, outcome.value, finished, message, next_allowed, ids.request_id, ids.client_request_id,
             ))
-        result = SyncResult(
+        if outcome is not Outcome.FAILED:
+            self._remember(refusal_for(unit.name, new_state, finished))
+        return SyncResult(
             unit.name, outcome, next_allowed_at=next_allowed, last_attempt_at=attempt_at,
-            graph_request_id=request_id, client_request_id=client_request_id, message=message,
+            graph_request_id=ids.request_id, client_request_id=ids.client_request_id, message=message,
             error_code=failure.code if failure else None, failure_status=failure.http_status if failure else None,
-            graph_status=graph_status,
+            graph_status=ids.graph_status,
             retry_after_seconds=retry_after_of(failure) if failure else seconds_until(next_allowed, finished),
             ambiguous=verdict.ambiguous,
         )
-        if outcome is not Outcome.FAILED:
-            self._remember(refusal_for(unit.name, new_state, finished))
-        return result
 
     def _commit(self, lease: Lease, new_state: UnitState, attempt: Attempt) -> str | None:
         """Record the attempt, retrying with backoff for a while. If storage stays down the
@@ -140,3 +120,41 @@ class Recorder(ServiceCore):
             return self.store.read(state.key)  # someone else recorded it, or the holder came back
         log.warning("recorded the unrecorded claim of %s from %s", state.key, iso(state.claim_at))
         return recorded
+
+
+@dataclass(frozen=True)
+class _Ids:
+    """What identifies an attempt at Graph: its answer's status and request ids, if any."""
+
+    graph_status: int | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+
+    @classmethod
+    def of(cls, response: GraphResponse | None, error: UpstreamError | None) -> "_Ids":
+        if response is not None:
+            return cls(response.status, response.request_id, response.client_request_id)
+        if error is not None:
+            return cls(error.graph_status, error.request_id, error.client_request_id)
+        return cls()
+
+
+def _row_after(lease: Lease, before: UnitState, verdict: Verdict, ids: _Ids, attempt_at: datetime,
+               failure: UpstreamError | None) -> UnitState:
+    """The unit's row once the attempt is recorded: the claim released, the verdict's window."""
+    started = verdict.outcome is Outcome.STARTED
+    row = replace(
+        lease.state.without_claim(),
+        next_allowed_at=verdict.next_allowed_at,
+        last_outcome=verdict.outcome.value,
+        last_attempt_at=attempt_at,
+        last_started_at=attempt_at if started else before.last_started_at,
+        last_http_status=ids.graph_status,
+        last_graph_request_id=ids.request_id,
+        last_client_request_id=ids.client_request_id,
+        last_message=verdict.message[:1000],
+        last_error_code=failure.code if failure else None,
+        completion_pending=True if started else before.completion_pending,
+    )
+    # Whoever asked for a deferred sync has it now, unless Graph may not have started it.
+    return row.without_pending() if started and not verdict.ambiguous else row
