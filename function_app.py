@@ -4,15 +4,15 @@ The logic lives in ``shared/``: settings, Graph client, targets, state store, se
 """
 import azure.functions as func
 
-from shared import api
+from shared import api, handlers, runtime
 
-api.check_settings_at_startup()
+runtime.check_settings_at_startup()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
-@app.timer_trigger(arg_name="timer", schedule=api.binding_expression("SYNC_SCHEDULE"), run_on_startup=False, use_monitor=True)
+@app.timer_trigger(arg_name="timer", schedule=runtime.binding_expression("SYNC_SCHEDULE"), run_on_startup=False, use_monitor=True)
 def sync_timer(timer: func.TimerRequest) -> None:
-    api.run_timer(timer.past_due)
+    handlers.run_timer(timer.past_due)
 
 
 # Every route accepts every method so that a wrong one gets a JSON 405, not the host's bare 404.
@@ -32,14 +32,14 @@ def sync_item(req: func.HttpRequest) -> func.HttpResponse:
 
 
 # A deferred sync fires when its message becomes visible (its cooldown has ended).
-@app.queue_trigger(arg_name="message", queue_name=api.binding_expression("SYNC_QUEUE"), connection="AzureWebJobsStorage")
+@app.queue_trigger(arg_name="message", queue_name=runtime.binding_expression("SYNC_QUEUE"), connection="AzureWebJobsStorage")
 def sync_deferred(message: func.QueueMessage) -> None:
-    api.run_deferred(message.get_body().decode())
+    handlers.run_deferred(message.get_body().decode())
 
 
-@app.timer_trigger(arg_name="timer", schedule=api.binding_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
+@app.timer_trigger(arg_name="timer", schedule=runtime.binding_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
 def sync_watch(timer: func.TimerRequest) -> None:
-    api.run_watch()
+    handlers.run_watch()
 
 
 # The poll URL carries its own credential (a token), because Power Automate does not send the

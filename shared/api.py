@@ -5,23 +5,20 @@ caller can never make us call Graph with a path piece of its choosing.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import re
-import threading
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
 
-from .deferred import PendingFire
-from .errors import UpstreamError
+from .errors import AppError
 from .model import Outcome, SyncRequest, SyncResult, Trigger
-from .service import SyncService, UnknownTarget, build_service
-from .settings import DEFAULTS, SYNC_TYPES, Settings, SettingsError, _is_loopback, host_name, valid_host
-from .targets import InvalidItemId, ItemNotFound, parse_guid
+from .runtime import service, settings
+from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
+from .targets import InvalidItemId, parse_guid
 
 log = logging.getLogger(__name__)
 
@@ -38,64 +35,12 @@ _STATUS_BY_OUTCOME = {
 }
 
 
-class ApiError(Exception):
+class ApiError(AppError):
+    """Bad input, refused before anything reaches the service (a 4xx of its own code)."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-
-
-# --- the process's one service (a cached client, built on first use) -----------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _settings_or_problems() -> Settings | SettingsError:
-    try:
-        return Settings.from_env(os.environ)
-    except SettingsError as exc:  # kept, so that every call reports it without re-reading
-        return exc
-
-
-def settings() -> Settings:
-    loaded = _settings_or_problems()
-    if isinstance(loaded, SettingsError):
-        raise loaded
-    return loaded
-
-
-_service_lock = threading.Lock()
-
-
-@functools.lru_cache(maxsize=1)
-def _service() -> SyncService:
-    return build_service(settings())
-
-
-def service() -> SyncService:
-    # One service per process, even when the first requests arrive together: lru_cache alone
-    # would let concurrent first calls each build (and race to import) their own clients.
-    with _service_lock:
-        return _service()
-
-
-def check_settings_at_startup() -> None:
-    """Validate once when the worker loads the app; problems are logged, and /api/health and
-    every sync answer name them (the app still loads, so that health can answer)."""
-    try:
-        settings()
-    except SettingsError as exc:
-        log.error("invalid app settings: %s", exc)
-
-
-def reload() -> None:
-    """Forget the cached settings and service (for tests that change settings in-process)."""
-    _settings_or_problems.cache_clear()
-    _service.cache_clear()
-
-
-def binding_expression(setting: str) -> str:
-    """A trigger's schedule or queue name from an app setting. The host resolves %SETTING% only
-    when the setting exists; otherwise the code's default is used."""
-    return f"%{setting}%" if os.environ.get(setting) else DEFAULTS[setting]
+        super().__init__(message, headers=headers)
+        self.http_status, self.code = status, code
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -131,18 +76,8 @@ def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpReques
         return error_response(405, "MethodNotAllowed", f"use {method} for this route", {"Allow": method})
     try:
         return action(req)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except SettingsError as exc:
-        return error_response(503, "SettingsInvalid", f"the app's settings are invalid: {exc}")
-    except UnknownTarget as exc:
-        return error_response(404, "UnknownTarget", str(exc))
-    except InvalidItemId as exc:
-        return error_response(400, "InvalidItemId", str(exc))
-    except ItemNotFound as exc:
-        return error_response(404, "ItemNotFound", str(exc))
-    except UpstreamError as exc:
-        return error_response(exc.http_status, exc.code, exc.message)
+    except AppError as exc:  # the one error model (shared/errors.py)
+        return error_response(exc.http_status, exc.code, exc.message, exc.headers)
     except Exception:  # a bug: log it with its trace, answer without leaking internals
         # The path only: the query may hold an operation token or a function key.
         log.exception("unhandled error in %s %s", req.method, urlsplit(req.url).path)
@@ -222,42 +157,6 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
             "schedule": current.sync_schedule,
         }
     )
-
-
-def run_deferred(message: str) -> SyncResult | None:
-    """A pending sync's queue message became visible: fire it. A storage fault raises, so that
-    the host retries the message (and moves it to the poison queue after five tries)."""
-    svc = service()
-    result = svc.fire(PendingFire.from_json(message))
-    if result is not None:
-        log.info("deferred sync %s: %s %s", result.target, result.outcome.value, result.message)
-    _flush(svc)
-    return result
-
-
-def run_watch() -> int:
-    finished = service().watch()
-    if finished:
-        log.info("watch: %d sync(s) seen to finish", finished)
-    return finished
-
-
-def run_timer(past_due: bool) -> list[SyncResult]:
-    if past_due:
-        log.info("timer is past due; syncing now")
-    svc = service()
-    results = svc.sync_enabled(Trigger.TIMER, caller="timer")
-    for r in results:
-        level = logging.ERROR if r.outcome is Outcome.FAILED else logging.INFO
-        log.log(level, "timer sync %s: %s %s", r.target, r.outcome.value, r.message)
-    _flush(svc)
-    return results
-
-
-def _flush(svc: SyncService) -> None:
-    # Deliver queued notifications before the invocation ends: an idle instance may be reclaimed.
-    if svc.notifier is not None:
-        svc.notifier.flush(timeout=20)
 
 
 # --- input -------------------------------------------------------------------------------

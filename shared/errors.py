@@ -1,12 +1,27 @@
-"""Faults outside our control, each naming its cause and the HTTP status our API answers with.
+"""The app's one error model: every error it raises on purpose is an ``AppError`` with a
+``code`` and the HTTP status our API answers with, and shared/api.py turns any of them into the
+same JSON answer (``{"error": {"code", "message"}}``) in one place.
 
-Answers from Graph that are part of the contract (409 in progress, 429 cooldown) are *not*
-errors: targets turn them into outcomes. These are for the rest.
+- ``UpstreamError`` and its kinds: faults outside our control (Graph, the token endpoint, Table
+  Storage, the queue), each naming its cause. Answers from Graph that are part of the contract
+  (409 in progress, 429 cooldown) are *not* errors: the pipeline turns them into outcomes.
+- Input and configuration: ``UnknownTarget`` (404), ``InvalidItemId`` (400), ``ItemNotFound``
+  (404), ``SettingsError`` (503, shared/settings.py), ``ApiError`` (any 4xx, shared/api.py).
 """
 from __future__ import annotations
 
 
-class UpstreamError(Exception):
+class AppError(Exception):
+    code = "Error"
+    http_status = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class UpstreamError(AppError):
     code = "UpstreamError"
     http_status = 502
 
@@ -22,7 +37,6 @@ class UpstreamError(Exception):
         retry_after_seconds: float | None = None,
     ):
         super().__init__(message)
-        self.message = message
         self.graph_status = graph_status
         self.graph_code = graph_code
         self.request_id = request_id
@@ -77,5 +91,22 @@ class UnexpectedError(UpstreamError):
     http_status = 500
 
 
-class UnknownTarget(LookupError):
-    """A caller named a target that does not exist or is not enabled (HTTP 404)."""
+class UnknownTarget(AppError, LookupError):
+    """A caller named a target that does not exist or is not enabled."""
+
+    code = "UnknownTarget"
+    http_status = 404
+
+
+class InvalidItemId(AppError, ValueError):
+    """A caller-supplied item id is not acceptable."""
+
+    code = "InvalidItemId"
+    http_status = 400
+
+
+class ItemNotFound(AppError, LookupError):
+    """The item a caller named does not exist (or no longer does) in Graph."""
+
+    code = "ItemNotFound"
+    http_status = 404

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
+from .errors import AppError
 from .graph import write_budget_seconds
 from .transport import ca_bundle_problem
 
@@ -166,12 +167,18 @@ _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _NCRONTAB_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 
 
-class SettingsError(ValueError):
-    """One or more settings are invalid; ``problems`` maps setting name to what is wrong."""
+class SettingsError(AppError, ValueError):
+    """One or more settings are invalid; ``problems`` maps setting name to what is wrong. Every
+    sync answer reports them (503) until the settings are fixed."""
+
+    code = "SettingsInvalid"
+    http_status = 503
 
     def __init__(self, problems: Mapping[str, str]):
         self.problems = dict(problems)
-        super().__init__("; ".join(f"{name}: {why}" for name, why in self.problems.items()))
+        listed = "; ".join(f"{name}: {why}" for name, why in self.problems.items())
+        super().__init__(listed)
+        self.message = f"the app's settings are invalid: {listed}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .answers import parse_graph_time
-from .errors import GraphResourceNotFound, UpstreamError
+from .errors import GraphResourceNotFound, InvalidItemId, ItemNotFound, UpstreamError
 from .graph import GraphClient, GraphResponse
 from .model import Clock, utcnow
 from .permissions import TARGET_ROLES
@@ -29,14 +29,6 @@ GRAPH_AUTOPILOT_WINDOW = timedelta(minutes=10)
 # Graph's clock and ours may disagree a little; a sync finished this much "before" we triggered
 # it still counts as ours (no earlier sync can finish that close: the cooldown is far longer).
 CLOCK_SKEW = timedelta(seconds=30)
-
-
-class InvalidItemId(ValueError):
-    """A caller-supplied item id is not acceptable (HTTP 400)."""
-
-
-class ItemNotFound(LookupError):
-    """The item a caller named does not exist (HTTP 404)."""
 
 
 @dataclass(frozen=True)

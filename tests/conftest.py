@@ -281,7 +281,7 @@ def advance(clock: FakeClock, graph: GraphEmulator, seconds: float) -> None:
 # --- calling the function app in-process, as the host does -----------------------------------
 
 import function_app  # noqa: E402
-from shared import api  # noqa: E402
+from shared import runtime  # noqa: E402
 
 # app.get_functions() once per process, as documented for testing v2 functions.
 APP_FUNCTIONS = function_app.app.get_functions()
@@ -293,9 +293,9 @@ def app_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[di
     """Settings in the environment, and a fresh service built from them (as a new process would)."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    api.reload()
+    runtime.reload()
     yield env
-    api.reload()
+    runtime.reload()
 
 
 def call(method: str, route: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:

@@ -113,7 +113,7 @@ def test_the_timer_syncs_every_enabled_target(app_env, graph):
 
 def test_a_timer_tick_inside_the_cooldown_becomes_the_pending_sync(app_env, graph, caplog):
     call("POST", "sync/autopilot")
-    with caplog.at_level(logging.INFO, logger="shared.api"):
+    with caplog.at_level(logging.INFO, logger="shared.handlers"):
         FUNCTIONS["sync_timer"](TimerRequest(past_due=True))
     scheduled = [r for r in caplog.records if "timer sync autopilot: scheduled" in r.getMessage()]
     assert scheduled and scheduled[0].levelno == logging.INFO  # a normal outcome, not an error

@@ -7,9 +7,9 @@ import pytest
 import requests
 
 from conftest import call, graph_calls
-from shared import api
 from shared.settings import Settings, SettingsError
 from shared.status import READS, Reads, Unavailable
+from shared import runtime
 
 MARGIN = 1.0  # table reads and scheduling on a busy test machine
 
@@ -93,7 +93,7 @@ def test_a_graph_that_answers_is_not_affected_by_the_deadline(service, graph):
 
 def test_the_http_route_answers_on_time_with_the_partial_report(app_env, graph, monkeypatch):
     monkeypatch.setenv("STATUS_DEADLINE_SECONDS", "1")
-    api.reload()
+    runtime.reload()
     faults(graph, {"method": "GET", "pathContains": "windowsAutopilotSettings", "delaySeconds": 4, "times": 1})
     started = time.monotonic()
     code, _, body = call("GET", "sync/status")

@@ -1,0 +1,66 @@
+"""The process's runtime: its settings, read and validated once, and its one service, built on
+first use. The HTTP mapping (shared/api.py) and the timer and queue handlers
+(shared/handlers.py) both take them from here.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+
+from .service import SyncService, build_service
+from .settings import DEFAULTS, Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _settings_or_problems() -> Settings | SettingsError:
+    try:
+        return Settings.from_env(os.environ)
+    except SettingsError as exc:  # kept, so that every call reports it without re-reading
+        return exc
+
+
+def settings() -> Settings:
+    loaded = _settings_or_problems()
+    if isinstance(loaded, SettingsError):
+        raise loaded
+    return loaded
+
+
+_service_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _service() -> SyncService:
+    return build_service(settings())
+
+
+def service() -> SyncService:
+    # One service per process, even when the first requests arrive together: lru_cache alone
+    # would let concurrent first calls each build (and race to import) their own clients.
+    with _service_lock:
+        return _service()
+
+
+def check_settings_at_startup() -> None:
+    """Validate once when the worker loads the app; problems are logged, and /api/health and
+    every sync answer name them (the app still loads, so that health can answer)."""
+    try:
+        settings()
+    except SettingsError as exc:
+        log.error("invalid app settings: %s", exc)
+
+
+def reload() -> None:
+    """Forget the cached settings and service (for tests that change settings in-process)."""
+    _settings_or_problems.cache_clear()
+    _service.cache_clear()
+
+
+def binding_expression(setting: str) -> str:
+    """A trigger's schedule or queue name from an app setting. The host resolves %SETTING% only
+    when the setting exists; otherwise the code's default is used."""
+    return f"%{setting}%" if os.environ.get(setting) else DEFAULTS[setting]
