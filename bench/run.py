@@ -22,11 +22,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -405,7 +406,7 @@ def report(bench: Bench, seconds: float) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {m['cores']} cores ({m['cpu']}), "
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {m['cores']} cores ({m['cpu']}), "
         f"Python {m['python']}, {m['os']}; {seconds:.0f} s in all{' (smoke run: tiny sizes, no SDK)' if bench.smoke else ''}.",
         "",
         "Reproduce: `./scripts/bench.sh` (sets up what it needs, starts Azurite and the emulators, runs everything, "

@@ -58,7 +58,7 @@ class Azurite:
     def ports(self) -> tuple[int, int, int]:
         return self.port, self.queue_port, self.blob_port
 
-    def start(self, timeout: float = 30.0) -> "Azurite":
+    def start(self, timeout: float = 30.0) -> Azurite:
         # Something already listening would answer our readiness probe and silently take over.
         for port in self.ports:
             with socket.socket() as probe:
@@ -109,7 +109,7 @@ class Azurite:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "Azurite":
+    def __enter__(self) -> Azurite:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

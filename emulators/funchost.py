@@ -17,9 +17,10 @@ import posixpath
 import re
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .server import JsonHandler, Server
@@ -152,7 +153,7 @@ class FunctionHost(Server):
         self.function_key = function_key
         self.pollers = [QueuePoller(q) for q in queues]
 
-    def start(self) -> "FunctionHost":
+    def start(self) -> FunctionHost:
         super().start()
         for poller in self.pollers:
             poller.start()

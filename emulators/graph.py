@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .server import JsonHandler, Server
@@ -77,7 +77,7 @@ DEFAULT_CONNECTORS = [
 def _iso(value: datetime | None) -> str:
     if value is None:
         return "0001-01-01T00:00:00Z"
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -118,7 +118,7 @@ class GraphEmulator(Server):
     # --- clock and state -----------------------------------------------------------------
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc) + timedelta(seconds=self.offset)
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
 
     def autopilot_settings(self) -> dict[str, Any]:
         now = self.now()
@@ -268,7 +268,7 @@ class _Handler(JsonHandler):
         client_request_id = self.headers.get("client-request-id") or request_id
         if isinstance(body, dict) and "error" in body:
             body["error"]["innerError"] = {
-                "date": _iso(datetime.now(timezone.utc)),
+                "date": _iso(datetime.now(UTC)),
                 "request-id": request_id,
                 "client-request-id": client_request_id,
             }

@@ -75,7 +75,7 @@ class Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__, daemon=True)
         self._thread.start()
         return self

@@ -9,16 +9,17 @@ import json
 import logging
 import os
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
 
-from .errors import AppError
+from .errors import AppError, InvalidItemId
 from .model import Outcome, SyncRequest, SyncResult, Trigger
 from .runtime import service, settings
 from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
-from .targets import InvalidItemId, parse_guid
+from .targets import parse_guid
 
 log = logging.getLogger(__name__)
 

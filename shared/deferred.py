@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 import math
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
 from .core import ServiceCore
 from .decisions import IN_FLIGHT_RETRY_AFTER, caller_names, refusal_for, seconds_until
-from .errors import StateStoreUnavailable
+from .errors import ItemNotFound, StateStoreUnavailable
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
 from .notify import Notification
 from .state import UnitState
-from .targets import ItemNotFound, Unit
+from .targets import Unit
 
 # A pending sync that Graph keeps refusing (503s, 429s) is retried with back-off for this long
 # after its first due time, then given up (shown in GET /api/sync/status, notified as failed).
@@ -47,7 +48,8 @@ def deferred_backoff(refusals: int, retry_after_seconds: float | None = None) ->
     sanitised), else 10 s doubling with each refusal, at most 5 minutes."""
     if retry_after_seconds:
         return timedelta(seconds=retry_after_seconds)
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(refusals, 16))
+    doubled: timedelta = BACKOFF_FIRST * (2 ** min(refusals, 16))
+    return min(BACKOFF_MAX, doubled)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class PendingFire:
                            "generation": self.generation})
 
     @classmethod
-    def from_json(cls, text: str) -> "PendingFire":
+    def from_json(cls, text: str) -> PendingFire:
         data: dict[str, Any] = json.loads(text)
         return cls(data["unitKey"], data["target"], data.get("itemId"), data["pendingId"],
                    datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")), int(data.get("generation", 0)))

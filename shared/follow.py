@@ -8,13 +8,13 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from .core import ServiceCore
-from .errors import StateStoreUnavailable, UpstreamError
+from .errors import ItemNotFound, StateStoreUnavailable, UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, iso
 from .notify import Notification
 from .operations import Operation
 from .retention import SWEEP_LIMIT, RetentionStore, Swept
 from .state import UnitState
-from .targets import Completion, ItemNotFound, Unit
+from .targets import Completion, Unit
 
 log = logging.getLogger(__name__)
 

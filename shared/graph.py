@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import deque
 import time
 import uuid
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import requests
 from azure.core.credentials import AccessToken, TokenCredential
@@ -23,7 +24,6 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from .answers import parse_retry_after
-
 from .errors import (
     GraphAccessDenied,
     GraphRequestRejected,
@@ -164,7 +164,7 @@ class GraphResponse:
     def error_message(self) -> str | None:
         return _odata_error(self.body)[1]
 
-    def raise_for_status(self, what: str, roles: tuple[str, ...] = (PERMISSION,)) -> "GraphResponse":
+    def raise_for_status(self, what: str, roles: tuple[str, ...] = (PERMISSION,)) -> GraphResponse:
         """Turn a failure status into the error that names its cause; return self when 2xx.
 
         ``roles`` are the application permissions the call needs, named in a 401/403."""

@@ -7,7 +7,6 @@ developer use ``az login``.
 from __future__ import annotations
 
 import os
-
 from typing import Any
 
 from azure.core.credentials import TokenCredential

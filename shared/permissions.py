@@ -3,8 +3,8 @@ and tests/test_infra.py checks that the Bicep grants exactly this."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 # Microsoft Graph application roles each sync target needs. A JSON file, so that
 # infra/main.bicep reads the very same table (loadJsonContent) to grant them.

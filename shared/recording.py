@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from .core import ServiceCore
-from .decisions import Verdict, retry_after_of, refusal_for, seconds_until
+from .decisions import Verdict, refusal_for, retry_after_of, seconds_until
 from .errors import StateStoreUnavailable, UpstreamError
 from .graph import GraphResponse
 from .model import Outcome, SyncRequest, SyncResult, iso
@@ -131,7 +131,7 @@ class _Ids:
     client_request_id: str | None = None
 
     @classmethod
-    def of(cls, response: GraphResponse | None, error: UpstreamError | None) -> "_Ids":
+    def of(cls, response: GraphResponse | None, error: UpstreamError | None) -> _Ids:
         if response is not None:
             return cls(response.status, response.request_id, response.client_request_id)
         if error is not None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
@@ -61,7 +62,7 @@ class RetentionStore(TableStore):
     """The sweep's table operations, on the state table (shared by units and operations)."""
 
     @classmethod
-    def of(cls, store: TableStore) -> "RetentionStore":
+    def of(cls, store: TableStore) -> RetentionStore:
         return cls(store._table)
 
     def sweep(self, now: datetime, retention_days: int, limit: int = SWEEP_LIMIT) -> Swept:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from .errors import AppError
@@ -244,7 +244,7 @@ class Settings:
         return f"{self.graph_base_url}/.default"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
         problems: dict[str, str] = {}
 
         def get(name: str) -> str:

@@ -18,9 +18,10 @@ import functools
 import itertools
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -83,11 +84,11 @@ class UnitState:
     claim_by: str | None = None
     claim_sync_type: str | None = None
 
-    def without_pending(self) -> "UnitState":
+    def without_pending(self) -> UnitState:
         return replace(self, pending_id=None, pending_at=None, pending_since=None,
                        pending_asked_by=None, pending_reschedules=None, pending_deadline=None)
 
-    def without_claim(self) -> "UnitState":
+    def without_claim(self) -> UnitState:
         return replace(self, lease_owner=None, lease_expires_at=None, claim_at=None, claim_by=None, claim_sync_type=None)
 
     def orphaned_claim(self, now: datetime) -> bool:
@@ -108,7 +109,7 @@ class UnitState:
         return entity
 
     @classmethod
-    def from_entity(cls, key: str, entity: Any) -> "UnitState":
+    def from_entity(cls, key: str, entity: Any) -> UnitState:
         values = {}
         for f in fields(cls):
             if f.name in ("key", "etag"):
@@ -166,7 +167,7 @@ def camel(name: str) -> str:
 
 
 def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # What a sync attempt decides; everything else on the row belongs to whoever wrote it.
@@ -205,7 +206,7 @@ def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
     """Create the table on first use, and turn storage faults into StateStoreUnavailable."""
 
     @functools.wraps(method)
-    def wrapper(self: "TableStore", *args: Any, **kwargs: Any) -> _T:
+    def wrapper(self: TableStore, *args: Any, **kwargs: Any) -> _T:
         try:
             try:
                 return method(self, *args, **kwargs)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Hashable
+from typing import Any
 
 from .core import ServiceCore
 from .errors import UpstreamError

@@ -107,7 +107,7 @@ class Target(ABC):
         """The Graph application roles this target needs (named in a 403)."""
         return TARGET_ROLES[self.name]
 
-    def read(self, path: str, what: str) -> Any:
+    def read(self, path: str, what: str) -> dict[str, Any]:
         return _object(self.graph.get(path).raise_for_status(what, self.roles).body)
 
     def units(self, item_id: str | None = None) -> list[Unit | Skip]:

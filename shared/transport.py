@@ -15,7 +15,8 @@ fan-out's CPU, and it would not know ``SSL_CERT_FILE``.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import requests
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -23,9 +24,9 @@ from emulators.azurite import Azurite  # noqa: E402
 from emulators.graph import GraphEmulator  # noqa: E402
 from emulators.identity import IdentityEmulator  # noqa: E402
 from emulators.tokens import ALL_ROLES  # noqa: E402
+from shared.deferred import PendingQueue, queue_client  # noqa: E402
 from shared.graph import GraphClient, RetryPolicy  # noqa: E402
 from shared.identity import make_credential  # noqa: E402
-from shared.deferred import PendingQueue, queue_client  # noqa: E402
 from shared.notify import Notifier  # noqa: E402
 from shared.operations import OperationStore  # noqa: E402
 from shared.service import SyncService  # noqa: E402
@@ -39,7 +40,7 @@ class FakeClock:
     """The service's clock, moved by tests together with the Graph emulator's."""
 
     def __init__(self, start: datetime | None = None):
-        self.now = start or datetime.now(timezone.utc)
+        self.now = start or datetime.now(UTC)
         self._lock = threading.Lock()
 
     def __call__(self) -> datetime:
@@ -234,7 +235,7 @@ def start_app_hosts(identity_server: IdentityEmulator) -> Iterator[Callable[...,
         processes.extend(started)
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         deadline = time.monotonic() + 60
-        for url, proc, log_name in zip(urls, started, logs[-count:]):
+        for url, proc, log_name in zip(urls, started, logs[-count:], strict=True):
             while True:
                 assert proc.poll() is None, open(log_name).read()
                 try:

@@ -1,12 +1,12 @@
 """What Graph's answers mean (shared/answers.py): pure functions, no servers."""
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.answers import MAX_RETRY_AFTER_SECONDS, parse_graph_time, parse_retry_after
 from shared.deferred import BACKOFF_MAX, deferred_backoff
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("raw, seconds", [("120", 120.0), ("  7 ", 7.0), ("0", 0.0)])
@@ -45,15 +45,15 @@ def test_an_http_date_at_the_end_of_the_calendar_is_clamped_not_an_overflow():
 
 
 def test_a_graph_timestamp_without_an_offset_is_utc():
-    assert parse_graph_time("2026-11-25T10:00:00") == datetime(2026, 11, 25, 10, tzinfo=timezone.utc)
+    assert parse_graph_time("2026-11-25T10:00:00") == datetime(2026, 11, 25, 10, tzinfo=UTC)
 
 
 def test_a_graph_timestamp_with_an_offset_is_converted_to_utc():
-    assert parse_graph_time("2026-11-25T12:00:00+02:00") == datetime(2026, 11, 25, 10, tzinfo=timezone.utc)
+    assert parse_graph_time("2026-11-25T12:00:00+02:00") == datetime(2026, 11, 25, 10, tzinfo=UTC)
 
 
 def test_graphs_seven_digit_fractions_are_read():
-    assert parse_graph_time("2026-11-25T10:00:00.1234567Z") == datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=timezone.utc)
+    assert parse_graph_time("2026-11-25T10:00:00.1234567Z") == datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("value", ["0001-01-01T00:00:00Z", "", "yesterday", None, 42, ["2026-11-25"], "9" * 100,

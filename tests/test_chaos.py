@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
 from azure.storage.queue import QueueClient
-
 from conftest import sync_posts
+
 from emulators.azurite import ACCOUNT, KEY
 from emulators.faultproxy import FaultProxy
 from shared.answers import MAX_RETRY_AFTER_SECONDS
@@ -109,7 +110,7 @@ def test_the_instance_whose_commit_failed_records_graphs_real_answer_when_storag
     assert post(hosts[0], "autopilot").status_code == 429  # its next call records the attempt first
     [row] = store.history("autopilot")
     assert row["outcome"] == "started" and row["httpStatus"] == 204
-    assert store.read("autopilot").next_allowed_at < datetime.now(timezone.utc) + timedelta(seconds=601)
+    assert store.read("autopilot").next_allowed_at < datetime.now(UTC) + timedelta(seconds=601)
     assert len(sync_posts(graph)) == 1
     assert_every_post_is_in_history(graph, store, ["autopilot"])
 
@@ -172,20 +173,20 @@ ODD_RETRY_AFTER = ["inf", "1e10", "300000000000", "-5", "soon", "Wed, 21 Oct 209
 
 def test_odd_retry_after_values_on_429_never_500_and_never_lock_a_unit_past_the_maximum(hosts, graph, store):
     graph_config(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS])
-    for index, (connector, value) in enumerate(zip(CONNECTORS, ODD_RETRY_AFTER)):
+    for index, (connector, value) in enumerate(zip(CONNECTORS, ODD_RETRY_AFTER, strict=False)):
         graph_faults(graph, {"method": "POST", "pathContains": connector, "status": 429, "retryAfter": value, "times": 1})
         answer = post(hosts[index % 2], f"exchange/{connector}")
         assert answer.status_code == 429, (value, answer.text)
         assert 1 <= int(answer.headers["Retry-After"]) <= MAX_RETRY_AFTER_SECONDS, value
         next_allowed = store.read(f"exchange-{connector}").next_allowed_at
-        assert next_allowed <= datetime.now(timezone.utc) + timedelta(seconds=MAX_RETRY_AFTER_SECONDS + 5)
+        assert next_allowed <= datetime.now(UTC) + timedelta(seconds=MAX_RETRY_AFTER_SECONDS + 5)
     assert len(sync_posts(graph)) == len(ODD_RETRY_AFTER)
     assert_every_post_is_in_history(graph, store, [f"exchange-{c}" for c in CONNECTORS])
 
 
 def test_odd_retry_after_values_on_503_and_409_never_500(hosts, graph, store):
     graph_config(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS])
-    for index, (connector, value) in enumerate(zip(CONNECTORS, ODD_RETRY_AFTER)):
+    for index, (connector, value) in enumerate(zip(CONNECTORS, ODD_RETRY_AFTER, strict=False)):
         status = 503 if index % 2 else 409
         graph_faults(graph, {"method": "POST", "pathContains": connector, "status": status, "retryAfter": value, "times": 4})
         answer = post(hosts[index % 2], f"exchange/{connector}")

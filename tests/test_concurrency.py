@@ -8,15 +8,15 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
-
 from conftest import sync_posts
+
+from shared.identity import make_credential
 from shared.settings import Settings
 from shared.state import Attempt, StateStore, table_client
-from shared.identity import make_credential
 
 PROCESSES = 4
 CALLERS_PER_PROCESS = 25
@@ -32,7 +32,7 @@ def test_concurrent_callers_across_processes_cause_exactly_one_graph_sync(app_ho
     settings = Settings.from_env(env)
     store = StateStore(table_client(settings.storage, settings.state_table, make_credential))
     if history == "after an earlier window":  # the row exists, so claims race on its ETag
-        past = datetime.now(timezone.utc) - timedelta(hours=1)
+        past = datetime.now(UTC) - timedelta(hours=1)
         lease = store.claim(store.read("autopilot"), past, 60, target="autopilot")
         store.commit(lease, replace(lease.state, lease_owner=None, lease_expires_at=None, next_allowed_at=past),
                      Attempt(past, past, "timer", "earlier", "started", http_status=204))

@@ -11,9 +11,9 @@ import json5
 import jsonschema
 import pytest
 import requests
+from conftest import APP_FUNCTIONS, ROOT
 from openapi_spec_validator import validate
 
-from conftest import APP_FUNCTIONS, ROOT
 from shared.targets import TARGETS
 
 CONNECTOR = ROOT / "connector"

@@ -6,17 +6,17 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import requests
 from azure.storage.queue import QueueClient
-
 from conftest import advance, sync_posts
+
 from shared.deferred import BACKOFF_MAX, PendingFire
+from shared.identity import make_credential
 from shared.model import Outcome, SyncRequest, Trigger
 from shared.settings import Settings
 from shared.state import Attempt, StateStore, table_client
-from shared.identity import make_credential
 
 DEFER = SyncRequest("autopilot", caller="flow-1", defer=True)
 
@@ -238,7 +238,7 @@ def test_a_stale_pending_sync_is_replaced_by_the_next_ask(service, graph, clock,
     service.sync(DEFER)
     stale = service.store.read("autopilot").pending_id
     clock.advance(601 + 6 * 60)  # its time passed long ago and it never fired (poison queue, say)
-    configure(graph, lastManualSyncTriggerDateTime=datetime.now(timezone.utc).isoformat())
+    configure(graph, lastManualSyncTriggerDateTime=datetime.now(UTC).isoformat())
     service.store.update(replace(service.store.read("autopilot"), next_allowed_at=clock.now + timedelta(seconds=300)))
     fresh = one(service.sync(DEFER))
     assert fresh.outcome is Outcome.SCHEDULED and service.store.read("autopilot").pending_id != stale
@@ -278,7 +278,7 @@ def window_ends_in(seconds: float, env, graph) -> datetime:
     """As if a sync had run just under ten minutes ago: the window ends ``seconds`` from now."""
     settings = Settings.from_env(env)
     store = StateStore(table_client(settings.storage, settings.state_table, make_credential))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ends = now + timedelta(seconds=seconds)
     lease = store.claim(store.read("autopilot"), now - timedelta(seconds=1), 60, target="autopilot")
     store.commit(lease, replace(lease.state, lease_owner=None, lease_expires_at=None, next_allowed_at=ends, last_outcome="started"),

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import azure.functions as func
 import pytest
 import requests
-
 from conftest import FUNCTIONS, advance, call, sync_posts
+
 from emulators.azurite import free_port
 from shared.model import Outcome, SyncRequest
 

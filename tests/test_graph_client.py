@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 import requests
-
 from conftest import FAST_RETRY, graph_calls
+
 from emulators.azurite import free_port
 from emulators.graph import AUTOPILOT
 from shared.errors import GraphAccessDenied, GraphUnavailable, TokenUnavailable

@@ -1,13 +1,13 @@
 """Health ratings at their boundaries (defaults: warning after 24 h, unhealthy after 72 h or a
 failed last sync, token expiry within 30 days a warning)."""
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.health import rate, worst
 from shared.targets import GraphView
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def rating(last_success=None, failure=None, expires=None):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+
 import pytest
 import requests
 from azure.functions.timer import TimerRequest
-
 from conftest import FUNCTIONS, call, graph_calls, sync_posts, unreachable_storage
+
 from shared.graph import PERMISSION
 
 CONNECTED = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"

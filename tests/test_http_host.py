@@ -4,7 +4,6 @@ import http.client
 from urllib.parse import urlsplit
 
 import pytest
-
 from conftest import graph_calls
 
 

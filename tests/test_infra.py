@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT
 from pycep import BicepParser
 
-from conftest import ROOT
 from shared import permissions
 from shared.graph import PERMISSION
 from shared.settings import DEFAULTS, Settings

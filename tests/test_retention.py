@@ -2,11 +2,11 @@
 live rows stay, a sweep's work is bounded, and status does not read what it does not need."""
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from conftest import unreachable_storage
+
 from shared.retention import history_key_before
 from shared.settings import Settings, SettingsError
 from shared.state import Attempt, UnitState
@@ -67,7 +67,7 @@ def test_history_older_than_the_retention_is_deleted_and_newer_kept(make_service
 
 def test_the_history_cutoff_is_exact():
     # newest first: every RowKey at or above the cutoff key is older than the cutoff
-    cutoff = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cutoff = datetime(2026, 1, 1, tzinfo=UTC)
     before = history_row("u", cutoff - timedelta(microseconds=1))["RowKey"]
     at = history_row("u", cutoff)["RowKey"]
     assert before >= history_key_before(cutoff) > at

@@ -3,15 +3,15 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
-
 from conftest import ROOT, advance, graph_calls, sync_posts, unreachable_storage
+
 from emulators.azurite import Azurite
-from shared.model import Outcome, SyncRequest, Trigger
 from shared.graph import PERMISSION
+from shared.model import Outcome, SyncRequest, Trigger
 from shared.state import Attempt
 from shared.targets import ItemNotFound
 
@@ -286,7 +286,7 @@ def test_status_shows_local_state_next_to_graphs_own(service, graph):
     autopilot = next(t for t in status["targets"] if t["target"] == "autopilot")
     assert autopilot["units"][0]["lastOutcome"] == "started" and autopilot["units"][0]["inCooldown"]
     assert autopilot["graph"][0]["syncStatus"] == "inProgress"
-    assert autopilot["graph"][0]["lastManualSyncTriggerDateTime"].startswith(str(datetime.now(timezone.utc).year))
+    assert autopilot["graph"][0]["lastManualSyncTriggerDateTime"].startswith(str(datetime.now(UTC).year))
 
 
 def test_graph_429_with_retry_after_zero_still_holds_the_window(service, graph, clock):

@@ -5,11 +5,11 @@ import time
 
 import pytest
 import requests
-
 from conftest import call, graph_calls
+
+from shared import runtime
 from shared.settings import Settings, SettingsError
 from shared.status import READS, Reads, Unavailable
-from shared import runtime
 
 MARGIN = 1.0  # table reads and scheduling on a busy test machine
 

@@ -6,9 +6,9 @@ import inspect
 
 import pytest
 import requests
+from conftest import graph_calls
 
 import function_app
-from conftest import graph_calls
 from emulators.graph import CONFIGURATION, SERVICE_CONFIG
 from shared.model import Outcome, SyncRequest
 from shared.targets import TARGETS, ItemNotFound, parse_guid

@@ -3,13 +3,15 @@ every outbound client, against real HTTPS servers signed by a throwaway CA (emul
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
-
 from conftest import FAST_RETRY, call
+
 from emulators.azurite import ACCOUNT, KEY
 from emulators.graph import AUTOPILOT, GraphEmulator
 from emulators.server import JsonHandler, Server
@@ -168,9 +170,9 @@ def test_graph_over_https_fails_clearly_without_the_ca(tls_graph, no_ca_env):
 
 
 def notification() -> Notification:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return Notification("syncStarted", "autopilot", "started", datetime.now(timezone.utc), "sync started")
+    return Notification("syncStarted", "autopilot", "started", datetime.now(UTC), "sync started")
 
 
 def test_a_notification_over_https_arrives_when_the_bundle_holds_its_ca(tls_server, trust):
