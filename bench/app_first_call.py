@@ -12,7 +12,7 @@ STARTED = time.perf_counter()
 WORKER_KB = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS:")))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import function_app  # noqa: E402
+import function_app
 
 handler = next(f for f in function_app.app.get_functions() if f.get_function_name() == "sync_target").get_user_function()
 response = handler(func.HttpRequest("POST", "http://localhost/api/sync/autopilot", headers={}, params={},

@@ -34,18 +34,19 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from azure.data.tables import TableServiceClient  # noqa: E402
+from azure.data.tables import TableServiceClient
 
-from emulators.azurite import Azurite, free_port  # noqa: E402
-from emulators.graph import GraphEmulator  # noqa: E402
-from emulators.identity import IdentityEmulator  # noqa: E402
-from shared.graph import GraphClient, RetryPolicy  # noqa: E402
-from shared.identity import make_credential  # noqa: E402
-from shared.model import SyncRequest  # noqa: E402
-from shared.service import SyncService  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.state import StateStore, table_client  # noqa: E402
-from shared.targets import EXCHANGE_CONNECTORS  # noqa: E402
+from emulators.azurite import Azurite, free_port
+from emulators.graph import GraphEmulator
+from emulators.identity import IdentityEmulator
+from shared.graph import GraphClient, RetryPolicy
+from shared.identity import make_credential
+from shared.model import SyncRequest
+from shared.service import SyncService
+from shared.settings import Settings
+from shared.state import StateStore
+from shared.storage import table_client
+from shared.targets import EXCHANGE_CONNECTORS
 
 WORK = ROOT / "bench" / ".work"
 SDK_PACKAGES = ["msgraph-beta-sdk", "azure-identity==1.27.0", "azure-data-tables==12.7.0", "azure-functions==1.26.0"]

@@ -16,13 +16,13 @@ STARTED = time.perf_counter()
 # What the worker process holds before it loads any app (it has azure.functions loaded).
 WORKER_KB = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS:")))
 
-from azure.core.exceptions import ResourceNotFoundError  # noqa: E402
-from azure.data.tables import TableClient  # noqa: E402
-from azure.identity import ManagedIdentityCredential  # noqa: E402
-from kiota_authentication_azure.azure_identity_authentication_provider import (  # noqa: E402
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient
+from azure.identity import ManagedIdentityCredential
+from kiota_authentication_azure.azure_identity_authentication_provider import (
     AzureIdentityAuthenticationProvider,
 )
-from msgraph_beta import GraphRequestAdapter, GraphServiceClient  # noqa: E402
+from msgraph_beta import GraphRequestAdapter, GraphServiceClient
 
 
 async def first_sync() -> str:

@@ -112,25 +112,6 @@ class PendingQueue:
         self._queue.send_message(fire.to_json(), visibility_timeout=math.ceil(delay.total_seconds()))
 
 
-def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> Any:
-    from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
-
-    from .transport import azure_options
-
-    # Base64, as the Functions host's queue trigger expects by default.
-    codecs: dict[str, Any] = dict(message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
-                                  connection_timeout=5, read_timeout=15, retry_total=2)
-    if storage.connection_string:
-        # The SDK parses the connection string; its endpoint decides the proxy settings.
-        endpoint = QueueServiceClient.from_connection_string(storage.connection_string).url
-        return QueueClient.from_connection_string(storage.connection_string, queue_name, **codecs, **azure_options(endpoint))
-    if not storage.queue_service_uri:
-        raise StateStoreUnavailable("no queue endpoint: set AzureWebJobsStorage__queueServiceUri or __accountName")
-    credential = credential_factory(storage.client_id if storage.use_managed_identity else None)
-    return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **codecs,
-                       **azure_options(storage.queue_service_uri))
-
-
 class DeferredSyncs(ServiceCore):
     """The service's part that turns refused asks into one pending sync and fires it."""
 
@@ -238,35 +219,38 @@ class DeferredSyncs(ServiceCore):
         """Move the pending sync to ``at`` with a new message, or give it up if ``at`` is past its
         deadline. Only Graph's refusals count (they set the back-off); waiting for a lease or a
         lost race does not."""
-        for _ in range(5):
-            state = self.store.read(unit.key)
-            if state.pending_id != fire.pending_id:
-                return  # answered meanwhile
-            deadline = state.pending_deadline or (state.pending_since or self.clock()) + DEFERRED_BUDGET
-            if counted and at > deadline:
-                self._give_up(unit, fire, f"still refused at its deadline {iso(deadline)}: {reason}")
-                return
-            reschedules = (state.pending_reschedules or 0) + (1 if counted else 0)
-            moved = self.store.update(replace(state, pending_at=at, pending_reschedules=reschedules))
-            if moved is not None:
-                self.queue.schedule(replace(fire, scheduled_at=at, generation=reschedules), self.clock())  # type: ignore[union-attr]
-                log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), reschedules)
-                return
-        raise StateStoreUnavailable(f"could not reschedule the deferred sync of {unit.name}: the row kept changing")
+        state = self.store.read(unit.key)
+        if state.pending_id != fire.pending_id:
+            return  # answered meanwhile
+        deadline = state.pending_deadline or (state.pending_since or self.clock()) + DEFERRED_BUDGET
+        if counted and at > deadline:
+            self._give_up(unit, fire, f"still refused at its deadline {iso(deadline)}: {reason}")
+            return
+
+        def move(row: UnitState) -> UnitState | None:
+            if row.pending_id != fire.pending_id:
+                return None
+            return replace(row, pending_at=at, pending_reschedules=(row.pending_reschedules or 0) + (1 if counted else 0))
+
+        moved = self.store.change(unit.key, move, "reschedule the deferred sync", current=state)
+        if moved is not None:
+            generation = moved[1].pending_reschedules or 0
+            self.queue.schedule(replace(fire, scheduled_at=at, generation=generation), self.clock())  # type: ignore[union-attr]
+            log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), generation)
 
     def _give_up(self, unit: Unit, fire: PendingFire, reason: str) -> None:
         """Drop the pending sync for good, say why in its row (GET /api/sync/status), and send a
         ``syncFailed`` notification: whoever was told ``scheduled`` must hear of it."""
-        for _ in range(5):
-            state = self.store.read(unit.key)
-            if state.pending_id != fire.pending_id:
-                return
-            now = self.clock()
-            given_up = replace(state.without_pending(), pending_failed_at=now, pending_failure=reason[:1000])
-            if self.store.update(given_up) is not None:
-                log.warning("deferred sync of %s given up: %s", unit.name, reason)
-                self._notify(Notification("syncFailed", unit.name, "failed", now,
-                                          f"the deferred sync of {unit.name} was given up: {reason}",
-                                          state.next_allowed_at))
-                return
-        raise StateStoreUnavailable(f"could not give up the deferred sync of {unit.name}: the row kept changing")
+        now = self.clock()
+
+        def drop(row: UnitState) -> UnitState | None:
+            if row.pending_id != fire.pending_id:
+                return None
+            return replace(row.without_pending(), pending_failed_at=now, pending_failure=reason[:1000])
+
+        dropped = self.store.change(unit.key, drop, "give up the deferred sync")
+        if dropped is not None:
+            log.warning("deferred sync of %s given up: %s", unit.name, reason)
+            self._notify(Notification("syncFailed", unit.name, "failed", now,
+                                      f"the deferred sync of {unit.name} was given up: {reason}",
+                                      dropped[0].next_allowed_at))

@@ -12,14 +12,14 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
 from .model import iso
-from .state import TableStore, as_utc, camel, store_errors, table_missing
+from .storage import TableStore, from_row, store_errors, table_missing, to_row
 
 OPERATION_ROW = "operation"
 STATUSES = ("running", "completed", "failed", "timedOut")
@@ -85,14 +85,8 @@ class OperationStore(TableStore):
             if table_missing(exc):
                 raise
             return None
-        values: dict[str, Any] = {}
-        for f in fields(Operation):
-            if f.name in ("id", "etag"):
-                continue
-            value = entity.get(camel(f.name))
-            values[f.name] = as_utc(value) if isinstance(value, datetime) else value
-        values["message"] = values.get("message") or ""
-        return Operation(id=operation_id, etag=entity.metadata.get("etag"), **values)
+        operation = from_row(Operation, entity, skip=("id", "etag"), id=operation_id, etag=entity.metadata.get("etag"))
+        return replace(operation, message=operation.message or "")
 
     @store_errors
     def finish(self, operation: Operation) -> None:
@@ -100,9 +94,4 @@ class OperationStore(TableStore):
         self._table.upsert_entity(self._entity(operation))
 
     def _entity(self, operation: Operation) -> dict[str, Any]:
-        entity: dict[str, Any] = {"PartitionKey": f"op-{operation.id}", "RowKey": OPERATION_ROW}
-        for f in fields(operation):
-            value = getattr(operation, f.name)
-            if f.name not in ("id", "etag") and value is not None:
-                entity[camel(f.name)] = value
-        return entity
+        return to_row(operation, f"op-{operation.id}", OPERATION_ROW, skip=("id", "etag"))

@@ -28,7 +28,8 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError
 
 from .operations import OPERATION_ROW
-from .state import _MAX_TICKS, ASK_PREFIX, HISTORY_PREFIX, STATE_ROW, TableStore, store_errors
+from .state import _MAX_TICKS, ASK_PREFIX, HISTORY_PREFIX, STATE_ROW
+from .storage import TableStore, store_errors
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from .core import ServiceCore
-from .deferred import DeferredSyncs, PendingQueue, queue_client
+from .deferred import DeferredSyncs, PendingQueue
 from .errors import UnknownTarget
 from .follow import Following
 from .graph import GraphClient
@@ -37,7 +37,7 @@ class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, StatusReport
 def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: Any) -> SyncService:
     """Wire the real clients from settings (one credential, one Graph client, one table client)."""
     from .identity import make_credential
-    from .state import table_client
+    from .storage import queue_client, table_client
 
     graph = GraphClient(
         settings.graph_base_url,

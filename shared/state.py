@@ -14,27 +14,26 @@ Round trips: a refusal is one read; a granted sync is read, claim, commit (three
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
-    AzureError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import UpdateMode
 
+from .answers import as_utc
 from .errors import StateStoreUnavailable
-from .transport import azure_options
+from .storage import TableStore, from_row, store_errors, table_missing, take, to_row
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +98,11 @@ class UnitState:
         return bool(self.lease_owner) and self.lease_expires_at is not None and self.lease_expires_at > now
 
     def to_entity(self) -> dict[str, Any]:
-        entity: dict[str, Any] = {"PartitionKey": self.key, "RowKey": STATE_ROW}
-        for f in fields(self):
-            if f.name in ("key", "etag"):
-                continue
-            value = getattr(self, f.name)
-            if value is not None:  # absent properties stay absent: REPLACE clears them
-                entity[camel(f.name)] = value
-        return entity
+        return to_row(self, self.key, STATE_ROW, skip=("key", "etag"))
 
     @classmethod
     def from_entity(cls, key: str, entity: Any) -> UnitState:
-        values = {}
-        for f in fields(cls):
-            if f.name in ("key", "etag"):
-                continue
-            value = entity.get(camel(f.name))
-            if isinstance(value, datetime):
-                value = as_utc(value)
-            values[f.name] = value
-        return cls(key=key, etag=entity.metadata.get("etag"), **values)
+        return from_row(cls, entity, skip=("key", "etag"), key=key, etag=entity.metadata.get("etag"))
 
 
 @dataclass(frozen=True)
@@ -153,21 +137,7 @@ class Attempt:
     def to_entity(self, key: str) -> dict[str, Any]:
         ticks = int(self.attempt_at.timestamp() * 10_000_000)
         suffix = (self.attempt_id or uuid.uuid4().hex)[:12]
-        entity: dict[str, Any] = {"PartitionKey": key, "RowKey": f"{HISTORY_PREFIX}{_MAX_TICKS - ticks:019d}-{suffix}"}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None and f.name != "attempt_id":
-                entity[camel(f.name)] = value
-        return entity
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return to_row(self, key, f"{HISTORY_PREFIX}{_MAX_TICKS - ticks:019d}-{suffix}", skip=("attempt_id",))
 
 
 # What a sync attempt decides; everything else on the row belongs to whoever wrote it.
@@ -194,53 +164,6 @@ def _merge(current: UnitState, outcome: UnitState, lease: Lease, definite: bool 
     answered = current.pending_since is not None and outcome.last_attempt_at is not None \
         and current.pending_since <= outcome.last_attempt_at
     return merged.without_pending() if started and definite and answered else merged
-
-
-def table_missing(exc: Exception) -> bool:
-    """Whether a not-found error means the table itself is missing (not just a row). Some calls
-    (create_entity) raise it without ``error_code``; the service's code is in the message then."""
-    return getattr(exc, "error_code", None) == "TableNotFound" or "TableNotFound" in str(exc)
-
-
-def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
-    """Create the table on first use, and turn storage faults into StateStoreUnavailable."""
-
-    @functools.wraps(method)
-    def wrapper(self: TableStore, *args: Any, **kwargs: Any) -> _T:
-        try:
-            try:
-                return method(self, *args, **kwargs)
-            except ResourceNotFoundError as exc:
-                if not table_missing(exc):
-                    raise
-                self._create_table()
-                return method(self, *args, **kwargs)
-        except StateStoreUnavailable:
-            raise
-        except AzureError as exc:
-            first_line = (str(exc).splitlines() or [""])[0]
-            raise StateStoreUnavailable(
-                f"Table Storage ({self.endpoint}, table {self.table_name}) is unavailable: "
-                f"{type(exc).__name__}: {first_line[:300]}"
-            ) from exc
-
-    return wrapper
-
-
-class TableStore:
-    """Plumbing shared by the stores that keep their rows in the state table."""
-
-    def __init__(self, table: TableClient):
-        self._table = table
-        self.table_name = table.table_name
-        self.endpoint = table.url.split("?")[0]
-
-    def _create_table(self) -> None:
-        try:
-            self._table.create_table()
-            log.info("created state table %s", self.table_name)
-        except ResourceExistsError:
-            pass
 
 
 class StateStore(TableStore):
@@ -359,6 +282,26 @@ class StateStore(TableStore):
         meanwhile, someone else holds it now: theirs to release."""
         self.update(replace(lease.state, lease_owner=None, lease_expires_at=None))
 
+    def change(
+        self, key: str, change: Callable[[UnitState], UnitState | None], what: str, attempts: int = 5,
+        current: UnitState | None = None,
+    ) -> tuple[UnitState, UnitState] | None:
+        """Read, change, write with If-Match; on a conflict read again and change again.
+
+        ``change`` computes the new row from the current one (None: nothing to do, e.g. the row
+        moved on). Returns (before, after), or None when there was nothing to do; raises
+        StateStoreUnavailable naming ``what`` if the row kept changing. ``current``, the row just
+        read, saves the first read."""
+        for _ in range(attempts):
+            before, current = current or self.read(key), None
+            after = change(before)
+            if after is None:
+                return None
+            written = self.update(after)
+            if written is not None:
+                return before, written
+        raise StateStoreUnavailable(f"could not {what} of {key}: the row kept changing")
+
     @store_errors
     def update(self, state: UnitState) -> UnitState | None:
         """Write the row if nobody changed it since it was read; None if somebody did."""
@@ -407,7 +350,7 @@ class StateStore(TableStore):
             parameters={"pk": key, "lo": HISTORY_PREFIX, "hi": HISTORY_PREFIX[:-1] + "."},
             results_per_page=limit,
         )
-        return [dict(row) for row in _take(rows, limit)]
+        return [dict(row) for row in take(rows, limit)]
 
     @store_errors
     def count_asks(self, key: str, pending_id: str, limit: int = 1000) -> int:
@@ -418,34 +361,3 @@ class StateStore(TableStore):
                                           parameters={"pk": key, "lo": prefix, "hi": prefix[:-1] + "."},
                                           select=["RowKey"], results_per_page=min(limit, 1000))
         return sum(1 for _ in itertools.islice(rows, limit))  # islice: no request for a next page
-
-
-def _take(rows: Any, limit: int) -> Iterator[Any]:
-    for index, row in enumerate(rows):
-        if index >= limit:
-            return
-        yield row
-
-
-def table_client(settings_storage: Any, table_name: str, credential_factory: Callable[[str | None], Any], **kwargs: Any) -> TableClient:
-    """A TableClient for the configured storage, with short timeouts and few retries.
-
-    A function invocation should fail fast with a clear 503 rather than hang on a dead endpoint.
-    """
-    options: dict[str, Any] = dict(
-        connection_timeout=5, read_timeout=15, retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2
-    )
-    options.update(kwargs)
-    if settings_storage.connection_string:
-        # The SDK parses the connection string; its endpoint decides the proxy settings.
-        endpoint = TableServiceClient.from_connection_string(settings_storage.connection_string).url
-        service = TableServiceClient.from_connection_string(
-            settings_storage.connection_string, **options, **azure_options(endpoint)
-        )
-    else:
-        credential = credential_factory(settings_storage.client_id if settings_storage.use_managed_identity else None)
-        service = TableServiceClient(
-            endpoint=settings_storage.table_service_uri, credential=credential,
-            **options, **azure_options(settings_storage.table_service_uri),
-        )
-    return service.get_table_client(table_name)

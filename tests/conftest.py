@@ -20,18 +20,19 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emulators.azurite import Azurite  # noqa: E402
-from emulators.graph import GraphEmulator  # noqa: E402
-from emulators.identity import IdentityEmulator  # noqa: E402
-from emulators.tokens import ALL_ROLES  # noqa: E402
-from shared.deferred import PendingQueue, queue_client  # noqa: E402
-from shared.graph import GraphClient, RetryPolicy  # noqa: E402
-from shared.identity import make_credential  # noqa: E402
-from shared.notify import Notifier  # noqa: E402
-from shared.operations import OperationStore  # noqa: E402
-from shared.service import SyncService  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.state import StateStore, table_client  # noqa: E402
+from emulators.azurite import Azurite
+from emulators.graph import GraphEmulator
+from emulators.identity import IdentityEmulator
+from emulators.tokens import ALL_ROLES
+from shared.deferred import PendingQueue
+from shared.graph import GraphClient, RetryPolicy
+from shared.identity import make_credential
+from shared.notify import Notifier
+from shared.operations import OperationStore
+from shared.service import SyncService
+from shared.settings import Settings
+from shared.state import StateStore
+from shared.storage import queue_client, table_client
 
 FAST_RETRY = RetryPolicy(retries=3, backoff_factor=0.01, backoff_max=0.2)
 
@@ -281,8 +282,8 @@ def advance(clock: FakeClock, graph: GraphEmulator, seconds: float) -> None:
 
 # --- calling the function app in-process, as the host does -----------------------------------
 
-import function_app  # noqa: E402
-from shared import runtime  # noqa: E402
+import function_app
+from shared import runtime
 
 # app.get_functions() once per process, as documented for testing v2 functions.
 APP_FUNCTIONS = function_app.app.get_functions()

@@ -29,7 +29,8 @@ from shared.answers import MAX_RETRY_AFTER_SECONDS
 from shared.identity import make_credential
 from shared.model import Outcome, SyncRequest
 from shared.settings import Settings
-from shared.state import StateStore, table_client
+from shared.state import StateStore
+from shared.storage import table_client
 
 AUTOPILOT = SyncRequest("autopilot", caller="chaos")
 LEASE = 180  # the default SYNC_LEASE_SECONDS the hosts run with

@@ -16,7 +16,8 @@ from conftest import sync_posts
 
 from shared.identity import make_credential
 from shared.settings import Settings
-from shared.state import Attempt, StateStore, table_client
+from shared.state import Attempt, StateStore
+from shared.storage import table_client
 
 PROCESSES = 4
 CALLERS_PER_PROCESS = 25

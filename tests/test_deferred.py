@@ -16,7 +16,8 @@ from shared.deferred import BACKOFF_MAX, PendingFire
 from shared.identity import make_credential
 from shared.model import Outcome, SyncRequest, Trigger
 from shared.settings import Settings
-from shared.state import Attempt, StateStore, table_client
+from shared.state import Attempt, StateStore
+from shared.storage import table_client
 
 DEFER = SyncRequest("autopilot", caller="flow-1", defer=True)
 

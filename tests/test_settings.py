@@ -103,7 +103,7 @@ def test_a_lease_shorter_than_the_slowest_graph_call_is_refused():
 
 # --- upper bounds (issue #10, item 11): every numeric setting has a documented maximum ---------
 
-from shared.settings import DEFAULTS, NUMERIC_SETTINGS  # noqa: E402
+from shared.settings import DEFAULTS, NUMERIC_SETTINGS
 
 
 def too_big(name: str) -> str:

@@ -17,13 +17,12 @@ from emulators.graph import AUTOPILOT, GraphEmulator
 from emulators.server import JsonHandler, Server
 from emulators.tls import CertificateAuthority, ServerCertificate, serve_tls
 from shared import transport
-from shared.deferred import queue_client
 from shared.errors import GraphUnavailable
 from shared.graph import GraphClient
 from shared.identity import make_credential
 from shared.notify import Notification, Notifier
 from shared.settings import Settings, SettingsError
-from shared.state import table_client
+from shared.storage import queue_client, table_client
 
 CA_VARIABLES = transport.CA_BUNDLE_VARIABLES
 

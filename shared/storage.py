@@ -1,0 +1,159 @@
+"""Storage plumbing, in one place: the table and queue clients built from the storage settings,
+the row <-> dataclass codec, and the error handling every table store shares.
+
+The stores (state.StateStore, operations.OperationStore, retention.RetentionStore) hold only
+what their rows mean; how a row is encoded, how a fault becomes ``StateStoreUnavailable`` and
+how a missing table is created on first use is written once, here.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient
+
+from .answers import as_utc
+from .errors import StateStoreUnavailable
+from .transport import azure_options
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Short timeouts and few retries: an invocation should fail fast with a clear 503 rather than
+# hang on a dead endpoint.
+CLIENT_OPTIONS: dict[str, Any] = dict(connection_timeout=5, read_timeout=15, retry_total=2)
+TABLE_RETRY: dict[str, Any] = dict(retry_backoff_factor=0.2, retry_backoff_max=2)
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+def table_client(storage: Any, table_name: str, credential_factory: Callable[[str | None], Any], **kwargs: Any) -> TableClient:
+    """A TableClient for the configured storage (settings.StorageSettings)."""
+    options = {**CLIENT_OPTIONS, **TABLE_RETRY, **kwargs}
+    if storage.connection_string:
+        # The SDK parses the connection string; its endpoint decides the proxy settings.
+        endpoint = TableServiceClient.from_connection_string(storage.connection_string).url
+        service = TableServiceClient.from_connection_string(storage.connection_string, **options, **azure_options(endpoint))
+    else:
+        service = TableServiceClient(endpoint=storage.table_service_uri, credential=_credential(storage, credential_factory),
+                                     **options, **azure_options(storage.table_service_uri))
+    return service.get_table_client(table_name)
+
+
+def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> Any:
+    """A QueueClient for the configured storage, Base64 as the Functions host's queue trigger
+    expects. azure-storage-queue is imported here, on first use: most invocations never queue."""
+    from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+    options: dict[str, Any] = dict(message_encode_policy=TextBase64EncodePolicy(),
+                                   message_decode_policy=TextBase64DecodePolicy(), **CLIENT_OPTIONS)
+    if storage.connection_string:
+        endpoint = QueueServiceClient.from_connection_string(storage.connection_string).url
+        return QueueClient.from_connection_string(storage.connection_string, queue_name, **options, **azure_options(endpoint))
+    if not storage.queue_service_uri:
+        raise StateStoreUnavailable("no queue endpoint: set AzureWebJobsStorage__queueServiceUri or __accountName")
+    return QueueClient(storage.queue_service_uri, queue_name, credential=_credential(storage, credential_factory),
+                       **options, **azure_options(storage.queue_service_uri))
+
+
+def _credential(storage: Any, credential_factory: Callable[[str | None], Any]) -> Any:
+    return credential_factory(storage.client_id if storage.use_managed_identity else None)
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def camel(name: str) -> str:
+    """A field's property name in the table: ``next_allowed_at`` -> ``nextAllowedAt``."""
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def to_row(record: Any, partition_key: str, row_key: str, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """A dataclass as a table entity: one property per field, absent when None (so that a
+    REPLACE clears it), except the fields in ``skip`` (keys and ETags)."""
+    assert is_dataclass(record)
+    left_out = set(skip)
+    row: dict[str, Any] = {"PartitionKey": partition_key, "RowKey": row_key}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name not in left_out and value is not None:
+            row[camel(f.name)] = value
+    return row
+
+
+def from_row(cls: type[_T], entity: Any, skip: Iterable[str] = (), **fixed: Any) -> _T:
+    """The dataclass ``cls`` from a table entity: every field but those in ``skip`` (given in
+    ``fixed`` instead); datetimes as aware UTC."""
+    left_out = set(skip)
+    values = dict(fixed)
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in left_out:
+            continue
+        value = entity.get(camel(f.name))
+        values[f.name] = as_utc(value) if isinstance(value, datetime) else value
+    return cls(**values)
+
+
+def take(rows: Iterable[Any], limit: int) -> Iterator[Any]:
+    """The first ``limit`` rows of a query, without asking for a page beyond them."""
+    for index, row in enumerate(rows):
+        if index >= limit:
+            return
+        yield row
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+def table_missing(exc: Exception) -> bool:
+    """Whether a not-found error means the table itself is missing (not just a row). Some calls
+    (create_entity) raise it without ``error_code``; the service's code is in the message then."""
+    return getattr(exc, "error_code", None) == "TableNotFound" or "TableNotFound" in str(exc)
+
+
+def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Create the table on first use, and turn storage faults into StateStoreUnavailable."""
+
+    @functools.wraps(method)
+    def wrapper(self: TableStore, *args: Any, **kwargs: Any) -> _T:
+        try:
+            try:
+                return method(self, *args, **kwargs)
+            except ResourceNotFoundError as exc:
+                if not table_missing(exc):
+                    raise
+                self._create_table()
+                return method(self, *args, **kwargs)
+        except StateStoreUnavailable:
+            raise
+        except AzureError as exc:
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise StateStoreUnavailable(
+                f"Table Storage ({self.endpoint}, table {self.table_name}) is unavailable: "
+                f"{type(exc).__name__}: {first_line[:300]}"
+            ) from exc
+
+    return wrapper
+
+
+class TableStore:
+    """What the stores that keep their rows in the state table share."""
+
+    def __init__(self, table: TableClient):
+        self._table = table
+        self.table_name = table.table_name
+        self.endpoint = table.url.split("?")[0]
+
+    def _create_table(self) -> None:
+        try:
+            self._table.create_table()
+            log.info("created state table %s", self.table_name)
+        except ResourceExistsError:
+            pass
