@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import AppError
@@ -245,127 +246,149 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read every setting from ``env`` through its row of SETTINGS; all problems at once."""
         problems: dict[str, str] = {}
 
         def get(name: str) -> str:
             value = env.get(name)
             return DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
 
-        def integer(name: str) -> int:
-            # Bounds from NUMERIC_SETTINGS; a bad value is a problem, and the default stands in.
-            value = number(name, get(name), problems)
-            return int(DEFAULTS[name]) if value is None else int(value)
-
-        graph_base_url = get("GRAPH_BASE_URL").rstrip("/")
-        why = _check_base_url(graph_base_url)
-        if why:
-            problems["GRAPH_BASE_URL"] = why
-
-        targets = tuple(dict.fromkeys(t.strip() for t in get("SYNC_TARGETS").split(",") if t.strip()))
-        unknown = [t for t in targets if t not in KNOWN_TARGETS]
-        if not targets:
-            problems["SYNC_TARGETS"] = f"must name at least one of {', '.join(KNOWN_TARGETS)}"
-        elif unknown:
-            problems["SYNC_TARGETS"] = (
-                f"unknown target(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TARGETS)}"
-            )
-
-        def ncrontab(name: str) -> str:
-            schedule = get(name)
-            fields = schedule.split()
-            if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
-                problems[name] = (
-                    f"must be an NCRONTAB expression with six fields "
-                    f"(second minute hour day month weekday), got {schedule!r}"
-                )
-            return schedule
-
-        schedule = ncrontab("SYNC_SCHEDULE")
-        watch_schedule = ncrontab("SYNC_WATCH_SCHEDULE")
-        wait_timeout = integer("SYNC_WAIT_TIMEOUT_SECONDS")
-
-        notify_urls = tuple(u.strip() for u in get("NOTIFY_URL").split(",") if u.strip())
-        for url in notify_urls:
-            parts = urlsplit(url)
-            if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
-                # Never echo the URL: Power Automate trigger URLs carry their signature in the query.
-                problems["NOTIFY_URL"] = "every URL must be https (http only on loopback)"
-        notify_format = get("NOTIFY_FORMAT")
-        if notify_format not in NOTIFY_FORMATS:
-            problems["NOTIFY_FORMAT"] = f"must be one of {', '.join(NOTIFY_FORMATS)}, got {notify_format!r}"
-
-        sync_type = get("EXCHANGE_SYNC_TYPE")
-        if sync_type not in SYNC_TYPES:
-            problems["EXCHANGE_SYNC_TYPE"] = f"must be one of {', '.join(SYNC_TYPES)}, got {sync_type!r}"
-
-        cooldowns = tuple((target, integer(name)) for target, (name, _, _) in TARGET_COOLDOWNS.items())
-        lease_seconds = integer("SYNC_LEASE_SECONDS")
-        health = _health_thresholds(get, problems)
-        expiry_days = integer("TOKEN_EXPIRY_WARNING_DAYS")
-        trusted_hosts = tuple(dict.fromkeys(h.strip().lower() for h in get("TRUSTED_FORWARDED_HOSTS").split(",") if h.strip()))
-        if any(not valid_host(h) for h in trusted_hosts):
-            problems["TRUSTED_FORWARDED_HOSTS"] = (
-                "must be a comma list of host names (or host:port), such as sync.contoso.com; got "
-                + ", ".join(repr(h) for h in trusted_hosts if not valid_host(h))
-            )
+        values: dict[str, Any] = {field: read(name, get(name), problems) for name, (field, read) in SETTINGS.items()}
+        values["cooldowns"] = tuple((target, _whole(name, get(name), problems)) for target, (name, _, _) in TARGET_COOLDOWNS.items())
+        values["health_thresholds"] = _health_thresholds(get, problems)
+        values["azure_client_id"] = _client_id(env, problems)
+        values["storage"] = _storage_settings(env, problems)
         ca_problem = ca_bundle_problem(env)
         if ca_problem:
             problems[ca_problem[0]] = ca_problem[1]
-        # Well inside the 230 s that the platform allows an HTTP call.
-        status_deadline = integer("STATUS_DEADLINE_SECONDS")
-        retention_days = integer("HISTORY_RETENTION_DAYS")
-
-        timeout = number("GRAPH_TIMEOUT_SECONDS", get("GRAPH_TIMEOUT_SECONDS"), problems) or 30.0
-
-        # Every Graph call under a lease ends LEASE_MARGIN_SECONDS before the lease does (a
-        # deadline). The lease must leave room for the slowest single path: a POST answered 401,
-        # a new token from a slow identity endpoint, and the resend.
-        needed = math.ceil(write_budget_seconds(timeout)) + LEASE_MARGIN_SECONDS
-        if lease_seconds < needed and "SYNC_LEASE_SECONDS" not in problems:
-            problems["SYNC_LEASE_SECONDS"] = (
-                f"must be at least {needed} with GRAPH_TIMEOUT_SECONDS={timeout:g} (a sync POST answered "
-                f"401, a new token and the resend, plus {LEASE_MARGIN_SECONDS} s to record the outcome), got {lease_seconds}"
-            )
-
-        queue = get("SYNC_QUEUE")
-        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", queue):
-            problems["SYNC_QUEUE"] = f"must be 3-63 lower-case letters, digits and single hyphens, got {queue!r}"
-
-        table = get("SYNC_STATE_TABLE")
-        if not _TABLE_NAME.match(table):
-            problems["SYNC_STATE_TABLE"] = (
-                f"must be 3-63 letters or digits starting with a letter, got {table!r}"
-            )
-
-        client_id = (env.get("AZURE_CLIENT_ID") or "").strip() or None
-        if client_id and not _is_guid(client_id):
-            problems["AZURE_CLIENT_ID"] = "must be the client id (a GUID) of a user-assigned managed identity"
-
-        storage = _storage_settings(env, problems)
+        _check_lease(values["lease_seconds"], values["graph_timeout_seconds"], problems)
         if problems:
             raise SettingsError(problems)
-        return cls(
-            graph_base_url=graph_base_url,
-            storage=storage,
-            azure_client_id=client_id,
-            sync_targets=targets,
-            sync_schedule=schedule,
-            exchange_sync_type=sync_type,
-            cooldowns=cooldowns,
-            health_thresholds=health,
-            token_expiry_warning_days=expiry_days,
-            trusted_forwarded_hosts=trusted_hosts,
-            status_deadline_seconds=status_deadline,
-            history_retention_days=retention_days,
-            state_table=table,
-            queue_name=queue,
-            lease_seconds=lease_seconds,
-            graph_timeout_seconds=timeout,
-            wait_timeout_seconds=wait_timeout,
-            watch_schedule=watch_schedule,
-            notify_urls=notify_urls,
-            notify_format=notify_format,
+        return cls(**values)
+
+
+# --- how each setting is read: (setting name, raw value, problems) -> value ---------------------
+# A reader records what is wrong under the setting's name and returns a stand-in, so that every
+# problem is reported at once.
+
+
+def _whole(name: str, raw: str, problems: dict[str, str]) -> int:
+    """A whole number within its NUMERIC_SETTINGS bounds (the default stands in when it is not)."""
+    value = number(name, raw, problems)
+    return int(DEFAULTS[name]) if value is None else int(value)
+
+
+def _seconds(name: str, raw: str, problems: dict[str, str]) -> float:
+    value = number(name, raw, problems)
+    return float(DEFAULTS[name]) if value is None else value
+
+
+def _base_url(name: str, raw: str, problems: dict[str, str]) -> str:
+    url = raw.rstrip("/")
+    why = _check_base_url(url)
+    if why:
+        problems[name] = why
+    return url
+
+
+def _targets(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ...]:
+    targets = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    unknown = [t for t in targets if t not in KNOWN_TARGETS]
+    if not targets:
+        problems[name] = f"must name at least one of {', '.join(KNOWN_TARGETS)}"
+    elif unknown:
+        problems[name] = f"unknown target(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TARGETS)}"
+    return targets
+
+
+def _ncrontab(name: str, raw: str, problems: dict[str, str]) -> str:
+    fields = raw.split()
+    if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
+        problems[name] = (f"must be an NCRONTAB expression with six fields "
+                          f"(second minute hour day month weekday), got {raw!r}")
+    return raw
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, str, dict[str, str]], str]:
+    def read(name: str, raw: str, problems: dict[str, str]) -> str:
+        if raw not in choices:
+            problems[name] = f"must be one of {', '.join(choices)}, got {raw!r}"
+        return raw
+
+    return read
+
+
+def _notify_urls(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
+            # Never echo the URL: Power Automate trigger URLs carry their signature in the query.
+            problems[name] = "every URL must be https (http only on loopback)"
+    return urls
+
+
+def _hosts(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ...]:
+    hosts = tuple(dict.fromkeys(h.strip().lower() for h in raw.split(",") if h.strip()))
+    if any(not valid_host(h) for h in hosts):
+        problems[name] = ("must be a comma list of host names (or host:port), such as sync.contoso.com; got "
+                          + ", ".join(repr(h) for h in hosts if not valid_host(h)))
+    return hosts
+
+
+def _queue_name(name: str, raw: str, problems: dict[str, str]) -> str:
+    if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", raw):
+        problems[name] = f"must be 3-63 lower-case letters, digits and single hyphens, got {raw!r}"
+    return raw
+
+
+def _table_name(name: str, raw: str, problems: dict[str, str]) -> str:
+    if not _TABLE_NAME.match(raw):
+        problems[name] = f"must be 3-63 letters or digits starting with a letter, got {raw!r}"
+    return raw
+
+
+# Every setting with a field of its own: name -> (Settings field, reader). Defaults are DEFAULTS,
+# numeric bounds NUMERIC_SETTINGS; cooldowns, health thresholds, storage and the identity's client
+# id are read by the functions named in from_env.
+SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
+    "GRAPH_BASE_URL": ("graph_base_url", _base_url),
+    "SYNC_TARGETS": ("sync_targets", _targets),
+    "SYNC_SCHEDULE": ("sync_schedule", _ncrontab),
+    "SYNC_WATCH_SCHEDULE": ("watch_schedule", _ncrontab),
+    "EXCHANGE_SYNC_TYPE": ("exchange_sync_type", _one_of(SYNC_TYPES)),
+    "NOTIFY_URL": ("notify_urls", _notify_urls),
+    "NOTIFY_FORMAT": ("notify_format", _one_of(NOTIFY_FORMATS)),
+    "TRUSTED_FORWARDED_HOSTS": ("trusted_forwarded_hosts", _hosts),
+    "SYNC_STATE_TABLE": ("state_table", _table_name),
+    "SYNC_QUEUE": ("queue_name", _queue_name),
+    "SYNC_LEASE_SECONDS": ("lease_seconds", _whole),
+    "GRAPH_TIMEOUT_SECONDS": ("graph_timeout_seconds", _seconds),
+    "SYNC_WAIT_TIMEOUT_SECONDS": ("wait_timeout_seconds", _whole),
+    "TOKEN_EXPIRY_WARNING_DAYS": ("token_expiry_warning_days", _whole),
+    # Well inside the 230 s that the platform allows an HTTP call.
+    "STATUS_DEADLINE_SECONDS": ("status_deadline_seconds", _whole),
+    "HISTORY_RETENTION_DAYS": ("history_retention_days", _whole),
+}
+
+
+def _check_lease(lease_seconds: int, timeout: float, problems: dict[str, str]) -> None:
+    """Every Graph call under a lease ends LEASE_MARGIN_SECONDS before the lease does (a
+    deadline). The lease must leave room for the slowest single path: a POST answered 401, a new
+    token from a slow identity endpoint, and the resend."""
+    needed = math.ceil(write_budget_seconds(timeout)) + LEASE_MARGIN_SECONDS
+    if lease_seconds < needed and "SYNC_LEASE_SECONDS" not in problems:
+        problems["SYNC_LEASE_SECONDS"] = (
+            f"must be at least {needed} with GRAPH_TIMEOUT_SECONDS={timeout:g} (a sync POST answered "
+            f"401, a new token and the resend, plus {LEASE_MARGIN_SECONDS} s to record the outcome), got {lease_seconds}"
         )
+
+
+def _client_id(env: Mapping[str, str], problems: dict[str, str]) -> str | None:
+    client_id = (env.get("AZURE_CLIENT_ID") or "").strip() or None
+    if client_id and not _is_guid(client_id):
+        problems["AZURE_CLIENT_ID"] = "must be the client id (a GUID) of a user-assigned managed identity"
+    return client_id
 
 
 def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> tuple[tuple[str, float, float], ...]:

@@ -127,7 +127,7 @@ def test_the_storage_roles_granted_are_exactly_those_the_code_needs():
 
 def test_the_queue_role_is_granted_because_the_code_uses_a_queue():
     queue_contributor = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
-    assert "azure.storage.queue" in (ROOT / "shared" / "deferred.py").read_text()
+    assert "azure.storage.queue" in (ROOT / "shared" / "storage.py").read_text()  # the client deferred syncs use
     assert queue_contributor in permissions.STORAGE_ROLES
     storage = parse(INFRA / "app" / "storage.bicep")
     assert storage["resources"]["deferredQueue"]["config"]["name"] == "deferredQueueName"
