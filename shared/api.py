@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -249,7 +248,7 @@ def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
     trusted = settings().trusted_forwarded_hosts
     forwarded = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
     proto = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
-    website = (os.environ.get("WEBSITE_HOSTNAME") or "").strip()
+    website = settings().website_hostname or ""
     if forwarded and valid_host(forwarded) and (forwarded.lower() in trusted or host_name(forwarded) in trusted):
         host, scheme = forwarded, proto if proto in ("http", "https") else parts.scheme
     elif website and valid_host(website):

@@ -10,7 +10,6 @@ The decisions themselves are pure functions in shared/decisions.py.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .core import ServiceCore
@@ -47,6 +46,6 @@ def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: An
         **graph_options,
     )
     table = table_client(settings.storage, settings.state_table, make_credential)
-    notifier = Notifier(settings.notify_urls, settings.notify_format, os.environ.get("WEBSITE_SITE_NAME", "intune-sync"))
+    notifier = Notifier(settings.notify_urls, settings.notify_format, settings.site_name)
     queue = PendingQueue(lambda: queue_client(settings.storage, settings.queue_name, make_credential))
     return SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier, queue)

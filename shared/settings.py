@@ -230,6 +230,9 @@ class Settings:
     status_deadline_seconds: int = int(DEFAULTS["STATUS_DEADLINE_SECONDS"])
     # History rows older than this are deleted by the sweep (shared/retention.py).
     history_retention_days: int = int(DEFAULTS["HISTORY_RETENTION_DAYS"])
+    # Set by the platform, not by operators: the app's public host name and its name.
+    website_hostname: str | None = None
+    site_name: str = "intune-sync"
 
     def cooldown_seconds(self, target: str) -> int:
         return dict(self.cooldowns)[target]
@@ -258,6 +261,8 @@ class Settings:
         values["health_thresholds"] = _health_thresholds(get, problems)
         values["azure_client_id"] = _client_id(env, problems)
         values["storage"] = _storage_settings(env, problems)
+        values["website_hostname"] = (env.get("WEBSITE_HOSTNAME") or "").strip() or None
+        values["site_name"] = (env.get("WEBSITE_SITE_NAME") or "").strip() or "intune-sync"
         ca_problem = ca_bundle_problem(env)
         if ca_problem:
             problems[ca_problem[0]] = ca_problem[1]
