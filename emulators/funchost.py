@@ -66,10 +66,11 @@ def _resolve(value: str) -> str:
     return re.sub(r"%(\w+)%", lambda m: os.environ.get(m.group(1), ""), value)
 
 
-def load_routes(app: Any) -> tuple[list[Route], dict[str, Callable[..., Any]], list[QueueFunction]]:
-    """HTTP routes (most specific first), the other functions by name, and the queue triggers."""
+def load_routes(app: Any, functions: list[Any] | None = None) -> tuple[list[Route], dict[str, Callable[..., Any]], list[QueueFunction]]:
+    """HTTP routes (most specific first), the other functions by name, and the queue triggers.
+    ``functions``: the app's ``get_functions()`` when the caller already has them."""
     routes, others, queues = [], {}, []
-    for fn in app.get_functions():  # once per process, as documented
+    for fn in app.get_functions() if functions is None else functions:  # once per process, as documented
         trigger = fn.get_trigger()
         user_function = fn.get_user_function()
         if type(trigger).__name__ == "QueueTrigger":

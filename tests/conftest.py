@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from emulators.azurite import Azurite
+from emulators.funchost import load_routes
 from emulators.graph import GraphEmulator
 from emulators.identity import IdentityEmulator
 from emulators.tokens import ALL_ROLES
@@ -280,6 +281,34 @@ def advance(clock: FakeClock, graph: GraphEmulator, seconds: float) -> None:
     requests.post(f"{graph.base_url}/_emulator/clock", json={"advanceSeconds": seconds}, timeout=5).raise_for_status()
 
 
+def one(results: list[Any]) -> Any:
+    """The only result of a call that syncs one unit."""
+    assert len(results) == 1, results
+    return results[0]
+
+
+def configure(graph: GraphEmulator, **config: Any) -> None:
+    """Change the Graph emulator's tenant and behaviour (``/_emulator/config``)."""
+    requests.post(f"{graph.base_url}/_emulator/config", json=config, timeout=5).raise_for_status()
+
+
+def faults(graph: GraphEmulator, *specs: dict[str, Any]) -> None:
+    """Switch on faults in the Graph emulator (``/_emulator/faults``)."""
+    requests.post(f"{graph.base_url}/_emulator/faults", json=list(specs), timeout=5).raise_for_status()
+
+
+def queue_length(env: dict[str, str]) -> int:
+    """Messages in the deferred-sync queue, visible or not (0 if it was never created)."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient
+
+    queue = QueueClient.from_connection_string(env["AzureWebJobsStorage"], env["SYNC_QUEUE"])
+    try:
+        return queue.get_queue_properties().approximate_message_count
+    except ResourceNotFoundError:
+        return 0
+
+
 # --- calling the function app in-process, as the host does -----------------------------------
 
 import function_app
@@ -288,6 +317,7 @@ from shared import runtime
 # app.get_functions() once per process, as documented for testing v2 functions.
 APP_FUNCTIONS = function_app.app.get_functions()
 FUNCTIONS: dict[str, Callable[..., Any]] = {fn.get_function_name(): fn.get_user_function() for fn in APP_FUNCTIONS}
+HTTP_ROUTES = load_routes(function_app.app, APP_FUNCTIONS)[0]
 
 
 @pytest.fixture
@@ -308,19 +338,10 @@ def call(method: str, route: str, body: Any = None, headers: dict[str, str] | No
     import azure.functions as func
 
     path, _, query = route.partition("?")
-    parts = [unquote(p) for p in path.strip("/").split("/")]
-    if parts[:2] == ["sync", "status"] and len(parts) == 2:
-        name, params = "sync_status", {}
-    elif parts[0] == "sync" and len(parts) == 2:
-        name, params = "sync_target", {"target": parts[1]}
-    elif parts[0] == "sync" and len(parts) == 3:
-        name, params = "sync_item", {"target": parts[1], "itemId": parts[2]}
-    elif parts[0] == "operations" and len(parts) == 2:
-        name, params = "sync_operation", {"operationId": parts[1]}
-    elif parts == ["health"]:
-        name, params = "health", {}
-    else:
-        raise AssertionError(f"no route {route}")
+    # The app's own routes, matched as the local host matches them (most specific first).
+    match = next(((r.name, m) for r in HTTP_ROUTES if (m := r.pattern.match(path.strip("/")))), None)
+    assert match is not None, f"no route {route}"
+    name, params = match[0], {key: unquote(value) for key, value in match[1].groupdict().items()}
     headers = dict(headers or {})
     if isinstance(body, (dict, list)):
         body = json.dumps(body)

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from azure.storage.queue import QueueClient
-from conftest import sync_posts
+from conftest import configure, faults, queue_length, sync_posts
 
 from emulators.azurite import ACCOUNT, KEY
 from emulators.faultproxy import FaultProxy
@@ -68,14 +67,6 @@ def post(host: str, route: str, **kwargs: Any) -> requests.Response:
     answer = requests.post(f"{host}/api/sync/{route}", timeout=90, **kwargs)
     assert answer.status_code != 500, answer.text  # 503 names an upstream fault; 500 would be ours
     return answer
-
-
-def graph_config(graph, **config: Any) -> None:
-    requests.post(f"{graph.base_url}/_emulator/config", json=config, timeout=5).raise_for_status()
-
-
-def graph_faults(graph, *specs: dict[str, Any]) -> None:
-    requests.post(f"{graph.base_url}/_emulator/faults", json=list(specs), timeout=5).raise_for_status()
 
 
 def assert_every_post_is_in_history(graph, store: StateStore, keys: list[str]) -> None:
@@ -155,7 +146,7 @@ def test_a_hanging_identity_endpoint_holds_no_lease_and_causes_no_second_sync(ho
 
 
 def test_a_sync_post_that_timed_out_after_landing_closes_the_window_for_every_instance(hosts, graph, store):
-    graph_faults(graph, {"method": "POST", "pathContains": "/sync", "delaySeconds": 3, "times": 1})  # timeout is 2 s
+    faults(graph, {"method": "POST", "pathContains": "/sync", "delaySeconds": 3, "times": 1})  # timeout is 2 s
     first = post(hosts[0], "autopilot")
     assert first.status_code == 202 and "may have started" in first.json()["message"]
     assert post(hosts[1], "autopilot").status_code == 429  # the caller's retry, elsewhere
@@ -173,9 +164,9 @@ ODD_RETRY_AFTER = ["inf", "1e10", "300000000000", "-5", "soon", "Wed, 21 Oct 209
 
 
 def test_odd_retry_after_values_on_429_never_500_and_never_lock_a_unit_past_the_maximum(hosts, graph, store):
-    graph_config(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS])
+    configure(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS])
     for index, (connector, value) in enumerate(zip(CONNECTORS, ODD_RETRY_AFTER, strict=False)):
-        graph_faults(graph, {"method": "POST", "pathContains": connector, "status": 429, "retryAfter": value, "times": 1})
+        faults(graph, {"method": "POST", "pathContains": connector, "status": 429, "retryAfter": value, "times": 1})
         answer = post(hosts[index % 2], f"exchange/{connector}")
         assert answer.status_code == 429, (value, answer.text)
         assert 1 <= int(answer.headers["Retry-After"]) <= MAX_RETRY_AFTER_SECONDS, value
@@ -186,17 +177,17 @@ def test_odd_retry_after_values_on_429_never_500_and_never_lock_a_unit_past_the_
 
 
 def test_odd_retry_after_values_on_503_and_409_never_500(hosts, graph, store):
-    graph_config(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS])
+    configure(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS])
     for index, (connector, value) in enumerate(zip(CONNECTORS, ODD_RETRY_AFTER, strict=False)):
         status = 503 if index % 2 else 409
-        graph_faults(graph, {"method": "POST", "pathContains": connector, "status": status, "retryAfter": value, "times": 4})
+        faults(graph, {"method": "POST", "pathContains": connector, "status": status, "retryAfter": value, "times": 4})
         answer = post(hosts[index % 2], f"exchange/{connector}")
         assert answer.status_code == status, (value, answer.text)
     assert_every_post_is_in_history(graph, store, [f"exchange-{c}" for c in CONNECTORS])
 
 
 def test_graph_timestamps_without_an_offset_are_read_as_utc(hosts, graph):
-    graph_config(graph, connectors=[{"id": CONNECTORS[0], "status": "connected", "lastSyncDateTime": "2026-11-25T10:00:00"}])
+    configure(graph, connectors=[{"id": CONNECTORS[0], "status": "connected", "lastSyncDateTime": "2026-11-25T10:00:00"}])
     answer = requests.get(f"{hosts[0]}/api/sync/status", timeout=60)
     assert answer.status_code == 200
     exchange = next(t for t in answer.json()["targets"] if t["target"] == "exchange")
@@ -208,11 +199,11 @@ def test_graph_timestamps_without_an_offset_are_read_as_utc(hosts, graph):
 
 def test_a_deleted_connector_neither_stops_the_watcher_nor_the_other_units(start_app_hosts, chaos_env, graph, store, sink):
     hosts = start_app_hosts(2, {**chaos_env, "NOTIFY_URL": sink.url})
-    graph_config(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS[:3]])
+    configure(graph, connectors=[{"id": c, "status": "connected"} for c in CONNECTORS[:3]])
     for connector in CONNECTORS[:3]:
         assert post(hosts[0], f"exchange/{connector}").status_code == 202
     synced = requests.get(f"{graph.base_url}/_emulator/stats", timeout=5).json()["now"]
-    graph_config(graph, connectors=[{"id": c, "status": "connected", "lastSyncDateTime": synced}
+    configure(graph, connectors=[{"id": c, "status": "connected", "lastSyncDateTime": synced}
                                     for c in CONNECTORS[1:3]])  # the first is deleted; the others have synced
     watched = requests.post(f"{hosts[1]}/admin/functions/sync_watch", timeout=60)
     assert watched.status_code < 300, watched.text
@@ -225,13 +216,13 @@ def test_a_deleted_connector_neither_stops_the_watcher_nor_the_other_units(start
 
 
 def test_a_deferred_sync_of_a_deleted_connector_ends_as_skipped_not_in_the_poison_queue(make_service, graph, clock, env):
-    graph_config(graph, connectors=[{"id": CONNECTORS[0], "status": "connected"}])
+    configure(graph, connectors=[{"id": CONNECTORS[0], "status": "connected"}])
     service = make_service()
     route = SyncRequest("exchange", CONNECTORS[0], caller="chaos")
     service.sync(route)
     assert service.sync(replace(route, defer=True))[0].outcome is Outcome.SCHEDULED
     state = service.store.read(f"exchange-{CONNECTORS[0]}")
-    graph_config(graph, connectors=[])
+    configure(graph, connectors=[])
     clock.advance(601)
     from shared.deferred import PendingFire
 
@@ -242,16 +233,6 @@ def test_a_deferred_sync_of_a_deleted_connector_ends_as_skipped_not_in_the_poiso
 
 
 # --- 7. one queue message per pending sync -----------------------------------------------------
-
-
-def queue_length(env: dict[str, str]) -> int:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    queue = QueueClient.from_connection_string(env["AzureWebJobsStorage"], env["SYNC_QUEUE"])
-    try:
-        return queue.get_queue_properties().approximate_message_count
-    except ResourceNotFoundError:
-        return 0  # no queue: nothing was ever sent
 
 
 def test_twenty_deferred_asks_from_four_processes_send_exactly_one_queue_message(start_app_hosts, chaos_env, env, graph):

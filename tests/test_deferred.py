@@ -9,8 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import requests
-from azure.storage.queue import QueueClient
-from conftest import advance, sync_posts
+from conftest import advance, configure, one, queue_length, sync_posts
 
 from shared.deferred import BACKOFF_MAX, PendingFire
 from shared.identity import make_credential
@@ -22,32 +21,17 @@ from shared.storage import table_client
 DEFER = SyncRequest("autopilot", caller="flow-1", defer=True)
 
 
-def configure(graph, **config):
-    requests.post(f"{graph.base_url}/_emulator/config", json=config, timeout=5).raise_for_status()
-
-
-def queued(env) -> int:
-    """Messages in the queue, visible or not."""
-    queue = QueueClient.from_connection_string(env["AzureWebJobsStorage"], env["SYNC_QUEUE"])
-    return queue.get_queue_properties().approximate_message_count
-
-
 def pending_fire(service) -> PendingFire:
     """The message the service last sent for the pending sync (same id, time and generation)."""
     state = service.store.read("autopilot")
     return PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at, state.pending_reschedules or 0)
 
 
-def one(results):
-    assert len(results) == 1
-    return results[0]
-
-
 def test_a_deferred_ask_inside_the_cooldown_is_scheduled_for_the_windows_end(service, graph, env):
     started = one(service.sync(SyncRequest("autopilot")))
     result = one(service.sync(DEFER))
     assert result.outcome is Outcome.SCHEDULED and result.scheduled_at == started.next_allowed_at
-    assert result.to_json()["scheduledAt"] and queued(env) == 1
+    assert result.to_json()["scheduledAt"] and queue_length(env) == 1
     state = service.store.read("autopilot")
     assert state.pending_at == started.next_allowed_at and "flow-1" in state.pending_asked_by
     assert service.store.asks("autopilot", state.pending_id) == []  # the first ask is the pending sync itself
@@ -60,7 +44,7 @@ def test_further_asks_join_the_same_pending_sync(service, graph, env):
     assert {r.scheduled_at for r in later} == {first.scheduled_at}
     assert all("joined" in r.message for r in later)
     state = service.store.read("autopilot")
-    assert queued(env) == 1 and len(service.store.asks("autopilot", state.pending_id)) == 3
+    assert queue_length(env) == 1 and len(service.store.asks("autopilot", state.pending_id)) == 3
 
 
 def test_a_non_deferred_ask_in_the_window_still_gets_cooldown(service, graph):
@@ -119,7 +103,7 @@ def test_a_graph_429_at_firing_reschedules_from_retry_after(service, graph, cloc
     state = service.store.read("autopilot")
     assert state.pending_id == fire.pending_id and state.pending_reschedules == 1
     assert abs(state.pending_at - (clock.now + timedelta(seconds=120))) < timedelta(seconds=2)
-    assert queued(env) == 2  # the original message (fired in this test by hand) and the rescheduled one
+    assert queue_length(env) == 2  # the original message (fired in this test by hand) and the rescheduled one
 
 
 def test_a_deferred_sync_backs_off_through_graph_503s_doubling_from_ten_seconds(service, graph, clock):

@@ -10,17 +10,13 @@ from urllib.parse import parse_qs, urlsplit
 import azure.functions as func
 import pytest
 import requests
-from conftest import FUNCTIONS, advance, call, sync_posts
+from conftest import FUNCTIONS, advance, call, configure, sync_posts
 
 from emulators.azurite import free_port
 from shared.model import Outcome, SyncRequest
 
 AUTOPILOT = SyncRequest("autopilot", caller="test")
 CONNECTED = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
-
-
-def configure(graph, **config):
-    requests.post(f"{graph.base_url}/_emulator/config", json=config, timeout=5).raise_for_status()
 
 
 def poll(location: str) -> tuple[int, dict[str, str], dict]:

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 import requests
-from conftest import FAST_RETRY, graph_calls
+from conftest import FAST_RETRY, faults, graph_calls
 
 from emulators.azurite import free_port
 from emulators.graph import AUTOPILOT
@@ -18,10 +18,6 @@ SYNC = AUTOPILOT + "/sync"
 @pytest.fixture
 def client(graph):
     return GraphClient(graph.base_url, make_credential(None), f"{graph.base_url}/.default", timeout=1, retry=FAST_RETRY)
-
-
-def faults(graph, *specs):
-    requests.post(f"{graph.base_url}/_emulator/faults", json=list(specs), timeout=5).raise_for_status()
 
 
 def test_token_is_fetched_once_for_many_calls(client, graph, identity_server):

@@ -6,8 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import requests
-from conftest import ROOT, advance, graph_calls, sync_posts, unreachable_storage
+from conftest import ROOT, advance, configure, faults, graph_calls, one, sync_posts, unreachable_storage
 
 from emulators.azurite import Azurite
 from shared.graph import PERMISSION
@@ -18,19 +17,6 @@ from shared.targets import ItemNotFound
 AUTOPILOT = SyncRequest("autopilot", trigger=Trigger.HTTP, caller="test")
 CONNECTED = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
 DISCONNECTED = "0b7d4e3a-91c2-4f6b-8e0d-5a2b7c9e1f02"
-
-
-def one(results):
-    assert len(results) == 1
-    return results[0]
-
-
-def configure(graph, **config):
-    requests.post(f"{graph.base_url}/_emulator/config", json=config, timeout=5).raise_for_status()
-
-
-def faults(graph, *specs):
-    requests.post(f"{graph.base_url}/_emulator/faults", json=list(specs), timeout=5).raise_for_status()
 
 
 def test_a_granted_sync_starts_and_opens_a_cooldown(service, graph, clock):

@@ -4,18 +4,13 @@ import threading
 import time
 
 import pytest
-import requests
-from conftest import call, graph_calls
+from conftest import call, faults, graph_calls
 
 from shared import runtime
 from shared.settings import Settings, SettingsError
 from shared.status import READS, Reads, Unavailable
 
 MARGIN = 1.0  # table reads and scheduling on a busy test machine
-
-
-def faults(graph, *specs):
-    requests.post(f"{graph.base_url}/_emulator/faults", json=list(specs), timeout=5).raise_for_status()
 
 
 def settle(timeout: float = 30.0) -> None:

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import requests
-from conftest import graph_calls
+from conftest import configure, graph_calls, one
 
 import function_app
 from emulators.graph import CONFIGURATION, SERVICE_CONFIG
@@ -31,15 +31,6 @@ IDS = [c[0] for c in CASES]
 @pytest.fixture
 def service(make_service):
     return make_service(SYNC_TARGETS=ALL)
-
-
-def configure(graph, **config):
-    requests.post(f"{graph.base_url}/_emulator/config", json=config, timeout=5).raise_for_status()
-
-
-def one(results):
-    assert len(results) == 1, results
-    return results[0]
 
 
 @pytest.mark.parametrize("target,item,path,role", CASES, ids=IDS)
