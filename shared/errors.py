@@ -12,8 +12,7 @@ from __future__ import annotations
 
 
 class AppError(Exception):
-    code = "Error"
-    http_status = 500
+    code, http_status = "Error", 500
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -22,8 +21,7 @@ class AppError(Exception):
 
 
 class UpstreamError(AppError):
-    code = "UpstreamError"
-    http_status = 502
+    code, http_status = "UpstreamError", 502
 
     def __init__(
         self,
@@ -70,43 +68,36 @@ class GraphRequestRejected(UpstreamError):
 class GraphUnavailable(UpstreamError):
     """5xx after retries, timeouts, connection failures."""
 
-    code = "GraphUnavailable"
-    http_status = 503
+    code, http_status = "GraphUnavailable", 503
 
 
 class TokenUnavailable(UpstreamError):
-    code = "TokenUnavailable"
-    http_status = 503
+    code, http_status = "TokenUnavailable", 503
 
 
 class StateStoreUnavailable(UpstreamError):
-    code = "StateStoreUnavailable"
-    http_status = 503
+    code, http_status = "StateStoreUnavailable", 503
 
 
 class UnexpectedError(UpstreamError):
     """A bug of ours while calling Graph: whether the request went out is unknown."""
 
-    code = "InternalError"
-    http_status = 500
+    code, http_status = "InternalError", 500
 
 
 class UnknownTarget(AppError, LookupError):
     """A caller named a target that does not exist or is not enabled."""
 
-    code = "UnknownTarget"
-    http_status = 404
+    code, http_status = "UnknownTarget", 404
 
 
 class InvalidItemId(AppError, ValueError):
     """A caller-supplied item id is not acceptable."""
 
-    code = "InvalidItemId"
-    http_status = 400
+    code, http_status = "InvalidItemId", 400
 
 
 class ItemNotFound(AppError, LookupError):
     """The item a caller named does not exist (or no longer does) in Graph."""
 
-    code = "ItemNotFound"
-    http_status = 404
+    code, http_status = "ItemNotFound", 404

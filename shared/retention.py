@@ -76,8 +76,6 @@ class RetentionStore(TableStore):
     @store_errors
     def sweep_history(self, before: datetime, limit: int) -> int:
         """History rows of attempts made before ``before``, in any partition."""
-        if limit <= 0:
-            return 0
         rows = self._keys("RowKey ge @lo and RowKey lt @hi",
                           {"lo": history_key_before(before), "hi": HISTORY_PREFIX[:-1] + "."}, limit)
         return self._delete(rows)
@@ -85,8 +83,6 @@ class RetentionStore(TableStore):
     @store_errors
     def sweep_asks(self, before: datetime, limit: int) -> int:
         """Ask rows made before ``before`` whose pending sync is no longer the unit's pending one."""
-        if limit <= 0:
-            return 0
         rows = self._keys("RowKey ge @lo and RowKey lt @hi and askedAt lt @before",
                           {"lo": ASK_PREFIX, "hi": ASK_PREFIX[:-1] + ".", "before": before}, limit)
         if not rows:
@@ -103,14 +99,13 @@ class RetentionStore(TableStore):
     @store_errors
     def sweep_operations(self, before: datetime, limit: int) -> int:
         """Operations whose deadline, or whose finish, was before ``before``."""
-        if limit <= 0:
-            return 0
-        rows = self._keys("RowKey eq @row and (deadline lt @before or finishedAt lt @before )",
-                          {"row": OPERATION_ROW, "before": before}, limit)
-        return self._delete(rows)
+        return self._delete(self._keys("RowKey eq @row and (deadline lt @before or finishedAt lt @before )",
+                                       {"row": OPERATION_ROW, "before": before}, limit))
 
     def _keys(self, query: str, parameters: dict[str, Any], limit: int) -> list[dict[str, str]]:
         """At most ``limit`` matching rows, keys only, without asking for a page beyond them."""
+        if limit <= 0:
+            return []
         rows = self._table.query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"],
                                           results_per_page=min(limit, 1000))
         return [{"PartitionKey": r["PartitionKey"], "RowKey": r["RowKey"]} for r in itertools.islice(rows, limit)]
