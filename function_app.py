@@ -1,4 +1,4 @@
-"""Azure Functions entry point (v2 programming model): triggers and HTTP mapping only.
+"""Azure Functions entry point (v2 programming model): triggers only (the HTTP mapping is shared/api.py).
 
 The logic lives in ``shared/``: settings, Graph client, targets, state store, service.
 """

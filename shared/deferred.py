@@ -26,7 +26,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 
 from .core import ServiceCore
 from .decisions import IN_FLIGHT_RETRY_AFTER, caller_names, refusal_for, seconds_until
-from .errors import ItemNotFound, StateStoreUnavailable
+from .errors import AppError, ItemNotFound, StateStoreUnavailable
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
 from .notify import Notification
 from .state import UnitState
@@ -153,7 +153,7 @@ class DeferredSyncs(ServiceCore):
         try:
             self.queue.schedule(fire, self.clock())  # type: ignore[union-attr]
             return True
-        except StateStoreUnavailable as exc:
+        except AppError as exc:  # the queue unavailable, or its client not buildable (CA bundle)
             log.error("deferred sync of %s recorded, but its message was not sent: %s", state.key, exc.message)
             return False
 

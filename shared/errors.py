@@ -79,6 +79,13 @@ class StateStoreUnavailable(UpstreamError):
     code, http_status = "StateStoreUnavailable", 503
 
 
+class UnsafeGraphPath(UpstreamError, ValueError):
+    """A Graph path that is not built from constants and validated ids: refused before anything
+    is sent (a bug of ours, never a sync that may have started)."""
+
+    code, http_status = "UnsafeGraphPath", 500
+
+
 class UnexpectedError(UpstreamError):
     """A bug of ours while calling Graph: whether the request went out is unknown."""
 

@@ -30,6 +30,7 @@ from .errors import (
     GraphResourceNotFound,
     GraphUnavailable,
     TokenUnavailable,
+    UnsafeGraphPath,
     UpstreamError,
 )
 from .model import utcnow
@@ -263,7 +264,7 @@ class GraphClient:
         included: no attempt starts that could not end before it.
         """
         if not _SAFE_PATH.match(path):
-            raise ValueError(f"refusing to call Graph with an unsafe path: {path!r}")
+            raise UnsafeGraphPath(f"refusing to call Graph with an unsafe path: {path!r}")
         if method not in _READ_METHODS:
             self._writes.acquire()
         # One client-request-id for the logical request, its transport retries and a resend after

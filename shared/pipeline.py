@@ -1,7 +1,7 @@
 """The claim -> call -> commit pipeline: every trigger's way to Graph.
 
 Per unit: read the state row (1 table round trip) -> refuse from it if the unit is in its window
-or in flight (decisions.refusal; no Graph call) -> get the token -> claim the lease, which also
+or in flight (decisions.refusal_for; no Graph call) -> get the token -> claim the lease, which also
 holds the window pessimistically (1 round trip, If-Match) -> POST the sync under a deadline ->
 commit outcome and history together (1 round trip; shared/recording.py).
 """

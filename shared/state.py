@@ -276,12 +276,6 @@ class StateStore(TableStore):
         etag = result[0].get("etag") if result and isinstance(result[0], dict) else None
         return replace(cleared, etag=etag) if etag else self.read(state.key)
 
-    @store_errors
-    def release(self, lease: Lease) -> None:
-        """Give the lease back without an attempt (nothing was sent to Graph). If the row changed
-        meanwhile, someone else holds it now: theirs to release."""
-        self.update(replace(lease.state, lease_owner=None, lease_expires_at=None))
-
     def change(
         self, key: str, change: Callable[[UnitState], UnitState | None], what: str, attempts: int = 5,
         current: UnitState | None = None,

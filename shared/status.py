@@ -106,7 +106,7 @@ class StatusReport(ServiceCore):
     def status(self) -> dict[str, Any]:
         """Local state next to Graph's own and a health rating, per enabled target and unit.
 
-        Graph is read side by side (shared/status.py) while the table is read, and the answer
+        Graph is read side by side (READS, above) while the table is read, and the answer
         comes within STATUS_DEADLINE_SECONDS with what is known: a target whose Graph read has
         not answered by then is reported like a Graph fault, inline and rated unhealthy (error
         code ``Unavailable``), and ``connectorStatus`` is null. Table reads: the state rows (one

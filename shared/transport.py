@@ -20,11 +20,16 @@ from typing import Any
 
 import requests
 
+from .errors import AppError
+
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 
-class CaBundleMissing(ValueError):
-    """The CA bundle variable in use names a path that does not exist."""
+class CaBundleMissing(AppError, ValueError):
+    """The CA bundle variable in use names a path that does not exist (also a settings problem,
+    so /api/health names it before any call fails on it)."""
+
+    code, http_status = "CaBundleMissing", 503
 
     def __init__(self, name: str, path: str):
         self.name, self.path = name, path

@@ -106,3 +106,10 @@ def test_seconds_until_rounds_up_and_is_at_least_one():
 def test_caller_names_are_distinct_and_bounded():
     assert caller_names(["a", "b", "a"]) == "a, b"
     assert caller_names([str(i) for i in range(12)], limit=10).endswith("and 2 more")
+
+
+def test_a_request_refused_before_sending_is_a_failure_not_an_ambiguous_start():
+    from shared.errors import UnsafeGraphPath
+
+    verdict = no_answer("autopilot", UnsafeGraphPath("refusing an unsafe path"), NOW, TEN_MINUTES, None)
+    assert verdict.outcome is Outcome.FAILED and not verdict.ambiguous
