@@ -15,6 +15,7 @@ from urllib.parse import urlencode, urlsplit
 import azure.functions as func
 
 from .errors import AppError, InvalidItemId
+from .jsonbody import nesting_exceeds
 from .model import Outcome, SyncRequest, SyncResult, Trigger
 from .runtime import service, settings
 from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
@@ -55,8 +56,10 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, details: dict[str, Any] | None = None,
+) -> func.HttpResponse:
+    return json_response({"error": {"code": code, "message": message, **(details or {})}}, status, headers)
 
 
 def result_response(results: list[SyncResult], single: bool) -> func.HttpResponse:
@@ -77,7 +80,7 @@ def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpReques
     try:
         return action(req)
     except AppError as exc:  # the one error model (shared/errors.py)
-        return error_response(exc.http_status, exc.code, exc.message, exc.headers)
+        return error_response(exc.http_status, exc.code, exc.message, exc.headers, exc.details)
     except Exception:  # a bug: log it with its trace, answer without leaking internals
         # The path only: the query may hold an operation token or a function key.
         log.exception("unhandled error in %s %s", req.method, urlsplit(req.url).path)
@@ -173,7 +176,7 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
     media_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise ApiError(415, "UnsupportedMediaType", "send the body as application/json (or send no body)")
-    if _nesting_exceeds(body, MAX_JSON_DEPTH):
+    if nesting_exceeds(body, MAX_JSON_DEPTH):
         # json.loads recurses per level: ~1,000 "[" (well under the size limit) is a RecursionError.
         raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
     try:
@@ -194,29 +197,6 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
     if "syncType" in data and (not isinstance(sync_type, str) or sync_type not in SYNC_TYPES):
         raise ApiError(400, "InvalidSyncType", f"syncType must be one of {', '.join(SYNC_TYPES)}")
     return sync_type
-
-
-def _nesting_exceeds(body: bytes, limit: int) -> bool:
-    """Whether ``body`` opens more than ``limit`` arrays/objects inside each other (strings
-    skipped), in one pass over at most MAX_BODY_BYTES: cheaper than letting the parser find out."""
-    depth, in_string, escaped = 0, False, False
-    for byte in body:  # UTF-8 (and UTF-16/32) keep these ASCII characters as single bytes
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return False
 
 
 def _flag(req: func.HttpRequest, name: str) -> bool:

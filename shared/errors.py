@@ -10,14 +10,17 @@ same JSON answer (``{"error": {"code", "message"}}``) in one place.
 """
 from __future__ import annotations
 
+from typing import Any
+
 
 class AppError(Exception):
     code, http_status = "Error", 500
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.details = details or {}  # more fields for the JSON error (e.g. the rows of a bad import)
 
 
 class UpstreamError(AppError):
