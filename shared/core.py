@@ -9,6 +9,7 @@ calls on another, declared once.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
     from .graph import GraphResponse
 
 
-class ServiceCore:
+class ServiceCore(ABC):
+    """The shared part of every SyncService part; its abstract methods are the calls one part
+    makes on another, each defined by exactly one part (SyncService cannot be built otherwise)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -66,34 +70,43 @@ class ServiceCore:
                 f"unknown or disabled target {name!r}; enabled: {', '.join(self.targets)}"
             ) from None
 
-    # --- what one part calls on another (each is defined by exactly one part) ---------------
+    # --- what one part calls on another ------------------------------------------------------
 
+    @abstractmethod
     def sync(self, request: SyncRequest) -> list[SyncResult]:
-        raise NotImplementedError  # pipeline
+        """Defined by shared/pipeline.py."""
 
+    @abstractmethod
     def _run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
-        raise NotImplementedError  # pipeline
+        """Defined by shared/pipeline.py."""
 
+    @abstractmethod
     def _remember(self, refusal: SyncResult | None) -> SyncResult | None:
-        raise NotImplementedError  # pipeline
+        """Defined by shared/pipeline.py."""
 
+    @abstractmethod
     def _record(
         self, unit: Unit, request: SyncRequest, state: UnitState, lease: Lease, verdict: Verdict,
         response: GraphResponse | None, error: UpstreamError | None, sync_type: str | None, started: float,
     ) -> SyncResult:
-        raise NotImplementedError  # recording
+        """Defined by shared/recording.py."""
 
+    @abstractmethod
     def _record_orphan(self, state: UnitState, now: datetime) -> UnitState:
-        raise NotImplementedError  # recording
+        """Defined by shared/recording.py."""
 
+    @abstractmethod
     def flush_unrecorded(self, key: str | None = None) -> int:
-        raise NotImplementedError  # recording
+        """Defined by shared/recording.py."""
 
+    @abstractmethod
     def _defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
-        raise NotImplementedError  # deferred
+        """Defined by shared/deferred.py."""
 
+    @abstractmethod
     def _send_fire(self, state: UnitState, at: datetime) -> bool:
-        raise NotImplementedError  # deferred
+        """Defined by shared/deferred.py."""
 
+    @abstractmethod
     def _notify(self, notification: Notification) -> None:
-        raise NotImplementedError  # follow
+        """Defined by shared/follow.py."""

@@ -177,7 +177,7 @@ class DeferredSyncs(ServiceCore):
         unit = Unit(fire.target, fire.item_id)
         now = self.clock()
         if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
-            self.queue.schedule(replace(fire, scheduled_at=state.pending_at), now)  # type: ignore[union-attr]
+            self._send_fire(state, state.pending_at)
             return None
         if state.lease_active(now):  # a sync is in flight: look again when its lease ends
             self._reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
@@ -234,9 +234,9 @@ class DeferredSyncs(ServiceCore):
 
         moved = self.store.change(unit.key, move, "reschedule the deferred sync", current=state)
         if moved is not None:
-            generation = moved[1].pending_reschedules or 0
-            self.queue.schedule(replace(fire, scheduled_at=at, generation=generation), self.clock())  # type: ignore[union-attr]
-            log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), generation)
+            # A queue fault leaves the moved row without its message: the watcher sends it.
+            self._send_fire(moved[1], at)
+            log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), moved[1].pending_reschedules or 0)
 
     def _give_up(self, unit: Unit, fire: PendingFire, reason: str) -> None:
         """Drop the pending sync for good, say why in its row (GET /api/sync/status), and send a

@@ -20,7 +20,7 @@ from typing import Any
 import requests
 from azure.core.credentials import AccessToken, TokenCredential
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError, ResponseError
 from urllib3.util.retry import Retry
 
 from .answers import parse_retry_after
@@ -368,8 +368,6 @@ def _provably_not_sent(exc: requests.RequestException) -> bool:
     if type(exc) is not requests.ConnectionError:
         return False
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
-
     return isinstance(reason, (NewConnectionError, NameResolutionError, ConnectTimeoutError))
 
 

@@ -323,11 +323,6 @@ class StateStore(TableStore):
         return sorted((as_utc(row["askedAt"]), row["caller"]) for row in itertools.islice(rows, limit))
 
     @store_errors
-    def pending_completions(self) -> list[UnitState]:
-        rows = self._table.query_entities("RowKey eq @row and completionPending eq true", parameters={"row": STATE_ROW})
-        return [UnitState.from_entity(row["PartitionKey"], row) for row in rows]
-
-    @store_errors
     def states(self, key_prefix: str = "") -> list[UnitState]:
         """Every state row, or those whose key starts with ``key_prefix`` (one round trip)."""
         query, parameters = "RowKey eq @row", {"row": STATE_ROW}

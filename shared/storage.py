@@ -49,10 +49,20 @@ def table_client(storage: Any, table_name: str, credential_factory: Callable[[st
 def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> Any:
     """A QueueClient for the configured storage, Base64 as the Functions host's queue trigger
     expects. azure-storage-queue is imported here, on first use: most invocations never queue."""
-    from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue import (
+        LinearRetry,
+        QueueClient,
+        QueueServiceClient,
+        TextBase64DecodePolicy,
+        TextBase64EncodePolicy,
+    )
 
+    # The storage SDK's own retry waits 15 s and more between tries (ExponentialRetry): with the
+    # queue down, a deferred ask would hang ~45 s. Retry as briefly as the table client does.
     options: dict[str, Any] = dict(message_encode_policy=TextBase64EncodePolicy(),
-                                   message_decode_policy=TextBase64DecodePolicy(), **CLIENT_OPTIONS)
+                                   message_decode_policy=TextBase64DecodePolicy(), **CLIENT_OPTIONS,
+                                   retry_policy=LinearRetry(backoff=1, retry_total=CLIENT_OPTIONS["retry_total"],
+                                                            random_jitter_range=1))
     if storage.connection_string:
         endpoint = QueueServiceClient.from_connection_string(storage.connection_string).url
         return QueueClient.from_connection_string(storage.connection_string, queue_name, **options, **azure_options(endpoint))

@@ -152,7 +152,7 @@ class AutopilotTarget(Target):
             settings = self.graph.get(AUTOPILOT_SETTINGS)
         except UpstreamError:
             return fallback
-        last = _parse_time(_object(settings.body).get("lastManualSyncTriggerDateTime")) if settings.ok else None
+        last = parse_graph_time(_object(settings.body).get("lastManualSyncTriggerDateTime")) if settings.ok else None
         if last is None:
             return fallback
         end = last + max(self.cooldown, GRAPH_AUTOPILOT_WINDOW)
@@ -161,7 +161,7 @@ class AutopilotTarget(Target):
     def completion(self, unit: Unit, since: datetime) -> Completion:
         body = self.read(AUTOPILOT_SETTINGS, "reading Autopilot settings")
         raw_last, status = body.get("lastSyncDateTime"), body.get("syncStatus")
-        last = _parse_time(raw_last)
+        last = parse_graph_time(raw_last)
         if status == "inProgress" or last is None or last < since - CLOCK_SKEW:
             return Completion("running", raw_last, status)
         return Completion("failed" if status == "failed" else "completed", raw_last, status)
@@ -170,7 +170,7 @@ class AutopilotTarget(Target):
         body = self.read(AUTOPILOT_SETTINGS, "reading Autopilot settings")
         fields = _pick(body, "syncStatus", "lastSyncDateTime", "lastManualSyncTriggerDateTime")
         failed = body.get("syncStatus") == "failed"
-        return [GraphView(self.name, fields, _parse_time(body.get("lastSyncDateTime")), "the last sync failed" if failed else None)]
+        return [GraphView(self.name, fields, parse_graph_time(body.get("lastSyncDateTime")), "the last sync failed" if failed else None)]
 
 
 class ManagedGooglePlayTarget(Target):
@@ -189,7 +189,7 @@ class ManagedGooglePlayTarget(Target):
     def completion(self, unit: Unit, since: datetime) -> Completion:
         settings = self.read(MANAGED_GOOGLE_PLAY, "reading Managed Google Play settings")
         raw_last, status = settings.get("lastAppSyncDateTime"), settings.get("lastAppSyncStatus")
-        last = _parse_time(raw_last)
+        last = parse_graph_time(raw_last)
         if last is None or last < since - CLOCK_SKEW:
             return Completion("running", raw_last, status)
         return Completion("completed" if status == "success" else "failed", raw_last, status)
@@ -202,7 +202,7 @@ class ManagedGooglePlayTarget(Target):
             failure = f"not bound (bindStatus {bind!r})"
         elif status not in (None, "none", "success"):
             failure = f"the last app sync failed ({status})"
-        last = _parse_time(settings.get("lastAppSyncDateTime")) if status == "success" else None
+        last = parse_graph_time(settings.get("lastAppSyncDateTime")) if status == "success" else None
         return [GraphView(self.name, _pick(settings, "bindStatus", "lastAppSyncDateTime", "lastAppSyncStatus"), last, failure)]
 
 
@@ -289,13 +289,13 @@ class ExchangeTarget(ListedTarget):
         return GraphView(
             self.item_name(item),
             _pick(item, "status", "lastSyncDateTime", "serverName", "connectorServerName"),
-            _parse_time(item.get("lastSyncDateTime")),
+            parse_graph_time(item.get("lastSyncDateTime")),
             self.skip_reason(item),
         )
 
     def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
         raw_last = item.get("lastSyncDateTime")
-        last = _parse_time(raw_last)
+        last = parse_graph_time(raw_last)
         if last is None or last < since - CLOCK_SKEW:
             return Completion("running", raw_last, item.get("status"))
         return Completion("completed", raw_last, item.get("status"))
@@ -308,7 +308,7 @@ class AppleAdeTarget(ListedTarget):
     collection, action, noun = DEP_ONBOARDING_SETTINGS, "syncWithAppleDeviceEnrollmentProgram", "Apple enrollment token"
 
     def skip_reason(self, item: dict[str, Any]) -> str | None:
-        expires = _parse_time(item.get("tokenExpirationDateTime"))
+        expires = parse_graph_time(item.get("tokenExpirationDateTime"))
         if expires is not None and expires <= self.clock():
             return f"the token expired at {item.get('tokenExpirationDateTime')}; renew it in Apple Business Manager"
         return None
@@ -316,17 +316,17 @@ class AppleAdeTarget(ListedTarget):
     def view(self, item: dict[str, Any]) -> GraphView:
         fields = _pick(item, "tokenName", "appleIdentifier", "lastSuccessfulSyncDateTime", "lastSyncTriggeredDateTime",
                        "lastSyncErrorCode", "tokenExpirationDateTime")
-        last = _parse_time(item.get("lastSuccessfulSyncDateTime"))
-        triggered = _parse_time(item.get("lastSyncTriggeredDateTime"))
+        last = parse_graph_time(item.get("lastSuccessfulSyncDateTime"))
+        triggered = parse_graph_time(item.get("lastSyncTriggeredDateTime"))
         failure = None
         if item.get("lastSyncErrorCode") and triggered and (last is None or triggered > last):
             failure = f"the last sync failed with error {item.get('lastSyncErrorCode')}"
         return GraphView(self.item_name(item), fields, last, failure or self.skip_reason(item),
-                         _parse_time(item.get("tokenExpirationDateTime")))
+                         parse_graph_time(item.get("tokenExpirationDateTime")))
 
     def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
         raw_last = item.get("lastSuccessfulSyncDateTime")
-        last, triggered = _parse_time(raw_last), _parse_time(item.get("lastSyncTriggeredDateTime"))
+        last, triggered = parse_graph_time(raw_last), parse_graph_time(item.get("lastSyncTriggeredDateTime"))
         code = item.get("lastSyncErrorCode")
         if last is not None and last >= since - CLOCK_SKEW:
             return Completion("completed", raw_last, "success")
@@ -348,13 +348,13 @@ class VppTarget(ListedTarget):
     def view(self, item: dict[str, Any]) -> GraphView:
         fields = _pick(item, "organizationName", "state", "lastSyncDateTime", "lastSyncStatus", "expirationDateTime")
         status = item.get("lastSyncStatus")
-        last = _parse_time(item.get("lastSyncDateTime")) if status != "failed" else None
+        last = parse_graph_time(item.get("lastSyncDateTime")) if status != "failed" else None
         failure = "the last sync failed" if status == "failed" else self.skip_reason(item)
-        return GraphView(self.item_name(item), fields, last, failure, _parse_time(item.get("expirationDateTime")))
+        return GraphView(self.item_name(item), fields, last, failure, parse_graph_time(item.get("expirationDateTime")))
 
     def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
         raw_last, status = item.get("lastSyncDateTime"), item.get("lastSyncStatus")
-        last = _parse_time(raw_last)
+        last = parse_graph_time(raw_last)
         if status == "inProgress" or last is None or last < since - CLOCK_SKEW:
             return Completion("running", raw_last, status)
         return Completion("failed" if status == "failed" else "completed", raw_last, status)
@@ -371,13 +371,13 @@ class DriverInventoryTarget(ListedTarget):
         fields = {"displayName": item.get("displayName"), "driverInventorySyncState": sync.get("driverInventorySyncState"),
                   "lastSuccessfulSyncDateTime": sync.get("lastSuccessfulSyncDateTime")}
         failed = sync.get("driverInventorySyncState") == "failure"
-        return GraphView(self.item_name(item), fields, _parse_time(sync.get("lastSuccessfulSyncDateTime")),
+        return GraphView(self.item_name(item), fields, parse_graph_time(sync.get("lastSuccessfulSyncDateTime")),
                          "the last inventory sync failed" if failed else None)
 
     def completion_of(self, item: dict[str, Any], since: datetime) -> Completion:
         sync = _object(item.get("inventorySyncStatus"))
         raw_last, state = sync.get("lastSuccessfulSyncDateTime"), sync.get("driverInventorySyncState")
-        last = _parse_time(raw_last)
+        last = parse_graph_time(raw_last)
         if last is not None and last >= since - CLOCK_SKEW:
             return Completion("completed", raw_last, state)
         if state == "failure":
@@ -407,7 +407,6 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-_parse_time = parse_graph_time  # offset-less timestamps are UTC; nonsense means "never"
 
 
 TARGETS: dict[str, type[Target]] = {

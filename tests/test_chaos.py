@@ -263,6 +263,28 @@ def test_a_pending_sync_whose_message_was_never_sent_is_sent_by_the_watcher(make
     assert queue_length(env) == 1
 
 
+def test_a_queue_outage_loses_no_deferred_sync_and_the_watcher_sends_it_later(make_service, azurite, graph, clock, env):
+    queue_proxy = FaultProxy(f"http://127.0.0.1:{azurite.queue_port}").start()
+    try:
+        storage = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+                   f"TableEndpoint={azurite.table_endpoint};QueueEndpoint={queue_proxy.base_url}/{ACCOUNT};")
+        service = make_service(AzureWebJobsStorage=storage)
+        service.sync(AUTOPILOT)
+        queue_proxy.add("drop")  # the queue service is down when the deferred ask comes
+        asked = time.monotonic()
+        result = service.sync(replace(AUTOPILOT, defer=True))[0]
+        assert time.monotonic() - asked < 10  # the caller is told at once, not after the SDK's long back-off
+        assert result.outcome is Outcome.SCHEDULED and "watcher" in result.message
+        assert service.store.read("autopilot").pending_id is not None and queue_length(env) == 0
+        queue_proxy.clear()
+        clock.advance(600 + 121)  # the pending sync is overdue: its message never went out
+        service.watch()
+        assert queue_length(env) == 1
+        assert len(sync_posts(graph)) == 1  # nothing fired early, nothing twice
+    finally:
+        queue_proxy.stop()
+
+
 # --- 8, 9. bad input through the real hosts ----------------------------------------------------
 
 
