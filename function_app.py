@@ -49,6 +49,28 @@ def sync_operation(req: func.HttpRequest) -> func.HttpResponse:
     return api.handle(req, "GET", api.operation)
 
 
+# Autopilot onboarding: import hardware hashes, one shared sync, follow each device to its profile.
+@app.route(route="autopilot/devices", methods=api.ALL_METHODS)
+def autopilot_import(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "POST", api.import_devices)
+
+
+@app.route(route="autopilot/imports", methods=api.ALL_METHODS)
+def autopilot_import_start(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "POST", api.start_import)
+
+
+@app.route(route="autopilot/imports/{importId}", methods=api.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+def autopilot_import_status(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "GET", api.import_status)
+
+
+# Each step of an import job is a queue message (no invocation waits for Graph).
+@app.queue_trigger(arg_name="message", queue_name=runtime.binding_expression("IMPORT_QUEUE"), connection="AzureWebJobsStorage")
+def autopilot_import_step(message: func.QueueMessage) -> None:
+    handlers.run_import_step(message.get_body().decode())
+
+
 @app.route(route="health", methods=api.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return api.handle(req, "GET", api.health)

@@ -9,10 +9,16 @@
 - 401 without a valid bearer token for this audience (with a claims challenge for a revoked
   token), 403 without the ``DeviceManagementServiceConfig.ReadWrite.All`` role; OData error
   bodies; ``request-id`` and ``client-request-id`` on every answer.
+- Autopilot device import (``emulators/autopilot.py`` documents them fully), ``{ver}`` = ``v1.0`` | ``beta``:
+  ``POST /{ver}/deviceManagement/importedWindowsAutopilotDeviceIdentities/import``, ``GET|DELETE
+  .../importedWindowsAutopilotDeviceIdentities[/{id}]`` (state settles on the emulated clock), ``GET
+  /{ver}/deviceManagement/windowsAutopilotDeviceIdentities[/{id}]`` (``$filter=contains(serialNumber,'...')`` only; devices
+  appear through an Autopilot sync), ``POST .../windowsAutopilotDeviceIdentities/{id}/updateDeviceProperties``.
 
 Test controls under ``/_emulator/`` (no auth): ``reset``, ``clock`` (advance the emulated clock),
 ``faults`` (answer N matching requests with a status, a delay, a Retry-After), ``config``
-(connectors, sync duration and outcome, latency, Retry-After on 429, revoke tokens), ``stats``.
+(connectors, sync duration and outcome, latency, Retry-After on 429, revoke tokens; Autopilot devices, import errors and
+timings, a write limit: see emulators/autopilot.py), ``stats``.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
+from .autopilot import AutopilotDevices, WriteLimit
 from .server import JsonHandler, Server
 from .tokens import decode
 
@@ -114,6 +122,8 @@ class GraphEmulator(Server):
             self.managed_google_play = default_managed_google_play(self.now())
             self.faults: list[Fault] = []
             self.requests: list[dict[str, Any]] = []
+            self.autopilot_devices = AutopilotDevices(self.now)
+            self.write_limit = WriteLimit()
 
     # --- clock and state -----------------------------------------------------------------
 
@@ -145,6 +155,7 @@ class GraphEmulator(Server):
             return 429, _error("TooManyRequests", "Sync called within 10 minutes of the previous sync."), headers
         self.last_trigger = now
         self.running_until = now + self.sync_duration
+        self.autopilot_devices.on_sync(now, self.running_until)
         return 204, None, {}
 
     def configure(self, config: dict[str, Any]) -> None:
@@ -172,6 +183,9 @@ class GraphEmulator(Server):
                 when = datetime.fromisoformat(config["lastManualSyncTriggerDateTime"].replace("Z", "+00:00"))
                 self.last_trigger = when
                 self.running_until = when + self.sync_duration
+                self.autopilot_devices.on_sync(when, self.running_until)
+            self.autopilot_devices.configure(config)
+            self.write_limit.configure(config)
 
     def sync_item(self, key: str, item: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """A bound sync action on one item, as Graph answers it."""
@@ -220,7 +234,8 @@ class GraphEmulator(Server):
             for r in self.requests:
                 key = f"{r['method']} {r['path']}"
                 counts[key] = counts.get(key, 0) + 1
-            return {"requests": list(self.requests), "counts": counts, "now": _iso(self.now())}
+            return {"requests": list(self.requests), "counts": counts, "now": _iso(self.now()),
+                    "autopilotImports": self.autopilot_devices.stats(), "throttled": self.write_limit.throttled}
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -230,9 +245,13 @@ def _error(code: str, message: str) -> dict[str, Any]:
 def default_items(now: datetime) -> dict[str, dict[str, dict[str, Any]]]:
     """A small tenant: a good and an expired Apple token, a valid and an expired VPP token, and a
     driver update profile whose inventory is four days old."""
-    ago = lambda **kw: _iso(now - timedelta(**kw))  # noqa: E731
-    ahead = lambda **kw: _iso(now + timedelta(**kw))  # noqa: E731
-    items = {
+    def ago(**kw: float) -> str:
+        return _iso(now - timedelta(**kw))
+
+    def ahead(**kw: float) -> str:
+        return _iso(now + timedelta(**kw))
+
+    items: dict[str, list[dict[str, Any]]] = {
         "depOnboardingSettings": [
             {"id": "2f0a8b6e-6c3d-4f5e-9a1b-7c2d3e4f5a01", "tokenName": "Contoso ABM", "appleIdentifier": "mdm@contoso.com",
              "tokenExpirationDateTime": ahead(days=200), "lastSuccessfulSyncDateTime": ago(hours=2),
@@ -281,6 +300,7 @@ class _Handler(JsonHandler):
                     "clientRequestId": client_request_id,
                     "at": _iso(self.server.now()),
                     "body": getattr(self, "body", b"").decode(errors="replace")[:500],
+                    "query": urlsplit(self.path).query,
                 }
             )
         self.send_json(status, body, {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})})
@@ -307,6 +327,9 @@ class _Handler(JsonHandler):
         if denied:
             return self.answer(*denied)
         with em.lock:
+            throttled = em.write_limit.check(self.command, self.path_only)
+            if throttled:
+                return self.answer(*throttled)
             self.route(body)
 
     def check_token(self) -> tuple[int, dict[str, Any], dict[str, str]] | None:
@@ -384,6 +407,9 @@ class _Handler(JsonHandler):
                     return self.answer(400, _error("BadRequest", "syncType must be fullSync or deltaSync."))
                 connector["lastSyncDateTime"] = _iso(em.now())
                 return self.answer(204)
+        answer = em.autopilot_devices.route(method, path, self.query, body, em.base_url)
+        if answer:
+            return self.answer(*answer)
         if path.startswith(("/v1.0/", "/beta/")):
             return self.answer(405 if method not in ("GET", "POST") else 400, _error("BadRequest", f"Resource not found for the segment in {path}."))
         return self.answer(404, _error("NotFound", path))

@@ -83,6 +83,24 @@ param stateTableName string = 'intunesync'
 @description('Queue whose delayed messages fire deferred syncs.')
 param deferredQueueName string = 'intunesync-deferred'
 
+@description('Queue whose messages drive Autopilot import jobs (POST /api/autopilot/devices).')
+param importQueueName string = 'intunesync-imports'
+
+@description('Seconds between an import job\'s looks at Graph (import status, then profile assignment).')
+@minValue(1)
+@maxValue(3600)
+param importPollSeconds int = 60
+
+@description('Seconds the first import job to finish waits before the Autopilot sync, so that jobs finishing together share it.')
+@minValue(0)
+@maxValue(600)
+param importSyncDelaySeconds int = 120
+
+@description('Seconds after which a device of an import job that has no profile yet ends timedOut.')
+@minValue(600)
+@maxValue(604800)
+param importWaitTimeoutSeconds int = 14400
+
 @minValue(60)
 @maxValue(3600)
 param leaseSeconds int = 180
@@ -149,6 +167,10 @@ var syncSettings = {
   HISTORY_RETENTION_DAYS: string(historyRetentionDays)
   SYNC_STATE_TABLE: stateTableName
   SYNC_QUEUE: deferredQueueName
+  IMPORT_QUEUE: importQueueName
+  IMPORT_POLL_SECONDS: string(importPollSeconds)
+  IMPORT_SYNC_DELAY_SECONDS: string(importSyncDelaySeconds)
+  IMPORT_WAIT_TIMEOUT_SECONDS: string(importWaitTimeoutSeconds)
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
   SYNC_WAIT_TIMEOUT_SECONDS: string(waitTimeoutSeconds)
@@ -183,6 +205,7 @@ module storage 'app/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     stateTableName: stateTableName
     deferredQueueName: deferredQueueName
+    importQueueName: importQueueName
     skuName: storageSku
   }
 }

@@ -14,9 +14,11 @@ from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
 
+from .devices import MAX_BODY_BYTES as MAX_IMPORT_BYTES
+from .devices import parse_import
 from .errors import AppError, InvalidItemId
 from .jsonbody import nesting_exceeds
-from .model import Outcome, SyncRequest, SyncResult, Trigger
+from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
 from .runtime import service, settings
 from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
 from .targets import parse_guid
@@ -144,6 +146,71 @@ def operation(req: func.HttpRequest) -> func.HttpResponse:
     )
 
 
+def import_devices(req: func.HttpRequest) -> func.HttpResponse:
+    """Start an Autopilot import job (shared/importjob.py): 202 with the job and the absolute
+    Location of its status, which carries its own token like a "sync and wait" operation (Power
+    Automate follows it to the end: "Import Autopilot devices and wait")."""
+    return _start_import(req, wait=True)
+
+
+def start_import(req: func.HttpRequest) -> func.HttpResponse:
+    """The same job, answered 201 with its status URL in the body and Location: a 201 is not
+    followed by Power Automate, so the flow goes on at once ("Start an Autopilot import")."""
+    return _start_import(req, wait=False)
+
+
+def _start_import(req: func.HttpRequest, wait: bool) -> func.HttpResponse:
+    svc = service()
+    svc.target("autopilot")  # the job ends in an Autopilot sync: 404 when that target is off
+    declared = req.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
+        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_IMPORT_BYTES} bytes")
+    body = req.get_body() or b""
+    if len(body) > MAX_IMPORT_BYTES:
+        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_IMPORT_BYTES} bytes")
+    content_type = req.headers.get("content-type") or ""
+    if content_type.split(";")[0].strip().lower() not in ("application/json", "text/csv"):
+        raise ApiError(415, "UnsupportedMediaType",
+                       "send the devices as application/json or as text/csv (the CSV of Get-WindowsAutopilotInfo)")
+    request = parse_import(body, content_type)  # every bad row named (400) before anything is stored
+    _public_origin(req)  # no valid host for the status URL: refused before anything starts
+    job, devices, token = svc.start_import(request, caller_of(req))
+    location = _import_url(req, job.id, token)
+    answer = {"importId": job.id, "status": job.status, "deadline": iso(job.deadline), "statusUrl": location,
+              "devices": [{"serialNumber": d.serial_number, "state": d.state} for d in devices]}
+    return json_response(answer, 202 if wait else 201, {"Location": location, "Retry-After": _import_poll_seconds()})
+
+
+def import_status(req: func.HttpRequest) -> func.HttpResponse:
+    """Poll an import job: 202 while any device is on its way, 200 when every one is final.
+    Anonymous at the host, like operations: the token is the credential; any mismatch is 404."""
+    not_found = ApiError(404, "ImportNotFound", "no such import job, or the token does not match")
+    try:
+        import_id = parse_guid(req.route_params.get("importId", ""))
+    except InvalidItemId:
+        raise not_found from None
+    token = req.params.get("token") or ""
+    if not token or len(token) > 100:
+        raise not_found
+    found = service().import_status(import_id, token)
+    if found is None:
+        raise not_found
+    job, devices = found
+    if job.done:
+        return json_response(job.to_json(devices), 200)
+    return json_response(job.to_json(devices), 202,
+                         {"Location": _import_url(req, job.id, token), "Retry-After": _import_poll_seconds()})
+
+
+def _import_url(req: func.HttpRequest, import_id: str, token: str) -> str:
+    origin, prefix = _public_origin(req)
+    return f"{origin}{prefix}/autopilot/imports/{import_id}?{urlencode({'token': token})}"
+
+
+def _import_poll_seconds() -> str:
+    return str(min(POLL_SECONDS * 2, settings().import_poll_seconds))
+
+
 def health(req: func.HttpRequest) -> func.HttpResponse:
     try:
         current = settings()
@@ -240,10 +307,16 @@ def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
     if not _is_loopback(host_name(host).strip("[]")):
         scheme = "https"
     # The route's prefix (/api by default); anything odd in it falls back to the default.
-    prefix = parts.path[: parts.path.find("/sync/")] if "/sync/" in parts.path else parts.path.rsplit("/operations/", 1)[0]
+    prefix = _route_prefix(parts.path)
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)*", prefix) or "/../" in prefix + "/" or "/./" in prefix + "/":
         prefix = "/api"
     return f"{scheme}://{host}", prefix
+
+
+def _route_prefix(path: str) -> str:
+    """The part of a request's path before our routes (``/api`` unless host.json changes it)."""
+    found = [path.find(marker) for marker in ("/sync/", "/operations/", "/autopilot/") if marker in path]
+    return path[:min(found)] if found else "/api"
 
 
 def caller_of(req: func.HttpRequest) -> str:

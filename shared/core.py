@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UnknownTarget
 from .graph import GraphClient
+from .imports import ImportStore
 from .model import Clock, SyncRequest, SyncResult, utcnow
 from .notify import Notification, Notifier
 from .operations import OperationStore
@@ -42,6 +43,8 @@ class ServiceCore(ABC):
         operations: OperationStore | None = None,
         notifier: Notifier | None = None,
         queue: PendingQueue | None = None,
+        imports: ImportStore | None = None,
+        import_queue: PendingQueue | None = None,
     ):
         self.settings = settings
         self.graph = graph
@@ -50,6 +53,8 @@ class ServiceCore(ABC):
         self.operations = operations
         self.notifier = notifier
         self.queue = queue
+        self.imports = imports  # Autopilot import jobs (shared/importjob.py), and their queue
+        self.import_queue = import_queue
         # Refusals this process has already seen: a cooldown only ever moves forward (Graph's
         # window stands whatever our table says), so until it ends it can be answered from memory.
         self._known: dict[str, SyncResult] = {}
@@ -110,3 +115,11 @@ class ServiceCore(ABC):
     @abstractmethod
     def _notify(self, notification: Notification) -> None:
         """Defined by shared/follow.py."""
+
+    @abstractmethod
+    def sync_at(self, target_name: str, at: datetime, caller: str) -> SyncResult:
+        """Defined by shared/deferred.py."""
+
+    @abstractmethod
+    def repair_imports(self) -> int:
+        """Defined by shared/importjob.py."""

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
@@ -75,8 +75,17 @@ class PendingFire:
                    datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")), int(data.get("generation", 0)))
 
 
+class Message(Protocol):
+    """A queue message: its body, and when it should become visible."""
+
+    @property
+    def scheduled_at(self) -> datetime: ...
+
+    def to_json(self) -> str: ...
+
+
 class PendingQueue:
-    """The queue of pending syncs. Its client is made on first use: most invocations never defer,
+    """A queue of delayed messages (pending syncs, import job steps). Its client is made on first use: most invocations never defer,
     and azure-storage-queue is a noticeable share of a cold start."""
 
     def __init__(self, make_client: Callable[[], Any]):
@@ -91,7 +100,7 @@ class PendingQueue:
                 self._client = self._make_client()
             return self._client
 
-    def schedule(self, fire: PendingFire, now: datetime) -> None:
+    def schedule(self, fire: Message, now: datetime) -> None:
         """Send the message, invisible until ``fire.scheduled_at`` (creating the queue on first use)."""
         delay = min(MAX_VISIBILITY, max(timedelta(0), fire.scheduled_at - now))
         try:
@@ -108,7 +117,7 @@ class PendingQueue:
                 f"Queue Storage ({self._queue.queue_name}) is unavailable: {type(exc).__name__}"
             ) from exc
 
-    def _send(self, fire: PendingFire, delay: timedelta) -> None:
+    def _send(self, fire: Message, delay: timedelta) -> None:
         self._queue.send_message(fire.to_json(), visibility_timeout=math.ceil(delay.total_seconds()))
 
 
@@ -144,6 +153,16 @@ class DeferredSyncs(ServiceCore):
             state = self.store.read(unit.key)
             refusal = refusal_for(unit.name, state, self.clock()) or refusal
         raise StateStoreUnavailable(f"could not record the deferred sync of {unit.name}: the row kept changing")
+
+    def sync_at(self, target_name: str, at: datetime, caller: str) -> SyncResult:
+        """Make sure a sync of a one-unit target (autopilot) starts at ``at`` or later: join the
+        unit's pending sync, or create one for the later of ``at`` and the end of its window.
+        Import jobs ask this way, so that every job that finishes before it fires shares it."""
+        self.target(target_name)
+        unit = Unit(target_name, None)
+        state = self.store.read(unit.key)
+        refusal = SyncResult(unit.name, Outcome.COOLDOWN, next_allowed_at=max(at, state.next_allowed_at or at))
+        return self._defer(unit, state, refusal, SyncRequest(target_name, trigger=Trigger.IMPORT, caller=caller, defer=True))
 
     def _send_fire(self, state: UnitState, at: datetime) -> bool:
         """Send the pending sync's message; False (logged) if the queue is unavailable: the row

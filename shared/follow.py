@@ -97,6 +97,10 @@ class Following(ServiceCore):
                 self._repair(state, now)
             except UpstreamError as exc:
                 log.warning("watch: could not repair %s: %s", state.key, exc.message)
+        try:
+            self.repair_imports()  # import jobs whose next step's message was lost
+        except UpstreamError as exc:
+            log.warning("watch: could not look at the import jobs: %s", exc.message)
         self.sweep()  # bounded: old history, asks and operations
         finished = 0
         if self.notifier is not None and self.notifier.urls:

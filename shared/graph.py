@@ -42,6 +42,12 @@ USER_AGENT = "intune-sync/1.0"
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # Paths are built from constants and validated GUIDs only; this is the last line of defence.
 _SAFE_PATH = re.compile(r"^/(v1\.0|beta)(/[A-Za-z0-9\-]+)+$")
+# Query options our code may send, with values built from validated input only (a serial number
+# is letters, digits and " ._/-", see shared/devices.py): no quote can end an OData string early.
+_SAFE_QUERY = {"$filter": re.compile(r"^contains\(serialNumber,'[A-Za-z0-9 ._/-]{1,128}'\)$"),
+               "$select": re.compile(r"^[A-Za-z,]{1,400}$"),
+               # a nextLink's paging options, echoed back to Graph as it gave them
+               "$skiptoken": re.compile(r"^[A-Za-z0-9%=_.+/-]{1,2048}$"), "$top": re.compile(r"^[0-9]{1,4}$")}
 _CLAIMS = re.compile(r'claims="([^"]+)"')
 _TOKEN_REFRESH_MARGIN = 300  # seconds before expiry at which a cached token is renewed
 
@@ -232,7 +238,7 @@ class GraphClient:
                 read=retry.retries,
                 status=retry.retries,
                 other=0,
-                allowed_methods=frozenset({"GET", "POST"}),
+                allowed_methods=frozenset({"GET", "POST", "DELETE"}),  # a DELETE is idempotent
                 status_forcelist=(429, 500, 502, 503, 504),
                 backoff_factor=retry.backoff_factor,
                 backoff_max=retry.backoff_max,
@@ -248,14 +254,18 @@ class GraphClient:
     def close(self) -> None:
         self._session.close()
 
-    def get(self, path: str) -> GraphResponse:
-        return self.request("GET", path)
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> GraphResponse:
+        return self.request("GET", path, params=params)
+
+    def delete(self, path: str) -> GraphResponse:
+        return self.request("DELETE", path)
 
     def post(self, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None) -> GraphResponse:
         return self.request("POST", path, json=json, deadline=deadline)
 
     def request(
-        self, method: str, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None
+        self, method: str, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> GraphResponse:
         """Send one logical request; any HTTP status comes back, transport faults raise.
 
@@ -265,12 +275,15 @@ class GraphClient:
         """
         if not _SAFE_PATH.match(path):
             raise UnsafeGraphPath(f"refusing to call Graph with an unsafe path: {path!r}")
+        for name, value in (params or {}).items():
+            if name not in _SAFE_QUERY or not _SAFE_QUERY[name].match(value):
+                raise UnsafeGraphPath(f"refusing to call Graph with an unsafe query option: {name}={value!r}")
         if method not in _READ_METHODS:
             self._writes.acquire()
         # One client-request-id for the logical request, its transport retries and a resend after
         # a 401, so that history names every request Graph saw.
         client_request_id = str(uuid.uuid4())
-        response = self._send(method, path, json, self._get_token(), deadline, client_request_id)
+        response = self._send(method, path, json, self._get_token(), deadline, client_request_id, params)
         if response.status == 401:
             if deadline is not None and time.monotonic() + TOKEN_WORST_CASE_SECONDS + sum(self._timeout) > deadline:
                 return response  # no time for a new token and a resend: the 401 stands
@@ -280,7 +293,7 @@ class GraphClient:
             except TokenUnavailable as exc:
                 exc.client_request_id, exc.graph_status = client_request_id, 401
                 raise
-            response = self._send(method, path, json, token, deadline, client_request_id)
+            response = self._send(method, path, json, token, deadline, client_request_id, params)
         return response
 
     def ensure_token(self) -> None:
@@ -290,7 +303,7 @@ class GraphClient:
 
     def _send(
         self, method: str, path: str, json: Mapping[str, Any] | None, token: str, deadline: float | None = None,
-        client_request_id: str = "",
+        client_request_id: str = "", params: Mapping[str, str] | None = None,
     ) -> GraphResponse:
         client_request_id = client_request_id or str(uuid.uuid4())
         headers = {
@@ -310,7 +323,8 @@ class GraphClient:
             read = min(read, remaining - connect)
         _deadline.value = (deadline, connect + read) if deadline is not None else None
         try:
-            raw = self._session.request(method, self.base_url + path, headers=headers, json=json, timeout=(connect, read))
+            raw = self._session.request(method, self.base_url + path, headers=headers, json=json, params=params,
+                                        timeout=(connect, read))
         except requests.RequestException as exc:
             maybe_sent = method not in _READ_METHODS and not _provably_not_sent(exc)
             kind = "timed out" if _is_timeout(exc) else "could not be reached"

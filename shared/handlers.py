@@ -22,6 +22,16 @@ def run_deferred(message: str) -> SyncResult | None:
     return result
 
 
+def run_import_step(message: str) -> str:
+    """A step of an Autopilot import job (shared/importjob.py). A storage fault raises, so that
+    the host retries the message; the watcher resends a step whose message was lost."""
+    svc = service()
+    what = svc.run_import_step(message)
+    log.info("import step: %s", what)
+    _flush(svc)
+    return what
+
+
 def run_watch() -> int:
     finished = service().watch()
     if finished:

@@ -33,6 +33,7 @@ class Trigger(str, Enum):
     TIMER = "timer"
     HTTP = "http"
     DEFERRED = "deferred"
+    IMPORT = "import"  # an Autopilot import job asked for the sync (shared/importjob.py)
 
 
 @dataclass(frozen=True)

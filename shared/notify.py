@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_BACKOFF, RETRY_BACKOFF_MAX = 0.5, 5.0
-EVENTS = ("syncStarted", "syncCompleted", "syncFailed")
+EVENTS = ("syncStarted", "syncCompleted", "syncFailed", "importCompleted")
+TITLES = {"syncStarted": "Intune sync started", "syncCompleted": "Intune sync completed", "syncFailed": "Intune sync failed",
+          "importCompleted": "Autopilot import finished"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Notification:
     client_request_id: str | None = None
     last_sync_date_time: str | None = None
     sync_status: str | None = None
+    # An import job's summary (importCompleted): its id, counts per device state, failed devices.
+    details: dict[str, Any] | None = None
 
     def to_json(self, app: str) -> dict[str, Any]:
         return {
@@ -56,11 +60,11 @@ class Notification:
             "clientRequestId": self.client_request_id,
             "lastSyncDateTime": self.last_sync_date_time,
             "syncStatus": self.sync_status,
+            **({"import": self.details} if self.details is not None else {}),
         }
 
     def to_adaptive_card(self, app: str) -> dict[str, Any]:
         """The message shape Teams' "When a Teams webhook request is received" flow accepts."""
-        titles = {"syncStarted": "Intune sync started", "syncCompleted": "Intune sync completed", "syncFailed": "Intune sync failed"}
         facts = [
             {"title": name, "value": str(value)}
             for name, value in (
@@ -73,7 +77,7 @@ class Notification:
                 ("App", app),
             )
             if value
-        ]
+        ] + self._import_facts()
         card = {
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "type": "AdaptiveCard",
@@ -83,8 +87,8 @@ class Notification:
                     "type": "TextBlock",
                     "size": "Medium",
                     "weight": "Bolder",
-                    "text": titles[self.event],
-                    "color": "Attention" if self.event == "syncFailed" else "Good",
+                    "text": TITLES[self.event],
+                    "color": "Attention" if self.event == "syncFailed" or self.outcome == "completedWithFailures" else "Good",
                 },
                 {"type": "TextBlock", "text": self.message, "wrap": True},
                 {"type": "FactSet", "facts": facts},
@@ -96,6 +100,17 @@ class Notification:
                 {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}
             ],
         }
+
+
+    def _import_facts(self) -> list[dict[str, str]]:
+        """An import job's counts per state, then each failed device with its reason."""
+        if not self.details:
+            return []
+        facts = [{"title": state, "value": str(n)} for state, n in (self.details.get("counts") or {}).items() if n]
+        for device in self.details.get("failedDevices") or []:
+            reason = device.get("errorName") or device.get("state")
+            facts.append({"title": str(device.get("serialNumber")), "value": f"{reason}: {device.get('hint') or ''}"})
+        return facts
 
 
 class Notifier:

@@ -59,7 +59,17 @@ class Operation:
         }
 
     def matches(self, token: str) -> bool:
-        return hmac.compare_digest(self.token_hash, _hash(token))
+        return token_matches(self.token_hash, token)
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh valet token and the SHA-256 that is stored in its place."""
+    token = secrets.token_urlsafe(32)
+    return token, _hash(token)
+
+
+def token_matches(stored_hash: str, token: str) -> bool:
+    return hmac.compare_digest(stored_hash, _hash(token))
 
 
 def _hash(token: str) -> str:
@@ -69,10 +79,10 @@ def _hash(token: str) -> str:
 class OperationStore(TableStore):
     @store_errors
     def create(self, target: str, unit_target: str, item_id: str | None, since: datetime, deadline: datetime, message: str) -> tuple[Operation, str]:
-        token = secrets.token_urlsafe(32)
+        token, token_hash = new_token()
         operation = Operation(
             id=str(uuid.uuid4()), target=target, unit_target=unit_target, item_id=item_id,
-            since=since, deadline=deadline, token_hash=_hash(token), message=message,
+            since=since, deadline=deadline, token_hash=token_hash, message=message,
         )
         meta = self._table.create_entity(self._entity(operation))
         return replace(operation, etag=meta["etag"]), token

@@ -51,6 +51,13 @@ DEFAULTS: dict[str, str] = {
     "TRUSTED_FORWARDED_HOSTS": "",
     "STATUS_DEADLINE_SECONDS": "20",
     "HISTORY_RETENTION_DAYS": "90",
+    # Autopilot onboarding (shared/onboarding.py): the job's queue, how often a job looks at
+    # Graph, how long the first finished import waits for others to share its sync, and when a
+    # device that never got its profile is given up.
+    "IMPORT_QUEUE": "intunesync-imports",
+    "IMPORT_POLL_SECONDS": "60",
+    "IMPORT_SYNC_DELAY_SECONDS": "120",
+    "IMPORT_WAIT_TIMEOUT_SECONDS": "14400",
 }
 
 KNOWN_TARGETS = tuple(TARGET_COOLDOWNS)
@@ -90,6 +97,9 @@ NUMERIC_SETTINGS: dict[str, Bounds] = {
     "TOKEN_EXPIRY_WARNING_DAYS": Bounds(1, 365, "days", why="Apple and VPP tokens last a year"),
     "STATUS_DEADLINE_SECONDS": Bounds(1, 200, "seconds", why="inside the 230 s the platform allows an HTTP call"),
     "HISTORY_RETENTION_DAYS": Bounds(1, 3650, "days"),
+    "IMPORT_POLL_SECONDS": Bounds(1, 3600, "seconds"),
+    "IMPORT_SYNC_DELAY_SECONDS": Bounds(0, 600, "seconds", why="one Autopilot sync window"),
+    "IMPORT_WAIT_TIMEOUT_SECONDS": Bounds(600, 7 * 86400, "seconds", why="7 days, the longest a queue message can wait"),
 }
 
 # A host as it may appear in an absolute URL we hand out: DNS labels or an IPv4 address, or an
@@ -230,6 +240,10 @@ class Settings:
     status_deadline_seconds: int = int(DEFAULTS["STATUS_DEADLINE_SECONDS"])
     # History rows older than this are deleted by the sweep (shared/retention.py).
     history_retention_days: int = int(DEFAULTS["HISTORY_RETENTION_DAYS"])
+    import_queue: str = DEFAULTS["IMPORT_QUEUE"]
+    import_poll_seconds: int = int(DEFAULTS["IMPORT_POLL_SECONDS"])
+    import_sync_delay_seconds: int = int(DEFAULTS["IMPORT_SYNC_DELAY_SECONDS"])
+    import_wait_timeout_seconds: int = int(DEFAULTS["IMPORT_WAIT_TIMEOUT_SECONDS"])
     # Set by the platform, not by operators: the app's public host name and its name.
     website_hostname: str | None = None
     site_name: str = "intune-sync"
@@ -374,6 +388,10 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     # Well inside the 230 s that the platform allows an HTTP call.
     "STATUS_DEADLINE_SECONDS": ("status_deadline_seconds", _whole),
     "HISTORY_RETENTION_DAYS": ("history_retention_days", _whole),
+    "IMPORT_QUEUE": ("import_queue", _queue_name),
+    "IMPORT_POLL_SECONDS": ("import_poll_seconds", _whole),
+    "IMPORT_SYNC_DELAY_SECONDS": ("import_sync_delay_seconds", _whole),
+    "IMPORT_WAIT_TIMEOUT_SECONDS": ("import_wait_timeout_seconds", _whole),
 }
 
 

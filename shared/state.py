@@ -298,12 +298,16 @@ class StateStore(TableStore):
 
     @store_errors
     def update(self, state: UnitState) -> UnitState | None:
-        """Write the row if nobody changed it since it was read; None if somebody did."""
+        """Write the row if nobody changed it since it was read; None if somebody did. A row read
+        as absent (no ETag) is created, if it is still absent."""
         try:
+            if state.etag is None:
+                meta = self._table.create_entity(state.to_entity())
+                return replace(state, etag=meta["etag"])
             meta = self._table.update_entity(
                 state.to_entity(), mode=UpdateMode.REPLACE, etag=state.etag, match_condition=MatchConditions.IfNotModified
             )
-        except (ResourceModifiedError, ResourceNotFoundError):
+        except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
             return None
         return replace(state, etag=meta["etag"])
 

@@ -14,7 +14,7 @@ from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 from azure.data.tables import TableClient, TableServiceClient
 
 from .answers import as_utc
@@ -125,7 +125,10 @@ def take(rows: Iterable[Any], limit: int) -> Iterator[Any]:
 def table_missing(exc: Exception) -> bool:
     """Whether a not-found error means the table itself is missing (not just a row). Some calls
     (create_entity) raise it without ``error_code``; the service's code is in the message then."""
-    return getattr(exc, "error_code", None) == "TableNotFound" or "TableNotFound" in str(exc)
+    text = str(exc)
+    # A transaction reports it by message only ("0:The table specified does not exist.").
+    return getattr(exc, "error_code", None) == "TableNotFound" or "TableNotFound" in text \
+        or "table specified does not exist" in text
 
 
 def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -136,7 +139,7 @@ def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
         try:
             try:
                 return method(self, *args, **kwargs)
-            except ResourceNotFoundError as exc:
+            except HttpResponseError as exc:  # ResourceNotFoundError, or a transaction's error
                 if not table_missing(exc):
                     raise
                 self._create_table()

@@ -5,6 +5,7 @@ Nothing here is mocked: if Azurite cannot start, the suite fails rather than ski
 """
 from __future__ import annotations
 
+import base64
 import sys
 import threading
 import uuid
@@ -28,6 +29,7 @@ from emulators.tokens import ALL_ROLES
 from shared.deferred import PendingQueue
 from shared.graph import GraphClient, RetryPolicy
 from shared.identity import make_credential
+from shared.imports import ImportStore
 from shared.notify import Notifier
 from shared.operations import OperationStore
 from shared.service import SyncService
@@ -118,6 +120,7 @@ def env(azurite: Azurite, graph: GraphEmulator, table_name: str) -> dict[str, st
         "SYNC_TARGETS": "autopilot,exchange",
         "SYNC_STATE_TABLE": table_name,
         "SYNC_QUEUE": "q" + table_name[1:],
+        "IMPORT_QUEUE": "i" + table_name[1:],
         "GRAPH_TIMEOUT_SECONDS": "2",
     }
 
@@ -148,7 +151,9 @@ def make_service(env: dict[str, str], clock: FakeClock, table_counter: TableCoun
         table = table_client(settings.storage, settings.state_table, make_credential, raw_request_hook=table_counter)
         notifier = Notifier(settings.notify_urls, settings.notify_format, retries=2)
         queue = PendingQueue(lambda: queue_client(settings.storage, settings.queue_name, make_credential))
-        return SyncService(settings, graph_client, StateStore(table), clock, OperationStore(table), notifier, queue)
+        import_queue = PendingQueue(lambda: queue_client(settings.storage, settings.import_queue, make_credential))
+        return SyncService(settings, graph_client, StateStore(table), clock, OperationStore(table), notifier, queue,
+                           ImportStore(table), import_queue)
 
     return make
 
@@ -353,3 +358,64 @@ def call(method: str, route: str, body: Any = None, headers: dict[str, str] | No
     assert response.mimetype == "application/json"
     payload = json.loads(response.get_body()) if response.get_body() else None
     return response.status_code, dict(response.headers), payload
+
+
+# --- Autopilot import jobs --------------------------------------------------------------------
+
+HARDWARE_HASH = base64.b64encode(bytes(range(256)) * 16).decode()  # 4 KB, the size of a real 4K hash
+
+
+def autopilot_devices(count: int, prefix: str = "SN", **fields: Any) -> list[dict[str, Any]]:
+    """``count`` valid devices for POST /api/autopilot/devices, serials ``<prefix>0001``…"""
+    return [{"serialNumber": f"{prefix}{i:04d}", "hardwareIdentifier": HARDWARE_HASH, **fields} for i in range(1, count + 1)]
+
+
+def start_import(svc: SyncService, devices: list[dict[str, Any]], update_existing: bool = False, caller: str = "test") -> str:
+    """Start an import job in-process, as POST /api/autopilot/devices does; its id."""
+    import json
+
+    from shared.devices import parse_import
+
+    request = parse_import(json.dumps({"devices": devices, "updateExisting": update_existing}).encode(), "application/json")
+    return svc.start_import(request, caller)[0].id
+
+
+def fire_due_sync(svc: SyncService) -> Any:
+    """What the deferred-sync queue trigger does when the pending Autopilot sync is due."""
+    from shared.deferred import PendingFire
+
+    state = svc.store.read("autopilot")
+    if state.pending_id and state.pending_at and state.pending_at <= svc.clock():
+        return svc.fire(PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at,
+                                    state.pending_reschedules or 0))
+    return None
+
+
+def run_imports(svc: SyncService, clock: FakeClock, graph: GraphEmulator, *import_ids: str, steps: int = 200,
+                between: Callable[[], Any] | None = None) -> list[Any]:
+    """Drive import jobs in-process as the queues would, time moving on to each next due step:
+    the jobs' steps in turn, and the pending Autopilot sync when it is due. The finished jobs."""
+    from shared.importjob import ImportStep
+
+    assert svc.imports is not None
+    for _ in range(steps):
+        jobs = [svc.imports.job(i) for i in import_ids]
+        running = [j for j in jobs if j is not None and not j.done]
+        if not running:
+            return jobs
+        due = min(j.step_at for j in running)
+        if due > clock():
+            advance(clock, graph, (due - clock()).total_seconds())
+        for job in running:
+            if job.step_at <= clock():
+                svc.run_import_step(ImportStep(job.id, job.step, job.step_at).to_json())
+        fire_due_sync(svc)
+        if between is not None:
+            between()
+    raise AssertionError(f"import jobs still running after {steps} steps")
+
+
+def import_stats(graph: GraphEmulator) -> dict[str, Any]:
+    """The emulator's import records, registered devices and deleted record ids."""
+    stats: dict[str, Any] = graph.stats()["autopilotImports"]
+    return stats

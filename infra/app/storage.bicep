@@ -6,6 +6,7 @@ param tags object
 param deploymentContainerName string
 param stateTableName string
 param deferredQueueName string
+param importQueueName string
 @description('Redundancy (SKU) of the account; chosen in main.bicep (storageSku).')
 param skuName string
 
@@ -79,6 +80,11 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
 resource deferredQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: deferredQueueName
+}
+
+resource importQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: importQueueName
 }
 
 output name string = storage.name

@@ -1,0 +1,229 @@
+"""Autopilot import jobs (POST /api/autopilot/devices): import the hardware hashes, follow each
+import, ask for one Autopilot sync through the deferred sync, follow each device until its
+profile is assigned, delete its import record, and report the job once when it ends.
+
+The job is a state machine in the state table (shared/imports.py) driven by messages on the
+import queue (IMPORT_QUEUE): no invocation waits or sleeps. Each message names the job's step;
+a step claims the job row (If-Match), does bounded work (shared/importsteps.py), saves the
+devices, and sends the message of the next step, delayed by IMPORT_POLL_SECONDS. A duplicated
+or late message finds another step number, or the job claimed, and does nothing. A step that
+dies leaves its claim to expire; the watcher then sends the overdue step's message again.
+
+The sync: a job whose imports are complete asks for the Autopilot sync no earlier than
+IMPORT_SYNC_DELAY_SECONDS from then (DeferredSyncs.sync_at), so that every job finishing in the
+meantime joins the same pending sync, and any sync that starts after the ask is the one the
+job waits for. The unit's cooldown and claim guarantee one sync per window whoever asks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from .autopilotapi import AutopilotApi
+from .core import ServiceCore
+from .devices import ImportRequest
+from .errors import AppError, StateStoreUnavailable
+from .imports import COMPLETED, DeviceRow, ImportJob, ImportStore, new_import_id, summary_json
+from .importsteps import ImportRun, StepResult, imported_devices
+from .model import Outcome, iso
+from .notify import Notification
+from .onboarding import FAILED, PROFILE_ASSIGNED, TIMED_OUT, WAITING_FOR_SYNC, all_final, counts, hint_for
+from .operations import new_token, token_matches
+from .targets import parse_guid
+
+log = logging.getLogger(__name__)
+
+AUTOPILOT = "autopilot"
+STEP_LEASE = timedelta(minutes=4)  # longer than a step may run (STEP_SECONDS plus its last calls)
+OVERDUE = timedelta(minutes=2)  # a step this late lost its message: the watcher sends it again
+EARLY = timedelta(seconds=2)
+MAX_FAILED_IN_NOTIFICATION = 50
+
+
+@dataclass(frozen=True)
+class ImportStep:
+    """The queue message that runs step ``step`` of job ``import_id``."""
+
+    import_id: str
+    step: int
+    scheduled_at: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({"importId": self.import_id, "step": self.step, "scheduledAt": iso(self.scheduled_at)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ImportStep:
+        data: dict[str, Any] = json.loads(text)
+        step = data["step"]
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ValueError("step must be a number")
+        return cls(parse_guid(str(data["importId"])), step,
+                   datetime.fromisoformat(str(data["scheduledAt"]).replace("Z", "+00:00")))
+
+
+class AutopilotImports(ServiceCore):
+    """The service's part that runs Autopilot import jobs."""
+
+    def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
+        """Record the job and send its first step. Returns (job, devices, poll token)."""
+        self.target(AUTOPILOT)  # the job ends with an Autopilot sync: refused if that target is off
+        store = self._import_store()
+        now = self.clock()
+        token, token_hash = new_token()
+        job = ImportJob(
+            id=new_import_id(), created_at=now, deadline=now + timedelta(seconds=self.settings.import_wait_timeout_seconds),
+            token_hash=token_hash, caller=caller[:200], device_count=len(request.devices),
+            update_existing=request.update_existing, step=1, step_at=now,
+        )
+        devices = [DeviceRow.of(index, device) for index, device in enumerate(request.devices, start=1)]
+        job = store.create(job, devices)
+        self._send_step(job)
+        log.info("import %s: %d device(s) from %s", job.id, len(devices), caller)
+        return job, devices, token
+
+    def import_status(self, import_id: str, token: str) -> tuple[ImportJob, list[DeviceRow]] | None:
+        """The job and its devices; None if there is no such job for this token."""
+        store = self._import_store()
+        job = store.job(import_id)
+        if job is None or not token_matches(job.token_hash, token):
+            return None
+        return job, store.devices(import_id)
+
+    def run_import_step(self, text: str) -> str:
+        """Run the step a queue message names. Returns what happened (for the log and tests)."""
+        try:
+            step = ImportStep.from_json(text)
+        except (ValueError, KeyError, TypeError, AppError):
+            log.error("import queue: a message that is not an import step was ignored")
+            return "invalid"
+        store = self._import_store()
+        job, now = store.job(step.import_id), self.clock()
+        if job is None or job.done or job.step != step.step:
+            return "stale"  # a duplicate, or an older step's message
+        if job.claimed(now):
+            return "busy"  # another delivery runs this step; it sends the next message
+        if job.step_at and job.step_at > now + EARLY:  # the queue delays a message 7 days at most
+            self._send_step(job)
+            return "early"
+        claimed = store.update(replace(job, step_owner=uuid.uuid4().hex, step_until=now + STEP_LEASE))
+        if claimed is None:
+            return "stale"  # another delivery claimed it first
+        return self._advance(claimed, store.devices(job.id), now)
+
+    def repair_imports(self) -> int:
+        """The watcher's part: send again the message of every step that is overdue (its sender
+        stopped before sending it, or the message went to the poison queue). Returns how many."""
+        if self.imports is None or self.import_queue is None:
+            return 0
+        now, sent = self.clock(), 0
+        for job in self.imports.running():
+            if not job.claimed(now) and job.step_at is not None and job.step_at < now - OVERDUE:
+                log.warning("watch: import %s step %d is overdue since %s; sending it again", job.id, job.step, iso(job.step_at))
+                sent += self._send_step(replace(job, step_at=now))
+        return sent
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def _advance(self, job: ImportJob, devices: list[DeviceRow], now: datetime) -> str:
+        store = self._import_store()
+        started, pending = self._sync_seen(job) if any(d.state == WAITING_FOR_SYNC for d in devices) else (False, True)
+        run = ImportRun(AutopilotApi(self.graph), job, devices, now, lambda rows: store.save_devices(job.id, rows), started)
+        result = run.run()
+        if result.changed:
+            store.save_devices(job.id, list(result.changed.values()))
+        devices = list(run.devices.values())
+        job, devices = self._ask_for_sync(job, devices, result, now, again=not started and not pending)
+        if self._finished(job, devices, now):
+            return self._finish(job, devices, now)
+        delay = 0.0 if result.more else max(float(self.settings.import_poll_seconds), result.retry_after or 0.0)
+        following = replace(job, step=job.step + 1, step_at=now + timedelta(seconds=delay), step_owner=None,
+                            step_until=None, message=result.error)
+        written = store.update(following)
+        if written is None:
+            raise StateStoreUnavailable(f"import {job.id}: the job row changed under its step")
+        self._send_step(written)
+        return "stepped"
+
+    def _ask_for_sync(self, job: ImportJob, devices: list[DeviceRow], result: StepResult, now: datetime,
+                      again: bool) -> tuple[ImportJob, list[DeviceRow]]:
+        """Devices just imported (or still waiting for a sync that was given up) need the sync."""
+        ready = imported_devices(devices) + ([d for d in devices if d.state == WAITING_FOR_SYNC] if again else [])
+        if not ready:
+            return job, devices
+        at = now + timedelta(seconds=self.settings.import_sync_delay_seconds)
+        try:
+            answer = self.sync_at(AUTOPILOT, at, caller=f"import {job.id}")
+        except AppError as exc:  # storage down: the devices stay as they are; the next step asks again
+            result.error = f"{exc.code}: could not ask for the Autopilot sync: {exc.message}"
+            return job, devices
+        if answer.outcome is not Outcome.SCHEDULED:
+            result.error = f"could not ask for the Autopilot sync: {answer.message}"
+            return job, devices
+        message = f"imported; the Autopilot sync is scheduled for {iso(answer.scheduled_at)}"
+        waiting = [replace(d, state=WAITING_FOR_SYNC, message=message, updated_at=now) for d in ready]
+        self._import_store().save_devices(job.id, waiting)
+        by_index = {d.index: d for d in devices} | {d.index: d for d in waiting}
+        return replace(job, sync_asked_at=now), sorted(by_index.values(), key=lambda d: d.index)
+
+    def _sync_seen(self, job: ImportJob) -> tuple[bool, bool]:
+        """(a sync started after the job asked for it, a sync is pending or in flight)."""
+        state = self.store.read(AUTOPILOT)
+        started = bool(job.sync_asked_at and state.last_started_at and state.last_started_at >= job.sync_asked_at)
+        return started, bool(state.pending_id) or state.lease_active(self.clock())
+
+    @staticmethod
+    def _finished(job: ImportJob, devices: list[DeviceRow], now: datetime) -> bool:
+        """Every device final and every used import record deleted (past the deadline, final is enough)."""
+        if not all_final(d.state for d in devices):
+            return False
+        undeleted = any(d.state in (PROFILE_ASSIGNED, FAILED) and d.import_record_id and not d.record_deleted for d in devices)
+        return not undeleted or now >= job.deadline
+
+    def _finish(self, job: ImportJob, devices: list[DeviceRow], now: datetime) -> str:
+        tally = counts(d.state for d in devices)
+        final = replace(job, status=COMPLETED, finished_at=now, step_owner=None, step_until=None,
+                        summary=summary_json(tally), message=None)
+        if self._import_store().update(final) is None:
+            raise StateStoreUnavailable(f"import {job.id}: the job row changed under its last step")
+        self._notify(import_notification(final, devices, tally))  # once: only the claimed step gets here
+        log.info("import %s finished: %s", job.id, tally)
+        return "completed"
+
+    def _send_step(self, job: ImportJob) -> int:
+        """Send the job's step message; 0 (logged) if the queue is unavailable: the job row
+        holds the step, and the watcher sends a message for one that is overdue."""
+        if self.import_queue is None:
+            return 0
+        step = ImportStep(job.id, job.step, job.step_at or self.clock())
+        try:
+            self.import_queue.schedule(step, self.clock())
+            return 1
+        except AppError as exc:
+            log.error("import %s: step %d recorded, but its message was not sent: %s", job.id, job.step, exc.message)
+            return 0
+
+    def _import_store(self) -> ImportStore:
+        if self.imports is None:
+            raise StateStoreUnavailable("this service has no import store")
+        return self.imports
+
+
+def import_notification(job: ImportJob, devices: list[DeviceRow], tally: dict[str, int]) -> Notification:
+    problems = [d for d in devices if d.state in (FAILED, TIMED_OUT)]
+    outcome = "completed" if not problems else "completedWithFailures"
+    message = (f"Autopilot import {job.id}: {len(devices)} device(s), {tally[PROFILE_ASSIGNED]} with a profile, "
+               f"{tally[FAILED]} failed, {tally[TIMED_OUT]} timed out")
+    details = {
+        "importId": job.id,
+        "caller": job.caller,
+        "counts": tally,
+        "failedDevices": [{"serialNumber": d.serial_number, "state": d.state, "errorName": d.error_name,
+                           "errorCode": d.error_code, "hint": hint_for(d.error_name) if d.state == FAILED else d.message}
+                          for d in problems[:MAX_FAILED_IN_NOTIFICATION]],
+    }
+    return Notification("importCompleted", f"autopilot import {job.id}", outcome, job.finished_at or job.created_at,
+                        message, details=details)
