@@ -177,5 +177,6 @@ class Following(ServiceCore):
             log.warning("sweep skipped: %s", exc.message)
             return Swept()
         if swept.total:
-            log.info("sweep deleted %d history, %d ask and %d operation rows", swept.history, swept.asks, swept.operations)
+            log.info("sweep deleted %d history, %d ask, %d operation and %d import rows", swept.history, swept.asks,
+                     swept.operations, swept.imports)
         return swept

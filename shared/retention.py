@@ -7,7 +7,10 @@ Three kinds of rows would otherwise stay for good:
 - ask rows (``ask-<pendingId>-…``): deleted once their pending sync is no longer the unit's
   ``pendingId`` and they are older than ``ASK_GRACE`` (a day);
 - operation rows (partition ``op-<id>``): deleted a day (``OPERATION_GRACE``) after their
-  deadline, or a day after they finished. Polling such an operation then answers 404.
+  deadline, or a day after they finished. Polling such an operation then answers 404;
+- Autopilot import jobs (partition ``import-<id>``: the job and its devices, hardware hashes
+  included): deleted ``IMPORT_GRACE`` (7 days) after they finished. Their status URL then
+  answers 404; the outcome stays in the notification and the log.
 
 Each sweep does bounded work: at most ``limit`` deletes (``SWEEP_LIMIT`` by default), each kind
 read with one query that returns only keys (``limit`` rows at most), and deletes batched per
@@ -27,6 +30,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
+from .imports import JOB_ROW
 from .operations import OPERATION_ROW
 from .state import _MAX_TICKS, ASK_PREFIX, HISTORY_PREFIX, STATE_ROW
 from .storage import TableStore, store_errors
@@ -37,6 +41,7 @@ SWEEP_LIMIT = 200  # deletes per sweep (watcher tick): a few seconds of table ro
 BATCH = 100  # Table Storage's limit of operations in one entity-group transaction
 ASK_GRACE = timedelta(days=1)
 OPERATION_GRACE = timedelta(days=1)
+IMPORT_GRACE = timedelta(days=7)  # long enough to look a job up after a weekend; hashes are not kept for good
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,11 @@ class Swept:
     asks: int = 0
     operations: int = 0
     history: int = 0
+    imports: int = 0  # rows of finished import jobs (job and device rows)
 
     @property
     def total(self) -> int:
-        return self.asks + self.operations + self.history
+        return self.asks + self.operations + self.history + self.imports
 
 
 def history_key_before(when: datetime) -> str:
@@ -71,7 +77,21 @@ class RetentionStore(TableStore):
         asks = self.sweep_asks(now - ASK_GRACE, limit)
         operations = self.sweep_operations(now - OPERATION_GRACE, limit - asks)
         history = self.sweep_history(now - timedelta(days=retention_days), limit - asks - operations)
-        return Swept(asks, operations, history)
+        imports = self.sweep_imports(now - IMPORT_GRACE, limit - asks - operations - history)
+        return Swept(asks, operations, history, imports)
+
+    @store_errors
+    def sweep_imports(self, before: datetime, limit: int) -> int:
+        """Import jobs that finished before ``before``: their device rows first, the job row
+        last, so that a sweep cut short leaves the job to be found again by the next one."""
+        deleted = 0
+        for job in self._keys("RowKey eq @row and finishedAt lt @before", {"row": JOB_ROW, "before": before}, limit):
+            room = limit - deleted
+            devices = self._keys("PartitionKey eq @pk and RowKey ne @row", {"pk": job["PartitionKey"], "row": JOB_ROW}, room)
+            if len(devices) >= room:  # no room for the job row: the next sweep finishes this job
+                return deleted + self._delete(devices)
+            deleted += self._delete(devices) + self._delete([job])
+        return deleted
 
     @store_errors
     def sweep_history(self, before: datetime, limit: int) -> int:

@@ -5,7 +5,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import unreachable_storage
+from conftest import autopilot_devices, start_import, unreachable_storage
 
 from shared.retention import history_key_before
 from shared.settings import Settings, SettingsError
@@ -164,3 +164,29 @@ def test_the_retention_setting_is_bounded():
         with pytest.raises(SettingsError) as caught:
             Settings.from_env({**base, "HISTORY_RETENTION_DAYS": bad})
         assert caught.value.problems["HISTORY_RETENTION_DAYS"]
+
+
+def finished_import(service, clock, days_ago, devices=3):
+    job_id = start_import(service, autopilot_devices(devices))
+    job = service.imports.job(job_id)
+    if days_ago is not None:
+        service.imports.update(replace(job, status="completed", finished_at=clock.now - timedelta(days=days_ago)))
+    return job_id
+
+
+def test_import_jobs_go_a_week_after_they_finished_with_their_devices(make_service, clock):
+    service = make_service()
+    old, recent, running = finished_import(service, clock, 8), finished_import(service, clock, 1), finished_import(service, clock, None)
+    swept = service.sweep()
+    assert (swept.imports, swept.operations, swept.history) == (4, 0, 0)
+    assert service.imports.job(old) is None and service.imports.devices(old) == []
+    assert all(service.imports.job(j) is not None and len(service.imports.devices(j)) == 3 for j in (recent, running))
+
+
+def test_an_import_job_larger_than_one_sweep_is_finished_by_the_next(make_service, clock):
+    service = make_service()
+    old = finished_import(service, clock, 8, devices=3)
+    assert service.sweep(limit=2).imports == 2
+    assert service.imports.job(old) is not None  # the job row goes last
+    assert service.sweep(limit=2).imports == 2
+    assert service.imports.job(old) is None
