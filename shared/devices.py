@@ -5,15 +5,16 @@ Two forms of the same request (issue #12):
   "assignedUserPrincipalName"?}], "updateExisting"?: bool}``;
 - ``text/csv``, as ``Get-WindowsAutopilotInfo`` writes it: header ``Device Serial Number,Windows
   Product ID,Hardware Hash`` and optionally ``Group Tag`` and ``Assigned User``; UTF-8 with or
-  without a BOM, CRLF or LF.
+  without a BOM, or UTF-16 with one (Windows PowerShell 5.1), CRLF or LF.
 
 Every bad row is reported at once, with its row number, serial, field and reason (HTTP 400), and
-nothing is sent. Pure: no I/O. The import job that uses it is the next step of issue #12.
+nothing is sent. Pure: no I/O. The import job that uses it is shared/importjob.py.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import csv
 import io
 import json
@@ -118,7 +119,7 @@ def validate(rows: list[dict[str, Any]]) -> tuple[list[Device], list[RowProblem]
     for number, row in enumerate(rows, start=1):
         found = _row_problems(number, row)
         serial = row.get("serialNumber") if isinstance(row.get("serialNumber"), str) else None
-        if serial and not found:
+        if serial:  # a duplicate is named even when either row has other problems too
             earlier = first_row.setdefault(serial.upper(), number)
             if earlier != number:
                 found.append(RowProblem(number, serial, "serialNumber", f"the same serial number as row {earlier}"))
@@ -191,9 +192,11 @@ def _json_rows(body: bytes) -> tuple[list[dict[str, Any]], bool]:
 
 def _csv_rows(body: bytes) -> list[dict[str, Any]]:
     try:
-        text = body.decode("utf-8-sig")  # with or without a BOM
+        # Windows PowerShell 5.1's Out-File (what Get-WindowsAutopilotInfo -OutputFile uses)
+        # writes UTF-16 with a BOM; PowerShell 7 writes UTF-8, with or without one.
+        text = body.decode("utf-16") if body[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else body.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise InvalidDevices("the CSV must be UTF-8 (or ASCII)") from None
+        raise InvalidDevices("the CSV must be UTF-8 or UTF-16 with a byte order mark") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [name.strip() for name in next(reader)]

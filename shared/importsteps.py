@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .autopilotapi import AutopilotApi
-from .errors import GraphRequestRejected, UpstreamError
+from .errors import AppError, GraphRequestRejected, UpstreamError
 from .imports import DeviceRow, ImportJob
 from .model import iso
 from .onboarding import (
@@ -65,8 +65,9 @@ class ImportRun:
                           self._clean_up):
                 if not self.result.more:
                     phase()
-        except UpstreamError as exc:  # the rest waits for the next step; nothing done is lost
-            self.result.retry_after = exc.retry_after_seconds or None
+        except AppError as exc:  # Graph or its token failed, or answered nonsense (an id that is
+            # no GUID): the rest waits for the next step; nothing done is lost.
+            self.result.retry_after = exc.retry_after_seconds if isinstance(exc, UpstreamError) else None
             self.result.error = f"{exc.code}: {exc.message}"
             log.warning("import %s: step stopped by %s", self.job.id, self.result.error)
         return self.result

@@ -43,6 +43,23 @@ def test_the_csv_of_get_windows_autopilot_info_is_read_with_a_bom_and_crlf():
     assert [(d.serial_number, d.group_tag, d.product_key) for d in request.devices] == [("5CG1", "Sales", None), ("5CG2", None, None)]
 
 
+def test_a_duplicate_serial_is_named_even_when_its_first_row_has_another_problem():
+    error = problems(as_json(device("5CG1", hardwareIdentifier="bad"), device("5CG1")))
+    assert [(p.row, p.field) for p in error.problems] == [(1, "hardwareIdentifier"), (2, "serialNumber")]
+
+
+def test_the_utf16_csv_of_windows_powershell_5_is_read():
+    # Get-WindowsAutopilotInfo -OutputFile writes with Out-File: UTF-16 LE with a BOM in Windows PowerShell 5.1.
+    body = (HEADER + "\r\n" + f"5CG1,,{HASH}\r\n").encode("utf-16")
+    assert body[:2] == b"\xff\xfe"
+    assert [d.serial_number for d in parse_import(body, "text/csv").devices] == ["5CG1"]
+
+
+def test_a_csv_in_another_encoding_is_refused_by_name():
+    error = problems((HEADER + "\r\n" + f"5CG\xe91,,{HASH}\r\n").encode("latin-1"), "text/csv")
+    assert "UTF-8 or UTF-16" in error.message
+
+
 def test_every_bad_row_is_named_with_its_field_and_reason():
     error = problems(as_json(device(), device("", ), device("5CG3", hardwareIdentifier="not base64!"),
                              device("5CG4", groupTag="has spaces"), device("5CG5", assignedUserPrincipalName="nobody")))
