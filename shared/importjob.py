@@ -156,7 +156,7 @@ class AutopilotImports(ServiceCore):
             return job, devices
         at = now + timedelta(seconds=self.settings.import_sync_delay_seconds)
         try:
-            answer = self.sync_at(AUTOPILOT, at, caller=f"import {job.id}")
+            answer = self.sync_at(AUTOPILOT, at, caller=job.id)  # history: "import:<id>"
         except AppError as exc:  # storage down: the devices stay as they are; the next step asks again
             result.error = f"{exc.code}: could not ask for the Autopilot sync: {exc.message}"
             return job, devices
