@@ -45,7 +45,7 @@ class AutopilotApi:
     def import_devices(self, import_id: str, devices: list[DeviceRow]) -> GraphResponse:
         """One import call; the answer (200 with the created records) is the caller's to read."""
         body = {"importedWindowsAutopilotDeviceIdentities": [_import_body(import_id, d) for d in devices]}
-        return self.graph.post(f"{IMPORTED}/import", json=body)
+        return self.graph.post(f"{IMPORTED}/import", json=body, once=True)  # never twice: see GraphClient.post
 
     def records(self) -> list[dict[str, Any]]:
         """Every import record in the tenant (to find those an unanswered import call created)."""

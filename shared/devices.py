@@ -33,6 +33,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 # Decoded hash size we accept: real hashes are a few KB; far smaller or larger is not a hash.
 HASH_BYTES = (512, 16 * 1024)
 MAX_DEPTH = 4  # {"devices": [{...}]}
+MAX_PROBLEMS = 200  # problems listed in one answer (500 rows with two problems each would be fine too)
 
 CSV_COLUMNS = {
     "Device Serial Number": "serialNumber",
@@ -86,8 +87,11 @@ class InvalidDevices(AppError, ValueError):
     code, http_status = "InvalidDevices", 400
 
     def __init__(self, message: str, problems: list[RowProblem] | None = None):
-        super().__init__(message, details={"rows": [p.to_json() for p in problems or []]})
-        self.problems = problems or []
+        problems = problems or []
+        if len(problems) > MAX_PROBLEMS:  # a bounded answer, whatever was sent
+            message += f"; the first {MAX_PROBLEMS} of {len(problems)} problems are listed"
+        super().__init__(message, details={"rows": [p.to_json() for p in problems[:MAX_PROBLEMS]]})
+        self.problems = problems
 
 
 def parse_import(body: bytes, content_type: str) -> ImportRequest:
@@ -184,6 +188,8 @@ def _json_rows(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     if not isinstance(update_existing, bool):
         raise InvalidDevices("updateExisting must be true or false")
     rows = data["devices"]
+    if len(rows) > MAX_DEVICES:  # before any row is looked at: the answer stays small
+        raise InvalidDevices(f"at most {MAX_DEVICES} devices per request, got {len(rows)}")
     bad = [i for i, row in enumerate(rows, start=1) if not isinstance(row, dict)]
     if bad:
         raise InvalidDevices("every device must be a JSON object", [RowProblem(i, None, "device", "not an object") for i in bad])
@@ -216,6 +222,8 @@ def _csv_rows(body: bytes) -> list[dict[str, Any]]:
             if len(line) != len(header):
                 raise InvalidDevices(f"CSV line {reader.line_num} has {len(line)} columns, the header {len(header)}")
             rows.append({CSV_COLUMNS[name]: (cell.strip() or None) for name, cell in zip(header, line, strict=True)})
+            if len(rows) > MAX_DEVICES:  # stop reading: the answer is the same however many follow
+                raise InvalidDevices(f"at most {MAX_DEVICES} devices per request, got more")
     except csv.Error as exc:
         raise InvalidDevices(f"the CSV is malformed at line {reader.line_num}: {exc}") from None
     return rows

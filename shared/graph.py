@@ -59,6 +59,7 @@ TOKEN_CONNECT_TIMEOUT, TOKEN_READ_TIMEOUT, TOKEN_RETRIES, TOKEN_BACKOFF_MAX = 5,
 TOKEN_WORST_CASE_SECONDS = (TOKEN_RETRIES + 1) * (TOKEN_CONNECT_TIMEOUT + TOKEN_READ_TIMEOUT) + TOKEN_RETRIES * TOKEN_BACKOFF_MAX
 # The deadline of the request in flight on this thread (urllib3 calls Retry on the same thread).
 _deadline = threading.local()
+_once = threading.local()  # the write in flight on this thread is sent once (no retry on a 5xx answer)
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,13 @@ def write_budget_seconds(read_timeout: float) -> float:
 class WriteLimiter:
     """At most ``limit`` writes per ``window`` seconds in this process (a sliding window).
 
-    Intune allows an app 100 writes per 20 s per tenant; a fan-out over many connectors must stay
-    under it. Written by hand: the standard library has no rate limiter and this is a dozen lines.
+    Intune allows an app 100 writes per 20 s per tenant; a fan-out over many connectors and an
+    import job's clean-up must stay under it. The default keeps a margin (90), because Graph
+    counts a request when it arrives, and arrivals jitter against our send times. Written by
+    hand: the standard library has no rate limiter and this is a dozen lines.
     """
 
-    def __init__(self, limit: int = 100, window: float = 20.0):
+    def __init__(self, limit: int = 90, window: float = 20.0):
         self.limit, self.window = limit, window
         self._sent: deque[float] = deque()
         self._lock = threading.Lock()
@@ -109,6 +112,8 @@ class _GraphRetry(Retry):
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if status_code == 429 and method.upper() not in _READ_METHODS:
             return False
+        if getattr(_once, "value", False) and method.upper() not in _READ_METHODS:
+            return False  # a write that must not be repeated: a 502/504 may come after it was carried out
         return super().is_retry(method, status_code, has_retry_after)
 
     def increment(  # type: ignore[override]
@@ -260,12 +265,15 @@ class GraphClient:
     def delete(self, path: str) -> GraphResponse:
         return self.request("DELETE", path)
 
-    def post(self, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None) -> GraphResponse:
-        return self.request("POST", path, json=json, deadline=deadline)
+    def post(self, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None,
+             once: bool = False) -> GraphResponse:
+        """``once``: a 5xx answer is not retried (an import that a gateway answered 502 may have
+        been carried out; sending it again would import twice). Connect errors still are."""
+        return self.request("POST", path, json=json, deadline=deadline, once=once)
 
     def request(
         self, method: str, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None, once: bool = False,
     ) -> GraphResponse:
         """Send one logical request; any HTTP status comes back, transport faults raise.
 
@@ -283,6 +291,14 @@ class GraphClient:
         # One client-request-id for the logical request, its transport retries and a resend after
         # a 401, so that history names every request Graph saw.
         client_request_id = str(uuid.uuid4())
+        _once.value = once
+        try:
+            return self._request(method, path, json, deadline, params, client_request_id)
+        finally:
+            _once.value = False
+
+    def _request(self, method: str, path: str, json: Mapping[str, Any] | None, deadline: float | None,
+                 params: Mapping[str, str] | None, client_request_id: str) -> GraphResponse:
         response = self._send(method, path, json, self._get_token(), deadline, client_request_id, params)
         if response.status == 401:
             if deadline is not None and time.monotonic() + TOKEN_WORST_CASE_SECONDS + sum(self._timeout) > deadline:

@@ -28,7 +28,7 @@ from .core import ServiceCore
 from .devices import ImportRequest
 from .errors import AppError, StateStoreUnavailable
 from .imports import COMPLETED, DeviceRow, ImportJob, ImportStore, new_import_id, summary_json
-from .importsteps import ImportRun, StepResult, imported_devices
+from .importsteps import ImportRun, StepLost, StepResult, imported_devices
 from .model import Outcome, iso
 from .notify import Notification
 from .onboarding import FAILED, PROFILE_ASSIGNED, TIMED_OUT, WAITING_FOR_SYNC, all_final, counts, hint_for
@@ -38,10 +38,22 @@ from .targets import parse_guid
 log = logging.getLogger(__name__)
 
 AUTOPILOT = "autopilot"
-STEP_LEASE = timedelta(minutes=4)  # longer than a step may run (STEP_SECONDS plus its last calls)
+# Longer than a step can run: the host ends an invocation at functionTimeout (5 min, host.json);
+# a step starts no Graph call after STEP_SECONDS, and checks its claim before each import call.
+STEP_LEASE = timedelta(minutes=6)
+RE_ASK_AFTER = timedelta(minutes=30)  # after Graph refused the sync for good, before the job asks again
 OVERDUE = timedelta(minutes=2)  # a step this late lost its message: the watcher sends it again
 EARLY = timedelta(seconds=2)
 MAX_FAILED_IN_NOTIFICATION = 50
+
+
+@dataclass(frozen=True)
+class SyncSeen:
+    """The Autopilot sync as a waiting job sees it."""
+
+    started: bool = False  # a sync started after the job asked
+    ask_again: bool = False  # none is pending or running, and none started: ask (again)
+    problem: str | None = None  # why the job is still waiting, for its status
 
 
 @dataclass(frozen=True)
@@ -130,13 +142,20 @@ class AutopilotImports(ServiceCore):
 
     def _advance(self, job: ImportJob, devices: list[DeviceRow], now: datetime) -> str:
         store = self._import_store()
-        started, pending = self._sync_seen(job) if any(d.state == WAITING_FOR_SYNC for d in devices) else (False, True)
-        run = ImportRun(AutopilotApi(self.graph), job, devices, now, lambda rows: store.save_devices(job.id, rows), started)
-        result = run.run()
+        seen = self._sync_seen(job, now) if any(d.state == WAITING_FOR_SYNC for d in devices) else SyncSeen()
+        run = ImportRun(AutopilotApi(self.graph), job, devices, now, lambda rows: store.save_devices(job.id, rows),
+                        seen.started, lambda: self._still_ours(job))
+        try:
+            result = run.run()
+        except StepLost:
+            return "lost"
+        if not self._still_ours(job):
+            return "lost"  # this step outlived its claim: the delivery that holds it now decides
         if result.changed:
             store.save_devices(job.id, list(result.changed.values()))
         devices = list(run.devices.values())
-        job, devices = self._ask_for_sync(job, devices, result, now, again=not started and not pending)
+        result.error = result.error or seen.problem
+        job, devices = self._ask_for_sync(job, devices, result, seen.ask_again)
         if self._finished(job, devices, now):
             return self._finish(job, devices, now)
         delay = 0.0 if result.more else max(float(self.settings.import_poll_seconds), result.retry_after or 0.0)
@@ -148,13 +167,18 @@ class AutopilotImports(ServiceCore):
         self._send_step(written)
         return "stepped"
 
-    def _ask_for_sync(self, job: ImportJob, devices: list[DeviceRow], result: StepResult, now: datetime,
+    def _still_ours(self, job: ImportJob) -> bool:
+        current = self._import_store().job(job.id)
+        return current is not None and current.step_owner == job.step_owner and current.step == job.step
+
+    def _ask_for_sync(self, job: ImportJob, devices: list[DeviceRow], result: StepResult,
                       again: bool) -> tuple[ImportJob, list[DeviceRow]]:
         """Devices just imported (or still waiting for a sync that was given up) need the sync."""
         ready = imported_devices(devices) + ([d for d in devices if d.state == WAITING_FOR_SYNC] if again else [])
         if not ready:
             return job, devices
-        at = now + timedelta(seconds=self.settings.import_sync_delay_seconds)
+        asked = self.clock()  # after the imports were seen complete: any sync claimed from now on includes them
+        at = asked + timedelta(seconds=self.settings.import_sync_delay_seconds)
         try:
             answer = self.sync_at(AUTOPILOT, at, caller=job.id)  # history: "import:<id>"
         except AppError as exc:  # storage down: the devices stay as they are; the next step asks again
@@ -164,23 +188,33 @@ class AutopilotImports(ServiceCore):
             result.error = f"could not ask for the Autopilot sync: {answer.message}"
             return job, devices
         message = f"imported; the Autopilot sync is scheduled for {iso(answer.scheduled_at)}"
-        waiting = [replace(d, state=WAITING_FOR_SYNC, message=message, updated_at=now) for d in ready]
+        waiting = [replace(d, state=WAITING_FOR_SYNC, message=message, updated_at=asked) for d in ready]
         self._import_store().save_devices(job.id, waiting)
         by_index = {d.index: d for d in devices} | {d.index: d for d in waiting}
-        return replace(job, sync_asked_at=now), sorted(by_index.values(), key=lambda d: d.index)
+        return replace(job, sync_asked_at=asked), sorted(by_index.values(), key=lambda d: d.index)
 
-    def _sync_seen(self, job: ImportJob) -> tuple[bool, bool]:
-        """(a sync started after the job asked for it, a sync is pending or in flight)."""
+    def _sync_seen(self, job: ImportJob, now: datetime) -> SyncSeen:
+        """What the Autopilot unit's row says about the sync this job asked for."""
         state = self.store.read(AUTOPILOT)
-        started = bool(job.sync_asked_at and state.last_started_at and state.last_started_at >= job.sync_asked_at)
-        return started, bool(state.pending_id) or state.lease_active(self.clock())
+        asked = job.sync_asked_at
+        started = bool(asked and state.last_started_at and state.last_started_at >= asked)
+        if started or state.pending_id or state.lease_active(now):
+            return SyncSeen(started=started)
+        given_up = state.pending_failed_at if asked and state.pending_failed_at and state.pending_failed_at >= asked else None
+        if given_up is None:
+            return SyncSeen(ask_again=True)  # the pending sync went with another caller's sync that began before the ask
+        # Graph kept refusing the sync (a 403 is given up at once): ask again, but not at every step.
+        again_at = given_up + RE_ASK_AFTER
+        problem = f"the Autopilot sync was given up ({state.pending_failure}); the job asks again at {iso(again_at)}"
+        return SyncSeen(ask_again=now >= again_at, problem=problem[:500])
 
     @staticmethod
     def _finished(job: ImportJob, devices: list[DeviceRow], now: datetime) -> bool:
         """Every device final and every used import record deleted (past the deadline, final is enough)."""
         if not all_final(d.state for d in devices):
             return False
-        undeleted = any(d.state in (PROFILE_ASSIGNED, FAILED) and d.import_record_id and not d.record_deleted for d in devices)
+        undeleted = any(d.state in (PROFILE_ASSIGNED, FAILED) and d.import_record_id and not d.record_deleted
+                        and not d.record_kept and not d.record_foreign for d in devices)
         return not undeleted or now >= job.deadline
 
     def _finish(self, job: ImportJob, devices: list[DeviceRow], now: datetime) -> str:

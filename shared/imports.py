@@ -19,6 +19,7 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from .devices import Device
+from .errors import StateStoreUnavailable
 from .model import iso
 from .onboarding import FAILED, FINAL, IMPORTING, counts, hint_for
 from .storage import TableStore, from_row, store_errors, table_missing, to_row
@@ -27,7 +28,7 @@ JOB_ROW = "job"
 DEVICE_PREFIX = "device-"
 PARTITION_PREFIX = "import-"
 BATCH = 100  # Table Storage's limit of operations in one entity-group transaction
-RUNNING, COMPLETED = "running", "completed"
+CREATING, RUNNING, COMPLETED = "creating", "running", "completed"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class DeviceRow:
     checked: bool | None = None  # looked up in windowsAutopilotDeviceIdentities before importing
     import_sent_at: datetime | None = None  # an import call that may have created its record
     import_record_id: str | None = None
+    record_foreign: bool | None = None  # another job's (or the portal's) record for this serial: followed, not deleted
+    record_kept: bool | None = None  # Graph refused to delete the record: left for the admin
     autopilot_id: str | None = None
     already_registered: bool | None = None  # found registered before the import: not imported again
     group_tag_updated: bool | None = None
@@ -127,13 +130,14 @@ def partition(import_id: str) -> str:
 class ImportStore(TableStore):
     @store_errors
     def create(self, job: ImportJob, devices: list[DeviceRow]) -> ImportJob:
-        """The device rows first, the job row last: a job is visible only once all its devices
-        are (a crash in between leaves rows no job refers to, swept with the job's partition)."""
-        rows = [self._device_entity(job.id, d) for d in devices]
-        for start in range(0, len(rows), BATCH):
-            self._table.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows[start:start + BATCH]])
-        meta = self._table.create_entity(self._job_entity(job))
-        return replace(job, etag=meta["etag"])
+        """The job row first as ``creating`` (the retention sweep finds it if we stop half way),
+        then the devices, then the job ``running``: a running job always has all its devices."""
+        meta = self._table.create_entity(self._job_entity(replace(job, status=CREATING)))
+        self.save_devices(job.id, devices)
+        written = self.update(replace(job, etag=meta["etag"]))
+        if written is None:
+            raise StateStoreUnavailable(f"import {job.id}: its job row changed while it was created")
+        return written
 
     @store_errors
     def job(self, import_id: str) -> ImportJob | None:

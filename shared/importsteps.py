@@ -13,10 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Literal, TypeVar
 
 from .autopilotapi import AutopilotApi
-from .errors import AppError, GraphRequestRejected, UpstreamError
+from .errors import AppError, GraphRequestRejected, GraphResourceNotFound, UpstreamError
 from .imports import DeviceRow, ImportJob
 from .model import iso
 from .onboarding import (
@@ -33,10 +35,21 @@ from .onboarding import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 IMPORT_CHUNK = 100  # devices per import call: ~0.5 MB with 4K hashes, and a small loss if one call fails
 CALLS_PER_STEP = 100
 STEP_SECONDS = 120.0  # no new Graph call after this; the function timeout is 5 minutes
+# An import call that went unanswered may still be carried out: its records are looked for this
+# long before its devices are imported again.
+ADOPT_GRACE = timedelta(minutes=10)
+GRAPH_TEXT = 200  # Graph's strings kept per device (a device row must stay well under 64 KiB)
+
+
+class StepLost(AppError):
+    """The job's claim passed to another delivery (this step outlived its lease): stop, save nothing."""
+
+    code, http_status = "ImportStepLost", 409
 
 
 @dataclass
@@ -51,8 +64,9 @@ class ImportRun:
     """The work of one step on one job's devices."""
 
     def __init__(self, api: AutopilotApi, job: ImportJob, devices: list[DeviceRow], now: datetime,
-                 save: Callable[[list[DeviceRow]], None], sync_started: bool):
+                 save: Callable[[list[DeviceRow]], None], sync_started: bool, still_ours: Callable[[], bool]):
         self.api, self.job, self.now, self.save, self.sync_started = api, job, now, save, sync_started
+        self.still_ours = still_ours
         self.devices = {d.index: d for d in devices}
         self.result = StepResult()
         self._calls, self._until = CALLS_PER_STEP, time.monotonic() + STEP_SECONDS
@@ -62,9 +76,11 @@ class ImportRun:
             self._time_out()
         try:
             for phase in (self._look_up_new, self._adopt, self._import, self._follow_imports, self._follow_registration,
-                          self._clean_up):
+                          self._save_progress, self._clean_up):
                 if not self.result.more:
                     phase()
+        except StepLost:
+            raise
         except AppError as exc:  # Graph or its token failed, or answered nonsense (an id that is
             # no GUID): the rest waits for the next step; nothing done is lost.
             self.result.retry_after = exc.retry_after_seconds if isinstance(exc, UpstreamError) else None
@@ -75,14 +91,24 @@ class ImportRun:
     # --- phases ------------------------------------------------------------------------------
 
     def _look_up_new(self) -> None:
-        """Before importing: a device already registered is not imported again."""
-        for d in self._where(lambda d: d.state == IMPORTING and not d.checked and not d.import_record_id
-                             and not d.import_sent_at):
+        """Before importing: a device already registered is not imported again, and one that
+        another import (another job, the portal) is processing is followed, not imported twice."""
+        new = self._where(lambda d: d.state == IMPORTING and not d.checked and not d.import_record_id and not d.import_sent_at)
+        if not new or not self._spend():
+            return
+        others = {str(r.get("serialNumber", "")).upper(): r for r in self.api.records()
+                  if r.get("importId") != self.job.id and import_answer(r).state != FAILED and r.get("id")}
+        for d in new:
             if not self._spend():
                 return
-            found = self.api.find(d.serial_number)
+            found = self._per_device(d, "LookupRefused", partial(self.api.find, d.serial_number))
+            if found is False:
+                continue
             if found is None:
-                self._set(d, checked=True)
+                other = others.get(d.serial_number.upper())
+                self._set(d, checked=True, import_record_id=str(other["id"]) if other else None,
+                          record_foreign=True if other else None,
+                          message="already being imported by another import; followed, not imported again" if other else None)
                 continue
             if group_tag_differs(found, d.group_tag):
                 if not self.job.update_existing:
@@ -92,7 +118,9 @@ class ImportRun:
                     continue
                 if not self._spend():
                     return  # looked up again next step
-                self.api.set_group_tag(str(found.get("id")), d.group_tag or "")
+                tag = d.group_tag or ""
+                if self._per_device(d, "GroupTagUpdateRefused", partial(self.api.set_group_tag, str(found.get("id")), tag)) is False:
+                    continue
                 d = self._set(d, group_tag_updated=True)
             self._registered(d, found, already=True)
 
@@ -104,8 +132,10 @@ class ImportRun:
         ours = {str(r.get("serialNumber", "")).upper(): r for r in self.api.records() if r.get("importId") == self.job.id}
         for d in unsure:
             record = ours.get(d.serial_number.upper())
-            self._set(d, import_record_id=str(record.get("id")) if record else None,
-                      import_sent_at=d.import_sent_at if record else None)
+            if record and record.get("id"):
+                self._set(d, import_record_id=str(record["id"]))
+            elif d.import_sent_at and self.now - d.import_sent_at > ADOPT_GRACE:
+                self._set(d, import_sent_at=None)  # Graph never made it: import it again
 
     def _import(self) -> None:
         todo = self._where(lambda d: d.state == IMPORTING and bool(d.checked) and not d.import_record_id
@@ -114,13 +144,15 @@ class ImportRun:
             if not self._spend():
                 return
             chunk = [self._set(d, import_sent_at=self.now) for d in todo[start:start + IMPORT_CHUNK]]
+            if not self.still_ours():  # this step outlived its claim: another delivery runs the job now
+                raise StepLost(f"import {self.job.id}: the step lost its claim")
             self.save(chunk)  # before the call: an unanswered call is looked for, not repeated
             answer = self.api.import_devices(self.job.id, chunk)
             try:
                 answer.raise_for_status("the Autopilot import")
             except GraphRequestRejected as exc:  # Graph refused the request as such: these devices fail
                 for d in chunk:
-                    self._set(d, state=FAILED, import_sent_at=None, error_name="ImportRejected", message=exc.message[:500])
+                    self._set(d, state=FAILED, import_sent_at=None, error_name="ImportRejected", message=exc.message[:GRAPH_TEXT])
                 continue
             body = answer.body if isinstance(answer.body, dict) else {}
             created = {str(r.get("serialNumber", "")).upper(): r for r in body.get("value") or [] if isinstance(r, dict)}
@@ -133,39 +165,63 @@ class ImportRun:
         for d in self._where(lambda d: d.state == IMPORTING and bool(d.import_record_id)):
             if not self._spend():
                 return
-            record = self.api.record(d.import_record_id or "")
+            record = self._per_device(d, "ImportRecordUnreadable", partial(self.api.record, d.import_record_id or ""))
+            if record is False:
+                continue
+            if record is None and d.record_foreign:  # its import deleted it once done: look for the device
+                self._set(d, state=IMPORTED, message="imported by another import; waiting for the Autopilot sync")
+                continue
             if record is None:
                 self._set(d, state=FAILED, error_name="ImportRecordDeleted",
                           message="its import record was deleted before Intune finished processing it")
                 continue
             answer = import_answer(record)
+            name = (answer.error_name or "")[:GRAPH_TEXT] or None
             if answer.state == IMPORTED:
                 self._set(d, state=IMPORTED, message="imported; waiting for the Autopilot sync")
             elif answer.state == FAILED:
-                self._set(d, state=FAILED, error_code=answer.error_code, error_name=answer.error_name,
-                          message=f"Intune could not import it: {answer.error_name} ({answer.error_code})")
+                self._set(d, state=FAILED, error_code=answer.error_code, error_name=name,
+                          message=f"Intune could not import it: {name} ({answer.error_code})")
 
     def _follow_registration(self) -> None:
         waiting = self._where(lambda d: d.state == REGISTERED or (d.state == WAITING_FOR_SYNC and self.sync_started))
         for d in waiting:
             if not self._spend():
                 return
-            found = self.api.find(d.serial_number)
-            if found is not None:
+            found = self._per_device(d, "LookupRefused", partial(self.api.find, d.serial_number))
+            if found:
                 self._registered(d, found, already=bool(d.already_registered))
+
+    def _save_progress(self) -> None:
+        """What Graph said is saved before any import record is deleted: a save that fails after
+        a delete would lose Graph's error for good."""
+        if self.result.changed:
+            self.save(list(self.result.changed.values()))
 
     def _clean_up(self) -> None:
         """Intune's guidance: delete an import record once it has done its work."""
         for d in self._where(lambda d: d.state in (PROFILE_ASSIGNED, FAILED) and bool(d.import_record_id)
-                             and not d.record_deleted):
+                             and not d.record_deleted and not d.record_kept and not d.record_foreign):
             if not self._spend():
                 return
-            self.api.delete_record(d.import_record_id or "")
+            try:
+                self.api.delete_record(d.import_record_id or "")
+            except GraphRequestRejected as exc:  # cleaning up is not worth holding the job: the admin can
+                self._set(d, record_kept=True, message=f"{d.message or d.state}; its import record could not be deleted: "
+                          f"{exc.message[:GRAPH_TEXT]}")
+                continue
+            except UpstreamError as exc:
+                if exc.graph_status not in (403, 405):
+                    raise  # a fault: the next step tries again
+                self._set(d, record_kept=True, message=f"{d.message or d.state}; Graph refused to delete its import "
+                          f"record ({exc.graph_status}): delete it in the admin center")
+                continue
             self._set(d, record_deleted=True)
 
     def _time_out(self) -> None:
+        why = f"; {self.job.message}" if self.job.message else ""
         for d in self._where(lambda d: not d.final):
-            self._set(d, state=TIMED_OUT, message=f"still {d.state} at the job's deadline {iso(self.job.deadline)}")
+            self._set(d, state=TIMED_OUT, message=f"still {d.state} at the job's deadline {iso(self.job.deadline)}{why}"[:500])
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -176,11 +232,23 @@ class ImportRun:
                   message="deployment profile assigned" if assigned else
                   f"registered; profile {found.get('deploymentProfileAssignmentStatus') or 'not reported'}")
 
+    def _per_device(self, d: DeviceRow, name: str, call: Callable[[], _T]) -> _T | Literal[False]:
+        """One device's call; Graph refusing it (400, 404) fails that device only, with the reason.
+        Faults (5xx, 429, token, storage) and 401/403 concern every device: they stop the step."""
+        try:
+            return call()
+        except (GraphRequestRejected, GraphResourceNotFound) as exc:
+            self._set(d, state=FAILED, error_name=name, message=exc.message[:GRAPH_TEXT])
+            return False
+
     def _where(self, test: Callable[[DeviceRow], bool]) -> list[DeviceRow]:
         return [d for d in self.devices.values() if test(d)]
 
     def _set(self, d: DeviceRow, **changes: object) -> DeviceRow:
         changed = replace(self.devices[d.index], **changes, updated_at=self.now)  # type: ignore[arg-type]
+        if changed.hardware_identifier and (changed.import_record_id or changed.state != IMPORTING):
+            # The hash is needed only until Graph has the device: keep no more of it than that.
+            changed = replace(changed, hardware_identifier="")
         self.devices[d.index] = self.result.changed[d.index] = changed
         return changed
 

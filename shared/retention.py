@@ -30,7 +30,7 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
-from .imports import JOB_ROW
+from .imports import CREATING, JOB_ROW
 from .operations import OPERATION_ROW
 from .state import _MAX_TICKS, ASK_PREFIX, HISTORY_PREFIX, STATE_ROW
 from .storage import TableStore, store_errors
@@ -82,10 +82,13 @@ class RetentionStore(TableStore):
 
     @store_errors
     def sweep_imports(self, before: datetime, limit: int) -> int:
-        """Import jobs that finished before ``before``: their device rows first, the job row
-        last, so that a sweep cut short leaves the job to be found again by the next one."""
+        """Import jobs that finished before ``before`` (or whose creation stopped half way before
+        it): their device rows first, the job row last, so that a sweep cut short leaves the job to
+        be found again by the next one."""
         deleted = 0
-        for job in self._keys("RowKey eq @row and finishedAt lt @before", {"row": JOB_ROW, "before": before}, limit):
+        # Spaces around the parentheses: the SDK substitutes @names word by word.
+        query = "RowKey eq @row and ( finishedAt lt @before or ( status eq @creating and createdAt lt @before ) )"
+        for job in self._keys(query, {"row": JOB_ROW, "before": before, "creating": CREATING}, limit):
             room = limit - deleted
             devices = self._keys("PartitionKey eq @pk and RowKey ne @row", {"pk": job["PartitionKey"], "row": JOB_ROW}, room)
             if len(devices) >= room:  # no room for the job row: the next sweep finishes this job

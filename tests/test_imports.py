@@ -7,10 +7,14 @@ triggers do); tests/test_imports_http.py goes through the HTTP routes and the ap
 """
 from __future__ import annotations
 
+import base64
+import threading
+import time
 from dataclasses import replace
 from datetime import timedelta
 
 from conftest import (
+    advance,
     autopilot_devices,
     configure,
     faults,
@@ -21,7 +25,7 @@ from conftest import (
     sync_posts,
 )
 
-from shared.importjob import ImportStep
+from shared.importjob import OVERDUE, STEP_LEASE, ImportStep
 from shared.onboarding import FAILED, PROFILE_ASSIGNED, REGISTERED, TIMED_OUT, WAITING_FOR_SYNC
 
 IMPORTS = "/importedWindowsAutopilotDeviceIdentities"
@@ -137,7 +141,9 @@ def test_an_import_call_whose_answer_was_lost_is_found_again_not_repeated(servic
     # The emulator carries out the import after the client's 2 s read timeout: the call is ambiguous.
     faults(graph, {"method": "POST", "pathContains": IMPORTS + "/import", "delaySeconds": 3, "times": 1})
     job = start_import(service, autopilot_devices(3))
-    run_imports(service, clock, graph, job)
+    # Graph's late answer takes a second more in real time; the test clock is far quicker than the
+    # 10-minute grace, so each step also waits a little real time.
+    run_imports(service, clock, graph, job, between=lambda: time.sleep(0.3))
     assert len(import_posts(graph)) == 1
     assert set(states(service, job).values()) == {PROFILE_ASSIGNED}
     assert len(import_stats(graph)["deleted"]) == 3  # one record per device, each deleted
@@ -174,3 +180,107 @@ def test_a_device_that_never_gets_a_profile_times_out_and_keeps_its_import_recor
     assert (finished.status, device.state) == ("completed", TIMED_OUT)
     assert "registered" in (device.message or "")
     assert len(import_stats(graph)["records"]) == 1
+
+
+def ok_import_posts(graph):
+    return [r for r in import_posts(graph) if r["status"] == 200]
+
+
+def test_a_step_that_outlives_its_claim_leaves_the_import_to_the_delivery_that_holds_it(service, clock, graph):
+    # The first delivery is still in its (slow) first Graph call when its claim has expired and the
+    # watcher has sent the step again; the second delivery claims the job and imports.
+    job_id = start_import(service, autopilot_devices(2))
+    job = service.imports.job(job_id)
+    faults(graph, {"method": "GET", "pathContains": "windowsAutopilotDeviceIdentities", "delaySeconds": 1.5, "times": 1})
+    outcome: list[object] = []
+    first = threading.Thread(target=lambda: outcome.append(
+        service.run_import_step(ImportStep(job_id, job.step, job.step_at).to_json())))
+    first.start()
+    time.sleep(0.5)
+    advance(clock, graph, (STEP_LEASE + OVERDUE).total_seconds() + 60)
+    assert service.repair_imports() == 1
+    assert service.run_import_step(ImportStep(job_id, job.step, clock()).to_json()) == "stepped"
+    first.join()
+    assert outcome == ["lost"] and len(ok_import_posts(graph)) == 1
+
+
+def test_a_group_tag_update_graph_refuses_fails_that_device_only(service, clock, graph):
+    configure(graph, autopilotDevices=[{"serialNumber": "SN0001", "groupTag": "Sales"}])
+    faults(graph, {"method": "POST", "pathContains": "updateDeviceProperties", "status": 400, "times": 100})
+    job = start_import(service, autopilot_devices(2, groupTag="Kiosk"), update_existing=True)
+    run_imports(service, clock, graph, job)
+    first, second = service.imports.devices(job)
+    assert (first.state, first.error_name) == (FAILED, "GroupTagUpdateRefused")
+    assert second.state == PROFILE_ASSIGNED
+
+
+def test_an_import_record_graph_will_not_delete_is_left_and_the_job_finishes(make_service, clock, graph):
+    service = make_service(IMPORT_WAIT_TIMEOUT_SECONDS="3600")
+    faults(graph, {"method": "DELETE", "pathContains": IMPORTS + "/", "status": 403, "times": 100})
+    job_id = start_import(service, autopilot_devices(1))
+    [job] = run_imports(service, clock, graph, job_id)
+    [device] = service.imports.devices(job_id)
+    assert (device.state, device.record_kept) == (PROFILE_ASSIGNED, True) and "admin center" in device.message
+    assert (job.finished_at - job.created_at).total_seconds() < 1800  # not held until the deadline
+    assert len(import_stats(graph)["records"]) == 1
+
+
+def test_a_sync_graph_refuses_for_good_is_asked_again_only_every_half_hour_and_named(make_service, clock, graph):
+    service = make_service(IMPORT_WAIT_TIMEOUT_SECONDS="3600")
+    faults(graph, {"method": "POST", "pathContains": "windowsAutopilotSettings/sync", "status": 403, "times": 100})
+    job_id = start_import(service, autopilot_devices(1))
+    run_imports(service, clock, graph, job_id)
+    [device] = service.imports.devices(job_id)
+    assert len(sync_posts(graph)) == 2  # in the job's hour: the first ask, and one 30 minutes after it was given up
+    assert device.state == TIMED_OUT and "DeviceManagementServiceConfig.ReadWrite.All" in device.message
+
+
+def test_the_same_devices_posted_twice_are_imported_once_and_both_jobs_end_with_profiles(service, clock, graph):
+    first = start_import(service, autopilot_devices(1), caller="tech1")
+    second = start_import(service, autopilot_devices(1), caller="tech1-retry")
+    run_imports(service, clock, graph, first, second)
+    assert len(ok_import_posts(graph)) == 1
+    assert states(service, first) == states(service, second) == {"SN0001": PROFILE_ASSIGNED}
+    assert import_stats(graph)["records"] == []  # deleted by the job that made it
+
+
+def test_jobs_of_the_largest_hashes_fit_table_storage_and_stay_under_intunes_write_limit(service, clock, graph):
+    # Intune allows an app 100 writes per 20 s per tenant; the emulator answers 429 beyond that.
+    configure(graph, writeLimit={"limit": 100, "windowSeconds": 20})
+    big = base64.b64encode(bytes(range(256)) * 64).decode()  # 16 KiB decoded, the largest accepted
+    jobs = [start_import(service, [{"serialNumber": f"B{n}-{i:04d}", "hardwareIdentifier": big} for i in range(1, 61)])
+            for n in range(2)]
+    run_imports(service, clock, graph, *jobs)  # 2 imports, 120 deletes and a sync: more than 100 writes
+    assert all(set(states(service, job).values()) == {PROFILE_ASSIGNED} for job in jobs)
+    assert graph.stats()["throttled"] == 0 and len(import_stats(graph)["deleted"]) == 120
+
+
+def test_a_huge_error_name_from_graph_is_cut_and_kept(service, clock, graph):
+    configure(graph, importErrors={"SN0001": {"deviceErrorCode": 1, "deviceErrorName": "E" * 40_000}})
+    job_id = start_import(service, autopilot_devices(2))
+    run_imports(service, clock, graph, job_id)
+    first, second = service.imports.devices(job_id)
+    assert (first.state, first.error_code, first.error_name) == (FAILED, 1, "E" * 200)
+    assert second.state == PROFILE_ASSIGNED
+
+
+def test_the_deadline_ends_a_job_even_when_graph_keeps_failing(make_service, clock, graph):
+    service = make_service(IMPORT_WAIT_TIMEOUT_SECONDS="600")
+    faults(graph, {"pathContains": "/deviceManagement/", "status": 503, "times": 100000})
+    job_id = start_import(service, autopilot_devices(2))
+    [job] = run_imports(service, clock, graph, job_id)
+    assert job.status == "completed" and job.finished_at <= job.deadline + timedelta(seconds=120)
+    assert set(states(service, job_id).values()) == {TIMED_OUT}
+
+
+def test_an_import_answered_502_is_not_sent_again_and_its_records_are_found(service, clock, graph):
+    # A gateway's 502 may come after the import was carried out: the client does not resend it
+    # (it would for a read); the next step finds the records by the job's importId.
+    faults(graph, {"method": "POST", "pathContains": IMPORTS + "/import", "status": 502, "times": 1})
+    job = start_import(service, autopilot_devices(2))
+    first = service.imports.job(job)
+    assert service.run_import_step(ImportStep(job, first.step, first.step_at).to_json()) == "stepped"
+    assert [r["status"] for r in import_posts(graph)] == [502]  # not resent by the client's retries
+    run_imports(service, clock, graph, job)
+    assert [r["status"] for r in import_posts(graph)] == [502, 200]  # nothing found after the grace: imported again
+    assert set(states(service, job).values()) == {PROFILE_ASSIGNED}

@@ -3,6 +3,7 @@ reaches Graph, answers 202 with a Location that polls without the key, and, thro
 hosts (queue triggers on Azurite), three callers' jobs share one sync and end with profiles."""
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -145,3 +146,12 @@ def test_a_restart_of_every_host_while_jobs_wait_loses_nothing(start_app_hosts, 
     code, job = follow(moved)
     assert code == 200 and job["counts"]["profileAssigned"] == 5
     assert len(sync_posts(graph)) == 1 and len(graph_calls(graph, "POST", "/import")) == 1
+
+def test_a_body_of_many_non_objects_is_refused_with_a_bounded_answer(app_env, graph):
+    """{"devices": [0, 0, ...]}: every element is listed in the 400 before the device count is
+    checked; a 1 MB body answers tens of MB (a 4 MB one ~140 MB, built in memory)."""
+    body = b'{"devices":[' + b",".join([b"0"] * 500_000) + b"]}"
+    code, _, answer = call("POST", "autopilot/devices", body, {"Content-Type": "application/json"})
+    size = len(json.dumps(answer))
+    assert code == 400
+    assert size < 100_000, f"a {len(body)} byte body answered {size} bytes ({len(answer['error']['rows'])} rows)"
