@@ -37,6 +37,38 @@ def sync_deferred(message: func.QueueMessage) -> None:
     handlers.run_deferred(message.get_body().decode())
 
 
+# Many tenants (MULTI_TENANT_CLIENT_ID): the registry, and the sync routes per registered tenant.
+@app.route(route="tenants", methods=api.ALL_METHODS)
+def tenants(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "GET", api.tenants_list)
+
+
+@app.route(route="tenants/{tenantId}", methods=api.ALL_METHODS)
+def tenant(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle_methods(req, {"PUT": api.tenant_put, "GET": api.tenant_get, "DELETE": api.tenant_delete})
+
+
+@app.route(route="tenants/{tenantId}/sync/status", methods=api.ALL_METHODS)
+def tenant_sync_status(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "GET", api.tenant_status)
+
+
+@app.route(route="tenants/{tenantId}/sync/{target}", methods=api.ALL_METHODS)
+def tenant_sync_target(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "POST", api.tenant_sync)
+
+
+@app.route(route="tenants/{tenantId}/sync/{target}/{itemId}", methods=api.ALL_METHODS)
+def tenant_sync_item(req: func.HttpRequest) -> func.HttpResponse:
+    return api.handle(req, "POST", api.tenant_sync)
+
+
+# Many tenants: the timer's fan-out over the registry, a page or one tenant per message.
+@app.queue_trigger(arg_name="message", queue_name=runtime.binding_expression("TENANT_QUEUE"), connection="AzureWebJobsStorage")
+def tenant_sync(message: func.QueueMessage) -> None:
+    handlers.run_tenant(message.get_body().decode())
+
+
 @app.timer_trigger(arg_name="timer", schedule=runtime.binding_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
 def sync_watch(timer: func.TimerRequest) -> None:
     handlers.run_watch()

@@ -15,10 +15,25 @@
   /{ver}/deviceManagement/windowsAutopilotDeviceIdentities[/{id}]`` (``$filter=contains(serialNumber,'...')`` only; devices
   appear through an Autopilot sync), ``POST .../windowsAutopilotDeviceIdentities/{id}/updateDeviceProperties``.
 
-Test controls under ``/_emulator/`` (no auth): ``reset``, ``clock`` (advance the emulated clock),
-``faults`` (answer N matching requests with a status, a delay, a Retry-After), ``config``
-(connectors, sync duration and outcome, latency, Retry-After on 429, revoke tokens; Autopilot devices, import errors and
-timings, a write limit: see emulators/autopilot.py), ``stats``.
+Tenants: the state behind these endpoints (the Autopilot sync window, last trigger and running sync,
+the connectors, the Apple/VPP/driver items, Managed Google Play, the Autopilot devices and imports,
+the write limit) belongs to the tenant named by the bearer token's ``tid`` claim, created with the
+defaults on first use. A token without ``tid``, or with the home tenant's (``emulators.tokens.HOME_TENANT``,
+what the managed-identity emulator puts in its tokens), acts on the home tenant: a single-tenant
+app sees one tenant, as before. Roles come from each token (403 naming the missing role).
+
+Test controls under ``/_emulator/`` (no auth): ``reset`` (every tenant back to the defaults),
+``clock`` (advance the emulated clock, shared by all tenants), ``faults`` (a list of ``{"method"?,
+"pathContains"?, "status"?, "times"? (1), "delaySeconds"?, "retryAfter"?, "tenant"?}``: answer N matching
+requests with a status, a delay, a Retry-After; with ``"tenant"`` only requests whose token's tenant is
+that one match, the home tenant's id also matching tokens without ``tid``), ``config`` (connectors,
+sync duration and outcome, Retry-After on 429; Autopilot devices, import errors and timings, a
+write limit: see emulators/autopilot.py; all for the home tenant, or for ``"tenant": "<tid>"``;
+``latencySeconds`` and ``revokeTokens`` act server-wide whatever the tenant), ``stats`` (the request log,
+each entry with the token's ``"tenant"`` (``tid``, or null without one), ``counts`` over all tenants,
+the home tenant's ``autopilotImports``, ``throttled`` over all tenants, and ``tenants``: per tenant id,
+its request ``counts``, ``throttled`` and ``autopilot`` settings; ``?tenant=<tid>`` gives that tenant's
+``autopilotImports`` instead of the home tenant's).
 """
 from __future__ import annotations
 
@@ -28,6 +43,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +51,7 @@ from urllib.parse import urlsplit
 
 from .autopilot import AutopilotDevices, WriteLimit
 from .server import JsonHandler, Server
-from .tokens import decode
+from .tokens import HOME_TENANT, decode
 
 AUTOPILOT = "/beta/deviceManagement/windowsAutopilotSettings"
 _EXCHANGE = re.compile(r"^/(v1\.0|beta)/deviceManagement/exchangeConnectors(?:/([^/]+))?(/sync)?$")
@@ -96,42 +112,29 @@ class Fault:
     times: int
     delay: float = 0.0
     retry_after: str | None = None
+    tenant: str | None = None  # None: any tenant
 
 
-class GraphEmulator(Server):
-    def __init__(self, port: int = 0):
-        super().__init__(_Handler, port)
-        self.lock = threading.RLock()
-        self.reset()
+class TenantState:
+    """One tenant's Intune: what its Graph endpoints change and show. GraphEmulator's lock guards it."""
 
-    def reset(self) -> None:
-        with self.lock:
-            # Requests still sleeping in a delay fault belong to the previous test: drop them.
-            self.generation = getattr(self, "generation", 0) + 1
-            self.offset = 0.0
-            self.sync_duration = timedelta(seconds=30)
-            self.latency = 0.0
-            self.retry_after_on_429: int | None = None
-            self.sync_outcome = "completed"  # what syncStatus says once a sync has run
-            self.revoked_before = 0.0
-            self.last_trigger: datetime | None = None
-            self.last_sync: datetime | None = None
-            self.running_until: datetime | None = None
-            self.connectors = {c["id"]: dict(c, lastSyncDateTime=_iso(None)) for c in DEFAULT_CONNECTORS}
-            self.items: dict[str, dict[str, dict[str, Any]]] = default_items(self.now())
-            self.managed_google_play = default_managed_google_play(self.now())
-            self.faults: list[Fault] = []
-            self.requests: list[dict[str, Any]] = []
-            self.autopilot_devices = AutopilotDevices(self.now)
-            self.write_limit = WriteLimit()
-
-    # --- clock and state -----------------------------------------------------------------
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=self.offset)
+    def __init__(self, clock: Callable[[], datetime]):
+        self.clock = clock
+        now = clock()
+        self.sync_duration = timedelta(seconds=30)
+        self.retry_after_on_429: int | None = None
+        self.sync_outcome = "completed"  # what syncStatus says once a sync has run
+        self.last_trigger: datetime | None = None
+        self.last_sync: datetime | None = None
+        self.running_until: datetime | None = None
+        self.connectors = {c["id"]: dict(c, lastSyncDateTime=_iso(None)) for c in DEFAULT_CONNECTORS}
+        self.items: dict[str, dict[str, dict[str, Any]]] = default_items(now)
+        self.managed_google_play = default_managed_google_play(now)
+        self.autopilot_devices = AutopilotDevices(clock)
+        self.write_limit = WriteLimit()
 
     def autopilot_settings(self) -> dict[str, Any]:
-        now = self.now()
+        now = self.clock()
         if self.running_until and now >= self.running_until:
             self.last_sync, self.running_until = self.running_until, None
         status = "inProgress" if self.running_until else (self.sync_outcome if self.last_sync else "unknown")
@@ -145,7 +148,7 @@ class GraphEmulator(Server):
 
     def trigger_autopilot(self) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         self.autopilot_settings()  # settle a finished sync first
-        now = self.now()
+        now = self.clock()
         if self.running_until:
             return 409, _error("Conflict", "A sync is already in progress."), {}
         if self.last_trigger and now - self.last_trigger < WINDOW:
@@ -159,40 +162,35 @@ class GraphEmulator(Server):
         return 204, None, {}
 
     def configure(self, config: dict[str, Any]) -> None:
-        with self.lock:
-            if "connectors" in config:
-                self.connectors = {
-                    c["id"]: dict({"lastSyncDateTime": _iso(None)}, **c) for c in config["connectors"]
-                }
-            for key, _ in COLLECTIONS.values():
-                if key in config:
-                    self.items[key] = {item["id"]: dict(item) for item in config[key]}
-            if "managedGooglePlay" in config:
-                self.managed_google_play = dict(config["managedGooglePlay"])
-            if "syncDurationSeconds" in config:
-                self.sync_duration = timedelta(seconds=float(config["syncDurationSeconds"]))
-            if "latencySeconds" in config:
-                self.latency = float(config["latencySeconds"])
-            if "syncOutcome" in config:
-                self.sync_outcome = config["syncOutcome"]
-            if "retryAfterOn429" in config:
-                self.retry_after_on_429 = config["retryAfterOn429"]
-            if config.get("revokeTokens"):
-                self.revoked_before = time.time()
-            if "lastManualSyncTriggerDateTime" in config:  # as if someone pressed Sync in the portal
-                when = datetime.fromisoformat(config["lastManualSyncTriggerDateTime"].replace("Z", "+00:00"))
-                self.last_trigger = when
-                self.running_until = when + self.sync_duration
-                self.autopilot_devices.on_sync(when, self.running_until)
-            self.autopilot_devices.configure(config)
-            self.write_limit.configure(config)
+        if "connectors" in config:
+            self.connectors = {
+                c["id"]: dict({"lastSyncDateTime": _iso(None)}, **c) for c in config["connectors"]
+            }
+        for key, _ in COLLECTIONS.values():
+            if key in config:
+                self.items[key] = {item["id"]: dict(item) for item in config[key]}
+        if "managedGooglePlay" in config:
+            self.managed_google_play = dict(config["managedGooglePlay"])
+        if "syncDurationSeconds" in config:
+            self.sync_duration = timedelta(seconds=float(config["syncDurationSeconds"]))
+        if "syncOutcome" in config:
+            self.sync_outcome = config["syncOutcome"]
+        if "retryAfterOn429" in config:
+            self.retry_after_on_429 = config["retryAfterOn429"]
+        if "lastManualSyncTriggerDateTime" in config:  # as if someone pressed Sync in the portal
+            when = datetime.fromisoformat(config["lastManualSyncTriggerDateTime"].replace("Z", "+00:00"))
+            self.last_trigger = when
+            self.running_until = when + self.sync_duration
+            self.autopilot_devices.on_sync(when, self.running_until)
+        self.autopilot_devices.configure(config)
+        self.write_limit.configure(config)
 
     def sync_item(self, key: str, item: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """A bound sync action on one item, as Graph answers it."""
-        now = _iso(self.now())
+        now = _iso(self.clock())
         if key == "depOnboardingSettings":
             triggered = item.get("lastSyncTriggeredDateTime")
-            if triggered and self.now() - datetime.fromisoformat(triggered.replace("Z", "+00:00")) < APPLE_SYNC_WINDOW:
+            if triggered and self.clock() - datetime.fromisoformat(triggered.replace("Z", "+00:00")) < APPLE_SYNC_WINDOW:
                 return 429, _error("TooManyRequests", "Apple allows one sync every 15 minutes."), {}
             item["lastSyncTriggeredDateTime"] = now
             if item.get("failNextSync"):
@@ -206,6 +204,62 @@ class GraphEmulator(Server):
         item["inventorySyncStatus"] = {"driverInventorySyncState": "success", "lastSuccessfulSyncDateTime": now}
         return 204, None, {}
 
+
+class GraphEmulator(Server):
+    def __init__(self, port: int = 0, home_tenant: str = HOME_TENANT):
+        super().__init__(_Handler, port)
+        self.lock = threading.RLock()
+        self.home_tenant = home_tenant
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            # Requests still sleeping in a delay fault belong to the previous test: drop them.
+            self.generation = getattr(self, "generation", 0) + 1
+            self.offset = 0.0
+            self.latency = 0.0
+            self.revoked_before = 0.0
+            self.tenants: dict[str, TenantState] = {}
+            self.faults: list[Fault] = []
+            self.requests: list[dict[str, Any]] = []
+
+    # --- clock and tenants ---------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+    def tenant_key(self, tid: str | None) -> str:
+        """Which tenant a token's ``tid`` acts on: the home tenant without one."""
+        return tid or self.home_tenant
+
+    def tenant(self, tid: str | None = None) -> TenantState:
+        """A tenant's state, created with the defaults on first use (home tenant for None)."""
+        key = self.tenant_key(tid)
+        with self.lock:
+            state = self.tenants.get(key)
+            if state is None:
+                state = self.tenants[key] = TenantState(self.now)
+            return state
+
+    # The home tenant's state, as before tenants existed (callers that know one tenant).
+    def autopilot_settings(self, tid: str | None = None) -> dict[str, Any]:
+        with self.lock:
+            return self.tenant(tid).autopilot_settings()
+
+    def trigger_autopilot(self, tid: str | None = None) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+        with self.lock:
+            return self.tenant(tid).trigger_autopilot()
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """Apply ``/_emulator/config``: to ``config["tenant"]`` (home tenant when absent) and, for
+        ``latencySeconds`` / ``revokeTokens``, to the whole server."""
+        with self.lock:
+            if "latencySeconds" in config:
+                self.latency = float(config["latencySeconds"])
+            if config.get("revokeTokens"):
+                self.revoked_before = time.time()
+            self.tenant(config.get("tenant")).configure(config)
+
     def add_faults(self, faults: list[dict[str, Any]]) -> None:
         with self.lock:
             for f in faults:
@@ -217,25 +271,40 @@ class GraphEmulator(Server):
                         times=int(f.get("times", 1)),
                         delay=float(f.get("delaySeconds", 0)),
                         retry_after=str(f["retryAfter"]) if "retryAfter" in f else None,
+                        tenant=self.tenant_key(f["tenant"]) if f.get("tenant") else None,
                     )
                 )
 
-    def take_fault(self, method: str, path: str) -> Fault | None:
+    def take_fault(self, method: str, path: str, tid: str | None = None) -> Fault | None:
+        key = self.tenant_key(tid)
         with self.lock:
             for fault in self.faults:
-                if fault.times > 0 and (fault.method in (None, method)) and fault.path_contains in path:
+                if (fault.times > 0 and (fault.method in (None, method)) and fault.path_contains in path
+                        and fault.tenant in (None, key)):
                     fault.times -= 1
                     return fault
         return None
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, tid: str | None = None) -> dict[str, Any]:
         with self.lock:
             counts: dict[str, int] = {}
+            per_tenant: dict[str, dict[str, int]] = {}
             for r in self.requests:
                 key = f"{r['method']} {r['path']}"
                 counts[key] = counts.get(key, 0) + 1
+                mine = per_tenant.setdefault(self.tenant_key(r["tenant"]), {})
+                mine[key] = mine.get(key, 0) + 1
+            tenants = {
+                key: {"counts": per_tenant.get(key, {}), "throttled": state.write_limit.throttled,
+                      "autopilot": state.autopilot_settings()}
+                for key, state in self.tenants.items()
+            }
+            for key, tenant_counts in per_tenant.items():  # tenants seen only in refused requests
+                tenants.setdefault(key, {"counts": tenant_counts, "throttled": 0})
             return {"requests": list(self.requests), "counts": counts, "now": _iso(self.now()),
-                    "autopilotImports": self.autopilot_devices.stats(), "throttled": self.write_limit.throttled}
+                    "autopilotImports": self.tenant(tid).autopilot_devices.stats(),
+                    "throttled": sum(state.write_limit.throttled for state in self.tenants.values()),
+                    "tenants": tenants}
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -281,6 +350,7 @@ def default_managed_google_play(now: datetime) -> dict[str, Any]:
 
 class _Handler(JsonHandler):
     server: GraphEmulator
+    tid: str | None = None  # the tenant of this request's token (unverified), None without one
 
     def answer(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         request_id = str(uuid.uuid4())
@@ -301,6 +371,7 @@ class _Handler(JsonHandler):
                     "at": _iso(self.server.now()),
                     "body": getattr(self, "body", b"").decode(errors="replace")[:500],
                     "query": urlsplit(self.path).query,
+                    "tenant": self.tid,
                 }
             )
         self.send_json(status, body, {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})})
@@ -311,9 +382,10 @@ class _Handler(JsonHandler):
         em = self.server
         generation = em.generation
         body = self.body = self.read_body()
+        self.tid = self.token_tenant()
         if em.latency:
             time.sleep(em.latency)
-        fault = em.take_fault(self.command, self.path_only)
+        fault = em.take_fault(self.command, self.path_only, self.tid)
         if fault:
             if fault.delay:
                 time.sleep(fault.delay)
@@ -327,10 +399,18 @@ class _Handler(JsonHandler):
         if denied:
             return self.answer(*denied)
         with em.lock:
-            throttled = em.write_limit.check(self.command, self.path_only)
+            tenant = em.tenant(self.tid)
+            throttled = tenant.write_limit.check(self.command, self.path_only)
             if throttled:
                 return self.answer(*throttled)
-            self.route(body)
+            self.route(tenant, body)
+
+    def token_tenant(self) -> str | None:
+        """The ``tid`` claim of the bearer token, if any (the token is checked later)."""
+        auth = self.headers.get("Authorization", "")
+        claims = decode(auth[7:].strip()) if auth.startswith("Bearer ") else None
+        tid = claims.get("tid") if claims else None
+        return tid if isinstance(tid, str) and tid else None
 
     def check_token(self) -> tuple[int, dict[str, Any], dict[str, str]] | None:
         auth = self.headers.get("Authorization", "")
@@ -356,8 +436,8 @@ class _Handler(JsonHandler):
             ), {}
         return None
 
-    def route(self, body: bytes) -> None:
-        em, path, method = self.server, self.path_only, self.command
+    def route(self, em: TenantState, body: bytes) -> None:
+        path, method = self.path_only, self.command
         if path == AUTOPILOT and method == "GET":
             return self.answer(200, em.autopilot_settings())
         if path == AUTOPILOT + "/sync" and method == "POST":
@@ -366,15 +446,15 @@ class _Handler(JsonHandler):
             return self.answer(*em.trigger_autopilot())
         if path == CONNECTOR_STATUS and method == "GET":
             return self.answer(200, {"value": [
-                {"connectorName": "applePushNotificationServiceExpirationDateTime", "status": "healthy", "eventDateTime": _iso(em.now())},
-                {"connectorName": "vppTokenExpirationDateTime", "status": "warning", "eventDateTime": _iso(em.now())},
+                {"connectorName": "applePushNotificationServiceExpirationDateTime", "status": "healthy", "eventDateTime": _iso(em.clock())},
+                {"connectorName": "vppTokenExpirationDateTime", "status": "warning", "eventDateTime": _iso(em.clock())},
             ]})
         if path == MANAGED_GOOGLE_PLAY and method == "GET":
             return self.answer(200, em.managed_google_play)
         if path == MANAGED_GOOGLE_PLAY + "/syncApps" and method == "POST":
             if em.managed_google_play.get("bindStatus") not in ("bound", "boundAndValidated"):
                 return self.answer(400, _error("BadRequest", "The Managed Google Play account is not bound."))
-            em.managed_google_play.update(lastAppSyncDateTime=_iso(em.now()), lastAppSyncStatus="success")
+            em.managed_google_play.update(lastAppSyncDateTime=_iso(em.clock()), lastAppSyncStatus="success")
             return self.answer(204)
         for collection, (key, action) in COLLECTIONS.items():
             if path == collection and method == "GET":
@@ -405,9 +485,9 @@ class _Handler(JsonHandler):
                     payload = None
                 if not isinstance(payload, dict) or payload.get("syncType") not in ("fullSync", "deltaSync"):
                     return self.answer(400, _error("BadRequest", "syncType must be fullSync or deltaSync."))
-                connector["lastSyncDateTime"] = _iso(em.now())
+                connector["lastSyncDateTime"] = _iso(em.clock())
                 return self.answer(204)
-        answer = em.autopilot_devices.route(method, path, self.query, body, em.base_url)
+        answer = em.autopilot_devices.route(method, path, self.query, body, self.server.base_url)
         if answer:
             return self.answer(*answer)
         if path.startswith(("/v1.0/", "/beta/")):
@@ -417,6 +497,7 @@ class _Handler(JsonHandler):
     def admin(self) -> None:
         em, path = self.server, self.path_only
         payload = self.read_json() if self.command == "POST" else None
+        tenant: str | None = self.query.get("tenant") or None
         if path == "/_emulator/reset":
             em.reset()
         elif path == "/_emulator/clock":
@@ -426,11 +507,12 @@ class _Handler(JsonHandler):
             em.add_faults(payload or [])
         elif path == "/_emulator/config":
             em.configure(payload or {})
+            tenant = (payload or {}).get("tenant")
         elif path == "/_emulator/stats":
-            return self.send_json(200, em.stats())
+            return self.send_json(200, em.stats(tenant))
         else:
             return self.send_json(404, {"error": "unknown emulator control"})
-        self.send_json(200, em.stats() | {"autopilot": em.autopilot_settings()})
+        self.send_json(200, em.stats(tenant) | {"autopilot": em.autopilot_settings(tenant)})
 
 
 def main() -> None:

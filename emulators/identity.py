@@ -4,9 +4,18 @@ azure-identity's ManagedIdentityCredential calls
 ``GET {IDENTITY_ENDPOINT}?api-version=2019-08-01&resource=...&client_id=...`` with the header
 ``X-IDENTITY-HEADER: {IDENTITY_HEADER}``; this answers the same way Azure does.
 
+Tokens carry what Entra's tokens for a managed identity carry and a federated identity credential
+is matched on: ``sub`` and ``oid`` = the identity's principal (object) id (a stable GUID derived from
+the requested ``client_id``, or the configured ``principalId``), ``iss`` =
+``https://login.microsoftonline.com/{tenant}/v2.0`` and ``tid`` = the identity's (home) tenant. Any
+resource may be asked for, ``api://AzureADTokenExchange`` included (the token's ``aud`` is then
+that string).
+
 Test controls (no auth): ``POST /_emulator/config`` ``{"roles": [...], "failing": bool,
-"lifetimeSeconds": n, "hangSeconds": s, "hangTimes": n}`` (the next n token requests wait s
-seconds before answering: a hanging endpoint), ``GET /_emulator/stats``.
+"lifetimeSeconds": n, "hangSeconds": s, "hangTimes": n, "tenantId": "<home tenant>",
+"principalId": "<guid>" | null}`` (hang: the next n token requests wait s seconds before
+answering: a hanging endpoint; principalId null: derived from the client id again),
+``GET /_emulator/stats`` (``tokenRequests``, ``roles``, ``byResource``: requests per resource).
 """
 from __future__ import annotations
 
@@ -16,7 +25,7 @@ import time
 from typing import Any
 
 from .server import JsonHandler, Server
-from .tokens import ALL_ROLES, issue
+from .tokens import ALL_ROLES, HOME_TENANT, issue, issuer, principal_id
 
 TOKEN_PATH = "/msi/token"
 DEFAULT_SECRET = "local-identity-header"
@@ -31,7 +40,15 @@ class IdentityEmulator(Server):
         self.failing = False
         self.lifetime = 3600
         self.token_requests = 0
+        self.by_resource: dict[str, int] = {}
         self.hang_seconds, self.hang_times = 0.0, 0
+        self.tenant_id = HOME_TENANT
+        self.principal: str | None = None  # None: derived from the client id
+
+    def principal_id(self, client_id: str | None) -> str:
+        """The object (principal) id of the identity with ``client_id``: the subject a federated
+        identity credential must name."""
+        return self.principal or principal_id(client_id)
 
     @property
     def endpoint(self) -> str:
@@ -52,8 +69,13 @@ class IdentityEmulator(Server):
             if "hangSeconds" in config:
                 self.hang_seconds = float(config["hangSeconds"])
                 self.hang_times = int(config.get("hangTimes", 1))
+            if "tenantId" in config:
+                self.tenant_id = str(config["tenantId"])
+            if "principalId" in config:
+                self.principal = config["principalId"] or None
             if config.get("resetStats"):
                 self.token_requests = 0
+                self.by_resource = {}
 
 
 class _Handler(JsonHandler):
@@ -65,7 +87,9 @@ class _Handler(JsonHandler):
             em.configure(**(self.read_json() or {}))
             return self.send_json(204)
         if self.path_only == "/_emulator/stats":
-            return self.send_json(200, {"tokenRequests": em.token_requests, "roles": em.roles})
+            with em.lock:
+                stats = {"tokenRequests": em.token_requests, "roles": em.roles, "byResource": dict(em.by_resource)}
+            return self.send_json(200, stats)
         if self.path_only != TOKEN_PATH or self.command != "GET":
             return self.send_json(404, {"error": "not_found"})
         if self.headers.get("X-IDENTITY-HEADER") != em.secret:
@@ -80,11 +104,14 @@ class _Handler(JsonHandler):
             time.sleep(hang)
         with em.lock:
             em.token_requests += 1
+            em.by_resource[resource] = em.by_resource.get(resource, 0) + 1
             if em.failing:
                 return self.send_json(500, {"error": "server_error", "error_description": "emulated outage"})
-            roles, lifetime = list(em.roles), em.lifetime
+            roles, lifetime, tenant = list(em.roles), em.lifetime, em.tenant_id
         client_id = self.query.get("client_id")
-        token, expires = issue(resource.rstrip("/"), roles, lifetime, client_id)
+        principal = em.principal_id(client_id)
+        token, expires = issue(resource.rstrip("/"), roles, lifetime, client_id,
+                               sub=principal, oid=principal, tid=tenant, iss=issuer(tenant))
         self.send_json(
             200,
             {

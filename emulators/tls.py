@@ -140,4 +140,4 @@ def serve_tls(server: Server, certificate: ServerCertificate) -> str:
 
     server.handle_error = handle_error  # type: ignore[method-assign]
     host, port = server.server_address[:2]
-    return f"https://{host}:{port}"
+    return f"https://{host!s}:{port}"

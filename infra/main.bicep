@@ -101,6 +101,12 @@ param importSyncDelaySeconds int = 120
 @maxValue(604800)
 param importWaitTimeoutSeconds int = 14400
 
+@description('Client id of a multi-tenant app registration that trusts the app\'s user-assigned identity (federated identity credential): one deployment then syncs every registered customer tenant. Empty: one tenant, the app\'s own.')
+param multiTenantClientId string = ''
+
+@description('Queue of per-tenant syncs (many tenants).')
+param tenantQueueName string = 'intunesync-tenants'
+
 @minValue(60)
 @maxValue(3600)
 param leaseSeconds int = 180
@@ -171,6 +177,8 @@ var syncSettings = {
   IMPORT_POLL_SECONDS: string(importPollSeconds)
   IMPORT_SYNC_DELAY_SECONDS: string(importSyncDelaySeconds)
   IMPORT_WAIT_TIMEOUT_SECONDS: string(importWaitTimeoutSeconds)
+  MULTI_TENANT_CLIENT_ID: multiTenantClientId
+  TENANT_QUEUE: tenantQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
   SYNC_WAIT_TIMEOUT_SECONDS: string(waitTimeoutSeconds)
@@ -206,6 +214,7 @@ module storage 'app/storage.bicep' = {
     stateTableName: stateTableName
     deferredQueueName: deferredQueueName
     importQueueName: importQueueName
+    tenantQueueName: tenantQueueName
     skuName: storageSku
   }
 }

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import azure.functions as func
@@ -19,9 +19,14 @@ from .devices import parse_import
 from .errors import AppError, InvalidItemId
 from .jsonbody import nesting_exceeds
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
-from .runtime import service, settings
+from .runtime import service, settings, tenancy
+from .service import SyncService
 from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
 from .targets import parse_guid
+from .tenants import Tenant
+
+if TYPE_CHECKING:
+    from .tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +82,15 @@ def result_response(results: list[SyncResult], single: bool) -> func.HttpRespons
 
 def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpRequest], func.HttpResponse]) -> func.HttpResponse:
     """Run one route: method check, then the action; every failure becomes a JSON answer."""
-    if req.method.upper() != method:
-        return error_response(405, "MethodNotAllowed", f"use {method} for this route", {"Allow": method})
+    return handle_methods(req, {method: action})
+
+
+def handle_methods(req: func.HttpRequest, actions: dict[str, Callable[[func.HttpRequest], func.HttpResponse]]) -> func.HttpResponse:
+    """A route with an action per method (the registry's PUT, GET and DELETE)."""
+    action = actions.get(req.method.upper())
+    if action is None:
+        allowed = ", ".join(actions)
+        return error_response(405, "MethodNotAllowed", f"use {' or '.join(actions)} for this route", {"Allow": allowed})
     try:
         return action(req)
     except AppError as exc:  # the one error model (shared/errors.py)
@@ -93,9 +105,12 @@ def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpReques
 
 
 def sync(req: func.HttpRequest) -> func.HttpResponse:
+    return _sync(req, service())
+
+
+def _sync(req: func.HttpRequest, svc: SyncService) -> func.HttpResponse:
     target = req.route_params.get("target", "")
     item_id = req.route_params.get("itemId")
-    svc = service()
     kind = svc.target(target)  # UnknownTarget -> 404 before the body is read
     per_item = kind.per_item
     wait = _flag(req, "wait")
@@ -136,7 +151,11 @@ def operation(req: func.HttpRequest) -> func.HttpResponse:
     token = req.params.get("token") or ""
     if not token or len(token) > 100:
         raise not_found
-    current = service().poll(operation_id, token)
+    svc = service()
+    found = svc.operations.get(operation_id) if svc.operations is not None else None
+    if found is not None and found.tenant_id:  # a customer tenant's sync: its service follows it
+        svc = _tenant_service(found.tenant_id)
+    current = svc.poll(operation_id, token)
     if current is None:
         raise not_found
     if current.done:
@@ -209,6 +228,119 @@ def _import_url(req: func.HttpRequest, import_id: str, token: str) -> str:
 
 def _import_poll_seconds() -> str:
     return str(min(POLL_SECONDS * 2, settings().import_poll_seconds))
+
+
+# --- many tenants (shared/tenancy.py) ----------------------------------------------------------
+
+
+def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    continuation = req.params.get("continuation") or None
+    if continuation is not None and (len(continuation) > 300 or not re.fullmatch(r"[A-Za-z0-9|_-]*", continuation)):
+        raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned")
+    tenants, following = registry.registry.page(continuation)
+    return json_response({"tenants": [t.to_json() for t in tenants], "continuation": following})
+
+
+def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant_id = _tenant_id(req)
+    data = _json_object(req, {"displayName", "targets", "enabled"})
+    name = data.get("displayName")
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise ApiError(400, "InvalidBody", "displayName is required: 1-256 characters")
+    targets = data.get("targets")
+    enabled_targets = registry.settings.sync_targets
+    if targets is not None and (not isinstance(targets, list) or not targets or
+                                not all(isinstance(t, str) and t in enabled_targets for t in targets)):
+        raise ApiError(400, "InvalidBody", f"targets must be a non-empty list of enabled targets: {', '.join(enabled_targets)}")
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ApiError(400, "InvalidBody", "enabled must be true or false")
+    tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled)
+    saved, created = registry.registry.put(tenant, registry.home.clock())
+    answer = saved.to_json() | {"consentUrl": registry.credentials.consent_url(tenant_id)}
+    return json_response(answer, 201 if created else 200)
+
+
+def tenant_get(req: func.HttpRequest) -> func.HttpResponse:
+    """The tenant, with its consent checked for real (a token and one Graph read)."""
+    registry = _tenancy()
+    tenant = _registered(registry, _tenant_id(req))
+    state, reason = registry.check(tenant)
+    answer = tenant.to_json() | {"state": state, "reason": reason, "consentUrl": registry.credentials.consent_url(tenant.id)}
+    return json_response(answer)
+
+
+def tenant_delete(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant_id = _tenant_id(req)
+    if not registry.registry.delete(tenant_id):
+        raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered")
+    return json_response({"tenantId": tenant_id, "deleted": True})
+
+
+def tenant_sync(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant = _registered(registry, _tenant_id(req))
+    if not tenant.enabled:
+        raise ApiError(409, "TenantDisabled", f"tenant {tenant.id} is disabled; enable it with PUT /api/tenants/{tenant.id}")
+    return _sync(req, registry.service(tenant))
+
+
+def tenant_status(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant = _registered(registry, _tenant_id(req))
+    return json_response(registry.service(tenant).status() | {"tenantId": tenant.id})
+
+
+def _tenancy() -> Tenancy:
+    registry = tenancy()
+    if registry is None:
+        raise ApiError(404, "MultiTenantOff", "many tenants are not enabled: set MULTI_TENANT_CLIENT_ID (see docs/msp.md)")
+    return registry
+
+
+def _tenant_id(req: func.HttpRequest) -> str:
+    try:
+        return parse_guid(req.route_params.get("tenantId", ""))
+    except InvalidItemId:
+        raise ApiError(400, "InvalidTenantId", "the tenant id must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)") from None
+
+
+def _registered(registry: Tenancy, tenant_id: str) -> Tenant:
+    tenant = registry.registry.get(tenant_id)
+    if tenant is None:
+        raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered; PUT /api/tenants/{tenant_id} first")
+    return tenant
+
+
+def _tenant_service(tenant_id: str) -> SyncService:
+    registry = tenancy()
+    tenant = registry.registry.get(tenant_id) if registry else None
+    if registry is None or tenant is None:
+        raise ApiError(404, "OperationNotFound", "no such operation, or the token does not match")
+    return registry.service(tenant)
+
+
+def _json_object(req: func.HttpRequest, allowed: set[str]) -> dict[str, Any]:
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if (req.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
+    if nesting_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "InvalidBody", "the body must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(400, "InvalidBody", f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return data
 
 
 def health(req: func.HttpRequest) -> func.HttpResponse:
@@ -315,7 +447,7 @@ def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
 
 def _route_prefix(path: str) -> str:
     """The part of a request's path before our routes (``/api`` unless host.json changes it)."""
-    found = [path.find(marker) for marker in ("/sync/", "/operations/", "/autopilot/") if marker in path]
+    found = [path.find(marker) for marker in ("/sync/", "/operations/", "/autopilot/", "/tenants/") if marker in path]
     return path[:min(found)] if found else "/api"
 
 

@@ -45,6 +45,7 @@ class ServiceCore(ABC):
         queue: PendingQueue | None = None,
         imports: ImportStore | None = None,
         import_queue: PendingQueue | None = None,
+        tenant: str | None = None,
     ):
         self.settings = settings
         self.graph = graph
@@ -55,6 +56,7 @@ class ServiceCore(ABC):
         self.queue = queue
         self.imports = imports  # Autopilot import jobs (shared/importjob.py), and their queue
         self.import_queue = import_queue
+        self.tenant = tenant  # a registered customer tenant this service syncs (None: the app's own)
         # Refusals this process has already seen: a cooldown only ever moves forward (Graph's
         # window stands whatever our table says), so until it ends it can be answered from memory.
         self._known: dict[str, SyncResult] = {}

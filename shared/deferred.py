@@ -62,17 +62,19 @@ class PendingFire:
     pending_id: str
     scheduled_at: datetime
     generation: int = 0  # the pending sync's reschedule count when sent: older messages are stale
+    tenant: str | None = None  # a registered customer tenant's unit (None: the app's own tenant)
 
     def to_json(self) -> str:
         return json.dumps({"unitKey": self.unit_key, "target": self.target, "itemId": self.item_id,
                            "pendingId": self.pending_id, "scheduledAt": iso(self.scheduled_at),
-                           "generation": self.generation})
+                           "generation": self.generation, **({"tenantId": self.tenant} if self.tenant else {})})
 
     @classmethod
     def from_json(cls, text: str) -> PendingFire:
         data: dict[str, Any] = json.loads(text)
         return cls(data["unitKey"], data["target"], data.get("itemId"), data["pendingId"],
-                   datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")), int(data.get("generation", 0)))
+                   datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")), int(data.get("generation", 0)),
+                   data.get("tenantId"))
 
 
 class Message(Protocol):
@@ -168,7 +170,7 @@ class DeferredSyncs(ServiceCore):
         """Send the pending sync's message; False (logged) if the queue is unavailable: the row
         holds the pending sync, and the watcher sends a message for one that is overdue."""
         fire = PendingFire(state.key, state.target or state.key, state.item_id, state.pending_id or "", at,
-                           state.pending_reschedules or 0)
+                           state.pending_reschedules or 0, self.tenant)
         try:
             self.queue.schedule(fire, self.clock())  # type: ignore[union-attr]
             return True

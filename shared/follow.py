@@ -37,7 +37,7 @@ class Following(ServiceCore):
                  else self.clock())
         operation, token = self.operations.create(
             unit.name, unit.target, unit.item_id, since,
-            since + timedelta(seconds=self.settings.wait_timeout_seconds), result.message,
+            since + timedelta(seconds=self.settings.wait_timeout_seconds), result.message, tenant_id=self.tenant,
         )
         return result, operation, token
 
@@ -89,14 +89,7 @@ class Following(ServiceCore):
         stopped before sending it), and, with NOTIFY_URL set, reports syncs Graph shows finished.
         One unit's fault never stops the others. Returns how many syncs were seen to finish.
         One table query when there is nothing to do."""
-        self.flush_unrecorded()
-        states = self.store.states()
-        now = self.clock()
-        for state in states:
-            try:
-                self._repair(state, now)
-            except UpstreamError as exc:
-                log.warning("watch: could not repair %s: %s", state.key, exc.message)
+        states = self.repair()
         try:
             self.repair_imports()  # import jobs whose next step's message was lost
         except UpstreamError as exc:
@@ -109,6 +102,21 @@ class Following(ServiceCore):
                     finished += self._watch_completion(state)
             self.notifier.flush()
         return finished
+
+    def repair(self) -> list[UnitState]:
+        """Keep every unit's row honest (the watcher's first part; a tenant's fan-out message does
+        the same for its tenant): record attempts whose commit failed in this process and claims
+        that never recorded their outcome, resend an overdue pending sync's message. One table
+        query when there is nothing to do. Returns the rows read."""
+        self.flush_unrecorded()
+        states = self.store.states()
+        now = self.clock()
+        for state in states:
+            try:
+                self._repair(state, now)
+            except UpstreamError as exc:
+                log.warning("watch: could not repair %s: %s", state.key, exc.message)
+        return states
 
     def _repair(self, state: UnitState, now: datetime) -> None:
         if state.orphaned_claim(now):

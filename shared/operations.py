@@ -39,6 +39,7 @@ class Operation:
     sync_status: str | None = None
     message: str = ""
     finished_at: datetime | None = None
+    tenant_id: str | None = None  # a registered customer tenant's sync (None: the app's own tenant)
     etag: str | None = None
 
     @property
@@ -56,6 +57,7 @@ class Operation:
             "lastSyncDateTime": self.last_sync_date_time,
             "syncStatus": self.sync_status,
             "message": self.message,
+            **({"tenantId": self.tenant_id} if self.tenant_id else {}),
         }
 
     def matches(self, token: str) -> bool:
@@ -78,11 +80,12 @@ def _hash(token: str) -> str:
 
 class OperationStore(TableStore):
     @store_errors
-    def create(self, target: str, unit_target: str, item_id: str | None, since: datetime, deadline: datetime, message: str) -> tuple[Operation, str]:
+    def create(self, target: str, unit_target: str, item_id: str | None, since: datetime, deadline: datetime, message: str,
+               tenant_id: str | None = None) -> tuple[Operation, str]:
         token, token_hash = new_token()
         operation = Operation(
             id=str(uuid.uuid4()), target=target, unit_target=unit_target, item_id=item_id,
-            since=since, deadline=deadline, token_hash=token_hash, message=message,
+            since=since, deadline=deadline, token_hash=token_hash, message=message, tenant_id=tenant_id,
         )
         meta = self._table.create_entity(self._entity(operation))
         return replace(operation, etag=meta["etag"]), token

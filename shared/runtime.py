@@ -8,9 +8,13 @@ import functools
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from .service import SyncService, build_service
 from .settings import DEFAULTS, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from .tenancy import Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ def settings() -> Settings:
     return loaded
 
 
-_service_lock = threading.Lock()
+_service_lock = threading.RLock()  # reentrant: the tenancy is built from the service
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,6 +47,27 @@ def service() -> SyncService:
     # would let concurrent first calls each build (and race to import) their own clients.
     with _service_lock:
         return _service()
+
+
+@functools.lru_cache(maxsize=1)
+def _tenancy() -> Tenancy | None:
+    current = settings()
+    if not current.multi_tenant_client_id:
+        return None
+    from .deferred import PendingQueue
+    from .identity import TenantCredentials, make_credential
+    from .storage import queue_client, table_service
+    from .tenancy import Tenancy
+
+    queue = PendingQueue(lambda: queue_client(current.storage, current.tenant_queue, make_credential))
+    return Tenancy(service(), table_service(current.storage, make_credential),
+                   TenantCredentials(current.multi_tenant_client_id, current.azure_client_id), queue)
+
+
+def tenancy() -> Tenancy | None:
+    """The registry and the tenants' services; None unless MULTI_TENANT_CLIENT_ID is set."""
+    with _service_lock:
+        return _tenancy()
 
 
 def check_settings_at_startup() -> None:
@@ -58,6 +83,7 @@ def reload() -> None:
     """Forget the cached settings and service (for tests that change settings in-process)."""
     _settings_or_problems.cache_clear()
     _service.cache_clear()
+    _tenancy.cache_clear()
 
 
 def binding_expression(setting: str) -> str:

@@ -58,6 +58,10 @@ DEFAULTS: dict[str, str] = {
     "IMPORT_POLL_SECONDS": "60",
     "IMPORT_SYNC_DELAY_SECONDS": "120",
     "IMPORT_WAIT_TIMEOUT_SECONDS": "14400",
+    # Many tenants (shared/tenants.py): the multi-tenant app whose federated credential is the
+    # app's identity (empty: one tenant, the app's own), and the queue of per-tenant syncs.
+    "MULTI_TENANT_CLIENT_ID": "",
+    "TENANT_QUEUE": "intunesync-tenants",
 }
 
 KNOWN_TARGETS = tuple(TARGET_COOLDOWNS)
@@ -244,6 +248,8 @@ class Settings:
     import_poll_seconds: int = int(DEFAULTS["IMPORT_POLL_SECONDS"])
     import_sync_delay_seconds: int = int(DEFAULTS["IMPORT_SYNC_DELAY_SECONDS"])
     import_wait_timeout_seconds: int = int(DEFAULTS["IMPORT_WAIT_TIMEOUT_SECONDS"])
+    multi_tenant_client_id: str | None = None
+    tenant_queue: str = DEFAULTS["TENANT_QUEUE"]
     # Set by the platform, not by operators: the app's public host name and its name.
     website_hostname: str | None = None
     site_name: str = "intune-sync"
@@ -281,6 +287,7 @@ class Settings:
         if ca_problem:
             problems[ca_problem[0]] = ca_problem[1]
         _check_lease(values["lease_seconds"], values["graph_timeout_seconds"], problems)
+        _check_multi_tenant(values, problems)
         if problems:
             raise SettingsError(problems)
         return cls(**values)
@@ -361,6 +368,14 @@ def _queue_name(name: str, raw: str, problems: dict[str, str]) -> str:
     return raw
 
 
+def _optional_guid(name: str, raw: str, problems: dict[str, str]) -> str | None:
+    if not raw:
+        return None
+    if not _is_guid(raw):
+        problems[name] = f"must be an application (client) id, a GUID, got {raw!r}"
+    return raw.lower()
+
+
 def _table_name(name: str, raw: str, problems: dict[str, str]) -> str:
     if not _TABLE_NAME.match(raw):
         problems[name] = f"must be 3-63 letters or digits starting with a letter, got {raw!r}"
@@ -392,6 +407,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     "IMPORT_POLL_SECONDS": ("import_poll_seconds", _whole),
     "IMPORT_SYNC_DELAY_SECONDS": ("import_sync_delay_seconds", _whole),
     "IMPORT_WAIT_TIMEOUT_SECONDS": ("import_wait_timeout_seconds", _whole),
+    "MULTI_TENANT_CLIENT_ID": ("multi_tenant_client_id", _optional_guid),
+    "TENANT_QUEUE": ("tenant_queue", _queue_name),
 }
 
 
@@ -405,6 +422,18 @@ def _check_lease(lease_seconds: int, timeout: float, problems: dict[str, str]) -
             f"must be at least {needed} with GRAPH_TIMEOUT_SECONDS={timeout:g} (a sync POST answered "
             f"401, a new token and the resend, plus {LEASE_MARGIN_SECONDS} s to record the outcome), got {lease_seconds}"
         )
+
+
+def _check_multi_tenant(values: dict[str, Any], problems: dict[str, str]) -> None:
+    """Many tenants need a user-assigned identity (only those can be a federated credential) and
+    room in the table name for each tenant's own table (the name plus 32 hex digits, at most 63)."""
+    if not values.get("multi_tenant_client_id"):
+        return
+    if not values.get("azure_client_id"):
+        problems["AZURE_CLIENT_ID"] = ("is required with MULTI_TENANT_CLIENT_ID: the client id of the user-assigned "
+                                       "identity the multi-tenant app trusts (a system-assigned one cannot be a federated credential)")
+    if len(values.get("state_table") or "") > 31:
+        problems["SYNC_STATE_TABLE"] = "must be at most 31 characters with MULTI_TENANT_CLIENT_ID (each tenant's table adds 32)"
 
 
 def _client_id(env: Mapping[str, str], problems: dict[str, str]) -> str | None:

@@ -35,15 +35,19 @@ TABLE_RETRY: dict[str, Any] = dict(retry_backoff_factor=0.2, retry_backoff_max=2
 
 def table_client(storage: Any, table_name: str, credential_factory: Callable[[str | None], Any], **kwargs: Any) -> TableClient:
     """A TableClient for the configured storage (settings.StorageSettings)."""
+    return table_service(storage, credential_factory, **kwargs).get_table_client(table_name)
+
+
+def table_service(storage: Any, credential_factory: Callable[[str | None], Any], **kwargs: Any) -> TableServiceClient:
+    """The table service of the configured storage; its table clients share one connection pool
+    (one table per customer tenant, see shared/tenancy.py)."""
     options = {**CLIENT_OPTIONS, **TABLE_RETRY, **kwargs}
     if storage.connection_string:
         # The SDK parses the connection string; its endpoint decides the proxy settings.
         endpoint = TableServiceClient.from_connection_string(storage.connection_string).url
-        service = TableServiceClient.from_connection_string(storage.connection_string, **options, **azure_options(endpoint))
-    else:
-        service = TableServiceClient(endpoint=storage.table_service_uri, credential=_credential(storage, credential_factory),
-                                     **options, **azure_options(storage.table_service_uri))
-    return service.get_table_client(table_name)
+        return TableServiceClient.from_connection_string(storage.connection_string, **options, **azure_options(endpoint))
+    return TableServiceClient(endpoint=storage.table_service_uri, credential=_credential(storage, credential_factory),
+                              **options, **azure_options(storage.table_service_uri))
 
 
 def queue_client(storage: Any, queue_name: str, credential_factory: Callable[[str | None], Any]) -> Any:

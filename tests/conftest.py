@@ -419,3 +419,38 @@ def import_stats(graph: GraphEmulator) -> dict[str, Any]:
     """The emulator's import records, registered devices and deleted record ids."""
     stats: dict[str, Any] = graph.stats()["autopilotImports"]
     return stats
+
+
+# --- many tenants: the Entra token emulator over TLS ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def entra_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The Entra token endpoint emulator, over HTTPS with a throwaway CA (emulators/entra.py)."""
+    from emulators.entra import start_entra
+
+    server = start_entra(tmp_path_factory.mktemp("entra"))
+    yield server
+    server.stop()
+
+
+def drain(env: dict[str, str], setting: str, run: Callable[[str], Any], limit: int = 10_000) -> int:
+    """Deliver every visible message of a queue to ``run``, as the host's queue trigger does; how many."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+    queue = QueueClient.from_connection_string(env["AzureWebJobsStorage"], env[setting],
+                                               message_decode_policy=TextBase64DecodePolicy())
+    done = 0
+    while done < limit:
+        try:
+            batch = list(queue.receive_messages(messages_per_page=32, visibility_timeout=60, max_messages=32))
+        except ResourceNotFoundError:
+            return done
+        if not batch:
+            return done
+        for message in batch:
+            run(message.content)
+            queue.delete_message(message)
+            done += 1
+    return done

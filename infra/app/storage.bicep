@@ -7,6 +7,7 @@ param deploymentContainerName string
 param stateTableName string
 param deferredQueueName string
 param importQueueName string
+param tenantQueueName string
 @description('Redundancy (SKU) of the account; chosen in main.bicep (storageSku).')
 param skuName string
 
@@ -85,6 +86,11 @@ resource deferredQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2
 resource importQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: importQueueName
+}
+
+resource tenantQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: tenantQueueName
 }
 
 output name string = storage.name

@@ -1,0 +1,175 @@
+"""Many tenants from one deployment (MULTI_TENANT_CLIENT_ID set): a sync service per registered
+customer tenant, the timer's fan-out over the registry, and the consent check.
+
+Each tenant's service is the single-tenant service unchanged, given the tenant's own Graph
+client (a token from shared/identity.TenantCredentials: one credential and one cached token per
+tenant per process) and the tenant's own state table (``<SYNC_STATE_TABLE><tenant id hex>``), so
+no tenant's cooldown, lease, history or pending sync can touch another's. Deferred syncs share
+the one queue (their messages name the tenant); "sync and wait" operations live in the home table
+(an operation names its tenant), so one poll route serves them all.
+
+Fan-out: the timer sends one ``page`` message to TENANT_QUEUE; a page lists PAGE_SIZE tenants,
+sends one ``tenant`` message each and the next page's message, so that 10,000 tenants never make
+one long invocation. A ``tenant`` message syncs that tenant's targets through the same claim as
+every other caller (a duplicate finds the unit in its window and makes no Graph call), repairs
+the tenant's rows as the watcher does for the home tenant, and records the outcome in the
+registry: one tenant's failure is its own and never slows the others.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from .deferred import PendingQueue
+from .errors import AppError, GraphAccessDenied, TokenUnavailable, UpstreamError
+from .graph import GraphClient
+from .identity import TenantCredentials
+from .model import Trigger, iso
+from .service import SyncService
+from .state import StateStore
+from .tenants import (
+    CONSENTED,
+    MISSING_ROLE,
+    PAGE_SIZE,
+    UNAVAILABLE,
+    Tenant,
+    TenantStore,
+    state_of_results,
+    token_failure_state,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_SERVICES = 256  # tenant services kept per process (each holds a Graph client and its token)
+CHECK_PATH = "/beta/deviceManagement/windowsAutopilotSettings"  # one cheap read the app's role allows
+
+
+@dataclass(frozen=True)
+class TenantMessage:
+    """A fan-out message: a page of the registry to send out, or one tenant to sync."""
+
+    kind: str  # "page" or "tenant"
+    tick: datetime
+    tenant_id: str | None = None
+    continuation: str | None = None
+
+    @property
+    def scheduled_at(self) -> datetime:
+        return self.tick  # visible at once
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "tick": iso(self.tick), "tenantId": self.tenant_id,
+                           "continuation": self.continuation})
+
+    @classmethod
+    def from_json(cls, text: str) -> TenantMessage:
+        data: dict[str, Any] = json.loads(text)
+        if data.get("kind") not in ("page", "tenant"):
+            raise ValueError("not a tenant fan-out message")
+        return cls(data["kind"], datetime.fromisoformat(str(data["tick"]).replace("Z", "+00:00")),
+                   data.get("tenantId"), data.get("continuation"))
+
+
+class Tenancy:
+    """The registry and a service per tenant, around the home service."""
+
+    def __init__(self, home: SyncService, table_service: Any, credentials: TenantCredentials, queue: PendingQueue):
+        self.home, self.settings, self.credentials, self.queue = home, home.settings, credentials, queue
+        self._tables = table_service
+        self.registry = TenantStore(home.store._table)
+        self._services: OrderedDict[tuple[str, tuple[str, ...]], SyncService] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- services ---------------------------------------------------------------------------
+
+    def service(self, tenant: Tenant) -> SyncService:
+        """The tenant's service (cached per process, least recently used dropped first)."""
+        targets = tenant.target_names(self.settings.sync_targets)
+        key = (tenant.id, targets)
+        with self._lock:
+            found = self._services.get(key)
+            if found is not None:
+                self._services.move_to_end(key)
+                return found
+        settings = replace(self.settings, sync_targets=targets)
+        graph = GraphClient(settings.graph_base_url, self.credentials.for_tenant(tenant.id), settings.graph_scope,
+                            timeout=settings.graph_timeout_seconds, pool_size=4)
+        table = self._tables.get_table_client(table_name_of(self.settings.state_table, tenant.id))
+        built = SyncService(settings, graph, StateStore(table), self.home.clock, self.home.operations, self.home.notifier,
+                            self.home.queue, tenant=tenant.id)
+        with self._lock:
+            self._services[key] = built
+            while len(self._services) > MAX_SERVICES:
+                _, dropped = self._services.popitem(last=False)
+                dropped.graph.close()
+        return built
+
+    # --- fan-out ------------------------------------------------------------------------------
+
+    def fan_out(self, tick: datetime) -> None:
+        """The timer's part: send the first page's message (the pages send the rest)."""
+        self.queue.schedule(TenantMessage("page", tick), tick)
+
+    def run(self, text: str) -> str:
+        """A fan-out message. Returns what was done (for the log and tests)."""
+        try:
+            message = TenantMessage.from_json(text)
+        except (ValueError, KeyError, TypeError):
+            log.error("tenant queue: a message that is not a fan-out message was ignored")
+            return "invalid"
+        if message.kind == "page":
+            return self._page(message)
+        return self._sync(message)
+
+    def _page(self, message: TenantMessage) -> str:
+        tenants, following = self.registry.page(message.continuation, PAGE_SIZE)
+        now = self.home.clock()
+        if following:  # first, so that a fault in the sends below never loses the rest of the registry
+            self.queue.schedule(TenantMessage("page", message.tick, continuation=following), now)
+        sent = 0
+        for tenant in tenants:
+            if tenant.enabled:
+                self.queue.schedule(TenantMessage("tenant", message.tick, tenant_id=tenant.id), now)
+                sent += 1
+        return f"page: {sent} tenant(s)"
+
+    def _sync(self, message: TenantMessage) -> str:
+        tenant = self.registry.get(message.tenant_id or "")
+        if tenant is None or not tenant.enabled:
+            return "skipped: not registered or disabled"
+        svc = self.service(tenant)
+        results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})")
+        svc.repair()
+        state, reason = state_of_results(results)
+        self.registry.record(tenant.id, state, reason, self.home.clock())
+        level = logging.INFO if state == "synced" else logging.WARNING
+        log.log(level, "tenant %s: %s %s", tenant.id, state, reason)
+        return state
+
+    # --- consent ------------------------------------------------------------------------------
+
+    def check(self, tenant: Tenant) -> tuple[str, str]:
+        """Check the tenant's consent for real: a token, then one cheap Graph read. Recorded."""
+        svc = self.service(tenant)
+        try:
+            svc.graph.ensure_token()
+            svc.graph.get(CHECK_PATH).raise_for_status("the consent check")
+            state, reason = CONSENTED, "a token was issued and Graph answered"
+        except TokenUnavailable as exc:
+            state, reason = token_failure_state(exc.message) or UNAVAILABLE, exc.message
+        except GraphAccessDenied as exc:
+            state, reason = MISSING_ROLE, exc.message
+        except (UpstreamError, AppError) as exc:
+            state, reason = UNAVAILABLE, exc.message
+        self.registry.record(tenant.id, state, reason, self.home.clock())
+        return state, reason
+
+
+def table_name_of(state_table: str, tenant_id: str) -> str:
+    """A tenant's own state table: the home table's name and the tenant id's hex (at most 63)."""
+    return f"{state_table}{tenant_id.replace('-', '').lower()}"

@@ -1,0 +1,180 @@
+"""Many tenants from one deployment (issue #13), against Azurite, the Graph emulator (state per
+token ``tid``), the managed-identity emulator and the Entra token emulator over TLS: the app's
+own identity is a federated credential of the multi-tenant app; no secret anywhere."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from conftest import call, drain, faults, sync_posts
+
+from emulators.entra import DEFAULT_CLIENT_ID
+from emulators.tokens import HOME_TENANT
+from shared import handlers, runtime
+
+MI_CLIENT_ID = "3b8f0c2e-6d4a-4f1b-9e7c-2a5d8f1e0c93"  # the app's user-assigned identity
+ROLE = "DeviceManagementServiceConfig.ReadWrite.All"
+TENANTS = [str(uuid.UUID(int=0x7E000000_0000_4000_8000_000000000000 + n)) for n in range(50)]
+NOT_CONSENTED, NO_ROLE, BROKEN = TENANTS[:3]
+
+
+@pytest.fixture
+def mt_env(app_env, entra_server, identity_server, graph, monkeypatch) -> Iterator[dict[str, str]]:
+    """Multi-tenant mode: every tenant consented with the role, except three that fail in their own way."""
+    entra_server.reset()
+    consented = {t: {"consented": True, "roles": [ROLE]} for t in TENANTS}
+    consented[NOT_CONSENTED] = {"consented": False}
+    consented[NO_ROLE] = {"consented": True, "roles": []}
+    entra_server.configure({"clientId": DEFAULT_CLIENT_ID, "federatedSubject": identity_server.principal_id(MI_CLIENT_ID),
+                            "tenants": consented})
+    settings = {"MULTI_TENANT_CLIENT_ID": DEFAULT_CLIENT_ID, "AZURE_CLIENT_ID": MI_CLIENT_ID,
+                "TENANT_QUEUE": "n" + app_env["SYNC_STATE_TABLE"][1:], "SYNC_TARGETS": "autopilot", **entra_server.env()}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    runtime.reload()
+    yield {**app_env, **settings}
+    runtime.reload()
+
+
+def register(*tenants: str, **fields) -> None:
+    for tenant in tenants:
+        code, _, body = call("PUT", f"tenants/{tenant}", {"displayName": f"Customer {tenant[-4:]}", **fields})
+        assert code in (200, 201), body
+
+
+def tick(env) -> None:
+    """One timer tick, and every fan-out message it leads to, delivered."""
+    handlers.run_timer(past_due=False)
+    drain(env, "TENANT_QUEUE", handlers.run_tenant)
+
+
+def posts_by_tenant(graph) -> dict[str, int]:
+    """Sync POSTs per customer tenant (the app's own tenant, synced by the timer as before, left out)."""
+    found: dict[str, int] = {}
+    for post in sync_posts(graph):
+        if post["tenant"] != HOME_TENANT:
+            found[post["tenant"]] = found.get(post["tenant"], 0) + 1
+    return found
+
+
+def test_one_tick_syncs_each_registered_tenant_once_with_its_own_token_and_a_second_tick_none(mt_env, graph, entra_server):
+    good = TENANTS[3:]
+    register(*good)
+    tick(mt_env)
+    assert posts_by_tenant(graph) == {t: 1 for t in good}
+    issued = entra_server.stats()["tenants"]
+    assert all(issued[t]["tokenRequests"] == 1 for t in good)  # one token per tenant
+    tick(mt_env)
+    assert posts_by_tenant(graph) == {t: 1 for t in good}
+
+
+def test_a_tenant_without_consent_one_without_the_role_and_one_graph_fails_each_get_their_own_reason(mt_env, graph):
+    faults(graph, {"tenant": BROKEN, "pathContains": "windowsAutopilotSettings/sync", "status": 503, "times": 100})
+    register(*TENANTS)
+    tick(mt_env)
+    states = {t["tenantId"]: (t["state"], t["reason"]) for t in call("GET", "tenants")[2]["tenants"]}
+    assert states[NOT_CONSENTED][0] == "notConsented" and "AADSTS700016" in states[NOT_CONSENTED][1]
+    assert states[NO_ROLE][0] == "missingRole" and ROLE in states[NO_ROLE][1]
+    assert states[BROKEN][0] == "unavailable" and "503" in states[BROKEN][1]
+    assert [t for t, (state, _) in states.items() if state == "synced"] == sorted(TENANTS[3:])
+    assert set(posts_by_tenant(graph)) == set(TENANTS[1:])  # without consent no token, so no call; the others were tried
+
+
+def test_a_tenants_cooldown_never_touches_another(mt_env, graph):
+    a, b = TENANTS[3], TENANTS[4]
+    register(a, b)
+    assert call("POST", f"tenants/{a}/sync/autopilot")[0] == 202
+    assert call("POST", f"tenants/{a}/sync/autopilot")[0] == 429
+    assert call("POST", f"tenants/{b}/sync/autopilot")[0] == 202
+    status = call("GET", f"tenants/{b}/sync/status")[2]
+    assert status["tenantId"] == b and posts_by_tenant(graph) == {a: 1, b: 1}
+    assert call("POST", "sync/autopilot")[0] == 202  # the home tenant has its own window too
+    assert [p["tenant"] for p in sync_posts(graph)].count(HOME_TENANT) == 1
+
+
+def test_a_deferred_sync_of_a_tenant_fires_in_that_tenant(mt_env, graph):
+    a = TENANTS[5]
+    register(a)
+    assert call("POST", f"tenants/{a}/sync/autopilot")[0] == 202
+    code, _, body = call("POST", f"tenants/{a}/sync/autopilot?defer=true")
+    assert (code, body["outcome"]) == (202, "scheduled")
+    status = call("GET", f"tenants/{a}/sync/status")[2]
+    assert status["tenantId"] == a and "autopilot" in str(status)
+
+
+def test_sync_and_wait_for_a_tenant_is_polled_through_the_one_operations_route(mt_env, graph):
+    a = TENANTS[6]
+    register(a)
+    code, headers, _ = call("POST", f"tenants/{a}/sync/autopilot?wait=true")
+    assert code == 202 and "/api/operations/" in headers["Location"]
+    route = headers["Location"].split("/api/", 1)[1]
+    code, _, body = call("GET", route)
+    assert code in (200, 202) and body["tenantId"] == a
+
+
+def test_registering_checks_its_input_and_answers_the_consent_url(mt_env):
+    tenant = TENANTS[7]
+    code, _, body = call("PUT", f"tenants/{tenant}", {"displayName": "Contoso", "targets": ["autopilot"]})
+    assert code == 201 and body["consentUrl"].endswith(f"/{tenant}/adminconsent?client_id={DEFAULT_CLIENT_ID}")
+    assert call("PUT", f"tenants/{tenant}", {"displayName": "Contoso Ltd"})[0] == 200
+    assert call("PUT", "tenants/not-a-guid", {"displayName": "x"})[2]["error"]["code"] == "InvalidTenantId"
+    assert call("PUT", f"tenants/{tenant}", {"displayName": "x", "secret": 1})[0] == 400
+    assert call("PUT", f"tenants/{tenant}", {"displayName": "x", "targets": ["exchange"]})[0] == 400  # not enabled
+    assert call("PUT", f"tenants/{tenant}", {"displayName": ""})[0] == 400
+
+
+@pytest.mark.parametrize("tenant,state", [(TENANTS[8], "consented"), (NOT_CONSENTED, "notConsented"), (NO_ROLE, "missingRole")])
+def test_checking_a_tenant_gets_a_token_and_reads_graph_for_real(mt_env, tenant, state):
+    register(tenant)
+    code, _, body = call("GET", f"tenants/{tenant}")
+    assert (code, body["state"]) == (200, state)
+
+
+def test_an_unknown_tenant_is_reported_as_such(mt_env, entra_server):
+    stranger = str(uuid.uuid4())
+    register(stranger)
+    assert call("GET", f"tenants/{stranger}")[2]["state"] == "unknownTenant"
+
+
+def test_a_removed_tenant_is_no_longer_synced(mt_env, graph):
+    a = TENANTS[9]
+    register(a)
+    assert call("DELETE", f"tenants/{a}")[0] == 200
+    assert call("DELETE", f"tenants/{a}")[0] == 404
+    tick(mt_env)
+    assert a not in posts_by_tenant(graph)
+
+
+def test_a_disabled_tenant_is_refused_and_not_synced(mt_env, graph):
+    a = TENANTS[10]
+    register(a, enabled=False)
+    assert call("POST", f"tenants/{a}/sync/autopilot")[2]["error"]["code"] == "TenantDisabled"
+    tick(mt_env)
+    assert a not in posts_by_tenant(graph)
+
+
+def test_without_multi_tenant_mode_the_tenant_routes_say_so(app_env):
+    code, _, body = call("GET", "tenants")
+    assert (code, body["error"]["code"]) == (404, "MultiTenantOff")
+
+
+def test_no_secret_is_in_the_settings_the_code_or_the_bicep():
+    from pathlib import Path
+
+    from shared.settings import DEFAULTS
+
+    root = Path(__file__).resolve().parent.parent
+    words = ("client_secret", "ClientSecretCredential", "CertificateCredential", "passwordCredentials", "secretText",
+             "keyCredentials")
+    files = [*root.glob("shared/*.py"), root / "function_app.py", *root.glob("infra/**/*.bicep"), root / "infra/main.parameters.json",
+             root / "local.settings.example.json"]
+    assert [(f.name, w) for f in files for w in words if w in f.read_text()] == []
+    assert not [name for name in DEFAULTS if "SECRET" in name or "PASSWORD" in name]
+
+
+def test_each_token_was_asked_for_with_the_identitys_assertion(mt_env, entra_server, identity_server):
+    register(TENANTS[11])
+    call("GET", f"tenants/{TENANTS[11]}")
+    [request] = [r for r in entra_server.stats()["requests"] if r["tenant"] == TENANTS[11]]
+    assert (request["subject"], request["outcome"]) == (identity_server.principal_id(MI_CLIENT_ID), "issued")
