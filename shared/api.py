@@ -115,7 +115,8 @@ def _sync(req: func.HttpRequest, svc: SyncService) -> func.HttpResponse:
     per_item = kind.per_item
     wait = _flag(req, "wait")
     if wait and per_item and item_id is None:
-        raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST /api/sync/{target}/{{id}})")
+        path = urlsplit(req.url).path.rstrip("/")
+        raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST {path}/{{id}})")
     sync_type = _read_body(req, allow_sync_type=kind.takes_sync_type)
     request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP,
                           caller=caller_of(req), defer=_flag(req, "defer"))
@@ -268,7 +269,8 @@ def tenant_get(req: func.HttpRequest) -> func.HttpResponse:
     registry = _tenancy()
     tenant = _registered(registry, _tenant_id(req))
     state, reason = registry.check(tenant)
-    answer = tenant.to_json() | {"state": state, "reason": reason, "consentUrl": registry.credentials.consent_url(tenant.id)}
+    checked = registry.registry.get(tenant.id) or tenant  # with the check just recorded
+    answer = checked.to_json() | {"state": state, "reason": reason, "consentUrl": registry.credentials.consent_url(tenant.id)}
     return json_response(answer)
 
 

@@ -48,6 +48,9 @@ _SAFE_QUERY = {"$filter": re.compile(r"^contains\(serialNumber,'[A-Za-z0-9 ._/-]
                "$select": re.compile(r"^[A-Za-z,]{1,400}$"),
                # a nextLink's paging options, echoed back to Graph as it gave them
                "$skiptoken": re.compile(r"^[A-Za-z0-9%=_.+/-]{1,2048}$"), "$top": re.compile(r"^[0-9]{1,4}$")}
+# Entra's answers that waiting will not change: the app is not consented in (or not known to)
+# the tenant (../shared/reference entra/...). Answered 502 like Graph's 403, not 503.
+_TOKEN_REFUSED = re.compile(r"AADSTS(700016|65001|90094|500011|650057|7000112|90002|90038)\b")
 _CLAIMS = re.compile(r'claims="([^"]+)"')
 _TOKEN_REFRESH_MARGIN = 300  # seconds before expiry at which a cached token is renewed
 
@@ -383,10 +386,12 @@ class GraphClient:
                 )
             except Exception as exc:  # azure-identity raises several unrelated types
                 self._token = None
-                raise TokenUnavailable(
-                    f"Could not get a token for {self._scope} from the identity endpoint: "
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                ) from exc
+                text = str(exc).splitlines()[0] if str(exc) else ""
+                error = TokenUnavailable(f"Could not get a token for {self._scope} from the identity endpoint: "
+                                         f"{type(exc).__name__}: {text}")
+                if _TOKEN_REFUSED.search(text):  # Entra refused for good (no consent, unknown tenant): not an outage
+                    error.http_status = 502
+                raise error from exc
             return self._token.token
 
 

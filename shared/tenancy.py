@@ -35,6 +35,7 @@ from .state import StateStore
 from .tenants import (
     CONSENTED,
     MISSING_ROLE,
+    NOT_CONSENTED,
     PAGE_SIZE,
     UNAVAILABLE,
     Tenant,
@@ -146,6 +147,7 @@ class Tenancy:
         results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})")
         svc.repair()
         state, reason = state_of_results(results)
+        reason = self._for_tenant(tenant.id, state, reason)
         self.registry.record(tenant.id, state, reason, self.home.clock())
         level = logging.INFO if state == "synced" else logging.WARNING
         log.log(level, "tenant %s: %s %s", tenant.id, state, reason)
@@ -166,8 +168,19 @@ class Tenancy:
             state, reason = MISSING_ROLE, exc.message
         except (UpstreamError, AppError) as exc:
             state, reason = UNAVAILABLE, exc.message
+        reason = self._for_tenant(tenant.id, state, reason)
         self.registry.record(tenant.id, state, reason, self.home.clock())
         return state, reason
+
+    def _for_tenant(self, tenant_id: str, state: str, reason: str) -> str:
+        """What a customer's admin must do, said for the multi-tenant app (not the app's identity)."""
+        if state == MISSING_ROLE:
+            return (f"the multi-tenant app ({self.credentials.app_client_id}) lacks an application permission in this "
+                    f"tenant: an admin grants it again at {self.credentials.consent_url(tenant_id)} ({reason})")[:1000]
+        if state == NOT_CONSENTED:
+            return (f"the tenant has not consented to the multi-tenant app: an admin opens "
+                    f"{self.credentials.consent_url(tenant_id)} ({reason})")[:1000]
+        return reason
 
 
 def table_name_of(state_table: str, tenant_id: str) -> str:

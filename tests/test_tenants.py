@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from conftest import call, drain, faults, sync_posts
@@ -12,6 +13,7 @@ from conftest import call, drain, faults, sync_posts
 from emulators.entra import DEFAULT_CLIENT_ID
 from emulators.tokens import HOME_TENANT
 from shared import handlers, runtime
+from shared.tenancy import TenantMessage
 
 MI_CLIENT_ID = "3b8f0c2e-6d4a-4f1b-9e7c-2a5d8f1e0c93"  # the app's user-assigned identity
 ROLE = "DeviceManagementServiceConfig.ReadWrite.All"
@@ -178,3 +180,20 @@ def test_each_token_was_asked_for_with_the_identitys_assertion(mt_env, entra_ser
     call("GET", f"tenants/{TENANTS[11]}")
     [request] = [r for r in entra_server.stats()["requests"] if r["tenant"] == TENANTS[11]]
     assert (request["subject"], request["outcome"]) == (identity_server.principal_id(MI_CLIENT_ID), "issued")
+
+
+def test_a_tenant_without_consent_is_answered_502_not_an_outage_and_told_where_to_consent(mt_env):
+    register(NOT_CONSENTED)
+    code, _, body = call("POST", f"tenants/{NOT_CONSENTED}/sync/autopilot")
+    assert (code, body["errorCode"]) == (502, "TokenUnavailable") and "AADSTS700016" in body["message"]
+    checked = call("GET", f"tenants/{NOT_CONSENTED}")[2]
+    assert checked["lastCheckedAt"] and "adminconsent" in checked["reason"]
+
+
+def test_a_duplicated_fan_out_message_does_nothing_twice(mt_env, graph):
+    a = TENANTS[12]
+    register(a)
+    message = TenantMessage("tenant", datetime.now(UTC), tenant_id=a).to_json()
+    assert handlers.run_tenant(message) == "synced"
+    assert handlers.run_tenant(message) == "synced"  # in its window: refused from the row, no Graph call
+    assert posts_by_tenant(graph) == {a: 1}
