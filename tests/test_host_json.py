@@ -1,0 +1,35 @@
+"""host.json's settings are chosen on purpose; these say why, and fail if a change breaks the reason."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from shared.importjob import STEP_LEASE
+
+HOST = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+QUEUES = HOST["extensions"]["queues"]
+
+
+def span(text: str) -> timedelta:
+    hours, minutes, seconds = (int(part) for part in text.split(":"))
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def test_an_empty_queue_is_polled_often_enough_for_a_deferred_sync_to_fire_on_time():
+    # The default (1 minute) would fire a pending sync up to a minute after its window ends.
+    assert span(QUEUES["maxPollingInterval"]) <= timedelta(seconds=2)
+
+
+def test_queue_concurrency_per_instance_stays_within_the_extensions_limits():
+    # Tenant syncs wait on Graph, not the CPU: a full batch per instance; at most 32 (the extension's maximum).
+    assert 8 <= QUEUES["batchSize"] <= 32 and QUEUES["newBatchThreshold"] <= QUEUES["batchSize"]
+
+
+def test_a_failed_message_is_retried_soon_and_poisoned_after_five_tries():
+    assert span(QUEUES["visibilityTimeout"]) <= timedelta(seconds=30) and QUEUES["maxDequeueCount"] == 5
+
+
+def test_an_invocation_ends_before_an_import_steps_claim_does():
+    # A step the host cut off at functionTimeout must not still hold the job: its claim outlasts it.
+    assert span(HOST["functionTimeout"]) < STEP_LEASE
