@@ -101,8 +101,16 @@ param importSyncDelaySeconds int = 120
 @maxValue(604800)
 param importWaitTimeoutSeconds int = 14400
 
-@description('Client id of a multi-tenant app registration that trusts the app\'s user-assigned identity (federated identity credential): one deployment then syncs every registered customer tenant. Empty: one tenant, the app\'s own.')
+@description('Many tenants from one deployment: create a multi-tenant app registration (sign-in audience AzureADMultipleOrgs, the Graph application permissions of the enabled targets) whose only credential is a federated identity credential trusting the app\'s user-assigned identity, and set MULTI_TENANT_CLIENT_ID to its client id. Needs the right to create applications (e.g. Application Developer); public cloud only. false (default): one tenant, the app\'s own, as before.')
+param multiTenant bool = false
+
+@description('Bring your own multi-tenant app registration (used only with multiTenant=false): its client id becomes MULTI_TENANT_CLIENT_ID. It needs, added by someone allowed to, a federated identity credential trusting the app\'s identity (issuer: this tenant\'s Entra authority + /v2.0; subject: output AZURE_IDENTITY_PRINCIPAL_ID; audience: api://AzureADTokenExchange) and the Graph application permissions of the enabled targets. Empty (default): one tenant.')
 param multiTenantClientId string = ''
+
+@description('Display name of the multi-tenant app registration (multiTenant=true): what customer administrators see when they consent.')
+@minLength(1)
+@maxLength(256)
+param multiTenantAppDisplayName string = 'intune-sync'
 
 @description('Queue of per-tenant syncs (many tenants).')
 param tenantQueueName string = 'intunesync-tenants'
@@ -177,7 +185,7 @@ var syncSettings = {
   IMPORT_POLL_SECONDS: string(importPollSeconds)
   IMPORT_SYNC_DELAY_SECONDS: string(importSyncDelaySeconds)
   IMPORT_WAIT_TIMEOUT_SECONDS: string(importWaitTimeoutSeconds)
-  MULTI_TENANT_CLIENT_ID: multiTenantClientId
+  MULTI_TENANT_CLIENT_ID: multiTenant ? multiTenantApp.outputs.appId : multiTenantClientId
   TENANT_QUEUE: tenantQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
@@ -240,6 +248,22 @@ module rbac 'app/rbac.bicep' = {
   }
 }
 
+// Many tenants (multiTenant=true): the multi-tenant app registration and its federated identity
+// credential (subject: the identity's principal id). The function app takes its client id
+// (MULTI_TENANT_CLIENT_ID), so it is created before the app. Entra ID does not check the subject
+// when the credential is created, so the identity's replication delay (see the grant below) does
+// not apply here.
+module multiTenantApp 'app/multitenant.bicep' = if (multiTenant) {
+  name: 'multitenant-app'
+  scope: rg
+  params: {
+    uniqueName: 'intune-sync-${resourceToken}'
+    displayName: multiTenantAppDisplayName
+    identityPrincipalId: identity.outputs.principalId
+    appRoles: graphAppRoles
+  }
+}
+
 module api 'app/api.bicep' = {
   name: 'api'
   scope: rg
@@ -284,3 +308,4 @@ output AZURE_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
 output GRAPH_APP_ROLES array = graphAppRoles
+output MULTI_TENANT_CLIENT_ID string = multiTenant ? multiTenantApp.outputs.appId : multiTenantClientId

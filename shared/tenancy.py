@@ -47,7 +47,6 @@ from .tenants import (
 log = logging.getLogger(__name__)
 
 MAX_SERVICES = 256  # tenant services kept per process (each holds a Graph client and its token)
-CHECK_PATH = "/beta/deviceManagement/windowsAutopilotSettings"  # one cheap read the app's role allows
 
 
 @dataclass(frozen=True)
@@ -160,8 +159,9 @@ class Tenancy:
         svc = self.service(tenant)
         try:
             svc.graph.ensure_token()
-            svc.graph.get(CHECK_PATH).raise_for_status("the consent check")
-            state, reason = CONSENTED, "a token was issued and Graph answered"
+            first = next(iter(svc.targets.values()))  # the read its status needs: the role the tenant's targets need
+            first.graph_status()
+            state, reason = CONSENTED, f"a token was issued and Graph answered the {first.name} status read"
         except TokenUnavailable as exc:
             state, reason = token_failure_state(exc.message) or UNAVAILABLE, exc.message
         except GraphAccessDenied as exc:

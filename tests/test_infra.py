@@ -16,6 +16,7 @@ from pycep import BicepParser
 
 from shared import permissions
 from shared.graph import PERMISSION
+from shared.identity import EXCHANGE_AUDIENCE, EXCHANGE_AUDIENCES
 from shared.settings import DEFAULTS, Settings
 
 INFRA = ROOT / "infra"
@@ -30,7 +31,13 @@ def parse(path: Path) -> dict[str, Any]:
 
 
 def param_default(template: dict[str, Any], expression: Any) -> Any:
-    """The default behind an app-setting value: a parameter, or string(parameter)."""
+    """The default behind an app-setting value: a parameter, string(parameter), or
+    `flag ? x : y` on a bool parameter (the branch its default picks)."""
+    if isinstance(expression, dict) and expression.get("operator", {}).get("type") == "conditional":
+        operands = expression["operator"]["operands"]
+        condition = template["parameters"][operands["condition"]]
+        assert condition["type"] == "bool", expression
+        return param_default(template, operands["true_value" if condition["default"] else "false_value"])
     if isinstance(expression, dict):
         function = expression["function"]
         assert function["type"] == "string", expression
@@ -69,7 +76,7 @@ def test_checkov_finds_no_failed_check_and_no_parsing_error():
 
 
 def test_only_modules_with_an_extension_are_left_out_of_checkov():
-    assert [p.name for p in EXTENSION_MODULES] == ["graph-permission.bicep"]
+    assert [p.name for p in EXTENSION_MODULES] == ["graph-permission.bicep", "multitenant.bicep"]
 
 
 def test_every_checkov_suppression_carries_a_justification():
@@ -231,6 +238,22 @@ BICEP_TYPES = {
     "Microsoft.Graph/appRoleAssignedTo@v1.0": {
         "": "appRoleId principalId resourceDisplayName resourceId",
     },
+    "Microsoft.Graph/applications@v1.0": {
+        "": (
+            "addIns api appRoles authenticationBehaviors defaultRedirectUri description "
+            "disabledByMicrosoftStatus displayName groupMembershipClaims identifierUris info "
+            "isDeviceOnlyAuthSupported isFallbackPublicClient keyCredentials logo "
+            "nativeAuthenticationApisEnabled notes optionalClaims owners parentalControlSettings "
+            "passwordCredentials publicClient requestSignatureVerification requiredResourceAccess "
+            "samlMetadataUrl serviceManagementReference servicePrincipalLockConfiguration "
+            "signInAudience spa tags tokenEncryptionKeyId uniqueName verifiedPublisher web"
+        ),
+        "requiredResourceAccess[]": "resourceAccess resourceAppId",
+        "requiredResourceAccess[].resourceAccess[]": "id type",
+    },
+    "Microsoft.Graph/applications/federatedIdentityCredentials@v1.0": {
+        "": "audiences description issuer name subject",
+    },
     "Microsoft.Insights/components@2020-02-02": {
         "": "etag kind location name properties tags",
         "properties": (
@@ -372,8 +395,16 @@ BICEP_TYPES = {
     },
 }
 
-# The same source: the values those types list for the strings the Bicep sets.
+# The same source: the values those types list for the strings the Bicep sets. (The Microsoft Graph
+# types declare these strings as plain strings; their values are those the property's description
+# in the same types.json names as the possible values.)
 BICEP_TYPE_VALUES = {
+    "Microsoft.Graph/applications@v1.0": {
+        "signInAudience": (
+            "AzureADMultipleOrgs", "AzureADMyOrg", "AzureADandPersonalMicrosoftAccount", "PersonalMicrosoftAccount",
+        ),
+        "requiredResourceAccess[].resourceAccess[].type": ("Role", "Scope"),
+    },
     "Microsoft.Authorization/roleAssignments@2022-04-01": {
         "properties.principalType": (
             "AgentServicePrincipal", "AgentUser", "Device", "ForeignGroup", "Group",
@@ -438,6 +469,10 @@ BICEP_TYPE_VALUES = {
 
 # Bicep keywords inside a resource body that are not properties of the resource type.
 BICEP_RESOURCE_KEYWORDS = {"parent", "scope", "dependsOn"}
+# pycep lists a nested child resource (declared inside its parent's body, as Microsoft documents
+# for Microsoft.Graph/applications/federatedIdentityCredentials) as "<parent>__<child>", with its
+# full type already carrying "@<api-version>" and an implicit depends_on on the parent.
+PYCEP_NESTED_DEPENDS_ON = "depends_on"
 
 
 def deployed_resources(template: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -449,7 +484,12 @@ def deployed_resources(template: dict[str, Any]) -> dict[str, tuple[str, dict[st
         body = resource["config"]
         while isinstance(body, dict) and "config" in body and ("loop_type" in body or "condition" in body):
             body = body["config"]  # a resource loop or condition: its body
-        found[symbol] = (f"{resource['type']}@{resource['api_version']}", body)
+        kind = resource["type"] if "@" in resource["type"] else f"{resource['type']}@{resource['api_version']}"
+        if "__" in symbol:  # a nested child: pycep's implicit dependency is no property of the type
+            parent = symbol.rsplit("__", 1)[0]
+            assert body.get(PYCEP_NESTED_DEPENDS_ON) == [parent], (symbol, body)
+            body = {key: value for key, value in body.items() if key != PYCEP_NESTED_DEPENDS_ON}
+        found[symbol] = (kind, body)
     return found
 
 
@@ -563,6 +603,8 @@ def test_every_property_and_sku_set_exists_in_microsofts_bicep_types_for_its_api
             _check_against_types(kind, body, "", template, problems)
     assert not problems, "\n".join(problems)
     assert {"Microsoft.Web/sites@2024-04-01", "Microsoft.Storage/storageAccounts@2023-05-01"} <= checked
+    # The Microsoft Graph resources are checked too, against the msgraph-bicep-types definitions.
+    assert {GRAPH_APPLICATION, GRAPH_FIC, "Microsoft.Graph/appRoleAssignedTo@v1.0"} <= checked
 
 
 def test_the_type_check_catches_a_property_microsoft_does_not_define():
@@ -570,3 +612,113 @@ def test_the_type_check_catches_a_property_microsoft_does_not_define():
     site = {"properties": {"siteConfig": {"minTlsVersion": "1.2", "ftpsStat": "Disabled"}, "clientCertMode": "Sometimes"}}
     _check_against_types("Microsoft.Web/sites@2024-04-01", site, "", {"parameters": {}, "variables": {}}, problems)
     assert len(problems) == 2 and "ftpsStat" in problems[0] + problems[1] and "Sometimes" in problems[0] + problems[1]
+
+
+def test_the_type_check_catches_a_wrong_sign_in_audience_and_a_graph_property_microsoft_does_not_define():
+    problems: list[str] = []
+    app = {"uniqueName": "x", "displayName": "x", "signInAudience": "AzureADMultipleOrg", "passwordCredential": []}
+    _check_against_types(GRAPH_APPLICATION, app, "", {"parameters": {}, "variables": {}}, problems)
+    assert len(problems) == 2 and "AzureADMultipleOrg'" in "".join(problems) and "passwordCredential " in "".join(problems)
+
+
+# --- many tenants (issue 13): the multi-tenant app registration, trusted by the app's identity ---
+
+GRAPH_APPLICATION = "Microsoft.Graph/applications@v1.0"
+GRAPH_FIC = "Microsoft.Graph/applications/federatedIdentityCredentials@v1.0"
+MICROSOFT_GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+
+
+def accessor(expression: Any) -> list[Any]:
+    """a.b.c (pycep's nested property accessors) -> ["a", "b", "c"]."""
+    if isinstance(expression, dict) and expression.get("operator", {}).get("type") == "property_accessor":
+        operands = expression["operator"]["operands"]
+        return accessor(operands["operand_1"]) + accessor(operands["operand_2"])
+    return [expression]
+
+
+def multi_tenant_resources() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The module, its application and its federated identity credential (bodies)."""
+    module = parse(INFRA / "app" / "multitenant.bicep")
+    resources = deployed_resources(module)
+    [app] = [body for kind, body in resources.values() if kind == GRAPH_APPLICATION]
+    [fic] = [body for kind, body in resources.values() if kind == GRAPH_FIC]
+    assert len(resources) == 2  # nothing else: no service principal, no grant, no credential of another kind
+    return module, app, fic
+
+
+def test_multi_tenant_defaults_off_and_then_multi_tenant_client_id_is_empty():
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["multiTenant"]["type"] == "bool"
+    assert main["parameters"]["multiTenant"]["default"] is False
+    setting = main["variables"]["syncSettings"]["value"]["MULTI_TENANT_CLIENT_ID"]
+    conditional = setting["operator"]
+    assert conditional["type"] == "conditional" and conditional["operands"]["condition"] == "multiTenant"
+    assert accessor(conditional["operands"]["true_value"]) == ["multiTenantApp", "outputs", "appId"]
+    assert conditional["operands"]["false_value"] == "multiTenantClientId"  # bring your own; '' by default
+    assert param_default(main, setting) == "" == DEFAULTS["MULTI_TENANT_CLIENT_ID"]  # single tenant, as before
+    # The app registration exists only with multiTenant=true, and the output says which client id the app has.
+    module = main["modules"]["multiTenantApp"]
+    assert module["detail"]["path"] == "app/multitenant.bicep" and module["config"]["condition"] == "multiTenant"
+    assert main["outputs"]["MULTI_TENANT_CLIENT_ID"]["value"] == setting
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["multiTenant"]["value"] == "${MULTI_TENANT=false}"
+    # azd writes outputs back into its environment: the bring-your-own input has another name than
+    # the MULTI_TENANT_CLIENT_ID output, so a created app's id never comes back in as "your own".
+    assert "MULTI_TENANT_CLIENT_ID" not in json.dumps(azd)
+
+
+def test_the_multi_tenant_app_is_multi_tenant_and_requires_the_roles_of_the_enabled_targets():
+    main = parse(INFRA / "main.bicep")
+    params = main["modules"]["multiTenantApp"]["config"]["config"]["params"]
+    assert params["appRoles"] == "graphAppRoles"  # the same roles as the identity's own grant
+    assert "resourceToken" in params["uniqueName"]  # one app registration per azd environment
+    module, app, _ = multi_tenant_resources()
+    assert app["signInAudience"] == "AzureADMultipleOrgs"
+    assert app["uniqueName"] == "uniqueName" and app["displayName"] == "displayName"
+    [graph] = app["requiredResourceAccess"]
+    assert module["variables"][graph["resourceAppId"]]["value"] == MICROSOFT_GRAPH_APP_ID
+    access = graph["resourceAccess"]
+    assert access["loop_type"]["detail"] == {"item_name": "role", "array_name": "appRoles"}  # one per role
+    assert access["config"]["type"] == "Role"  # application permissions, not delegated scopes
+    # Each role id is looked up by name among the appRoles of the Microsoft Graph service principal.
+    role_id = json.dumps(access["config"]["id"])
+    assert '"filter"' in role_id and '"microsoftGraph"' in role_id and '"appRoles"' in role_id
+    graph_sp = module["resources"]["microsoftGraph"]
+    assert graph_sp["existing"] and graph_sp["type"] == "Microsoft.Graph/servicePrincipals"
+    assert module["variables"][graph_sp["config"]["appId"]]["value"] == MICROSOFT_GRAPH_APP_ID
+    assert module["parameters"]["appRoles"].get("default") is None
+    assert accessor(module["outputs"]["appId"]["value"]) == ["multiTenantApp", "appId"]
+
+
+def test_the_federated_credential_trusts_the_identitys_principal_id_for_the_exchange_audience():
+    module, _, fic = multi_tenant_resources()
+    assert fic["name"].startswith("${multiTenantApp.uniqueName}/")  # the extension's '<app>/<credential>'
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{2,119}", fic["name"].split("/", 1)[1])  # Entra's name rule
+    # subject: the identity's principal (object) id, handed in from the identity module (not its client id)
+    assert fic["subject"] == "identityPrincipalId" and module["parameters"]["identityPrincipalId"].get("default") is None
+    params = parse(INFRA / "main.bicep")["modules"]["multiTenantApp"]["config"]["config"]["params"]
+    assert accessor(params["identityPrincipalId"]) == ["identity", "outputs", "principalId"]
+    # issuer: the Entra authority of this tenant, v2.0
+    assert module["variables"][fic["issuer"]]["value"] == (
+        "${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0"
+    )
+    # audience: api://AzureADTokenExchange in the public cloud; the clouds' own as the code knows them
+    [audience] = fic["audiences"]
+    audiences = module["variables"]["exchangeAudiences"]["value"]
+    assert audiences["AzureCloud"] == EXCHANGE_AUDIENCE == "api://AzureADTokenExchange"
+    assert set(audiences.values()) == {EXCHANGE_AUDIENCE, *EXCHANGE_AUDIENCES.values()}
+    chosen = module["variables"][audience]["value"]["operator"]["operands"]
+    assert chosen["condition"]["function"]["type"] == "contains"
+    assert accessor(chosen["false_value"]) == ["exchangeAudiences", "AzureCloud"]
+
+
+def test_no_secret_or_certificate_credential_anywhere_in_the_bicep():
+    for path in BICEP_FILES:
+        text = path.read_text()
+        assert not re.search(r"passwordCredentials|keyCredentials|addPassword|addKey|clientSecret", text, re.I), path.name
+        for kind, body in deployed_resources(parse(path)).values():
+            if kind.startswith("Microsoft.Graph/applications@") or kind.startswith("Microsoft.Graph/servicePrincipals@"):
+                assert not {"passwordCredentials", "keyCredentials"} & set(body), path.name
+    module, _, _ = multi_tenant_resources()
+    for name in module["outputs"]:
+        assert not re.search(r"key|secret|password|certificate", name, re.I), name
