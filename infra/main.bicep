@@ -185,7 +185,7 @@ var syncSettings = {
   IMPORT_POLL_SECONDS: string(importPollSeconds)
   IMPORT_SYNC_DELAY_SECONDS: string(importSyncDelaySeconds)
   IMPORT_WAIT_TIMEOUT_SECONDS: string(importWaitTimeoutSeconds)
-  MULTI_TENANT_CLIENT_ID: multiTenant ? multiTenantApp.outputs.appId : multiTenantClientId
+  MULTI_TENANT_CLIENT_ID: multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
   TENANT_QUEUE: tenantQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
@@ -252,7 +252,8 @@ module rbac 'app/rbac.bicep' = {
 // credential (subject: the identity's principal id). The function app takes its client id
 // (MULTI_TENANT_CLIENT_ID), so it is created before the app. Entra ID does not check the subject
 // when the credential is created, so the identity's replication delay (see the grant below) does
-// not apply here.
+// not apply here. Its output is read only under `multiTenant ?` (hence the `!`): ARM evaluates
+// only the branch if() takes, so with multiTenant=false nothing reads the skipped module.
 module multiTenantApp 'app/multitenant.bicep' = if (multiTenant) {
   name: 'multitenant-app'
   scope: rg
@@ -308,4 +309,4 @@ output AZURE_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
 output GRAPH_APP_ROLES array = graphAppRoles
-output MULTI_TENANT_CLIENT_ID string = multiTenant ? multiTenantApp.outputs.appId : multiTenantClientId
+output MULTI_TENANT_CLIENT_ID string = multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
