@@ -172,8 +172,13 @@ class Following(ServiceCore):
         return True
 
     def _notify(self, notification: Notification) -> None:
-        if self.notifier is not None:
-            self.notifier.send(notification)
+        if self.notifier is None:
+            return
+        if self.tenant is not None:
+            if notification.event == "syncStarted":
+                return  # thousands of tenants each hour: only what needs someone's attention is sent
+            notification = replace(notification, tenant=self.tenant)
+        self.notifier.send(notification)
 
     def sweep(self, limit: int = SWEEP_LIMIT) -> Swept:
         """Delete expired rows (shared/retention.py): history older than HISTORY_RETENTION_DAYS,

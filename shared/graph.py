@@ -227,6 +227,7 @@ class GraphClient:
         retry: RetryPolicy = RetryPolicy(),
         pool_size: int = 32,  # at least the fan-out's workers, so connections are reused
         write_limiter: WriteLimiter | None = None,
+        token_source: str = "the identity endpoint",  # named in a token error
     ):
         self.base_url = base_url.rstrip("/")
         self._credential = credential
@@ -236,6 +237,7 @@ class GraphClient:
         self._token_lock = threading.Lock()
         self._writes = write_limiter or WriteLimiter()
         self.token_requests = 0  # how many times a token was asked for (tests count it)
+        self._token_source = token_source
         self._session = requests.Session()
         adapter = HTTPAdapter(
             pool_connections=1,
@@ -387,7 +389,7 @@ class GraphClient:
             except Exception as exc:  # azure-identity raises several unrelated types
                 self._token = None
                 text = str(exc).splitlines()[0] if str(exc) else ""
-                error = TokenUnavailable(f"Could not get a token for {self._scope} from the identity endpoint: "
+                error = TokenUnavailable(f"Could not get a token for {self._scope} from {self._token_source}: "
                                          f"{type(exc).__name__}: {text}")
                 if _TOKEN_REFUSED.search(text):  # Entra refused for good (no consent, unknown tenant): not an outage
                     error.http_status = 502

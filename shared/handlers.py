@@ -20,8 +20,9 @@ def run_deferred(message: str) -> SyncResult | None:
     if fire.tenant:  # a registered customer tenant's pending sync
         registry = tenancy()
         tenant = registry.registry.get(fire.tenant) if registry else None
-        if registry is None or tenant is None:
-            log.warning("deferred sync for tenant %s: not registered (or multi-tenant mode is off); dropped", fire.tenant)
+        if registry is None or tenant is None or not tenant.enabled:
+            log.warning("deferred sync for tenant %s: not registered, disabled, or multi-tenant mode is off; dropped",
+                        fire.tenant)
             return None
         svc = registry.service(tenant)
     result = svc.fire(fire)

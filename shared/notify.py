@@ -45,6 +45,7 @@ class Notification:
     sync_status: str | None = None
     # An import job's summary (importCompleted): its id, counts per device state, failed devices.
     details: dict[str, Any] | None = None
+    tenant: str | None = None  # a registered customer tenant's sync (None: the app's own tenant)
 
     def to_json(self, app: str) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class Notification:
             "lastSyncDateTime": self.last_sync_date_time,
             "syncStatus": self.sync_status,
             **({"import": self.details} if self.details is not None else {}),
+            **({"tenantId": self.tenant} if self.tenant else {}),
         }
 
     def to_adaptive_card(self, app: str) -> dict[str, Any]:
@@ -68,6 +70,7 @@ class Notification:
         facts = [
             {"title": name, "value": str(value)}
             for name, value in (
+                ("Tenant", self.tenant),
                 ("Target", self.target),
                 ("Outcome", self.outcome),
                 ("At", iso(self.at)),

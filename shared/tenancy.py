@@ -98,7 +98,8 @@ class Tenancy:
                 return found
         settings = replace(self.settings, sync_targets=targets)
         graph = GraphClient(settings.graph_base_url, self.credentials.for_tenant(tenant.id), settings.graph_scope,
-                            timeout=settings.graph_timeout_seconds, pool_size=4)
+                            timeout=settings.graph_timeout_seconds, pool_size=4,
+                            token_source=f"Microsoft Entra ID for tenant {tenant.id} (asserting with the app's identity)")
         table = self._tables.get_table_client(table_name_of(self.settings.state_table, tenant.id))
         built = SyncService(settings, graph, StateStore(table), self.home.clock, self.home.operations, self.home.notifier,
                             self.home.queue, tenant=tenant.id)
@@ -144,7 +145,8 @@ class Tenancy:
             return "skipped: not registered or disabled"
         svc = self.service(tenant)
         results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})")
-        svc.repair()
+        svc.repair()  # what the watcher does for the home tenant, once per tick for each tenant
+        svc.sweep()  # bounded: the tenant's old history and asks
         state, reason = state_of_results(results)
         reason = self._for_tenant(tenant.id, state, reason)
         self.registry.record(tenant.id, state, reason, self.home.clock())
@@ -159,9 +161,11 @@ class Tenancy:
         svc = self.service(tenant)
         try:
             svc.graph.ensure_token()
-            first = next(iter(svc.targets.values()))  # the read its status needs: the role the tenant's targets need
-            first.graph_status()
-            state, reason = CONSENTED, f"a token was issued and Graph answered the {first.name} status read"
+            # One status read per distinct set of roles the tenant's targets need, so a missing one is named.
+            readers = {target.roles: target for target in svc.targets.values()}
+            for target in readers.values():
+                target.graph_status()
+            state, reason = CONSENTED, f"a token was issued and Graph answered {', '.join(t.name for t in readers.values())}"
         except TokenUnavailable as exc:
             state, reason = token_failure_state(exc.message) or UNAVAILABLE, exc.message
         except GraphAccessDenied as exc:

@@ -13,6 +13,7 @@ from conftest import call, drain, faults, sync_posts
 from emulators.entra import DEFAULT_CLIENT_ID
 from emulators.tokens import HOME_TENANT
 from shared import handlers, runtime
+from shared.deferred import PendingFire
 from shared.tenancy import TenantMessage
 
 MI_CLIENT_ID = "3b8f0c2e-6d4a-4f1b-9e7c-2a5d8f1e0c93"  # the app's user-assigned identity
@@ -196,4 +197,28 @@ def test_a_duplicated_fan_out_message_does_nothing_twice(mt_env, graph):
     message = TenantMessage("tenant", datetime.now(UTC), tenant_id=a).to_json()
     assert handlers.run_tenant(message) == "synced"
     assert handlers.run_tenant(message) == "synced"  # in its window: refused from the row, no Graph call
+    assert posts_by_tenant(graph) == {a: 1}
+
+
+def test_a_tenants_failure_is_notified_with_its_tenant_and_its_starts_are_not(mt_env, graph, sink, monkeypatch):
+    monkeypatch.setenv("NOTIFY_URL", sink.url)
+    runtime.reload()
+    register(TENANTS[13], BROKEN)
+    faults(graph, {"tenant": BROKEN, "pathContains": "windowsAutopilotSettings/sync", "status": 503, "times": 100})
+    tick(mt_env)
+    runtime.service().notifier.flush(timeout=10)
+    tenants_told = [(n["event"], n.get("tenantId")) for n in sink.received if n.get("tenantId")]
+    assert tenants_told == [("syncFailed", BROKEN)]
+
+
+def test_a_pending_sync_of_a_tenant_disabled_meanwhile_does_not_fire(mt_env, graph):
+    a = TENANTS[14]
+    register(a)
+    call("POST", f"tenants/{a}/sync/autopilot")
+    call("POST", f"tenants/{a}/sync/autopilot?defer=true")
+    register(a, enabled=False)
+    fired = drain(mt_env, "SYNC_QUEUE", handlers.run_deferred)  # whatever is visible now; the pending one is later
+    state = runtime.tenancy().service(runtime.tenancy().registry.get(a)).store.read("autopilot")
+    message = PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at, 0, a).to_json()
+    assert handlers.run_deferred(message) is None and fired == 0
     assert posts_by_tenant(graph) == {a: 1}
