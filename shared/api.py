@@ -237,9 +237,12 @@ def _import_poll_seconds() -> str:
 def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
     registry = _tenancy()
     continuation = req.params.get("continuation") or None
-    if continuation is not None and (len(continuation) > 300 or not re.fullmatch(r"[A-Za-z0-9|_-]*", continuation)):
+    if continuation is not None and (len(continuation) > 1000 or not re.fullmatch(r"[A-Za-z0-9_-]+=*", continuation)):
         raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned")
-    tenants, following = registry.registry.page(continuation)
+    try:
+        tenants, following = registry.registry.page(continuation)
+    except ValueError:
+        raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned") from None
     return json_response({"tenants": [t.to_json() for t in tenants], "continuation": following})
 
 
@@ -258,6 +261,9 @@ def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ApiError(400, "InvalidBody", "enabled must be true or false")
+    if tenant_id == registry.home_tenant():
+        raise ApiError(409, "HomeTenant", "this is the app's own tenant: its routes and timer already sync it "
+                       "(registering it would sync it twice in one Graph window)")
     tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled)
     saved, created = registry.registry.put(tenant, registry.home.clock())
     answer = saved.to_json() | {"consentUrl": registry.credentials.consent_url(tenant_id)}

@@ -317,6 +317,10 @@ class GraphClient:
             response = self._send(method, path, json, token, deadline, client_request_id, params)
         return response
 
+    def current_token(self) -> str:
+        """The token this client uses now (fetched if needed)."""
+        return self._get_token()
+
     def ensure_token(self) -> None:
         """Get (or reuse) the token now. The service calls this before it claims a unit, so that
         a slow or dead identity endpoint never holds a lease."""

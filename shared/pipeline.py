@@ -53,13 +53,14 @@ class SyncPipeline(ServiceCore):
         with ThreadPoolExecutor(max_workers=min(FANOUT_WORKERS, len(planned))) as pool:
             return list(pool.map(lambda p: self._run_planned(target, p, request, known), planned))
 
-    def sync_enabled(self, trigger: Trigger = Trigger.TIMER, caller: str = "timer") -> list[SyncResult]:
-        """Every enabled target; one target's failure never stops the others."""
+    def sync_enabled(self, trigger: Trigger = Trigger.TIMER, caller: str = "timer", defer: bool = True) -> list[SyncResult]:
+        """Every enabled target; one target's failure never stops the others. ``defer``: a tick
+        inside a cooldown becomes the pending sync rather than being lost (the home timer); a
+        tenant's fan-out message does not defer, so that a duplicate of it does nothing."""
         results: list[SyncResult] = []
         for name in self.targets:
             try:
-                # A tick inside a cooldown becomes the pending sync rather than being lost.
-                results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller, defer=True)))
+                results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller, defer=defer)))
             except Exception as exc:  # isolate: log and go on with the next target
                 log.exception("sync of %s failed unexpectedly", name)
                 results.append(

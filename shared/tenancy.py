@@ -17,6 +17,7 @@ registry: one tenant's failure is its own and never slows the others.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -84,6 +85,8 @@ class Tenancy:
         self.registry = TenantStore(home.store._table)
         self._services: OrderedDict[tuple[str, tuple[str, ...]], SyncService] = OrderedDict()
         self._lock = threading.Lock()
+        self.page_size = PAGE_SIZE
+        self._home_tenant: str | None = None
 
     # --- services ---------------------------------------------------------------------------
 
@@ -104,10 +107,10 @@ class Tenancy:
         built = SyncService(settings, graph, StateStore(table), self.home.clock, self.home.operations, self.home.notifier,
                             self.home.queue, tenant=tenant.id)
         with self._lock:
-            self._services[key] = built
+            built = self._services.setdefault(key, built)  # a concurrent build of the same tenant: one wins
             while len(self._services) > MAX_SERVICES:
-                _, dropped = self._services.popitem(last=False)
-                dropped.graph.close()
+                # Not closed: a message may still be using it; its pool goes when the last user lets go.
+                self._services.popitem(last=False)
         return built
 
     # --- fan-out ------------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class Tenancy:
         return self._sync(message)
 
     def _page(self, message: TenantMessage) -> str:
-        tenants, following = self.registry.page(message.continuation, PAGE_SIZE)
+        tenants, following = self.registry.page(message.continuation, self.page_size)
         now = self.home.clock()
         if following:  # first, so that a fault in the sends below never loses the rest of the registry
             self.queue.schedule(TenantMessage("page", message.tick, continuation=following), now)
@@ -144,7 +147,8 @@ class Tenancy:
         if tenant is None or not tenant.enabled:
             return "skipped: not registered or disabled"
         svc = self.service(tenant)
-        results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})")
+        # No defer: a duplicated (or retried) message finds the unit in its window and does nothing.
+        results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})", defer=False)
         svc.repair()  # what the watcher does for the home tenant, once per tick for each tenant
         svc.sweep()  # bounded: the tenant's old history and asks
         state, reason = state_of_results(results)
@@ -185,6 +189,27 @@ class Tenancy:
             return (f"the tenant has not consented to the multi-tenant app: an admin opens "
                     f"{self.credentials.consent_url(tenant_id)} ({reason})")[:1000]
         return reason
+
+
+    def home_tenant(self) -> str | None:
+        """The app's own tenant (the ``tid`` of its own Graph token), or None if it cannot be read:
+        registering it would give it two state tables and two syncs in one Graph window."""
+        if self._home_tenant is None:
+            try:
+                self._home_tenant = _claim(self.home.graph.current_token(), "tid")
+            except AppError:
+                return None
+        return self._home_tenant
+
+
+def _claim(token: str, name: str) -> str | None:
+    """One claim of a JWT we were issued (read, not validated: it only names our own tenant)."""
+    try:
+        payload = token.split(".")[1]
+        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get(name)
+    except (IndexError, ValueError, AttributeError):
+        return None
+    return str(value).lower() if value else None
 
 
 def table_name_of(state_table: str, tenant_id: str) -> str:

@@ -8,6 +8,8 @@ for the token, Graph's 403 for a missing role.
 """
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -138,16 +140,20 @@ class TenantStore(TableStore):
 
 
 def _token_text(token: Any) -> str | None:
-    """The table SDK's continuation token ({"PartitionKey", "RowKey"}) as one string for a message."""
+    """The table SDK's continuation token (a dict) as one URL-safe string for a message or a query."""
     if not token:
         return None
-    if isinstance(token, dict):
-        return f"{token.get('PartitionKey') or ''}|{token.get('RowKey') or ''}"
-    return str(token)
+    return base64.urlsafe_b64encode(json.dumps(token, separators=(",", ":")).encode()).decode()
 
 
 def token_of(text: str | None) -> dict[str, str] | None:
+    """The SDK's token back; anything that is not one of ours is refused (ValueError)."""
     if not text:
         return None
-    partition, _, row = text.partition("|")
-    return {"PartitionKey": partition, "RowKey": row}
+    try:
+        token = json.loads(base64.urlsafe_b64decode(text.encode()))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a continuation token of this app") from exc
+    if not isinstance(token, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in token.items()):
+        raise ValueError("not a continuation token of this app")
+    return token

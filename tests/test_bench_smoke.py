@@ -19,3 +19,16 @@ def test_the_bench_smoke_run_produces_every_figure():
     assert met["Granted sync: Graph calls / table round trips"] == "yes"
     assert met["Refusal, new instance: Graph calls / table round trips"] == "yes"
     assert met["Contention: Graph sync POSTs / 202s / 5xx"] == "yes"
+
+
+def test_the_tenants_bench_smoke_run_syncs_each_tenant_once_with_one_token_and_one_graph_call():
+    run = subprocess.run([sys.executable, "-m", "bench.tenants", "--smoke", "--out", "-"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in run.stdout.splitlines()
+            if line.startswith("| ") and line.count("|") >= 4}
+    assert rows["Outcomes in the registry"] == "20 synced"
+    assert rows["Token requests per tenant (Entra)"] == "1.00"
+    assert rows["Graph calls per tenant"] == "1.00"
+    assert rows["— state read"] == rows["— state claim"] == rows["— state commit (transaction)"] == "1.00"
+    assert "Instances for 10,000 in 10 min" in run.stdout and "Recommendation: `instanceMemoryMB`" in run.stdout

@@ -17,6 +17,7 @@ from shared.tenants import (
     UNAVAILABLE,
     UNKNOWN_TENANT,
     Tenant,
+    _token_text,
     state_of_results,
     token_failure_state,
     token_of,
@@ -76,11 +77,17 @@ def test_the_exchange_audience_follows_the_cloud_of_the_authority(authority, aud
 
 
 def test_a_fan_out_message_round_trips_and_a_stranger_is_refused():
-    message = TenantMessage("page", datetime(2026, 11, 25, tzinfo=UTC), continuation="tenants|abc")
+    message = TenantMessage("page", datetime(2026, 11, 25, tzinfo=UTC), continuation="eyJhIjoiYiJ9")
     assert TenantMessage.from_json(message.to_json()) == message
     with pytest.raises(ValueError):
         TenantMessage.from_json('{"kind": "other", "tick": "2026-11-25T00:00:00Z"}')
 
 
-def test_a_continuation_token_survives_a_message():
-    assert token_of("tenants|72f9") == {"PartitionKey": "tenants", "RowKey": "72f9"} and token_of(None) is None
+def test_a_continuation_token_survives_a_message_and_a_forged_one_is_refused():
+    token = {"NextPartitionKey": "1!12!dGVuYW50cw--", "NextRowKey": "1!48!NzJmOQ--"}
+    text = _token_text(token)
+    assert text and text.replace("-", "").replace("_", "").replace("=", "").isalnum() and token_of(text) == token
+    assert token_of(None) is None
+    for forged in ("not base64!", "WzFd", "eyJhIjogMX0="):  # garbage, a JSON list, a non-string value
+        with pytest.raises(ValueError):
+            token_of(forged)

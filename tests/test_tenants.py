@@ -52,6 +52,12 @@ def tick(env) -> None:
     drain(env, "TENANT_QUEUE", handlers.run_tenant)
 
 
+def tenant_pending_fires(env) -> list[str]:
+    """The registered tenants that have a deferred sync waiting (from their own state rows)."""
+    registry = runtime.tenancy()
+    return [t.id for t in registry.registry.page()[0] if registry.service(t).store.read("autopilot").pending_id]
+
+
 def posts_by_tenant(graph) -> dict[str, int]:
     """Sync POSTs per customer tenant (the app's own tenant, synced by the timer as before, left out)."""
     found: dict[str, int] = {}
@@ -70,6 +76,22 @@ def test_one_tick_syncs_each_registered_tenant_once_with_its_own_token_and_a_sec
     assert all(issued[t]["tokenRequests"] == 1 for t in good)  # one token per tenant
     tick(mt_env)
     assert posts_by_tenant(graph) == {t: 1 for t in good}
+    assert tenant_pending_fires(mt_env) == []  # nothing deferred for a later window either (the home timer's own may be)
+
+
+def test_a_registry_of_several_pages_is_synced_once_per_tenant(mt_env, graph):
+    runtime.tenancy().page_size = 7  # 3 pages for 20 tenants (500 in production)
+    register(*TENANTS[3:23])
+    tick(mt_env)
+    assert posts_by_tenant(graph) == {t: 1 for t in TENANTS[3:23]}
+    first = call("GET", "tenants")[2]
+    assert len(first["tenants"]) == 20 and first["continuation"] is None
+    assert call("GET", "tenants?continuation=not%20ours")[0] == 400
+
+
+def test_the_apps_own_tenant_cannot_be_registered(mt_env):
+    code, _, body = call("PUT", f"tenants/{HOME_TENANT}", {"displayName": "us"})
+    assert (code, body["error"]["code"]) == (409, "HomeTenant")
 
 
 def test_a_tenant_without_consent_one_without_the_role_and_one_graph_fails_each_get_their_own_reason(mt_env, graph):
@@ -197,7 +219,7 @@ def test_a_duplicated_fan_out_message_does_nothing_twice(mt_env, graph):
     message = TenantMessage("tenant", datetime.now(UTC), tenant_id=a).to_json()
     assert handlers.run_tenant(message) == "synced"
     assert handlers.run_tenant(message) == "synced"  # in its window: refused from the row, no Graph call
-    assert posts_by_tenant(graph) == {a: 1}
+    assert posts_by_tenant(graph) == {a: 1} and tenant_pending_fires(mt_env) == []  # and nothing deferred
 
 
 def test_a_tenants_failure_is_notified_with_its_tenant_and_its_starts_are_not(mt_env, graph, sink, monkeypatch):
