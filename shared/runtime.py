@@ -56,12 +56,11 @@ def _tenancy() -> Tenancy | None:
         return None
     from .deferred import PendingQueue
     from .identity import TenantCredentials, make_credential
-    from .storage import queue_client, table_service
+    from .storage import queue_client
     from .tenancy import Tenancy
 
     queue = PendingQueue(lambda: queue_client(current.storage, current.tenant_queue, make_credential))
-    return Tenancy(service(), table_service(current.storage, make_credential),
-                   TenantCredentials(current.multi_tenant_client_id, current.azure_client_id), queue)
+    return Tenancy(service(), TenantCredentials(current.multi_tenant_client_id, current.azure_client_id), queue)
 
 
 def tenancy() -> Tenancy | None:

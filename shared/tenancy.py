@@ -23,16 +23,17 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .deferred import PendingQueue
 from .errors import AppError, GraphAccessDenied, TokenUnavailable, UpstreamError
 from .graph import GraphClient
-from .identity import TenantCredentials
+from .identity import TenantCredentials, make_credential
 from .model import Trigger, iso
 from .service import SyncService
 from .state import StateStore
+from .storage import table_client
 from .tenants import (
     CONSENTED,
     MISSING_ROLE,
@@ -48,6 +49,7 @@ from .tenants import (
 log = logging.getLogger(__name__)
 
 MAX_SERVICES = 256  # tenant services kept per process (each holds a Graph client and its token)
+SWEEP_EVERY = timedelta(days=1)  # each tenant's retention sweep, at its first tick after this
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,8 @@ class TenantMessage:
 class Tenancy:
     """The registry and a service per tenant, around the home service."""
 
-    def __init__(self, home: SyncService, table_service: Any, credentials: TenantCredentials, queue: PendingQueue):
+    def __init__(self, home: SyncService, credentials: TenantCredentials, queue: PendingQueue):
         self.home, self.settings, self.credentials, self.queue = home, home.settings, credentials, queue
-        self._tables = table_service
         self.registry = TenantStore(home.store._table)
         self._services: OrderedDict[tuple[str, tuple[str, ...]], SyncService] = OrderedDict()
         self._lock = threading.Lock()
@@ -103,7 +104,10 @@ class Tenancy:
         graph = GraphClient(settings.graph_base_url, self.credentials.for_tenant(tenant.id), settings.graph_scope,
                             timeout=settings.graph_timeout_seconds, pool_size=4,
                             token_source=f"Microsoft Entra ID for tenant {tenant.id} (asserting with the app's identity)")
-        table = self._tables.get_table_client(table_name_of(self.settings.state_table, tenant.id))
+        # A table client of its own: clients made from one service client share its policy objects,
+        # and building one while another sends a request re-links them under it (azure-core's
+        # "_SansIOHTTPPolicyRunner has no attribute next", seen in the 10,000-tenant benchmark).
+        table = table_client(self.settings.storage, table_name_of(self.settings.state_table, tenant.id), make_credential)
         built = SyncService(settings, graph, StateStore(table), self.home.clock, self.home.operations, self.home.notifier,
                             self.home.queue, tenant=tenant.id)
         with self._lock:
@@ -150,10 +154,13 @@ class Tenancy:
         # No defer: a duplicated (or retried) message finds the unit in its window and does nothing.
         results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})", defer=False)
         svc.repair()  # what the watcher does for the home tenant, once per tick for each tenant
-        svc.sweep()  # bounded: the tenant's old history and asks
+        now = self.home.clock()
+        swept = tenant.last_swept_at is None or now - tenant.last_swept_at >= SWEEP_EVERY
+        if swept:  # the tenant's old history and asks: bounded, and once a day (four queries)
+            svc.sweep()
         state, reason = state_of_results(results)
         reason = self._for_tenant(tenant.id, state, reason)
-        self.registry.record(tenant.id, state, reason, self.home.clock())
+        self.registry.record(tenant.id, state, reason, now, swept_at=now if swept else None)
         level = logging.INFO if state == "synced" else logging.WARNING
         log.log(level, "tenant %s: %s %s", tenant.id, state, reason)
         return state

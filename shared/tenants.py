@@ -44,6 +44,7 @@ class Tenant:
     last_checked_at: datetime | None = None
     last_state: str | None = None  # synced, failed, or a consent state (see above)
     last_reason: str | None = None
+    last_swept_at: datetime | None = None  # the tenant table's last retention sweep
     etag: str | None = None
 
     def target_names(self, enabled: tuple[str, ...]) -> tuple[str, ...]:
@@ -93,7 +94,8 @@ class TenantStore(TableStore):
         merged = replace(tenant, created_at=current.created_at if current else now, updated_at=now,
                          last_checked_at=current.last_checked_at if current else None,
                          last_state=current.last_state if current else None,
-                         last_reason=current.last_reason if current else None)
+                         last_reason=current.last_reason if current else None,
+                         last_swept_at=current.last_swept_at if current else None)
         self._table.upsert_entity(self._entity(merged), mode=UpdateMode.REPLACE)
         return merged, current is None
 
@@ -125,11 +127,14 @@ class TenantStore(TableStore):
         return tenants, _token_text(pages.continuation_token)
 
     @store_errors
-    def record(self, tenant_id: str, state: str, reason: str, at: datetime) -> None:
+    def record(self, tenant_id: str, state: str, reason: str, at: datetime, swept_at: datetime | None = None) -> None:
         """What a tenant's last sync or check said (a merge: the tenant's settings are kept)."""
+        row: dict[str, Any] = {"PartitionKey": PARTITION, "RowKey": tenant_id, "lastState": state,
+                               "lastReason": reason[:1000], "lastCheckedAt": at}
+        if swept_at is not None:
+            row["lastSweptAt"] = swept_at
         try:
-            self._table.update_entity({"PartitionKey": PARTITION, "RowKey": tenant_id, "lastState": state,
-                                       "lastReason": reason[:1000], "lastCheckedAt": at}, mode=UpdateMode.MERGE)
+            self._table.update_entity(row, mode=UpdateMode.MERGE)
         except ResourceNotFoundError as exc:
             if table_missing(exc):
                 raise

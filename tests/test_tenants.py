@@ -244,3 +244,12 @@ def test_a_pending_sync_of_a_tenant_disabled_meanwhile_does_not_fire(mt_env, gra
     message = PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at, 0, a).to_json()
     assert handlers.run_deferred(message) is None and fired == 0
     assert posts_by_tenant(graph) == {a: 1}
+
+
+def test_a_tenants_table_is_swept_at_its_first_tick_and_then_once_a_day(mt_env, graph):
+    a = TENANTS[15]
+    register(a)
+    tick(mt_env)
+    first = runtime.tenancy().registry.get(a).last_swept_at
+    tick(mt_env)
+    assert first is not None and runtime.tenancy().registry.get(a).last_swept_at == first
