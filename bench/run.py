@@ -3,6 +3,7 @@ each measured side by side with its baseline in the same run, on this machine.
 
     python -m bench.run            # full run; prints a table and writes bench/RESULTS.md
     python -m bench.run --smoke    # tiny sizes, no SDK install: keeps the bench from rotting (CI)
+    python -m bench.run tenants    # many tenants in one window (bench/tenants.py; its own section of RESULTS.md)
 
 Everything runs against real servers on 127.0.0.1: Azurite, the Graph and identity emulators,
 and the app behind the local Functions host. Medians over repeated runs; ratios are computed
@@ -441,7 +442,23 @@ def report(bench: Bench, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_sections(path: Path) -> str:
+    """The sections other benchmarks write into RESULTS.md (bench/tenants.py's), kept when this
+    one rewrites the file."""
+    from bench.tenants import BEGIN, END
+
+    current = path.read_text() if path.exists() else ""
+    if BEGIN not in current or END not in current:
+        return ""
+    return "\n" + BEGIN + current.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tenants"]:  # ./scripts/bench.sh tenants [...]: many tenants in one window (bench/tenants.py)
+        from bench import tenants
+
+        return tenants.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and no SDK install (for CI)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="where to write the report ('-' for none)")
@@ -475,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(bench, time.perf_counter() - started)
     print("\n" + text)
     if args.out != "-":
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(text + kept_sections(Path(args.out)))
     missed = [r.name for r in bench.rows if r.met == "NO"]
     if missed:
         print("targets missed: " + "; ".join(missed), flush=True)
