@@ -3,7 +3,9 @@
 It loads ``function_app.app`` the documented way (``app.get_functions()`` once per process),
 serves each HTTP trigger on its route under ``/api`` (literal segments take precedence over
 parameters, as in the real host), runs queue triggers against their storage queue, and invokes
-timer functions through the host's admin API (``POST /admin/functions/{name}``). Like ``func start``, it reads ``local.settings.json`` and does
+timer functions through the host's admin API (``POST /admin/functions/{name}``) and, when asked
+(``run_timers``, the local run), on their NCRONTAB schedules. With ``console`` it prints a line per
+invocation, as Core Tools does. Like ``func start``, it reads ``local.settings.json`` and does
 not enforce function keys unless given one (``--function-key``). With Core Tools installed,
 ``func start`` serves the same app unchanged.
 """
@@ -17,6 +19,7 @@ import posixpath
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,60 @@ def _compile(template: str) -> tuple[re.Pattern[str], tuple[int, ...]]:
             parts.append(re.escape(segment))
             precedence.append(0)
     return re.compile("^" + "/".join(parts) + "$", re.IGNORECASE), tuple(precedence)
+
+
+@dataclass(frozen=True)
+class TimerFunction:
+    name: str
+    schedule: str
+    handler: Callable[..., Any]
+
+
+def load_timers(functions: list[Any]) -> list[TimerFunction]:
+    """The timer triggers of the app's ``get_functions()``, schedules resolved."""
+    return [TimerFunction(fn.get_function_name(), _resolve(fn.get_trigger().schedule), fn.get_user_function())
+            for fn in functions if type(fn.get_trigger()).__name__ == "TimerTrigger"]
+
+
+class TimerRunner(threading.Thread):
+    """What the host does for a timer trigger: run the function at each time its schedule names."""
+
+    def __init__(self, function: TimerFunction, console: bool = False):
+        super().__init__(name=f"timer-{function.name}", daemon=True)
+        self.function, self.console = function, console
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from datetime import UTC, datetime
+
+        from azure.functions.timer import TimerRequest
+
+        from .ncrontab import Schedule
+
+        schedule = Schedule(self.function.schedule)
+        while True:
+            due = schedule.next_after(datetime.now(UTC))
+            if self.stopping.wait(max(0.0, (due - datetime.now(UTC)).total_seconds())):
+                return
+            _invoke(f"timer {self.function.name}", self.console, self.function.handler, TimerRequest(past_due=False))
+
+
+def _invoke(what: str, console: bool, handler: Callable[..., Any], *args: Any) -> Any:
+    """Run a function; with ``console``, print one line saying how it went."""
+    import time
+
+    from . import console as out
+
+    started = time.perf_counter()
+    try:
+        result = handler(*args)
+    except Exception as exc:
+        if console:
+            out.line(f"{what} failed: {type(exc).__name__}: {exc}")
+        raise
+    if console:
+        out.line(f"{what} ({(time.perf_counter() - started) * 1000:.0f} ms)")
+    return result
 
 
 @dataclass(frozen=True)
@@ -90,9 +147,9 @@ class QueuePoller(threading.Thread):
     """What the host does for a queue trigger: take visible messages, run the function, delete
     the message on success; after five failed deliveries, move it to ``<queue>-poison``."""
 
-    def __init__(self, function: QueueFunction, interval: float = 0.2, max_dequeue: int = 5):
+    def __init__(self, function: QueueFunction, interval: float = 0.2, max_dequeue: int = 5, console: bool = False):
         super().__init__(name=f"queue-{function.name}", daemon=True)
-        self.function, self.interval, self.max_dequeue = function, interval, max_dequeue
+        self.function, self.interval, self.max_dequeue, self.console = function, interval, max_dequeue, console
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -123,7 +180,8 @@ class QueuePoller(threading.Thread):
         import azure.functions as func
 
         try:
-            self.function.handler(func.QueueMessage(id=message.id, body=message.content.encode(), pop_receipt=message.pop_receipt))
+            _invoke(f"queue {self.function.name} (delivery {message.dequeue_count})", self.console, self.function.handler,
+                    func.QueueMessage(id=message.id, body=message.content.encode(), pop_receipt=message.pop_receipt))
         except Exception:
             log.exception("queue trigger %s failed (delivery %s)", self.function.name, message.dequeue_count)
             if message.dequeue_count >= self.max_dequeue:
@@ -148,21 +206,30 @@ def load_local_settings(path: Path = ROOT / "local.settings.json") -> None:
 
 
 class FunctionHost(Server):
-    def __init__(self, app: Any, port: int = 7071, function_key: str | None = None):
+    """``run_timers``: run timer functions on their schedules (the local run; tests invoke them).
+    ``console``: print a line per invocation. ``admin``: extra ``POST /admin/<name>`` actions
+    (the local run's ``reset``)."""
+
+    def __init__(self, app: Any, port: int = 7071, function_key: str | None = None, *, run_timers: bool = False,
+                 console: bool = False, admin: dict[str, Callable[[], Any]] | None = None):
         super().__init__(_Handler, port)
-        self.routes, self.others, queues = load_routes(app)
+        functions = app.get_functions()  # once per process, as documented
+        self.routes, self.others, queues = load_routes(app, functions)
         self.function_key = function_key
-        self.pollers = [QueuePoller(q) for q in queues]
+        self.console = console
+        self.admin = admin or {}
+        self.pollers = [QueuePoller(q, console=console) for q in queues]
+        self.timers = [TimerRunner(t, console=console) for t in load_timers(functions)] if run_timers else []
 
     def start(self) -> FunctionHost:
         super().start()
-        for poller in self.pollers:
-            poller.start()
+        for worker in [*self.pollers, *self.timers]:
+            worker.start()
         return self
 
     def stop(self) -> None:
-        for poller in self.pollers:
-            poller.stopping.set()
+        for worker in [*self.pollers, *self.timers]:
+            worker.stopping.set()
         super().stop()
 
 
@@ -177,6 +244,8 @@ class _Handler(JsonHandler):
         body = self.read_body()
         if path.startswith("/admin/functions/") and self.command == "POST":
             return self.invoke_other(path.rsplit("/", 1)[-1])
+        if path.startswith("/admin/") and path[len("/admin/"):] in self.server.admin and self.command == "POST":
+            return self.send_json(200, self.server.admin[path[len("/admin/"):]]())
         if not path.startswith("/api/"):
             return self.send_json(404, {"error": {"code": "NotFound", "message": "no such route"}})
         relative = path[len("/api/"):]
@@ -200,7 +269,13 @@ class _Handler(JsonHandler):
                 route_params={k: unquote(v) for k, v in match.groupdict().items()},
                 body=body,
             )
+            started = time.perf_counter()
             response = route.handler(request)
+            if self.server.console:
+                from . import console
+
+                console.line(f"{self.command} {raw.path} -> {response.status_code} "
+                             f"({(time.perf_counter() - started) * 1000:.0f} ms)")
             headers = dict(response.headers)
             headers.setdefault("Content-Type", response.mimetype or "text/plain")
             data = response.get_body() or b""
@@ -226,7 +301,7 @@ class _Handler(JsonHandler):
         handler = self.server.others.get(name)
         if handler is None:
             return self.send_json(404, {"error": {"code": "NotFound", "message": f"no function {name}"}})
-        handler(TimerRequest(past_due=False))
+        _invoke(f"timer {name} (admin API)", self.server.console, handler, TimerRequest(past_due=False))
         self.send_json(202)
 
 

@@ -5,12 +5,16 @@ emulators, and the app's HTTP API on http://127.0.0.1:7071/api — then show a f
     python -m emulators.local --once     # show the first sync and exit (used by the tests)
 
 The app is configured exactly as in Azure: IDENTITY_ENDPOINT / IDENTITY_HEADER for the managed
-identity, AzureWebJobsStorage for state, GRAPH_BASE_URL pointing at the emulator.
+identity, AzureWebJobsStorage for state, GRAPH_BASE_URL pointing at the emulator. While it serves,
+it prints a line per invocation (HTTP call, timer tick, queue message) and per telemetry event
+(emulators/console.py); the timers run on their schedules, the sync timer every 5 minutes unless
+SYNC_SCHEDULE says otherwise. ``POST /admin/reset`` (local only) forgets every cooldown.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -34,6 +38,39 @@ def show(title: str, response: requests.Response) -> None:
     print(json.dumps(response.json(), indent=2))
 
 
+LOCAL_SYNC_SCHEDULE = "0 */5 * * * *"  # so that a local run shows a timer tick (and its deferred sync) soon
+
+
+def reset(graph: GraphEmulator) -> dict[str, object]:
+    """Local only: forget every cooldown, lease, pending sync and import job, and Graph's own
+    windows, so that the next sync is granted (the README's curl examples)."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.data.tables import TableClient
+    from azure.storage.queue import QueueClient
+
+    from shared import runtime
+    from shared.settings import Settings
+
+    settings = Settings.from_env(dict(os.environ))
+    connection = os.environ["AzureWebJobsStorage"]
+    table = TableClient.from_connection_string(connection, settings.state_table)
+    rows = 0
+    try:
+        for entity in table.list_entities(select=["PartitionKey", "RowKey"]):
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            rows += 1
+    except ResourceNotFoundError:
+        pass
+    for name in (settings.queue_name, settings.import_queue, settings.tenant_queue):
+        try:
+            QueueClient.from_connection_string(connection, name).clear_messages()
+        except ResourceNotFoundError:
+            pass
+    requests.post(f"{graph.base_url}/_emulator/reset", timeout=5).raise_for_status()
+    runtime.reload()  # the service remembers refusals in memory: a new one forgets them
+    return {"reset": True, "rowsDeleted": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="show the first sync, then stop")
@@ -54,12 +91,22 @@ def main(argv: list[str] | None = None) -> int:
             "GRAPH_BASE_URL": graph.base_url,
             "AzureWebJobsStorage": azurite.connection_string,
             "SYNC_TARGETS": os.environ.get("SYNC_TARGETS", "autopilot,exchange"),
+            "SYNC_SCHEDULE": os.environ.get("SYNC_SCHEDULE", LOCAL_SYNC_SCHEDULE),
         }
     )
     sys.path.insert(0, str(ROOT))
+    from shared.telemetry import LOGGER
+
+    from .console import EventPrinter
+
+    events = logging.getLogger(LOGGER)
+    events.setLevel(logging.INFO)
+    events.addHandler(EventPrinter())
+    events.propagate = False  # printed once, by EventPrinter
     import function_app
 
-    host = FunctionHost(function_app.app, port=ports["app"]).start()
+    host = FunctionHost(function_app.app, port=ports["app"], run_timers=not args.once, console=True,
+                        admin={"reset": lambda: reset(graph)}).start()
     api = f"{host.base_url}/api"
     print(f"Azurite tables   {azurite.table_endpoint}")
     print(f"Identity emulator {identity.endpoint}")
@@ -72,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         show(f"curl {api}/sync/status", requests.get(f"{api}/sync/status", timeout=30))
         if args.once:
             return 0
-        print(f"\nServing on {api} — try the curl commands above; Ctrl+C to stop.", flush=True)
+        print(f"\n$ curl -X POST {host.base_url}/admin/reset && curl -X POST {api}/sync/autopilot"
+              "   # local only: forget every cooldown; the next sync is granted (202)")
+        print(f"\nServing on {api}, the sync timer at {os.environ['SYNC_SCHEDULE']!r}, the watcher at "
+              f"{os.environ.get('SYNC_WATCH_SCHEDULE', '0 */2 * * * *')!r}; one line per invocation below. "
+              "Ctrl+C to stop.\n", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

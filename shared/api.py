@@ -19,6 +19,7 @@ from .devices import parse_import
 from .errors import AppError, InvalidItemId
 from .jsonbody import nesting_exceeds
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
+from .notices import notices
 from .runtime import service, settings, tenancy
 from .service import SyncService
 from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
@@ -365,6 +366,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
             "stateStore": current.storage.description,
             "stateTable": current.state_table,
             "schedule": current.sync_schedule,
+            "notices": [n.to_json() for n in notices(current)],
         }
     )
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
+from . import telemetry
 from .core import ServiceCore
 from .decisions import IN_FLIGHT_RETRY_AFTER, caller_names, refusal_for, seconds_until
 from .errors import AppError, ItemNotFound, StateStoreUnavailable
@@ -164,7 +165,10 @@ class DeferredSyncs(ServiceCore):
         unit = Unit(target_name, None)
         state = self.store.read(unit.key)
         refusal = SyncResult(unit.name, Outcome.COOLDOWN, next_allowed_at=max(at, state.next_allowed_at or at))
-        return self._defer(unit, state, refusal, SyncRequest(target_name, trigger=Trigger.IMPORT, caller=caller, defer=True))
+        request = SyncRequest(target_name, trigger=Trigger.IMPORT, caller=caller, defer=True)
+        result = self._defer(unit, state, refusal, request)
+        telemetry.sync_result(result, request, self.tenant)
+        return result
 
     def _send_fire(self, state: UnitState, at: datetime) -> bool:
         """Send the pending sync's message; False (logged) if the queue is unavailable: the row
@@ -188,21 +192,32 @@ class DeferredSyncs(ServiceCore):
 
         Returns None when there is nothing to do (a duplicate or stale message, asks already
         satisfied by another sync, a sync in flight to wait for). While Graph refuses, it backs
-        off (Graph's Retry-After, else 10 s doubling to 5 min) until DEFERRED_BUDGET is spent."""
+        off (Graph's Retry-After, else 10 s doubling to 5 min) until DEFERRED_BUDGET is spent.
+        Each firing is logged once (a ``deferred`` event; its sync is a ``sync`` event too)."""
+        what, result = self._fire(fire)
+        unit = Unit(fire.target, fire.item_id)
+        telemetry.emit("deferred", trigger=Trigger.DEFERRED, target=fire.target, unit=unit.name, tenant=fire.tenant,
+                       outcome=what, message=result.message if result else None,
+                       nextAllowedAt=result.next_allowed_at if result else None)
+        return result
+
+    def _fire(self, fire: PendingFire) -> tuple[str, SyncResult | None]:
+        """What the firing did (stale, early, waitingForLease, gone, fired, rescheduled, givenUp)
+        and the sync's result, if it ran one."""
         target = self.targets.get(fire.target)
         state = self.store.read(fire.unit_key)
         if target is None or state.pending_id != fire.pending_id or (state.pending_reschedules or 0) != fire.generation:
             log.info("deferred sync %s: message %s/%d is stale or a duplicate; nothing to do",
                      fire.unit_key, fire.pending_id, fire.generation)
-            return None
+            return "stale", None
         unit = Unit(fire.target, fire.item_id)
         now = self.clock()
         if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
             self._send_fire(state, state.pending_at)
-            return None
+            return "early", None
         if state.lease_active(now):  # a sync is in flight: look again when its lease ends
             self._reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
-            return None
+            return "waitingForLease", None
         callers = [state.pending_asked_by or "?"] + [c for _, c in self.store.asks(fire.unit_key, fire.pending_id)]
         request = SyncRequest(
             fire.target, fire.item_id, trigger=Trigger.DEFERRED,
@@ -213,16 +228,17 @@ class DeferredSyncs(ServiceCore):
         except ItemNotFound as exc:  # the connector or token was deleted: nothing left to sync
             reason = f"{unit.name} no longer exists in Graph ({exc})"
             self._give_up(unit, fire, reason)
-            return SyncResult(unit.name, Outcome.SKIPPED, message=reason)
+            return "gone", SyncResult(unit.name, Outcome.SKIPPED, message=reason)
+        telemetry.sync_result(result, request, self.tenant)
         if result.outcome is Outcome.STARTED and not result.ambiguous:
-            return result
+            return "fired", result
         if result.outcome is Outcome.STARTED or result.ambiguous:
             # Graph may not have started it: the asks stay pending, for the window this attempt opened.
             self._reschedule(unit, fire, result.next_allowed_at or self.clock() + deferred_backoff(0), counted=False)
-            return result
+            return "rescheduled", result
         if result.outcome is Outcome.IN_PROGRESS and result.graph_status is None:  # lost the claim to another caller
             self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False)
-            return result
+            return "rescheduled", result
         if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503:
             now = self.clock()
             later = result.next_allowed_at if result.next_allowed_at and result.next_allowed_at > now else None
@@ -230,9 +246,9 @@ class DeferredSyncs(ServiceCore):
                                     if result.outcome is Outcome.FAILED else None)
             reason = f"{result.error_code}: {result.message}" if result.error_code else result.message
             self._reschedule(unit, fire, later or now + wait, reason=reason)
-        else:
-            self._give_up(unit, fire, f"Graph refused it ({result.error_code}): {result.message}")  # waiting will not fix a 403
-        return result
+            return "rescheduled", result
+        self._give_up(unit, fire, f"Graph refused it ({result.error_code}): {result.message}")  # waiting will not fix a 403
+        return "givenUp", result
 
     def _reschedule(
         self, unit: Unit, fire: PendingFire, at: datetime, counted: bool = True, reason: str = ""

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from . import telemetry
 from .core import ServiceCore
 from .errors import ItemNotFound, StateStoreUnavailable, UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, iso
@@ -125,9 +126,11 @@ class Following(ServiceCore):
                 state.pending_at < now - MISSING_MESSAGE_GRACE:
             # Overdue: its message was never sent (or was lost). A duplicate is harmless: the
             # message's pendingId and generation must match, and the claim allows one sync.
-            log.warning("watch: the pending sync of %s is overdue since %s; sending its message again",
-                        state.key, iso(state.pending_at))
-            self._send_fire(state, now)
+            sent = self._send_fire(state, now)
+            telemetry.emit("watch", logging.WARNING, target=state.target, unit=Unit.of_state(state).name, tenant=self.tenant,
+                           outcome="pendingResent" if sent else "pendingNotResent",
+                           message=f"the pending sync was overdue since {iso(state.pending_at)}; its message was "
+                                   f"{'sent again' if sent else 'not sent (queue unavailable)'}")
 
     def _watch_completion(self, state: UnitState) -> int:
         unit = Unit(state.target or state.key, state.item_id)
@@ -137,7 +140,9 @@ class Following(ServiceCore):
             self._mark_gone(state, str(exc))
             return 0
         except UpstreamError as exc:
-            log.warning("could not read the status of %s: %s", unit.name, exc.message)
+            telemetry.emit("watch", logging.WARNING, target=unit.target, unit=unit.name, tenant=self.tenant,
+                           outcome="statusUnreadable", errorCode=exc.code, httpStatus=exc.graph_status,
+                           graphRequestId=exc.request_id, message=exc.message)
             return 0
         except Exception:  # a bug or nonsense from Graph for one unit: the others go on
             log.exception("watch: could not follow %s", unit.name)
@@ -149,7 +154,8 @@ class Following(ServiceCore):
         message = f"{state.key} no longer exists in Graph ({reason}); nothing left to follow"
         if self.store.update(replace(state, completion_pending=False, last_outcome=Outcome.SKIPPED.value,
                                      last_message=message)) is not None:
-            log.warning("watch: %s", message)
+            telemetry.emit("watch", logging.WARNING, target=state.target, unit=Unit.of_state(state).name, tenant=self.tenant,
+                           outcome="unitGone", message=message)
 
     def _record_completion(self, unit: Unit, completion: Completion, state: UnitState | None = None) -> bool:
         """Clear the unit's completion flag; whoever clears it sends the one notification."""
@@ -161,6 +167,9 @@ class Following(ServiceCore):
         )
         if cleared is None:
             return False  # another poller or the watcher got there first
+        telemetry.emit("watch", logging.ERROR if completion.status == "failed" else logging.INFO, target=unit.target,
+                       unit=unit.name, tenant=self.tenant, outcome=f"sync{completion.status[:1].upper()}{completion.status[1:]}",
+                       message=f"Graph reports the sync {completion.status} (syncStatus {completion.sync_status})")
         self._notify(
             Notification(
                 "syncFailed" if completion.status == "failed" else "syncCompleted",
@@ -190,6 +199,6 @@ class Following(ServiceCore):
             log.warning("sweep skipped: %s", exc.message)
             return Swept()
         if swept.total:
-            log.info("sweep deleted %d history, %d ask, %d operation and %d import rows", swept.history, swept.asks,
-                     swept.operations, swept.imports)
+            telemetry.emit("watch", tenant=self.tenant, outcome="swept", counts={
+                "history": swept.history, "asks": swept.asks, "operations": swept.operations, "imports": swept.imports})
         return swept

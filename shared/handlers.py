@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
+from . import telemetry
 from .deferred import PendingFire
 from .errors import AppError
 from .model import Outcome, SyncResult, Trigger
@@ -25,9 +27,7 @@ def run_deferred(message: str) -> SyncResult | None:
                         fire.tenant)
             return None
         svc = registry.service(tenant)
-    result = svc.fire(fire)
-    if result is not None:
-        log.info("deferred sync %s: %s %s", result.target, result.outcome.value, result.message)
+    result = svc.fire(fire)  # logs the firing (shared/telemetry.py)
     _flush(svc)
     return result
 
@@ -43,20 +43,24 @@ def run_import_step(message: str) -> str:
 
 
 def run_watch() -> int:
-    finished = service().watch()
-    if finished:
-        log.info("watch: %d sync(s) seen to finish", finished)
-    return finished
+    """The watcher tick; each finding is logged once where it is made (shared/follow.py)."""
+    return service().watch()
 
 
 def run_timer(past_due: bool) -> list[SyncResult]:
-    if past_due:
-        log.info("timer is past due; syncing now")
+    """The sync timer: every enabled target (each unit's result is a ``sync`` event), then each
+    unit's health from Graph (``health`` events), one ``timer`` event with the tally, and the
+    tenants' fan-out."""
     svc = service()
     results = svc.sync_enabled(Trigger.TIMER, caller="timer")
-    for r in results:
-        level = logging.ERROR if r.outcome is Outcome.FAILED else logging.INFO
-        log.log(level, "timer sync %s: %s %s", r.target, r.outcome.value, r.message)
+    try:
+        svc.report_health()
+    except AppError as exc:  # Table Storage or Graph down: the syncs above stand, the next tick rates
+        log.warning("timer: health not rated: %s", exc.message)
+    tally = Counter(r.outcome.value for r in results)
+    failed = tally.get(Outcome.FAILED.value, 0)
+    telemetry.emit("timer", logging.ERROR if failed else logging.INFO, trigger=Trigger.TIMER, counts=dict(tally),
+                   message="past due; synced now" if past_due else None)
     registry = tenancy()
     if registry is not None:  # many tenants: the registry's pages go out on the tenant queue
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import telemetry
 from .autopilotapi import AutopilotApi
 from .core import ServiceCore
 from .devices import ImportRequest
@@ -94,7 +95,8 @@ class AutopilotImports(ServiceCore):
         devices = [DeviceRow.of(index, device) for index, device in enumerate(request.devices, start=1)]
         job = store.create(job, devices)
         self._send_step(job)
-        log.info("import %s: %d device(s) from %s", job.id, len(devices), caller)
+        telemetry.emit("import", trigger="http", caller=caller, target=AUTOPILOT, importId=job.id, step=0,
+                       devices=len(devices), outcome="started")
         return job, devices, token
 
     def import_status(self, import_id: str, token: str) -> tuple[ImportJob, list[DeviceRow]] | None:
@@ -106,12 +108,20 @@ class AutopilotImports(ServiceCore):
         return job, store.devices(import_id)
 
     def run_import_step(self, text: str) -> str:
-        """Run the step a queue message names. Returns what happened (for the log and tests)."""
+        """Run the step a queue message names. Returns what happened (for the log and tests).
+        Each step is logged once: here when it did nothing, else where it saved its work."""
         try:
             step = ImportStep.from_json(text)
         except (ValueError, KeyError, TypeError, AppError):
             log.error("import queue: a message that is not an import step was ignored")
             return "invalid"
+        what = self._run_step(step)
+        if what not in ("stepped", "completed"):
+            telemetry.emit("import", trigger="import", target=AUTOPILOT, importId=step.import_id, step=step.step,
+                           outcome=what)
+        return what
+
+    def _run_step(self, step: ImportStep) -> str:
         store = self._import_store()
         job, now = store.job(step.import_id), self.clock()
         if job is None or job.done or job.step != step.step:
@@ -134,8 +144,11 @@ class AutopilotImports(ServiceCore):
         now, sent = self.clock(), 0
         for job in self.imports.running():
             if not job.claimed(now) and job.step_at is not None and job.step_at < now - OVERDUE:
-                log.warning("watch: import %s step %d is overdue since %s; sending it again", job.id, job.step, iso(job.step_at))
-                sent += self._send_step(replace(job, step_at=now))
+                resent = self._send_step(replace(job, step_at=now))
+                telemetry.emit("watch", logging.WARNING, target=AUTOPILOT, importId=job.id, step=job.step,
+                               outcome="importStepResent" if resent else "importStepNotResent",
+                               message=f"the step was overdue since {iso(job.step_at)}")
+                sent += resent
         return sent
 
     # --- one step ---------------------------------------------------------------------------
@@ -165,6 +178,9 @@ class AutopilotImports(ServiceCore):
         if written is None:
             raise StateStoreUnavailable(f"import {job.id}: the job row changed under its step")
         self._send_step(written)
+        telemetry.emit("import", logging.WARNING if result.error else logging.INFO, trigger="import", target=AUTOPILOT,
+                       importId=job.id, step=job.step, outcome="stepped", counts=counts(d.state for d in devices),
+                       message=result.error)
         return "stepped"
 
     def _still_ours(self, job: ImportJob) -> bool:
@@ -224,7 +240,10 @@ class AutopilotImports(ServiceCore):
         if self._import_store().update(final) is None:
             raise StateStoreUnavailable(f"import {job.id}: the job row changed under its last step")
         self._notify(import_notification(final, devices, tally))  # once: only the claimed step gets here
-        log.info("import %s finished: %s", job.id, tally)
+        failed = tally.get(FAILED, 0) + tally.get(TIMED_OUT, 0)
+        telemetry.emit("import", logging.WARNING if failed else logging.INFO, trigger="import", target=AUTOPILOT,
+                       importId=job.id, step=job.step, devices=len(devices), counts=tally,
+                       outcome="completedWithFailures" if failed else "completed")
         return "completed"
 
     def _send_step(self, job: ImportJob) -> int:

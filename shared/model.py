@@ -66,6 +66,7 @@ class SyncResult:
     retry_after_seconds: int | None = None
     scheduled_at: datetime | None = None
     ambiguous: bool = False  # not serialised: Graph may have started the sync without our seeing it
+    duration_ms: int | None = None  # not serialised: the attempt's Graph call (None: Graph was not called)
 
     def to_json(self) -> dict[str, Any]:
         return {

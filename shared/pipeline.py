@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from . import telemetry
 from .core import ServiceCore
 from .decisions import IN_FLIGHT_RETRY_AFTER, Verdict, graph_answer, no_answer, refusal_for, retry_after_of, seconds_until
 from .errors import UnexpectedError, UpstreamError
@@ -31,7 +32,14 @@ FANOUT_WORKERS = 25
 
 class SyncPipeline(ServiceCore):
     def sync(self, request: SyncRequest) -> list[SyncResult]:
-        """Sync what the request names: one unit, or every unit of a target."""
+        """Sync what the request names: one unit, or every unit of a target. Each unit's result
+        is logged once (shared/telemetry.py)."""
+        results = self._sync_units(request)
+        for result in results:
+            telemetry.sync_result(result, request, self.tenant)
+        return results
+
+    def _sync_units(self, request: SyncRequest) -> list[SyncResult]:
         target = self.target(request.target)
         known: dict[str, UnitState] | None = None  # a fan-out's state rows, read in one query
         try:
@@ -40,7 +48,7 @@ class SyncPipeline(ServiceCore):
                 # no Graph call, and if every known unit is refused, so is the caller.
                 now = self.clock()
                 known = {s.key: s for s in self.store.states(f"{target.name}-")}
-                refusals = [refusal_for(_name_of(s), s, now) for s in known.values()]
+                refusals = [refusal_for(Unit.of_state(s).name, s, now) for s in known.values()]
                 if refusals and all(refusals) and not request.defer:
                     return [r for r in refusals if r]
             planned = target.units(request.item_id)
@@ -63,10 +71,10 @@ class SyncPipeline(ServiceCore):
                 results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller, defer=defer)))
             except Exception as exc:  # isolate: log and go on with the next target
                 log.exception("sync of %s failed unexpectedly", name)
-                results.append(
-                    SyncResult(name, Outcome.FAILED, message=f"unexpected error: {type(exc).__name__}: {exc}",
-                               error_code="InternalError", failure_status=500)
-                )
+                failed = SyncResult(name, Outcome.FAILED, message=f"unexpected error: {type(exc).__name__}: {exc}",
+                                    error_code="InternalError", failure_status=500)
+                telemetry.sync_result(failed, SyncRequest(target=name, trigger=trigger, caller=caller), self.tenant)
+                results.append(failed)
         return results
 
     def _run_planned(
@@ -201,7 +209,3 @@ class SyncPipeline(ServiceCore):
             retry_after_seconds=retry_after_of(exc),
         )
 
-
-def _name_of(state: UnitState) -> str:
-    """The unit name of a state row ("autopilot", "exchange/<id>")."""
-    return Unit(state.target or state.key, state.item_id).name

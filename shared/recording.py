@@ -37,10 +37,11 @@ class Recorder(ServiceCore):
         attempt_at = lease.state.claim_at or finished
         new_state = _row_after(lease, state, verdict, ids, attempt_at, failure)
         problem = failure or error
+        duration_ms = int((time.perf_counter() - started) * 1000)
         attempt = Attempt(
             attempt_at=attempt_at, finished_at=finished, trigger=request.trigger.value, caller=request.caller[:200],
             outcome=outcome.value, http_status=ids.graph_status, graph_request_id=ids.request_id,
-            client_request_id=ids.client_request_id, duration_ms=int((time.perf_counter() - started) * 1000),
+            client_request_id=ids.client_request_id, duration_ms=duration_ms,
             error=(f"{problem.code}: {problem.message}"[:1000] if problem else message[:1000] if verdict.ambiguous else None),
             sync_type=sync_type, next_allowed_at=next_allowed, ambiguous=verdict.ambiguous or None,
             attempt_id=lease.owner,
@@ -48,8 +49,6 @@ class Recorder(ServiceCore):
         warning = self._commit(lease, new_state, attempt)
         if warning:
             message += f" (warning: {warning})"
-        log.info("sync %s: %s (graph %s, request-id %s) by %s/%s", unit.name, outcome.value, ids.graph_status,
-                 ids.request_id, request.trigger.value, request.caller)
         if outcome in (Outcome.STARTED, Outcome.FAILED):
             self._notify(Notification(
                 "syncStarted" if outcome is Outcome.STARTED else "syncFailed",
@@ -63,7 +62,7 @@ class Recorder(ServiceCore):
             error_code=failure.code if failure else None, failure_status=failure.http_status if failure else None,
             graph_status=ids.graph_status,
             retry_after_seconds=retry_after_of(failure) if failure else seconds_until(next_allowed, finished),
-            ambiguous=verdict.ambiguous,
+            ambiguous=verdict.ambiguous, duration_ms=duration_ms,
         )
 
     def _commit(self, lease: Lease, new_state: UnitState, attempt: Attempt) -> str | None:

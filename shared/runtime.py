@@ -10,6 +10,8 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from . import telemetry
+from .notices import notices
 from .service import SyncService, build_service
 from .settings import DEFAULTS, Settings, SettingsError
 
@@ -73,9 +75,12 @@ def check_settings_at_startup() -> None:
     """Validate once when the worker loads the app; problems are logged, and /api/health and
     every sync answer name them (the app still loads, so that health can answer)."""
     try:
-        settings()
+        current = settings()
     except SettingsError as exc:
         log.error("invalid app settings: %s", exc)
+        return
+    for notice in notices(current):
+        telemetry.emit("notice", logging.WARNING, code=notice.code, target=notice.target, message=notice.message)
 
 
 def reload() -> None:

@@ -14,6 +14,7 @@ finish on its own (it ends within the Graph client's timeout and retries). Bound
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import telemetry
 from .core import ServiceCore
 from .errors import UpstreamError
 from .health import Rating, rate, worst
@@ -143,6 +145,23 @@ class StatusReport(ServiceCore):
             "connectorStatus": None if isinstance(connectors, Unavailable) else connectors,
         }
 
+    def report_health(self) -> dict[str, str]:
+        """Rate every unit from Graph's own account and log each rating once (a ``health``
+        event: the workbook's health column and the alert on unhealthy units read them). The
+        timer's part, after its syncs: one Graph read per target. Returns unit -> rating."""
+        now, ratings = self.clock(), {}
+        for name, target in self.targets.items():
+            try:
+                views = target.graph_status()
+            except UpstreamError as exc:
+                ratings[name] = _log_health(name, name, Rating("unhealthy", (exc.message,)), self.tenant, error=exc.code)
+                continue
+            warning_hours, unhealthy_hours = self.settings.thresholds(name)
+            for view in views:
+                rating = rate(view, now, warning_hours, unhealthy_hours, self.settings.token_expiry_warning_days)
+                ratings[view.target] = _log_health(name, view.target, rating, self.tenant, view.last_success)
+        return ratings
+
     def _graph_json(self, name: str, answer: Any, now: datetime) -> list[dict[str, Any]]:
         """Graph's views of one target, rated; or one entry saying why there are none."""
         if isinstance(answer, (UpstreamError, Unavailable)):  # same shape as a unit's status: one schema
@@ -187,3 +206,11 @@ def _state_json(state: UnitState, now: datetime, asks: int = 0) -> dict[str, Any
         if state.orphaned_claim(now)
         else None,
     }
+
+
+def _log_health(target: str, unit: str, rating: Rating, tenant: str | None, last_success: datetime | None = None,
+                error: str | None = None) -> str:
+    level = {"healthy": logging.INFO, "warning": logging.WARNING}.get(rating.rating, logging.ERROR)
+    telemetry.emit("health", level, target=target, unit=unit, tenant=tenant, health=rating.rating,
+                   lastSyncAt=last_success, errorCode=error, message="; ".join(rating.reasons))
+    return rating.rating

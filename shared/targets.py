@@ -10,12 +10,15 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .answers import parse_graph_time
 from .errors import GraphResourceNotFound, InvalidItemId, ItemNotFound, UpstreamError
 from .graph import GraphClient, GraphResponse
 from .model import Clock, utcnow
+
+if TYPE_CHECKING:
+    from .state import UnitState
 from .permissions import TARGET_ROLES
 
 AUTOPILOT_SETTINGS = "/beta/deviceManagement/windowsAutopilotSettings"
@@ -47,6 +50,11 @@ class Unit:
     @property
     def name(self) -> str:
         return self.target if self.item_id is None else f"{self.target}/{self.item_id}"
+
+    @classmethod
+    def of_state(cls, state: UnitState) -> Unit:
+        """The unit a state row is about."""
+        return cls(state.target or state.key, state.item_id)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import telemetry
 from .deferred import PendingQueue
 from .errors import AppError, GraphAccessDenied, TokenUnavailable, UpstreamError
 from .graph import GraphClient
@@ -162,7 +163,7 @@ class Tenancy:
         reason = self._for_tenant(tenant.id, state, reason)
         self.registry.record(tenant.id, state, reason, now, swept_at=now if swept else None)
         level = logging.INFO if state == "synced" else logging.WARNING
-        log.log(level, "tenant %s: %s %s", tenant.id, state, reason)
+        telemetry.emit("tenant", level, trigger="tenant", tenant=tenant.id, outcome=state, message=reason)
         return state
 
     # --- consent ------------------------------------------------------------------------------

@@ -454,3 +454,26 @@ def drain(env: dict[str, str], setting: str, run: Callable[[str], Any], limit: i
             queue.delete_message(message)
             done += 1
     return done
+
+
+# --- telemetry --------------------------------------------------------------------------------
+
+
+def logged_events(caplog: pytest.LogCaptureFixture, event: str | None = None) -> list[dict[str, Any]]:
+    """The telemetry records logged so far (shared/telemetry.py), read back from each record's
+    message exactly as KQL does (``parse_json(substring(message, 11))``)."""
+    import json
+
+    from shared.telemetry import LOGGER, PREFIX
+
+    found = []
+    for record in caplog.records:
+        if record.name != LOGGER:
+            continue
+        text = record.getMessage()
+        assert text.startswith(PREFIX), text
+        fields = json.loads(text[len(PREFIX):])
+        fields["_level"] = record.levelname
+        if event is None or fields["event"] == event:
+            found.append(fields)
+    return found

@@ -33,3 +33,11 @@ def test_a_failed_message_is_retried_soon_and_poisoned_after_five_tries():
 def test_an_invocation_ends_before_an_import_steps_claim_does():
     # A step the host cut off at functionTimeout must not still hold the job: its claim outlasts it.
     assert span(HOST["functionTimeout"]) < STEP_LEASE
+
+
+def test_traces_are_not_sampled_so_no_telemetry_record_is_dropped():
+    """The app's telemetry (shared/telemetry.py) is traces; the failure alert and the workbook
+    count them, so Application Insights' adaptive sampling must not drop any (docs/monitoring.md
+    has the volume this costs)."""
+    sampling = HOST["logging"]["applicationInsights"]["samplingSettings"]
+    assert "Trace" in sampling["excludedTypes"].split(";")

@@ -8,7 +8,7 @@ import logging
 import pytest
 import requests
 from azure.functions.timer import TimerRequest
-from conftest import FUNCTIONS, call, graph_calls, sync_posts, unreachable_storage
+from conftest import FUNCTIONS, call, graph_calls, logged_events, sync_posts, unreachable_storage
 
 from shared.graph import PERMISSION
 
@@ -114,10 +114,10 @@ def test_the_timer_syncs_every_enabled_target(app_env, graph):
 
 def test_a_timer_tick_inside_the_cooldown_becomes_the_pending_sync(app_env, graph, caplog):
     call("POST", "sync/autopilot")
-    with caplog.at_level(logging.INFO, logger="shared.handlers"):
+    with caplog.at_level(logging.INFO, logger="intune_sync.events"):
         FUNCTIONS["sync_timer"](TimerRequest(past_due=True))
-    scheduled = [r for r in caplog.records if "timer sync autopilot: scheduled" in r.getMessage()]
-    assert scheduled and scheduled[0].levelno == logging.INFO  # a normal outcome, not an error
+    scheduled = [r for r in logged_events(caplog, "sync") if r["unit"] == "autopilot" and r["trigger"] == "timer"]
+    assert [(r["outcome"], r["_level"]) for r in scheduled] == [("scheduled", "INFO")]  # a normal outcome, not an error
     assert len([p for p in sync_posts(graph) if "Autopilot" in p["path"]]) == 1
 
 
@@ -165,3 +165,16 @@ def test_exchange_with_table_storage_down_answers_503_without_calling_graph(app_
     status, _, body = call("POST", "sync/exchange")
     assert status == 503 and body["errorCode"] == "StateStoreUnavailable"
     assert graph_calls(graph) == []
+
+
+def test_health_says_the_exchange_connector_is_out_of_support_when_exchange_is_enabled(app_env):
+    _, _, body = call("GET", "health")
+    [notice] = body["notices"]
+    assert notice["code"] == "ExchangeConnectorOutOfSupport" and notice["target"] == "exchange"
+    assert "2024-02-19" in notice["message"]
+
+
+def test_health_has_no_notice_when_exchange_is_not_enabled(app_env, monkeypatch):
+    monkeypatch.setenv("SYNC_TARGETS", "autopilot")
+    _, _, body = call("GET", "health")
+    assert body["notices"] == []

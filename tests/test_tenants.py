@@ -253,3 +253,17 @@ def test_a_tenants_table_is_swept_at_its_first_tick_and_then_once_a_day(mt_env, 
     first = runtime.tenancy().registry.get(a).last_swept_at
     tick(mt_env)
     assert first is not None and runtime.tenancy().registry.get(a).last_swept_at == first
+
+
+def test_each_tenants_outcome_and_its_syncs_are_logged_with_the_tenant(mt_env, graph, caplog):
+    import logging
+
+    from conftest import logged_events
+
+    register(NOT_CONSENTED, TENANTS[3])
+    with caplog.at_level(logging.INFO, logger="intune_sync.events"):
+        tick(mt_env)
+    outcomes = {r["tenant"]: (r["outcome"], r["_level"]) for r in logged_events(caplog, "tenant")}
+    assert outcomes == {NOT_CONSENTED: ("notConsented", "WARNING"), TENANTS[3]: ("synced", "INFO")}
+    synced = [r for r in logged_events(caplog, "sync") if r.get("tenant") == TENANTS[3]]
+    assert [(r["unit"], r["outcome"], r["attempted"]) for r in synced] == [("autopilot", "started", True)]
