@@ -150,6 +150,12 @@ param storageSku string = 'Standard_LRS'
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('Deploy the Azure Monitor workbook (syncs, failures, unit health, deferred syncs, Autopilot imports, tenants) on the Application Insights component. Keyless: its queries run as whoever opens it.')
+param deployWorkbook bool = true
+
+@description('E-mail address alerted (through an action group) when a sync fails or a unit is rated unhealthy. Empty (default): no alert rules, action group or alert identity at all.')
+param alertEmail string = ''
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
@@ -248,6 +254,35 @@ module rbac 'app/rbac.bicep' = {
   }
 }
 
+// The workbook and the alerts read the app's telemetry (shared/telemetry.py) through Entra ID:
+// the workbook as whoever opens it, the alert rules as a user-assigned identity of their own with
+// read-only roles on the component and its workspace (app/alerts.bicep says why). Without an
+// alert e-mail nothing of the alerts is deployed.
+module workbook 'app/workbook.bicep' = if (deployWorkbook) {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    displayName: 'intune-sync (${environmentName})'
+  }
+}
+
+module alerts 'app/alerts.bicep' = if (!empty(alertEmail)) {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    identityName: '${abbrs.managedIdentityUserAssignedIdentities}alerts-${resourceToken}'
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
+    alertEmail: alertEmail
+  }
+}
+
 // Many tenants (multiTenant=true): the multi-tenant app registration and its federated identity
 // credential (subject: the identity's principal id). The function app takes its client id
 // (MULTI_TENANT_CLIENT_ID), so it is created before the app. Entra ID does not check the subject
@@ -310,3 +345,6 @@ output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
 output GRAPH_APP_ROLES array = graphAppRoles
 output MULTI_TENANT_CLIENT_ID string = multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
+output AZURE_WORKBOOK_ID string = deployWorkbook ? workbook!.outputs.id : ''
+output ALERTS_ENABLED bool = !empty(alertEmail)
+output ALERT_RULE_IDS array = empty(alertEmail) ? [] : alerts!.outputs.ruleIds

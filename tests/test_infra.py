@@ -223,7 +223,9 @@ FLEX_CONSUMPTION_UNSUPPORTED_APP_SETTINGS = frozenset({
 # deploys, the writable properties (ReadOnly ones left out) of each object it sets, at that object's
 # path ("x[]" is an array item). Taken from Azure/bicep-types-az @ 1f896de2db966ad91e8f7d7d981e11d32e4f5d8d,
 # generated/<provider>/<namespace>/<api-version>/types.json (web, storage, resources_11, msi,
-# operationalinsights, applicationinsights, authorization), and for Microsoft.Graph from
+# operationalinsights, applicationinsights, authorization; the monitoring resources of issue 14 from
+# applicationinsights/microsoft.insights/2023-06-01 (workbooks) and monitor_1/microsoft.insights/
+# 2023-12-01 (scheduledQueryRules) and 2023-01-01 (actionGroups)), and for Microsoft.Graph from
 # microsoftgraph/msgraph-bicep-types @ bc4390567a8808286eb5e48815fda8ebd6e9eea8,
 # generated/microsoftgraph/microsoft.graph/v1.0/1.0.0/types.json (the extension version in
 # infra/bicepconfig.json). A new resource, API version or nested object needs its entry from there.
@@ -254,6 +256,15 @@ BICEP_TYPES = {
     "Microsoft.Graph/applications/federatedIdentityCredentials@v1.0": {
         "": "audiences description issuer name subject",
     },
+    "Microsoft.Insights/actionGroups@2023-01-01": {
+        "": "location name properties tags",
+        "properties": (
+            "armRoleReceivers automationRunbookReceivers azureAppPushReceivers azureFunctionReceivers "
+            "emailReceivers enabled eventHubReceivers groupShortName itsmReceivers logicAppReceivers "
+            "smsReceivers voiceReceivers webhookReceivers"
+        ),
+        "properties.emailReceivers[]": "emailAddress name useCommonAlertSchema",
+    },
     "Microsoft.Insights/components@2020-02-02": {
         "": "etag kind location name properties tags",
         "properties": (
@@ -262,6 +273,29 @@ BICEP_TYPES = {
             "Request_Source RetentionInDays SamplingPercentage WorkspaceResourceId "
             "publicNetworkAccessForIngestion publicNetworkAccessForQuery"
         ),
+    },
+    "Microsoft.Insights/scheduledQueryRules@2023-12-01": {
+        "": "identity kind location name properties tags",
+        "identity": "type userAssignedIdentities",
+        "properties": (
+            "actions autoMitigate checkWorkspaceAlertsStorageConfigured criteria description displayName "
+            "enabled evaluationFrequency muteActionsDuration overrideQueryTimeRange resolveConfiguration "
+            "scopes severity skipQueryValidation targetResourceTypes windowSize"
+        ),
+        "properties.criteria": "allOf",
+        "properties.criteria.allOf[]": (
+            "dimensions failingPeriods metricMeasureColumn metricName operator query resourceIdColumn "
+            "threshold timeAggregation"
+        ),
+        "properties.criteria.allOf[].dimensions[]": "name operator values",
+        "properties.criteria.allOf[].failingPeriods": "minFailingPeriodsToAlert numberOfEvaluationPeriods",
+        "properties.actions": "actionGroups actionProperties customProperties",
+        "properties.resolveConfiguration": "autoResolved timeToResolve",
+    },
+    "Microsoft.Insights/workbooks@2023-06-01": {
+        "": "etag identity kind location name properties tags",
+        "identity": "type userAssignedIdentities",
+        "properties": "category description displayName serializedData sourceId storageUri tags version",
     },
     "Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31": {
         "": "location name tags",
@@ -413,6 +447,18 @@ BICEP_TYPE_VALUES = {
     },
     "Microsoft.Insights/components@2020-02-02": {
         "properties.Application_Type": ("other", "web"),
+    },
+    "Microsoft.Insights/scheduledQueryRules@2023-12-01": {
+        "identity.type": ("None", "SystemAssigned", "UserAssigned"),
+        "kind": ("LogAlert", "LogToMetric"),
+        "properties.criteria.allOf[].dimensions[].operator": ("Exclude", "Include"),
+        "properties.criteria.allOf[].operator": (
+            "Equals", "GreaterThan", "GreaterThanOrEqual", "LessThan", "LessThanOrEqual",
+        ),
+        "properties.criteria.allOf[].timeAggregation": ("Average", "Count", "Maximum", "Minimum", "Total"),
+    },
+    "Microsoft.Insights/workbooks@2023-06-01": {
+        "kind": ("shared",),
     },
     "Microsoft.OperationalInsights/workspaces@2023-09-01": {
         "properties.sku.name": (

@@ -29,3 +29,5 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' = {
 }
 
 output applicationInsightsName string = applicationInsights.name
+// The workspace behind Application Insights: the log search alerts' identity reads it (alerts.bicep).
+output logAnalyticsName string = logAnalytics.name

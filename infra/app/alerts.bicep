@@ -1,0 +1,217 @@
+// Log search alerts e-mailed to an operator (main.bicep deploys this module only when alertEmail is
+// set): failed syncs, and units rated unhealthy. The queries read the app's own telemetry
+// (shared/telemetry.py) and name only its fields and events (tests/test_monitoring.py checks).
+//
+// Two rules, not one combined: the two signals need different windows and cadences. A failed sync is
+// an event, worth knowing within minutes, so its rule looks at the last 15 minutes every 15 minutes.
+// Health is a state, rated once per unit after each timer tick (hourly by default), so its rule looks
+// at each unit's latest rating within 2 hours (longer than the timer interval, so that every unit
+// has one) every hour. They also differ in severity, and each e-mail names what happened.
+//
+// Keyless: Application Insights and Log Analytics accept no keys (monitoring.bicep), and the rules
+// query as a managed identity, through RBAC. Microsoft's "Create or edit a log search alert rule"
+// (https://learn.microsoft.com/azure/azure-monitor/alerts/alerts-create-log-alert-rule, "Configure
+// alert rule details", Identity): without a managed identity a rule runs with the permissions of
+// whoever last edited it (here the deployer, and it breaks when they lose access); the identity
+// must have a reader role on every workspace the query reads; a system-assigned identity has no
+// permissions when the rule is created (they can only be granted afterwards), whereas a
+// user-assigned one is created and given its permissions before the rule. Hence a user-assigned
+// identity only the alerts use (the app's own identity has no need to read logs), with read-only
+// roles on exactly what the rules read: Reader on the Application Insights component they are
+// scoped to (its classic `traces` table, queried in the component's context) and Log Analytics
+// Reader on the workspace that holds the component's data. The rules depend on both assignments,
+// so that they exist before ARM creates a rule and validates its query. (A role assignment can
+// take a few minutes to take effect; should a first `azd provision` still fail on a rule, run it
+// again.)
+param location string
+param tags object
+param resourceToken string
+param identityName string
+param applicationInsightsName string
+param logAnalyticsName string
+@minLength(3)
+param alertEmail string
+
+// Built-in roles (read-only).
+var reader = 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
+var logAnalyticsReader = '73c42c96-874c-492b-b04d-ab87d138a893'
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+  name: logAnalyticsName
+}
+
+resource alertIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: identityName
+  location: location
+  tags: tags
+}
+
+resource readerOnComponent 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(applicationInsights.id, alertIdentity.id, reader)
+  scope: applicationInsights
+  properties: {
+    principalId: alertIdentity.properties.principalId
+    principalType: 'ServicePrincipal' // a new identity: ARM need not find it in Entra ID (replication delay)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', reader)
+  }
+}
+
+resource readerOnWorkspace 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(logAnalytics.id, alertIdentity.id, logAnalyticsReader)
+  scope: logAnalytics
+  properties: {
+    principalId: alertIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', logAnalyticsReader)
+  }
+}
+
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
+  name: 'ag-intunesync-${resourceToken}'
+  location: 'global' // action groups are global resources
+  tags: tags
+  properties: {
+    groupShortName: 'intune-sync' // at most 12 characters; the e-mails' sender name
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'operator'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+// A failed sync: the app's request to Graph failed (sync, outcome failed), or Graph reports that a
+// sync it accepted failed (the watcher's syncFailed). One row per failure, counted per unit and
+// tenant ("own": the app's own tenant); the rows, linked from the alert, carry the error code and
+// Graph's request id (docs/operations.md).
+var failedSyncsQuery = '''
+traces
+| where message startswith "IntuneSync "
+| extend e = parse_json(substring(message, 11))
+| where (e.event == "sync" and e.outcome == "failed") or (e.event == "watch" and e.outcome == "syncFailed")
+| project timestamp, Unit = tostring(e.unit), Tenant = iff(isempty(tostring(e.tenant)), "own", tostring(e.tenant)), Target = tostring(e.target), ErrorCode = tostring(e.errorCode), HttpStatus = toint(e.httpStatus), GraphRequestId = tostring(e.graphRequestId), Reason = tostring(e.message)
+'''
+
+// A unit rated unhealthy: each unit's latest health event in the window (arg_max), if that rating is
+// unhealthy. A unit rated healthy again drops out, and the alert resolves itself (autoMitigate).
+var unhealthyUnitsQuery = '''
+traces
+| where message startswith "IntuneSync "
+| extend e = parse_json(substring(message, 11))
+| where e.event == "health"
+| extend Unit = tostring(e.unit), Tenant = iff(isempty(tostring(e.tenant)), "own", tostring(e.tenant))
+| summarize arg_max(timestamp, e) by Unit, Tenant
+| where tostring(e.health) == "unhealthy"
+| project timestamp, Unit, Tenant, Target = tostring(e.target), LastSyncAt = tostring(e.lastSyncAt), Reasons = tostring(e.message)
+'''
+
+resource failedSyncs 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'intune-sync-failed-syncs-${resourceToken}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${alertIdentity.id}': {} }
+  }
+  properties: {
+    displayName: 'intune-sync: failed sync'
+    description: 'A sync failed: Graph refused the request, or reports that the sync failed. The alert\'s query results list each failure\'s error code (docs/operations.md) and Graph request id (for Microsoft support).'
+    severity: 2
+    enabled: true
+    scopes: [applicationInsights.id]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          query: failedSyncsQuery
+          timeAggregation: 'Count'
+          // One alert per unit and tenant, each firing and resolving on its own.
+          dimensions: [
+            {
+              name: 'Unit'
+              operator: 'Include'
+              values: ['*']
+            }
+            {
+              name: 'Tenant'
+              operator: 'Include'
+              values: ['*']
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: { actionGroups: [actionGroup.id] }
+  }
+  dependsOn: [readerOnComponent, readerOnWorkspace]
+}
+
+resource unhealthyUnits 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'intune-sync-unhealthy-units-${resourceToken}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${alertIdentity.id}': {} }
+  }
+  properties: {
+    displayName: 'intune-sync: unit unhealthy'
+    description: 'A unit (a target, connector or token) is rated unhealthy: no good sync for too long, an expiring token, or an error Graph reports. GET /api/sync/status gives the reasons.'
+    severity: 1
+    enabled: true
+    scopes: [applicationInsights.id]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT2H'
+    criteria: {
+      allOf: [
+        {
+          query: unhealthyUnitsQuery
+          timeAggregation: 'Count'
+          // One alert per unit and tenant, each firing and resolving on its own.
+          dimensions: [
+            {
+              name: 'Unit'
+              operator: 'Include'
+              values: ['*']
+            }
+            {
+              name: 'Tenant'
+              operator: 'Include'
+              values: ['*']
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: { actionGroups: [actionGroup.id] }
+  }
+  dependsOn: [readerOnComponent, readerOnWorkspace]
+}
+
+output ruleIds array = [failedSyncs.id, unhealthyUnits.id]
+output actionGroupId string = actionGroup.id
+output identityPrincipalId string = alertIdentity.properties.principalId
