@@ -202,7 +202,7 @@ class DeferredSyncs(ServiceCore):
         return result
 
     def _fire(self, fire: PendingFire) -> tuple[str, SyncResult | None]:
-        """What the firing did (stale, early, waitingForLease, gone, fired, rescheduled, givenUp)
+        """What the firing did (stale, early, waitingForLease, gone, fired, rescheduled, answered, givenUp)
         and the sync's result, if it ran one."""
         target = self.targets.get(fire.target)
         state = self.store.read(fire.unit_key)
@@ -234,35 +234,33 @@ class DeferredSyncs(ServiceCore):
             return "fired", result
         if result.outcome is Outcome.STARTED or result.ambiguous:
             # Graph may not have started it: the asks stay pending, for the window this attempt opened.
-            self._reschedule(unit, fire, result.next_allowed_at or self.clock() + deferred_backoff(0), counted=False)
-            return "rescheduled", result
+            return self._reschedule(unit, fire, result.next_allowed_at or self.clock() + deferred_backoff(0), counted=False), result
         if result.outcome is Outcome.IN_PROGRESS and result.graph_status is None:  # lost the claim to another caller
-            self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False)
-            return "rescheduled", result
+            return self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False), result
         if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503:
             now = self.clock()
             later = result.next_allowed_at if result.next_allowed_at and result.next_allowed_at > now else None
             wait = deferred_backoff(state.pending_reschedules or 0, result.retry_after_seconds
                                     if result.outcome is Outcome.FAILED else None)
             reason = f"{result.error_code}: {result.message}" if result.error_code else result.message
-            self._reschedule(unit, fire, later or now + wait, reason=reason)
-            return "rescheduled", result
+            return self._reschedule(unit, fire, later or now + wait, reason=reason), result
         self._give_up(unit, fire, f"Graph refused it ({result.error_code}): {result.message}")  # waiting will not fix a 403
         return "givenUp", result
 
     def _reschedule(
         self, unit: Unit, fire: PendingFire, at: datetime, counted: bool = True, reason: str = ""
-    ) -> None:
+    ) -> str:
         """Move the pending sync to ``at`` with a new message, or give it up if ``at`` is past its
         deadline. Only Graph's refusals count (they set the back-off); waiting for a lease or a
-        lost race does not."""
+        lost race does not. Returns what became of it: rescheduled, givenUp, or answered (by
+        another sync meanwhile)."""
         state = self.store.read(unit.key)
         if state.pending_id != fire.pending_id:
-            return  # answered meanwhile
+            return "answered"
         deadline = state.pending_deadline or (state.pending_since or self.clock()) + DEFERRED_BUDGET
         if counted and at > deadline:
             self._give_up(unit, fire, f"still refused at its deadline {iso(deadline)}: {reason}")
-            return
+            return "givenUp"
 
         def move(row: UnitState) -> UnitState | None:
             if row.pending_id != fire.pending_id:
@@ -270,10 +268,11 @@ class DeferredSyncs(ServiceCore):
             return replace(row, pending_at=at, pending_reschedules=(row.pending_reschedules or 0) + (1 if counted else 0))
 
         moved = self.store.change(unit.key, move, "reschedule the deferred sync", current=state)
-        if moved is not None:
-            # A queue fault leaves the moved row without its message: the watcher sends it.
-            self._send_fire(moved[1], at)
-            log.info("deferred sync of %s rescheduled for %s (%d)", unit.name, iso(at), moved[1].pending_reschedules or 0)
+        if moved is None:
+            return "answered"
+        # A queue fault leaves the moved row without its message: the watcher sends it.
+        self._send_fire(moved[1], at)
+        return "rescheduled"
 
     def _give_up(self, unit: Unit, fire: PendingFire, reason: str) -> None:
         """Drop the pending sync for good, say why in its row (GET /api/sync/status), and send a

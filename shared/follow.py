@@ -87,7 +87,8 @@ class Following(ServiceCore):
 
         Records attempts whose commit failed earlier in this process and claims that never
         recorded their outcome, sends the message of a pending sync that is overdue (its sender
-        stopped before sending it), and, with NOTIFY_URL set, reports syncs Graph shows finished.
+        stopped before sending it), and follows syncs until Graph shows them finished (logged, and
+        notified with NOTIFY_URL set).
         One unit's fault never stops the others. Returns how many syncs were seen to finish.
         One table query when there is nothing to do."""
         states = self.repair()
@@ -97,10 +98,12 @@ class Following(ServiceCore):
             log.warning("watch: could not look at the import jobs: %s", exc.message)
         self.sweep()  # bounded: old history, asks and operations
         finished = 0
-        if self.notifier is not None and self.notifier.urls:
-            for state in states:
-                if state.completion_pending and state.target in self.targets and state.last_started_at is not None:
-                    finished += self._watch_completion(state)
+        # Followed with or without NOTIFY_URL: a sync Graph reports failed is a telemetry finding
+        # (the failure alert counts it) even where nobody is notified.
+        for state in states:
+            if state.completion_pending and state.target in self.targets and state.last_started_at is not None:
+                finished += self._watch_completion(state)
+        if self.notifier is not None:
             self.notifier.flush()
         return finished
 

@@ -36,8 +36,7 @@ def run_import_step(message: str) -> str:
     """A step of an Autopilot import job (shared/importjob.py). A storage fault raises, so that
     the host retries the message; the watcher resends a step whose message was lost."""
     svc = service()
-    what = svc.run_import_step(message)
-    log.info("import step: %s", what)
+    what = svc.run_import_step(message)  # logs the step (an ``import`` event)
     _flush(svc)
     return what
 
@@ -78,8 +77,9 @@ def run_tenant(message: str) -> str:
     if registry is None:
         log.warning("tenant queue: multi-tenant mode is off (MULTI_TENANT_CLIENT_ID); message dropped")
         return "off"
-    what = registry.run(message)
-    log.info("tenant fan-out: %s", what)
+    what = registry.run(message)  # a tenant's message logs a ``tenant`` event
+    if what.startswith("page"):
+        log.info("tenant fan-out: %s", what)
     if registry.home.notifier is not None:  # briefly: one tenant's slow endpoint must not hold the others' messages
         registry.home.notifier.flush(timeout=2)
     return what

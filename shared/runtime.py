@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from .tenancy import Tenancy
 
 log = logging.getLogger(__name__)
+# The Azure SDKs log every HTTP request and response at INFO (azure-core's HttpLoggingPolicy): in
+# Application Insights that would be most of the traces, unsampled (host.json), and paid for.
+# Their failures still reach the log as warnings and as our own errors.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 
 @functools.lru_cache(maxsize=1)

@@ -208,3 +208,35 @@ def test_enabling_exchange_logs_a_notice_at_start_up_that_the_connector_is_out_o
     [notice] = logged_events(capture, "notice")
     assert notice["code"] == "ExchangeConnectorOutOfSupport" and notice["_level"] == "WARNING"
     assert "2024-02-19" in notice["message"]
+
+
+def test_a_deferred_sync_given_up_at_its_deadline_is_logged_as_given_up_not_rescheduled(service, graph, clock, capture):
+    from datetime import timedelta
+
+    from shared.deferred import BACKOFF_MAX, PendingFire
+
+    service.sync(AUTOPILOT)
+    service.sync(SyncRequest("autopilot", defer=True))
+    advance(clock, graph, 601)
+    faults(graph, {"method": "POST", "status": 503, "times": 200})
+    while (state := service.store.read("autopilot")).pending_id is not None:
+        service.fire(PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at or clock(),
+                                 state.pending_reschedules or 0))
+        advance(clock, graph, (BACKOFF_MAX + timedelta(seconds=1)).total_seconds())
+    firings = [r["outcome"] for r in logged_events(capture, "deferred")]
+    assert firings[-1] == "givenUp" and set(firings[:-1]) == {"rescheduled"}
+
+
+def test_a_deferred_sync_graph_refuses_for_good_is_given_up_at_once(service, graph, clock, capture):
+    service.sync(AUTOPILOT)
+    service.sync(SyncRequest("autopilot", defer=True))
+    advance(clock, graph, 601)
+    faults(graph, {"method": "POST", "status": 403, "times": 5})
+    fire_due_sync(service)
+    assert [r["outcome"] for r in logged_events(capture, "deferred")] == ["givenUp"]
+
+
+def test_the_azure_sdks_request_by_request_log_is_off_so_traces_are_only_ours_and_warnings():
+    import function_app  # noqa: F401  (the app's start-up configures it)
+
+    assert logging.getLogger("azure.core.pipeline.policies.http_logging_policy").getEffectiveLevel() == logging.WARNING
