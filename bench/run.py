@@ -4,6 +4,7 @@ each measured side by side with its baseline in the same run, on this machine.
     python -m bench.run            # full run; prints a table and writes bench/RESULTS.md
     python -m bench.run --smoke    # tiny sizes, no SDK install: keeps the bench from rotting (CI)
     python -m bench.run tenants    # many tenants in one window (bench/tenants.py; its own section of RESULTS.md)
+    python -m bench.telemetry      # the telemetry SDK's cold-start and per-record cost (bench/telemetry.py; its own section)
 
 Everything runs against real servers on 127.0.0.1: Azurite, the Graph and identity emulators,
 and the app behind the local Functions host. Medians over repeated runs; ratios are computed
@@ -443,14 +444,14 @@ def report(bench: Bench, seconds: float) -> str:
 
 
 def kept_sections(path: Path) -> str:
-    """The sections other benchmarks write into RESULTS.md (bench/tenants.py's), kept when this
-    one rewrites the file."""
-    from bench.tenants import BEGIN, END
+    """The sections other benchmarks write into RESULTS.md (bench/tenants.py's, bench/telemetry.py's, any
+    block between ``<!-- NAME: begin -->`` and ``<!-- NAME: end -->``), kept in order when this one
+    rewrites the file."""
+    import re
 
     current = path.read_text() if path.exists() else ""
-    if BEGIN not in current or END not in current:
-        return ""
-    return "\n" + BEGIN + current.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+    blocks = re.finditer(r"<!-- (?P<name>[^>]+?): begin -->.*?<!-- (?P=name): end -->", current, re.DOTALL)
+    return "".join("\n" + block.group(0) + "\n" for block in blocks)
 
 
 def main(argv: list[str] | None = None) -> int:

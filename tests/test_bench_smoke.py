@@ -32,3 +32,24 @@ def test_the_tenants_bench_smoke_run_syncs_each_tenant_once_with_one_token_and_o
     assert rows["Graph calls per tenant"] == "1.00"
     assert rows["— state read"] == rows["— state claim"] == rows["— state commit (transaction)"] == "1.00"
     assert "Instances for 10,000 in 10 min" in run.stdout and "Recommendation: `instanceMemoryMB`" in run.stdout
+
+
+def test_the_telemetry_bench_smoke_run_writes_its_section_and_the_main_bench_keeps_it(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    tenants = "<!-- bench.tenants: begin -->\n## Many tenants\n<!-- bench.tenants: end -->"
+    results.write_text("# Benchmark results\n\nthe main table\n\n" + tenants + "\n")
+    run = subprocess.run([sys.executable, "-m", "bench.telemetry", "--smoke", "--out", str(results)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\nthe main table\n\n" + tenants + "\n")
+    assert "## Telemetry: structured records without an SDK (issue #14)" in text
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines() if line.startswith("| ")}
+    assert rows["Cold start: app loaded in a fresh process (azure.functions already loaded)"].endswith(" ms")
+    assert rows["Per record: emit (JSON in the message) vs a plain log line"].endswith(" µs")
+
+    from bench.run import kept_sections
+
+    kept = kept_sections(results)
+    assert kept.count("<!-- bench.tenants: begin -->") == 1 and kept.count("<!-- bench/telemetry.py: end -->") == 1
+    assert kept.index("bench.tenants: end") < kept.index("bench/telemetry.py: begin")
