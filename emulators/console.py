@@ -12,17 +12,40 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TextIO
 
 _lock = threading.Lock()
+_invocation = threading.local()  # the events of the invocation running on this thread
 
 
-def line(text: str, indent: bool = False, stream: TextIO | None = None) -> None:
+@contextmanager
+def invocation(describe: Callable[[], str]) -> Iterator[None]:
+    """Print an invocation's line (``describe()`` once it is over) followed by the events it
+    logged on this thread, so that each call's events stand under it."""
+    events: list[str] = []
+    _invocation.events = events
+    try:
+        yield
+    finally:
+        _invocation.events = None
+        try:
+            with _lock:
+                line(describe(), _locked=True)
+                for text in events:
+                    line(text, indent=True, _locked=True)
+        except Exception:  # a closed stdout: nothing to tell
+            pass
+
+
+def line(text: str, indent: bool = False, stream: TextIO | None = None, _locked: bool = False) -> None:
     """Print one line with the local time, whole even when threads print together."""
-    with _lock:
-        print(f"{datetime.now():%H:%M:%S}  {'  ' if indent else ''}{text}", file=stream or sys.stdout, flush=True)
+    if not _locked:
+        with _lock:
+            return line(text, indent, stream, _locked=True)
+    print(f"{datetime.now():%H:%M:%S}  {'  ' if indent else ''}{text}", file=stream or sys.stdout, flush=True)
 
 
 def _hhmmss(value: Any) -> str:
@@ -72,6 +95,13 @@ class EventPrinter(logging.Handler):
         self.print_line = print_line
 
     def emit(self, record: logging.LogRecord) -> None:
-        fields = getattr(record, "intune_sync", None)
-        if isinstance(fields, dict):
-            self.print_line(readable(fields), indent=True)
+        try:
+            fields = getattr(record, "intune_sync", None)
+            if isinstance(fields, dict):
+                buffered = getattr(_invocation, "events", None)
+                if buffered is not None:  # printed after the invocation's own line
+                    buffered.append(readable(fields))
+                else:
+                    self.print_line(readable(fields), indent=True)
+        except Exception:  # a closed stdout must not break the sync that logged this
+            self.handleError(record)

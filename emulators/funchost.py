@@ -89,24 +89,28 @@ class TimerRunner(threading.Thread):
             due = schedule.next_after(datetime.now(UTC))
             if self.stopping.wait(max(0.0, (due - datetime.now(UTC)).total_seconds())):
                 return
-            _invoke(f"timer {self.function.name}", self.console, self.function.handler, TimerRequest(past_due=False))
+            try:
+                _invoke(f"timer {self.function.name}", self.console, self.function.handler, TimerRequest(past_due=False))
+            except Exception:  # as the host does: the tick failed, the schedule goes on
+                log.exception("timer %s failed", self.function.name)
 
 
-def _invoke(what: str, console: bool, handler: Callable[..., Any], *args: Any) -> Any:
-    """Run a function; with ``console``, print one line saying how it went."""
-    import time
-
+def _invoke(what: str, console: bool, handler: Callable[..., Any], *args: Any,
+            ending: Callable[[Any], str] = lambda _: "") -> Any:
+    """Run a function; with ``console``, print one line saying how it went (``what``, then
+    ``ending(result)``), followed by the events it logged."""
+    if not console:
+        return handler(*args)
     from . import console as out
 
-    started = time.perf_counter()
-    try:
-        result = handler(*args)
-    except Exception as exc:
-        if console:
-            out.line(f"{what} failed: {type(exc).__name__}: {exc}")
-        raise
-    if console:
-        out.line(f"{what} ({(time.perf_counter() - started) * 1000:.0f} ms)")
+    started, said = time.perf_counter(), [" failed"]
+    with out.invocation(lambda: f"{what}{said[0]} ({(time.perf_counter() - started) * 1000:.0f} ms)"):
+        try:
+            result = handler(*args)
+        except Exception as exc:
+            said[0] = f" failed: {type(exc).__name__}: {exc}"
+            raise
+        said[0] = ending(result)
     return result
 
 
@@ -228,7 +232,8 @@ class FunctionHost(Server):
         return self
 
     def stop(self) -> None:
-        for worker in [*self.pollers, *self.timers]:
+        workers: list[QueuePoller | TimerRunner] = [*self.pollers, *self.timers]
+        for worker in workers:
             worker.stopping.set()
         super().stop()
 
@@ -269,13 +274,8 @@ class _Handler(JsonHandler):
                 route_params={k: unquote(v) for k, v in match.groupdict().items()},
                 body=body,
             )
-            started = time.perf_counter()
-            response = route.handler(request)
-            if self.server.console:
-                from . import console
-
-                console.line(f"{self.command} {raw.path} -> {response.status_code} "
-                             f"({(time.perf_counter() - started) * 1000:.0f} ms)")
+            response = _invoke(f"{self.command} {raw.path}", self.server.console, route.handler, request,
+                               ending=lambda r: f" -> {r.status_code}")
             headers = dict(response.headers)
             headers.setdefault("Content-Type", response.mimetype or "text/plain")
             data = response.get_body() or b""

@@ -462,7 +462,12 @@ def _route_prefix(path: str) -> str:
 
 
 def caller_of(req: func.HttpRequest) -> str:
-    """Who asked, for the history: an Easy Auth principal, a Logic App / flow run, or the client."""
+    """Who asked, for the history and the log: an Easy Auth principal, a Logic App / flow run, or
+    the client; at most 200 characters (the headers are the caller's to fill)."""
+    return _caller(req)[:200]
+
+
+def _caller(req: func.HttpRequest) -> str:
     h = req.headers
     if h.get("x-ms-client-principal-name"):
         return f"user:{h['x-ms-client-principal-name']}"

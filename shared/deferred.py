@@ -27,7 +27,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from . import telemetry
 from .core import ServiceCore
 from .decisions import IN_FLIGHT_RETRY_AFTER, caller_names, refusal_for, seconds_until
-from .errors import AppError, ItemNotFound, StateStoreUnavailable
+from .errors import AppError, ItemNotFound, StateStoreUnavailable, UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
 from .notify import Notification
 from .state import UnitState
@@ -194,9 +194,16 @@ class DeferredSyncs(ServiceCore):
         satisfied by another sync, a sync in flight to wait for). While Graph refuses, it backs
         off (Graph's Retry-After, else 10 s doubling to 5 min) until DEFERRED_BUDGET is spent.
         Each firing is logged once (a ``deferred`` event; its sync is a ``sync`` event too)."""
-        what, result = self._fire(fire)
         unit = Unit(fire.target, fire.item_id)
-        telemetry.emit("deferred", trigger=Trigger.DEFERRED, target=fire.target, unit=unit.name, tenant=fire.tenant,
+        try:
+            what, result = self._fire(fire)
+        except UpstreamError as exc:  # no token, Table Storage down: the host retries the message
+            telemetry.emit("deferred", logging.WARNING, trigger=Trigger.DEFERRED, target=fire.target, unit=unit.name,
+                           tenant=fire.tenant, outcome="retrying", errorCode=exc.code, message=exc.message)
+            raise
+        # Given up, whoever was told "scheduled" will not get their sync: that needs attention.
+        level = logging.ERROR if what == "givenUp" else logging.WARNING if what == "gone" else logging.INFO
+        telemetry.emit("deferred", level, trigger=Trigger.DEFERRED, target=fire.target, unit=unit.name, tenant=fire.tenant,
                        outcome=what, message=result.message if result else None,
                        nextAllowedAt=result.next_allowed_at if result else None)
         return result

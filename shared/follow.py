@@ -137,8 +137,19 @@ class Following(ServiceCore):
 
     def _watch_completion(self, state: UnitState) -> int:
         unit = Unit(state.target or state.key, state.item_id)
+        assert state.last_started_at is not None
+        waited = self.clock() - state.last_started_at
+        if waited > timedelta(seconds=self.settings.wait_timeout_seconds):
+            # As a "sync and wait" operation does (SYNC_WAIT_TIMEOUT_SECONDS): stop reading Graph for
+            # a sync it never reports finished (a connector whose lastSyncDateTime never moves).
+            if self.store.update(replace(state, completion_pending=False)) is not None:
+                telemetry.emit("watch", logging.WARNING, target=unit.target, unit=unit.name, tenant=self.tenant,
+                               outcome="syncNotReported",
+                               message=f"Graph did not report the sync started at {iso(state.last_started_at)} "
+                                       f"finished within {self.settings.wait_timeout_seconds} s; no longer followed")
+            return 0
         try:
-            completion = self.targets[unit.target].completion(unit, state.last_started_at)  # type: ignore[arg-type]
+            completion = self.targets[unit.target].completion(unit, state.last_started_at)
         except ItemNotFound as exc:
             self._mark_gone(state, str(exc))
             return 0

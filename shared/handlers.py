@@ -54,8 +54,8 @@ def run_timer(past_due: bool) -> list[SyncResult]:
     results = svc.sync_enabled(Trigger.TIMER, caller="timer")
     try:
         svc.report_health()
-    except AppError as exc:  # Table Storage or Graph down: the syncs above stand, the next tick rates
-        log.warning("timer: health not rated: %s", exc.message)
+    except Exception:  # Table Storage down, or a bug: the syncs above stand, the next tick rates
+        log.exception("timer: health not rated")
     tally = Counter(r.outcome.value for r in results)
     failed = tally.get(Outcome.FAILED.value, 0)
     telemetry.emit("timer", logging.ERROR if failed else logging.INFO, trigger=Trigger.TIMER, counts=dict(tally),

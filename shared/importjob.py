@@ -115,7 +115,12 @@ class AutopilotImports(ServiceCore):
         except (ValueError, KeyError, TypeError, AppError):
             log.error("import queue: a message that is not an import step was ignored")
             return "invalid"
-        what = self._run_step(step)
+        try:
+            what = self._run_step(step)
+        except AppError as exc:  # Table Storage down: the host retries the message, the watcher resends it
+            telemetry.emit("import", logging.WARNING, trigger="import", target=AUTOPILOT, importId=step.import_id,
+                           step=step.step, outcome="failed", errorCode=exc.code, message=exc.message)
+            raise
         if what not in ("stepped", "completed"):
             telemetry.emit("import", trigger="import", target=AUTOPILOT, importId=step.import_id, step=step.step,
                            outcome=what)

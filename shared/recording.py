@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from . import telemetry
 from .core import ServiceCore
 from .decisions import Verdict, refusal_for, retry_after_of, seconds_until
 from .errors import StateStoreUnavailable, UpstreamError
@@ -117,7 +118,9 @@ class Recorder(ServiceCore):
         recorded = self.store.record_orphan(state, attempt)
         if recorded is None:
             return self.store.read(state.key)  # someone else recorded it, or the holder came back
-        log.warning("recorded the unrecorded claim of %s from %s", state.key, iso(state.claim_at))
+        telemetry.emit("sync", logging.WARNING, trigger=trigger, caller=caller, target=state.target,
+                       unit=Unit.of_state(state).name, tenant=self.tenant, outcome="unknown", attempted=True,
+                       errorCode="OutcomeNotRecorded", nextAllowedAt=state.next_allowed_at, message=attempt.error)
         return recorded
 
 

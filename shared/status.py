@@ -29,7 +29,7 @@ from .errors import UpstreamError
 from .health import Rating, rate, worst
 from .model import iso
 from .state import UnitState
-from .targets import read_connector_status
+from .targets import Unit, read_connector_status
 
 # 6 targets + connectorStatus per status call; room for a few services (instances of the app
 # object) in one process, each with at most one read per target in flight.
@@ -148,16 +148,26 @@ class StatusReport(ServiceCore):
     def report_health(self) -> dict[str, str]:
         """Rate every unit from Graph's own account and log each rating once (a ``health``
         event: the workbook's health column and the alert on unhealthy units read them). The
-        timer's part, after its syncs: one Graph read per target. Returns unit -> rating."""
-        now, ratings = self.clock(), {}
-        for name, target in self.targets.items():
-            try:
-                views = target.graph_status()
-            except UpstreamError as exc:
-                ratings[name] = _log_health(name, name, Rating("unhealthy", (exc.message,)), self.tenant, error=exc.code)
+        timer's part, after its syncs: Graph is read as for GET /api/sync/status, side by side
+        and within STATUS_DEADLINE_SECONDS. A target Graph did not list is rated unhealthy under
+        the unit names its state rows know (the names every other rating uses). Unit -> rating."""
+        started, now = time.monotonic(), self.clock()
+        deadline = self.settings.status_deadline_seconds
+        reads = READS.start_all({name: ((target, "graph_status"), target.graph_status) for name, target in self.targets.items()})
+        answers = READS.answers(reads, deadline - (time.monotonic() - started), deadline)
+        ratings: dict[str, str] = {}
+        for name, answer in answers.items():
+            if isinstance(answer, (UpstreamError, Unavailable)):
+                code = answer.code if isinstance(answer, UpstreamError) else "Unavailable"
+                units = [name] if not self.targets[name].per_item else \
+                    [Unit.of_state(s).name for s in self.store.states(f"{name}-")]
+                for unit in units:
+                    ratings[unit] = _log_health(name, unit, Rating("unhealthy", (answer.message,)), self.tenant, error=code)
                 continue
+            if isinstance(answer, BaseException):
+                raise answer
             warning_hours, unhealthy_hours = self.settings.thresholds(name)
-            for view in views:
+            for view in answer:
                 rating = rate(view, now, warning_hours, unhealthy_hours, self.settings.token_expiry_warning_days)
                 ratings[view.target] = _log_health(name, view.target, rating, self.tenant, view.last_success)
         return ratings

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from .model import SyncRequest, SyncResult, iso
 
@@ -46,7 +47,8 @@ FIELDS = {
     "target": "autopilot, exchange, appleAde, vpp, managedGooglePlay, driverInventory",
     "unit": "what one sync covers: the target, or target/<item id> (a connector, a token)",
     "tenant": "the customer tenant's id; empty for the app's own tenant",
-    "outcome": "sync: started, cooldown, inProgress, skipped, failed, scheduled; other events: what happened",
+    "outcome": "sync: started, cooldown, inProgress, skipped, failed, scheduled, unknown (a claim whose holder "
+               "never recorded Graph's answer); other events: what happened",
     "attempted": "true when Graph was called (a claimed attempt), false for a refusal answered from state",
     "httpStatus": "Graph's HTTP status for the attempt, if any",
     "graphRequestId": "Graph's request-id header (give it to Microsoft support)",
@@ -70,14 +72,16 @@ MAX_TEXT = 500
 _SECRET_QUERY = re.compile(r"(?i)([?&][\w.-]*(?:token|sig|code|key|secret|assertion)[\w.-]*=)[^&\s\"']+")
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
-_KEYED = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|x-functions-key|\w*secret)=[^;&\s\"']+")
+_KEYED = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|x-functions-key|\w*secret)\s*[=:]\s*[^;&\s\"']+")
 
 log = logging.getLogger(LOGGER)
 
 
 def scrub(text: str) -> str:
-    """The text without anything that could be a credential: query tokens and signatures,
-    bearer tokens, JWTs, storage keys."""
+    """The text without anything that could be a credential: query tokens and signatures (also
+    percent-encoded), bearer tokens, JWTs, storage keys, a function key header."""
+    if "%" in text:
+        text = unquote(text)
     text = _SECRET_QUERY.sub(r"\1***", text)
     text = _KEYED.sub(lambda m: f"{m.group(1)}=***", text)
     text = _BEARER.sub("Bearer ***", text)
@@ -93,7 +97,9 @@ def _value(value: Any) -> Any:
         return value.value
     if isinstance(value, Mapping):
         return {str(k)[:100]: _value(v) for k, v in value.items()}
-    return scrub(str(value))[:MAX_TEXT]
+    # Cut before scrubbing: callers control some of this text (a flow's name), and the patterns'
+    # cost grows with its length. Twice the limit keeps a secret that straddles the cut whole.
+    return scrub(str(value)[:2 * MAX_TEXT])[:MAX_TEXT]
 
 
 def fields_of(event: str, **fields: Any) -> dict[str, Any]:
@@ -107,10 +113,14 @@ def fields_of(event: str, **fields: Any) -> dict[str, Any]:
 
 
 def emit(event: str, level: int = logging.INFO, **fields: Any) -> dict[str, Any]:
-    """Log one event. Returns its fields (for tests). Never raises for a logging fault."""
+    """Log one event. Returns its fields (for tests). An unknown event or field raises (a bug the
+    tests catch); a fault in logging itself never does: the sync it describes has happened."""
     record = fields_of(event, **fields)
-    log.log(level, "%s%s", PREFIX, json.dumps(record, separators=(",", ":"), sort_keys=False),
-            extra={"intune_sync": record})
+    try:
+        log.log(level, "%s%s", PREFIX, json.dumps(record, separators=(",", ":"), default=str),
+                extra={"intune_sync": record})
+    except Exception:  # a handler that raises (logging.raiseExceptions only covers handleError)
+        logging.getLogger(__name__).debug("telemetry record not logged", exc_info=True)
     return record
 
 

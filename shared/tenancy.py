@@ -150,6 +150,8 @@ class Tenancy:
     def _sync(self, message: TenantMessage) -> str:
         tenant = self.registry.get(message.tenant_id or "")
         if tenant is None or not tenant.enabled:
+            telemetry.emit("tenant", trigger="tenant", tenant=message.tenant_id, outcome="skipped",
+                           message="not registered (any more), or disabled: not synced")
             return "skipped: not registered or disabled"
         svc = self.service(tenant)
         # No defer: a duplicated (or retried) message finds the unit in its window and does nothing.

@@ -240,3 +240,29 @@ def test_the_azure_sdks_request_by_request_log_is_off_so_traces_are_only_ours_an
     import function_app  # noqa: F401  (the app's start-up configures it)
 
     assert logging.getLogger("azure.core.pipeline.policies.http_logging_policy").getEffectiveLevel() == logging.WARNING
+
+
+def test_a_claim_whose_holder_never_recorded_graphs_answer_is_one_unknown_attempt_record(service, graph, clock, capture):
+    from datetime import timedelta
+
+    state = service.store.read("autopilot")
+    service.store.claim(state, clock(), 180, hold_until=clock() + timedelta(seconds=780), claim_by="timer:timer",
+                        claim_sync_type=None, target="autopilot", item_id=None)  # then the instance died
+    advance(clock, graph, 181)
+    service.sync(AUTOPILOT)
+    [unknown] = [r for r in logged_events(capture, "sync") if r["outcome"] == "unknown"]
+    assert (unknown["trigger"], unknown["attempted"], unknown["errorCode"], unknown["_level"]) == (
+        "timer", True, "OutcomeNotRecorded", "WARNING")
+
+
+def test_an_import_step_storage_fails_under_is_logged_before_the_host_retries_it(service, graph, clock, capture):
+    from shared.errors import StateStoreUnavailable
+    from shared.importjob import ImportStep
+
+    import_id = start_import(service, autopilot_devices(1))
+    job = service.imports.job(import_id)
+    service.imports = None  # what a step meets when Table Storage is unreachable
+    with pytest.raises(StateStoreUnavailable):
+        service.run_import_step(ImportStep(import_id, job.step, job.step_at).to_json())
+    [failed] = [r for r in logged_events(capture, "import") if r["outcome"] == "failed"]
+    assert failed["importId"] == import_id and failed["errorCode"] == "StateStoreUnavailable"

@@ -267,3 +267,14 @@ def test_each_tenants_outcome_and_its_syncs_are_logged_with_the_tenant(mt_env, g
     assert outcomes == {NOT_CONSENTED: ("notConsented", "WARNING"), TENANTS[3]: ("synced", "INFO")}
     synced = [r for r in logged_events(caplog, "sync") if r.get("tenant") == TENANTS[3]]
     assert [(r["unit"], r["outcome"], r["attempted"]) for r in synced] == [("autopilot", "started", True)]
+
+
+def test_a_disabled_tenants_message_is_logged_as_skipped(mt_env, graph, caplog):
+    import logging
+
+    from conftest import logged_events
+
+    register(TENANTS[10], enabled=False)
+    with caplog.at_level(logging.INFO, logger="intune_sync.events"):
+        handlers.run_tenant(TenantMessage("tenant", datetime.now(UTC), tenant_id=TENANTS[10]).to_json())
+    assert [(r["tenant"], r["outcome"]) for r in logged_events(caplog, "tenant")] == [(TENANTS[10], "skipped")]

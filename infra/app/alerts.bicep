@@ -87,15 +87,16 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   }
 }
 
-// A failed sync: the app's request to Graph failed (sync, outcome failed), or Graph reports that a
-// sync it accepted failed (the watcher's syncFailed). One row per failure, counted per unit and
+// A failed sync: the app's request to Graph failed (sync, outcome failed), Graph reports that a
+// sync it accepted failed (the watcher's syncFailed), or a deferred sync was given up (its askers
+// were told "scheduled" and will not get it). One row per failure, counted per unit and
 // tenant ("own": the app's own tenant); the rows, linked from the alert, carry the error code and
 // Graph's request id (docs/operations.md).
 var failedSyncsQuery = '''
 traces
 | where message startswith "IntuneSync "
 | extend e = parse_json(substring(message, 11))
-| where (e.event == "sync" and e.outcome == "failed") or (e.event == "watch" and e.outcome == "syncFailed")
+| where (e.event == "sync" and e.outcome == "failed") or (e.event == "watch" and e.outcome == "syncFailed") or (e.event == "deferred" and e.outcome == "givenUp")
 | project timestamp, Unit = tostring(e.unit), Tenant = iff(isempty(tostring(e.tenant)), "own", tostring(e.tenant)), Target = tostring(e.target), ErrorCode = tostring(e.errorCode), HttpStatus = toint(e.httpStatus), GraphRequestId = tostring(e.graphRequestId), Reason = tostring(e.message)
 '''
 
@@ -128,7 +129,9 @@ resource failedSyncs 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
     enabled: true
     scopes: [applicationInsights.id]
     evaluationFrequency: 'PT15M'
-    windowSize: 'PT15M'
+    // Twice the frequency: a record ingested minutes late (Log Analytics' ingestion latency) still
+    // falls in a window. The alert is stateful (autoMitigate), so a failure seen twice e-mails once.
+    windowSize: 'PT30M'
     criteria: {
       allOf: [
         {
