@@ -250,7 +250,8 @@ class _Handler(JsonHandler):
         if path.startswith("/admin/functions/") and self.command == "POST":
             return self.invoke_other(path.rsplit("/", 1)[-1])
         if path.startswith("/admin/") and path[len("/admin/"):] in self.server.admin and self.command == "POST":
-            return self.send_json(200, self.server.admin[path[len("/admin/"):]]())
+            action = self.server.admin[path[len("/admin/"):]]
+            return self.send_json(200, _invoke(f"POST {path}", self.server.console, action, ending=lambda _: " -> 200"))
         if not path.startswith("/api/"):
             return self.send_json(404, {"error": {"code": "NotFound", "message": "no such route"}})
         relative = path[len("/api/"):]

@@ -74,7 +74,7 @@ def reset(graph: GraphEmulator) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="show the first sync, then stop")
-    parser.add_argument("--random-ports", action="store_true", help="pick free ports instead of 7071/8090/8091/10002")
+    parser.add_argument("--random-ports", action="store_true", help="pick free ports instead of 7071, 8090, 8091 and 10000-10002")
     args = parser.parse_args(argv)
     # A plain `kill` or a CI timeout should stop Azurite too, as Ctrl+C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

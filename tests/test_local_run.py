@@ -46,6 +46,7 @@ def test_the_local_run_prints_a_line_per_invocation_and_reset_grants_the_next_sy
         base = wait_for(r"^App API").split()[-1].removesuffix("/api")
         wait_for(r"Serving on")
         assert requests.post(f"{base}/admin/reset", timeout=30).json()["reset"] is True
+        wait_for(r"POST /admin/reset -> 200 \(\d+ ms\)")
         assert requests.post(f"{base}/api/sync/autopilot", timeout=30).status_code == 202
         wait_for(r"POST /api/sync/autopilot -> 202 \(\d+ ms\)")
         wait_for(r"sync +autopilot +started: Graph 204 in \d+ ms, by http")
