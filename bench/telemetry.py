@@ -35,6 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import results  # noqa: E402  (after the path: run as a script too)
+
 RESULTS = ROOT / "bench" / "RESULTS.md"
 BEGIN, END = "<!-- bench/telemetry.py: begin -->", "<!-- bench/telemetry.py: end -->"
 DISTRO = "azure-monitor-opentelemetry"
@@ -282,15 +284,8 @@ def conclusion(ours_ms: float, otel_ms: float | None, mb_app: float | None, mb_o
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or add it at the end); the rest stays unchanged."""
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in current and END in current:
-        head, _, rest = current.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        updated = head + text.rstrip("\n") + tail
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated if updated.endswith("\n") else updated + "\n")
+    """This benchmark's section of RESULTS.md, replaced (bench/results.py)."""
+    results.write_section(path, text, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueClient
 
+from bench import results
 from emulators.azurite import Azurite, free_port
 from emulators.entra import DEFAULT_CLIENT_ID
 from emulators.identity import DEFAULT_SECRET, TOKEN_PATH
@@ -978,15 +979,8 @@ def machine() -> dict[str, str]:
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or add it at the end); the rest stays."""
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in current and END in current:
-        head, _, rest = current.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        updated = head + text.rstrip("\n") + tail
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated if updated.endswith("\n") else updated + "\n")
+    """This benchmark's section of RESULTS.md, replaced (bench/results.py)."""
+    results.write_section(path, text, BEGIN, END)
 
 
 def dump(windows: dict[str, Any], path: Path) -> None:

@@ -1,0 +1,18 @@
+"""RESULTS.md: each benchmark writes its own section between ``<!-- NAME: begin -->`` and
+``<!-- NAME: end -->`` markers, leaving the rest of the file as it is."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_section(path: Path, text: str, begin: str, end: str) -> None:
+    """Replace the section between ``begin`` and ``end`` with ``text`` (which carries both
+    markers), or add it at the end; the rest of the file stays unchanged."""
+    current = path.read_text() if path.exists() else "# Benchmark results\n"
+    if begin in current and end in current:
+        head, _, rest = current.partition(begin)
+        _, _, tail = rest.partition(end)
+        updated = head + text.rstrip("\n") + tail
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text
+    path.write_text(updated if updated.endswith("\n") else updated + "\n")
