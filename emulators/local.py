@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="show the first sync, then stop")
     parser.add_argument("--random-ports", action="store_true", help="pick free ports instead of 7071, 8090, 8091 and 10000-10002")
+    parser.add_argument("--state", default=str(ROOT / ".azurite"), help="where Azurite keeps its data (default .azurite/)")
     args = parser.parse_args(argv)
     # A plain `kill` or a CI timeout should stop Azurite too, as Ctrl+C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = {name: free_port() if args.random_ports else default
              for name, default in (("app", 7071), ("graph", 8090), ("identity", 8091), ("table", 10002), ("queue", 10001), ("blob", 10000))}
     azurite = Azurite(port=ports["table"], queue_port=ports["queue"], blob_port=ports["blob"],
-                      location=None if args.once else str(ROOT / ".azurite")).start()
+                      location=None if args.once else args.state).start()
     identity = IdentityEmulator(port=ports["identity"]).start()
     graph = GraphEmulator(port=ports["graph"]).start()
     os.environ.update(

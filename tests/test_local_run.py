@@ -15,7 +15,7 @@ def test_the_local_run_shows_a_started_sync_then_a_cooldown():
     assert started < cooldown and '"outcome": "started"' in run.stdout
 
 
-def test_the_local_run_prints_a_line_per_invocation_and_reset_grants_the_next_sync():
+def test_the_local_run_prints_a_line_per_invocation_and_reset_grants_the_next_sync(tmp_path):
     """Serving (not --once): the timers run on their schedules (here the watcher every 2 s), each
     HTTP call, timer tick and telemetry event is a line as it happens, and POST /admin/reset makes
     the next sync a granted one."""
@@ -27,7 +27,8 @@ def test_the_local_run_prints_a_line_per_invocation_and_reset_grants_the_next_sy
     import requests
 
     env = {**os.environ, "SYNC_WATCH_SCHEDULE": "*/2 * * * * *", "SYNC_SCHEDULE": "0 0 0 1 1 *", "SYNC_TARGETS": "autopilot"}
-    proc = subprocess.Popen([sys.executable, "-m", "emulators.local", "--random-ports"], cwd=ROOT, env=env,
+    # Its own Azurite data: the checkout's .azurite/ is the developer's local run.
+    proc = subprocess.Popen([sys.executable, "-m", "emulators.local", "--random-ports", "--state", str(tmp_path)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
