@@ -153,6 +153,19 @@ def test_every_alert_query_reads_the_telemetry_and_names_only_its_fields_and_eve
     assert query_problems(alert_queries()[rule]) == []
 
 
+DOC_QUERIES = [q for q in re.findall(r"```(?:kql|kusto)\n(.*?)```", (INFRA.parent / "docs" / "monitoring.md").read_text(), flags=re.S)
+               if q.lstrip().startswith("traces") and "IntuneSync" in q]
+
+
+def test_the_monitoring_guide_has_its_queries_for_the_common_questions():
+    assert len(DOC_QUERIES) >= 10
+
+
+@pytest.mark.parametrize("index", range(len(DOC_QUERIES)))
+def test_every_query_in_the_monitoring_guide_names_only_fields_and_events_the_app_logs(index):
+    assert query_problems(DOC_QUERIES[index]) == []
+
+
 def test_the_query_check_catches_an_unknown_field_an_unknown_event_and_a_missing_preamble():
     preamble = "\n".join(PREAMBLE)
     good = preamble + '\n| where e.event in ("sync", "watch") and e["outcome"] == "failed"\n| project tostring(e.unit)'
