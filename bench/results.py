@@ -1,8 +1,24 @@
-"""RESULTS.md: each benchmark writes its own section between ``<!-- NAME: begin -->`` and
-``<!-- NAME: end -->`` markers, leaving the rest of the file as it is."""
+"""What every benchmark's report shares: the machine it ran on, and RESULTS.md, where each
+benchmark writes its own section between ``<!-- NAME: begin -->`` and ``<!-- NAME: end -->``
+markers, leaving the rest of the file as it is."""
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
+
+
+def machine() -> dict[str, str]:
+    """The CPU model, core count, Python version and OS of this run."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(), "os": platform.platform()}
 
 
 def write_section(path: Path, text: str, begin: str, end: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from azure.data.tables import TableServiceClient
 
+from bench import results
 from emulators.azurite import Azurite, free_port
 from emulators.graph import GraphEmulator
 from emulators.identity import IdentityEmulator
@@ -392,20 +392,8 @@ def fan_out(bench: Bench, stack: Stack, connectors: int, latency: float) -> None
 # --- report -----------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(), "os": platform.platform()}
-
-
 def report(bench: Bench, seconds: float) -> str:
-    m = machine()
+    m = results.machine()
     lines = [
         "# Benchmark results",
         "",

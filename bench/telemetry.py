@@ -197,9 +197,8 @@ def ratio(ours: float | None, baseline: float | None) -> str:
 
 
 def report(figures: dict[str, Any], smoke: bool, seconds: float) -> str:
-    from bench.run import machine
 
-    m = machine()
+    m = results.machine()
     cold, records = figures["cold"], figures["records"]
     otel_runs = cold["otel"] or None
     ours_ms = median_of(cold["ours"], "total")

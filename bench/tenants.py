@@ -29,7 +29,6 @@ import json
 import math
 import os
 import pickle
-import platform
 import signal
 import subprocess
 import sys
@@ -672,7 +671,7 @@ def fmt_opt(value: int | None) -> str:
 def report(main: Window, sweep: list[Window], instances: dict[int, list[Window]], first: Window | None,
            seconds: float, cgroups: bool, target: int, at: datetime) -> str:
     n = main.n
-    m = machine()
+    m = results.machine()
     trips = per_tenant(main)
     trips_total = sum(trips.values())
     floor = {"state read", "state claim", "state commit (transaction)"}
@@ -964,18 +963,6 @@ def cost_spread(instances: dict[int, list[Window]], target: int) -> tuple[float,
         return (target / r512 * 0.5) / (target / r2048 * 2)
 
     return ratio(max(small), min(large)), ratio(min(small), max(large))
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
 
 
 def write_section(path: Path, text: str) -> None:

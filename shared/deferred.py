@@ -214,9 +214,7 @@ class DeferredSyncs(ServiceCore):
         target = self.targets.get(fire.target)
         state = self.store.read(fire.unit_key)
         if target is None or state.pending_id != fire.pending_id or (state.pending_reschedules or 0) != fire.generation:
-            log.info("deferred sync %s: message %s/%d is stale or a duplicate; nothing to do",
-                     fire.unit_key, fire.pending_id, fire.generation)
-            return "stale", None
+            return "stale", None  # a duplicate, or an older message
         unit = Unit(fire.target, fire.item_id)
         now = self.clock()
         if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)

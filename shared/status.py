@@ -29,7 +29,7 @@ from .errors import UpstreamError
 from .health import Rating, rate, worst
 from .model import iso
 from .state import UnitState
-from .targets import Unit, read_connector_status
+from .targets import GraphView, Unit, read_connector_status
 
 # 6 targets + connectorStatus per status call; room for a few services (instances of the app
 # object) in one process, each with at most one read per target in flight.
@@ -115,14 +115,13 @@ class StatusReport(ServiceCore):
         query) and one keys-only count per pending sync; no history."""
         started = time.monotonic()
         now = self.clock()
-        deadline = self.settings.status_deadline_seconds
         reads = READS.start_all({
-            **{name: ((target, "graph_status"), target.graph_status) for name, target in self.targets.items()},
+            **self._graph_reads(),
             _CONNECTOR_STATUS: ((self.graph, _CONNECTOR_STATUS), lambda: read_connector_status(self.graph)),
         })
         local = {s.key: s for s in self.store.states()}
         asks = {key: 1 + self.store.count_asks(key, s.pending_id) for key, s in local.items() if s.pending_id}
-        answers = READS.answers(reads, deadline - (time.monotonic() - started), deadline)
+        answers = self._answers(reads, started)
         targets: list[dict[str, Any]] = []
         for name in self.targets:
             graph = self._graph_json(name, answers[name], now)
@@ -152,40 +151,63 @@ class StatusReport(ServiceCore):
         and within STATUS_DEADLINE_SECONDS. A target Graph did not list is rated unhealthy under
         the unit names its state rows know (the names every other rating uses). Unit -> rating."""
         started, now = time.monotonic(), self.clock()
-        deadline = self.settings.status_deadline_seconds
-        reads = READS.start_all({name: ((target, "graph_status"), target.graph_status) for name, target in self.targets.items()})
-        answers = READS.answers(reads, deadline - (time.monotonic() - started), deadline)
+        answers = self._answers(READS.start_all(self._graph_reads()), started)
         ratings: dict[str, str] = {}
         for name, answer in answers.items():
-            if isinstance(answer, (UpstreamError, Unavailable)):
-                code = answer.code if isinstance(answer, UpstreamError) else "Unavailable"
-                units = [name] if not self.targets[name].per_item else \
-                    [Unit.of_state(s).name for s in self.store.states(f"{name}-")]
+            for rated in self._rated(name, answer, now):
+                units = [rated.unit] if rated.error is None or not self.targets[name].per_item \
+                    else [Unit.of_state(s).name for s in self.store.states(f"{name}-")]
                 for unit in units:
-                    ratings[unit] = _log_health(name, unit, Rating("unhealthy", (answer.message,)), self.tenant, error=code)
-                continue
-            if isinstance(answer, BaseException):
-                raise answer
-            warning_hours, unhealthy_hours = self.settings.thresholds(name)
-            for view in answer:
-                rating = rate(view, now, warning_hours, unhealthy_hours, self.settings.token_expiry_warning_days)
-                ratings[view.target] = _log_health(name, view.target, rating, self.tenant, view.last_success)
+                    telemetry.emit("health", _LEVELS.get(rated.rating.rating, logging.ERROR), target=name, unit=unit,
+                                   tenant=self.tenant, health=rated.rating.rating,
+                                   lastSyncAt=rated.view.last_success if rated.view else None,
+                                   errorCode=rated.error[0] if rated.error else None, message="; ".join(rated.rating.reasons))
+                    ratings[unit] = rated.rating.rating
         return ratings
 
-    def _graph_json(self, name: str, answer: Any, now: datetime) -> list[dict[str, Any]]:
-        """Graph's views of one target, rated; or one entry saying why there are none."""
-        if isinstance(answer, (UpstreamError, Unavailable)):  # same shape as a unit's status: one schema
+    def _graph_reads(self) -> dict[str, tuple[Hashable, Callable[[], Any]]]:
+        """Each enabled target's Graph status read, for READS (joined by concurrent callers)."""
+        return {name: ((target, "graph_status"), target.graph_status) for name, target in self.targets.items()}
+
+    def _answers(self, reads: dict[str, Future[Any] | None], started: float) -> dict[str, Any]:
+        deadline = self.settings.status_deadline_seconds
+        return READS.answers(reads, deadline - (time.monotonic() - started), deadline)
+
+    def _rated(self, name: str, answer: Any, now: datetime) -> list[_Rated]:
+        """Graph's views of one target, each rated; or one unhealthy entry saying why there are none."""
+        if isinstance(answer, (UpstreamError, Unavailable)):
             code = answer.code if isinstance(answer, UpstreamError) else "Unavailable"
-            return [{"target": name, "error": {"code": code, "message": answer.message},
-                     "health": Rating("unhealthy", (answer.message,)).to_json()}]
+            return [_Rated(name, Rating("unhealthy", (answer.message,)), error=(code, answer.message))]
         if isinstance(answer, BaseException):
             raise answer
         warning_hours, unhealthy_hours = self.settings.thresholds(name)
-        return [
-            {"target": view.target, **view.fields,
-             "health": rate(view, now, warning_hours, unhealthy_hours, self.settings.token_expiry_warning_days).to_json()}
-            for view in answer
-        ]
+        return [_Rated(view.target, rate(view, now, warning_hours, unhealthy_hours, self.settings.token_expiry_warning_days),
+                       view) for view in answer]
+
+    def _graph_json(self, name: str, answer: Any, now: datetime) -> list[dict[str, Any]]:
+        """Graph's views of one target, rated; or one entry saying why there are none (same
+        shape as a unit's status: one schema)."""
+        return [r.to_json() for r in self._rated(name, answer, now)]
+
+
+_LEVELS = {"healthy": logging.INFO, "warning": logging.WARNING}  # unhealthy: ERROR
+
+
+@dataclass(frozen=True)
+class _Rated:
+    """One unit's rating; ``view`` is Graph's account of it, ``error`` (code, message) why there is none."""
+
+    unit: str
+    rating: Rating
+    view: GraphView | None = None
+    error: tuple[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"target": self.unit, "error": {"code": self.error[0], "message": self.error[1]},
+                    "health": self.rating.to_json()}
+        fields = self.view.fields if self.view is not None else {}
+        return {"target": self.unit, **fields, "health": self.rating.to_json()}
 
 
 def _state_json(state: UnitState, now: datetime, asks: int = 0) -> dict[str, Any]:
@@ -217,10 +239,3 @@ def _state_json(state: UnitState, now: datetime, asks: int = 0) -> dict[str, Any
         else None,
     }
 
-
-def _log_health(target: str, unit: str, rating: Rating, tenant: str | None, last_success: datetime | None = None,
-                error: str | None = None) -> str:
-    level = {"healthy": logging.INFO, "warning": logging.WARNING}.get(rating.rating, logging.ERROR)
-    telemetry.emit("health", level, target=target, unit=unit, tenant=tenant, health=rating.rating,
-                   lastSyncAt=last_success, errorCode=error, message="; ".join(rating.reasons))
-    return rating.rating

@@ -19,6 +19,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from enum import Enum
 from typing import Any
 from urllib.parse import unquote
 
@@ -93,7 +94,7 @@ def _value(value: Any) -> Any:
         return value
     if isinstance(value, datetime):
         return iso(value)
-    if hasattr(value, "value") and isinstance(value.value, str):  # an Enum such as Outcome or Trigger
+    if isinstance(value, Enum):  # Outcome, Trigger
         return value.value
     if isinstance(value, Mapping):
         return {str(k)[:100]: _value(v) for k, v in value.items()}

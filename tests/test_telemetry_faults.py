@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 import requests
-from conftest import FUNCTIONS, advance, call, configure, faults, fire_due_sync, graph_calls, logged_events
+from conftest import FUNCTIONS, advance, call, configure, faults, fire_due_sync, graph_calls, logged_events, sync_posts
 
 from shared import telemetry
 from shared.model import Outcome, SyncRequest
@@ -81,6 +81,34 @@ def test_a_target_graph_could_not_list_is_rated_under_the_same_unit_names_as_usu
     assert bad <= good, f"ghost unit(s) {bad - good} rated, never rated again once Graph answers"
 
 
+def test_graph_failing_the_timers_health_reads_leaves_its_sync_recorded_and_the_cooldown_kept(app_env, graph, capture):
+    """Graph answers the status reads 503 (or not at all): the tick's syncs stand as recorded,
+    the units are rated unhealthy, and the next tick sends no second sync POST."""
+    from shared import runtime
+
+    faults(graph, {"method": "GET", "pathContains": "/deviceManagement/", "status": 503, "times": 1000})
+    FUNCTIONS["sync_timer"](_timer())
+    posts = len(sync_posts(graph))
+    assert posts >= 1 and logged_events(capture, "timer")
+    assert runtime.service().store.history("autopilot")[0]["outcome"] == "started"
+    assert {r["health"] for r in logged_events(capture, "health")} == {"unhealthy"}
+    FUNCTIONS["sync_timer"](_timer())
+    assert len(sync_posts(graph)) == posts  # in cooldown: the pending sync, not a POST
+
+
+def test_graph_failing_the_watchers_reads_keeps_following_and_sends_no_sync(service, graph, clock, capture):
+    """The watcher's status read answered 503: a finding, the sync still followed, no POST; once
+    Graph answers again, it is reported finished."""
+    service.sync(AUTOPILOT)
+    advance(clock, graph, 31)
+    faults(graph, {"method": "GET", "pathContains": "windowsAutopilotSettings", "status": 503, "times": 4})  # one read, retries included
+    service.watch()
+    assert [r["outcome"] for r in logged_events(capture, "watch")] == ["statusUnreadable"]
+    assert service.store.read("autopilot").completion_pending and len(sync_posts(graph)) == 1
+    service.watch()  # Graph answers again
+    assert logged_events(capture, "watch")[-1]["outcome"] == "syncCompleted" and len(sync_posts(graph)) == 1
+
+
 # --- the watcher follows every started sync, for a bounded time -----------------------------------
 
 
@@ -133,6 +161,13 @@ def test_a_deferred_firing_without_a_token_is_logged(service, make_service, grap
     assert raised is not None  # the host retries the message
     [record] = logged_events(capture, "deferred")
     assert (record["outcome"], record["errorCode"], record["_level"]) == ("retrying", "TokenUnavailable", "WARNING")
+    # Nothing lost or held: the pending sync waits for the host's retry, no lease, no second POST.
+    state = fresh.store.read("autopilot")
+    assert state.pending_id and not state.lease_owner and len(sync_posts(graph)) == 1
+    identity_server.configure(failing=False)
+    # The host delivers the message again (after host.json's visibilityTimeout, 10 s); MSAL keeps a
+    # failed token answer for about 5 s, so the retry here is a new instance's, as it may be in Azure.
+    assert fire_due_sync(make_service()).outcome is Outcome.STARTED and len(sync_posts(graph)) == 2
 
 
 # --- the local run ---------------------------------------------------------------------------------
