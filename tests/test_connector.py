@@ -18,7 +18,8 @@ from openapi_spec_validator import validate
 from shared.targets import TARGETS
 
 CONNECTOR = ROOT / "connector"
-SCHEMAS = ROOT.parent / "shared" / "reference" / "powerplatform-connector-schemas"
+# A copy inside the project (its SOURCE.md and LICENSE): a fresh clone has nothing beside it.
+SCHEMAS = ROOT / "tests" / "fixtures" / "powerplatform-connector-schemas"
 SWAGGER = json.loads((CONNECTOR / "apiDefinition.swagger.json").read_text())
 KEY = "test-function-key"
 GUID = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
