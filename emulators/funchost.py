@@ -275,8 +275,12 @@ class _Handler(JsonHandler):
                 route_params={k: unquote(v) for k, v in match.groupdict().items()},
                 body=body,
             )
-            response = _invoke(f"{self.command} {raw.path}", self.server.console, route.handler, request,
-                               ending=lambda r: f" -> {r.status_code}")
+            try:
+                response = _invoke(f"{self.command} {raw.path}", self.server.console, route.handler, request,
+                                   ending=lambda r: f" -> {r.status_code}")
+            except Exception:  # as the host does: the function failed, the caller still gets an answer
+                log.exception("function %s failed", route.name)
+                return self.send_json(500, {"error": {"code": "InternalServerError", "message": "the function failed"}})
             headers = dict(response.headers)
             headers.setdefault("Content-Type", response.mimetype or "text/plain")
             data = response.get_body() or b""

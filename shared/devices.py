@@ -5,10 +5,12 @@ Two forms of the same request (issue #12):
   "assignedUserPrincipalName"?}], "updateExisting"?: bool}``;
 - ``text/csv``, as ``Get-WindowsAutopilotInfo`` writes it: header ``Device Serial Number,Windows
   Product ID,Hardware Hash`` and optionally ``Group Tag`` and ``Assigned User``; UTF-8 with or
-  without a BOM, or UTF-16 with one (Windows PowerShell 5.1), CRLF or LF.
+  without a BOM, or UTF-16 with one (Windows PowerShell 5.1), CRLF or LF; separated by commas,
+  semicolons (Excel where the comma is the decimal separator) or tabs.
 
 Every bad row is reported at once, with its row number, serial, field and reason (HTTP 400), and
-nothing is sent. Pure: no I/O. The import job that uses it is shared/importjob.py.
+nothing is sent. No error echoes a caller's value at length (a hash is thousands of characters).
+Pure: no I/O. The import job that uses it is shared/importjob.py.
 """
 from __future__ import annotations
 
@@ -28,12 +30,25 @@ from .jsonbody import nesting_exceeds
 # The Intune admin center takes at most 500 devices per CSV; no limit is documented for Graph's
 # import action, so one request mirrors the admin center's (../shared/reference autopilot-import).
 MAX_DEVICES = 500
-# A 4K hardware hash is about 4,000 base64 characters; 500 of them with their CSV columns.
-MAX_BODY_BYTES = 4 * 1024 * 1024
+# What is limited is devices, and characters once decoded, never raw bytes: Windows PowerShell 5.1
+# writes the same CSV in UTF-16, twice the bytes of UTF-8. A device at its longest (a 16 KB hash
+# is 21,848 base64 characters, plus every other field at its longest and the punctuation of a CSV
+# row or a JSON object) is under 24,000 characters.
+MAX_TEXT_CHARS = MAX_DEVICES * 24_000
+# The byte cap only bounds what is read: that text in UTF-16 (two bytes a character) with a BOM.
+MAX_BODY_BYTES = 2 * MAX_TEXT_CHARS + 4
+SIZE_LIMIT = (f"at most {MAX_DEVICES} devices and {MAX_TEXT_CHARS:,} characters per request "
+              f"({MAX_BODY_BYTES:,} bytes, room for UTF-16)")
 # Decoded hash size we accept: real hashes are a few KB; far smaller or larger is not a hash.
 HASH_BYTES = (512, 16 * 1024)
 MAX_DEPTH = 4  # {"devices": [{...}]}
 MAX_PROBLEMS = 200  # problems listed in one answer (500 rows with two problems each would be fine too)
+MAX_SHOWN = 40  # characters of a caller's value that an error may echo
+ENCODING_MESSAGE = "the CSV must be UTF-8 or UTF-16 with a byte order mark"
+# Excel saves "CSV" with the list separator of the Windows locale: ";" wherever "," is the decimal
+# separator (most of Europe). The first one listed wins a tie.
+DELIMITERS = (",", ";", "\t")
+SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs"}
 
 CSV_COLUMNS = {
     "Device Serial Number": "serialNumber",
@@ -51,6 +66,11 @@ _PRODUCT_KEY = re.compile(r"[A-Za-z0-9-]{0,64}")
 # dynamic groups match on).
 _GROUP_TAG = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _UPN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_FIRST_LINE = re.compile(r"[\r\n]*([^\r\n]*)")
+STRIPPED_LINE_BREAKS = ("the CSV has no line break, so no device rows: were the line breaks stripped on the way? "
+                        "curl -d @file strips them (send the file with --data-binary @file), and so does a "
+                        "PowerShell body made of Get-Content's lines (read the file with Get-Content -Raw)")
 
 
 @dataclass(frozen=True)
@@ -78,7 +98,13 @@ class RowProblem:
     reason: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"row": self.row, "serialNumber": self.serial_number, "field": self.field, "reason": self.reason}
+        serial = None if self.serial_number is None else shown(self.serial_number)
+        return {"row": self.row, "serialNumber": serial, "field": shown(self.field), "reason": self.reason}
+
+
+def shown(value: str) -> str:
+    """``value`` as an error may echo it: cut to MAX_SHOWN characters, saying how long it was."""
+    return value if len(value) <= MAX_SHOWN else f"{value[:MAX_SHOWN]}... ({len(value):,} characters)"
 
 
 class InvalidDevices(AppError, ValueError):
@@ -94,13 +120,19 @@ class InvalidDevices(AppError, ValueError):
         self.problems = problems
 
 
+class TooLarge(InvalidDevices):
+    """More than any MAX_DEVICES devices could take (413), whatever the encoding."""
+
+    code, http_status = "PayloadTooLarge", 413
+
+
 def parse_import(body: bytes, content_type: str) -> ImportRequest:
     """The validated request, or InvalidDevices naming every bad row."""
     if len(body) > MAX_BODY_BYTES:
-        raise InvalidDevices(f"the body may be at most {MAX_BODY_BYTES} bytes")
+        raise TooLarge(SIZE_LIMIT)
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == "text/csv":
-        rows, update_existing = _csv_rows(body), False
+        rows, update_existing = _csv_rows(_csv_text(body)), False
     elif media_type == "application/json":
         rows, update_existing = _json_rows(body)
     else:
@@ -150,8 +182,8 @@ def _row_problems(number: int, row: dict[str, Any]) -> list[RowProblem]:
 
     check("serialNumber", bool(serial and _SERIAL.fullmatch(serial)),
           "required: 1-128 letters, digits, spaces and . _ / - (starting with a letter or digit)")
-    check("hardwareIdentifier", _hash_ok(row.get("hardwareIdentifier")),
-          f"required: the base64 hardware hash ({HASH_BYTES[0]}-{HASH_BYTES[1]} bytes decoded)")
+    hash_problem = _hash_problem(row.get("hardwareIdentifier"))
+    check("hardwareIdentifier", hash_problem is None, hash_problem or "")
     check("productKey", _PRODUCT_KEY.fullmatch(row.get("productKey") or "") is not None,
           "at most 64 letters, digits and hyphens")
     tag = row.get("groupTag")
@@ -162,28 +194,45 @@ def _row_problems(number: int, row: dict[str, Any]) -> list[RowProblem]:
     return problems
 
 
-def _hash_ok(value: Any) -> bool:
+def _hash_problem(value: Any) -> str | None:
+    """Why ``value`` is not a hardware hash, or None. A hash cut short (a copy and paste, an
+    editor's line limit) is called truncated, with the size it decodes to."""
+    size = f"a hardware hash is {HASH_BYTES[0]}-{HASH_BYTES[1]} bytes decoded (a real one about 4 KB)"
     if not isinstance(value, str) or not value:
-        return False
+        return f"required: the base64 hardware hash ({HASH_BYTES[0]}-{HASH_BYTES[1]} bytes decoded)"
+    not_base64 = "not base64: only A-Z, a-z, 0-9, + and / (and = at the end)"
+    if not _BASE64.fullmatch(value):
+        return not_base64
+    whole = len(value) - len(value) % 4  # base64 comes in 4-character groups; a cut leaves a part
     try:
-        decoded = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return HASH_BYTES[0] <= len(decoded) <= HASH_BYTES[1]
+        decoded = len(base64.b64decode(value[:whole], validate=True))
+    except (binascii.Error, ValueError):  # "=" before the last group
+        return not_base64
+    if whole < len(value) or decoded < HASH_BYTES[0]:
+        return f"truncated: {len(value):,} characters decode to {decoded:,} bytes; {size}"
+    if decoded > HASH_BYTES[1]:
+        return f"too large: {decoded:,} bytes decoded; {size}"
+    return None
 
 
 def _json_rows(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     if nesting_exceeds(body, MAX_DEPTH):
         raise InvalidDevices(f"the body nests JSON deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = body.decode(json.detect_encoding(body), "surrogatepass")  # as json.loads(bytes) does
+    except UnicodeDecodeError:
+        raise InvalidDevices("the body is not valid JSON") from None
+    if len(text) > MAX_TEXT_CHARS:
+        raise TooLarge(SIZE_LIMIT)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
         raise InvalidDevices("the body is not valid JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
         raise InvalidDevices('the body must be {"devices": [...]}')
     unknown = sorted(set(data) - {"devices", "updateExisting"})
     if unknown:
-        raise InvalidDevices(f"unknown field(s) {', '.join(unknown)}; allowed: devices, updateExisting")
+        raise InvalidDevices(f"unknown field(s) {_names(unknown)}; allowed: devices, updateExisting")
     update_existing = data.get("updateExisting", False)
     if not isinstance(update_existing, bool):
         raise InvalidDevices("updateExisting must be true or false")
@@ -196,34 +245,85 @@ def _json_rows(body: bytes) -> tuple[list[dict[str, Any]], bool]:
     return rows, update_existing
 
 
-def _csv_rows(body: bytes) -> list[dict[str, Any]]:
+def _csv_text(body: bytes) -> str:
+    """The CSV's characters. Windows PowerShell 5.1's Out-File (what Get-WindowsAutopilotInfo
+    -OutputFile uses) writes UTF-16 with a BOM; PowerShell 7 writes UTF-8, with or without one."""
+    utf16 = body[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
     try:
-        # Windows PowerShell 5.1's Out-File (what Get-WindowsAutopilotInfo -OutputFile uses)
-        # writes UTF-16 with a BOM; PowerShell 7 writes UTF-8, with or without one.
-        text = body.decode("utf-16") if body[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else body.decode("utf-8-sig")
+        text: str | None = body.decode("utf-16") if utf16 else body.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise InvalidDevices("the CSV must be UTF-8 or UTF-16 with a byte order mark") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [name.strip() for name in next(reader)]
-    except (StopIteration, csv.Error):
-        raise InvalidDevices("the CSV has no header line") from None
-    missing = [name for name in REQUIRED_CSV_COLUMNS if name not in header]
-    unknown = [name for name in header if name not in CSV_COLUMNS]
-    if missing or unknown:
-        raise InvalidDevices(f"the CSV header must be {', '.join(CSV_COLUMNS)} (the last two optional)"
-                             + (f"; missing: {', '.join(missing)}" if missing else "")
-                             + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        text = None
+    # UTF-16 without its BOM is valid UTF-8 too, with a NUL beside every ASCII character: named,
+    # not left to fail as a header full of NULs.
+    if text is not None and "\x00" in text and utf16 and "\n" not in text and "\r" not in text:
+        raise InvalidDevices(STRIPPED_LINE_BREAKS)  # curl -d drops a UTF-16 CRLF's 0D and 0A, leaving 00 00
+    if text is None or "\x00" in text:
+        raise InvalidDevices(ENCODING_MESSAGE + ("; this one has NUL bytes, as UTF-16 without its byte order mark has"
+                                                 if b"\x00" in body else ""))
+    if len(text) > MAX_TEXT_CHARS:
+        raise TooLarge(SIZE_LIMIT)
+    return text
+
+
+def _csv_rows(text: str) -> list[dict[str, Any]]:
+    reader, header = _csv_header(text)
     rows: list[dict[str, Any]] = []
+    count = 0
     try:
         for line in reader:
             if not any(cell.strip() for cell in line):
                 continue  # blank lines, e.g. a trailing newline
             if len(line) != len(header):
-                raise InvalidDevices(f"CSV line {reader.line_num} has {len(line)} columns, the header {len(header)}")
-            rows.append({CSV_COLUMNS[name]: (cell.strip() or None) for name, cell in zip(header, line, strict=True)})
-            if len(rows) > MAX_DEVICES:  # stop reading: the answer is the same however many follow
-                raise InvalidDevices(f"at most {MAX_DEVICES} devices per request, got more")
+                raise InvalidDevices(f"CSV line {reader.line_num} has {len(line)} columns, the header {len(header)} "
+                                     f"(separated by {SEPARATOR_NAMES[reader.dialect.delimiter]})")
+            count += 1
+            if count <= MAX_DEVICES:  # the rest only counted, so that the answer names how many
+                rows.append({CSV_COLUMNS[name]: (cell.strip() or None) for name, cell in zip(header, line, strict=True)})
     except csv.Error as exc:
         raise InvalidDevices(f"the CSV is malformed at line {reader.line_num}: {exc}") from None
+    if count > MAX_DEVICES:
+        raise InvalidDevices(f"at most {MAX_DEVICES} devices per request, got {count}")
     return rows
+
+
+def _csv_header(text: str) -> tuple[Any, list[str]]:
+    """A reader past the header line, and the header's column names (checked)."""
+    if not text.strip():
+        raise InvalidDevices("the CSV has no header line")
+    if "\n" not in text and "\r" not in text:
+        raise InvalidDevices(STRIPPED_LINE_BREAKS)
+    match = _FIRST_LINE.match(text)
+    first_line = match.group(1) if match else ""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line))
+    try:
+        header = next(reader)
+        while not header:  # blank lines before the header
+            header = next(reader)
+    except (StopIteration, csv.Error):
+        raise InvalidDevices("the CSV has no header line") from None
+    header = [name.strip() for name in header]
+    missing = [name for name in REQUIRED_CSV_COLUMNS if name not in header]
+    unknown = [name for name in header if name not in CSV_COLUMNS]
+    if missing or unknown:
+        raise InvalidDevices(f"the CSV header must be {', '.join(CSV_COLUMNS)} (the last two optional), "
+                             "separated by commas, semicolons or tabs"
+                             + (f"; missing: {', '.join(missing)}" if missing else "")
+                             + (f"; unknown: {_names(unknown)}" if unknown else ""))
+    return reader, header
+
+
+def _delimiter(first_line: str) -> str:
+    """The separator that splits the header line into the most known column names."""
+    def known(delimiter: str) -> int:
+        try:
+            cells = next(csv.reader([first_line], delimiter=delimiter), [])
+        except csv.Error:
+            return 0
+        return sum(cell.strip() in CSV_COLUMNS for cell in cells)
+    return max(DELIMITERS, key=known)
+
+
+def _names(names: list[str]) -> str:
+    """Names a caller sent, each cut short, at most five (a headerless CSV's first row is a hash)."""
+    listed = ", ".join(f'"{shown(name)}"' for name in names[:5])
+    return listed + (f" and {len(names) - 5} more" if len(names) > 5 else "")

@@ -1,11 +1,13 @@
 """Autopilot import requests (shared/devices.py): every row validated before anything reaches
 Graph. Pure: no servers."""
 import base64
+import codecs
 import json
+import random
 
 import pytest
 
-from shared.devices import MAX_DEVICES, InvalidDevices, parse_import
+from shared.devices import MAX_BODY_BYTES, MAX_DEVICES, MAX_SHOWN, MAX_TEXT_CHARS, InvalidDevices, parse_import
 
 HASH = base64.b64encode(bytes(range(256)) * 16).decode()  # 4 KB, the size of a real 4K hash
 HEADER = "Device Serial Number,Windows Product ID,Hardware Hash"
@@ -103,3 +105,88 @@ def test_malformed_requests_are_a_400_never_an_exception(body, media):
 
 def test_an_empty_device_list_is_refused():
     assert "no device" in problems(as_json()).message
+
+
+# --- issue #19: the limit in every encoding, and CSV messages an admin can act on ----------------
+
+ENCODINGS = {
+    "utf-8": lambda text: text.encode(),
+    "utf-8-bom": lambda text: codecs.BOM_UTF8 + text.encode(),
+    "utf-16-le-bom": lambda text: codecs.BOM_UTF16_LE + text.encode("utf-16-le"),  # Windows PowerShell 5.1
+    "utf-16-be-bom": lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+}
+
+
+def realistic_csv(count, separator=","):
+    """What Get-WindowsAutopilotInfo writes for ``count`` devices: random 4 KB hashes (5,464 base64
+    characters, at the long end of real ones), an empty product ID, CRLF."""
+    rng = random.Random(count)
+    lines = [separator.join(("Device Serial Number", "Windows Product ID", "Hardware Hash"))]
+    lines += [separator.join((f"PF3{i:06d}", "", base64.b64encode(rng.randbytes(4096)).decode())) for i in range(count)]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_500_realistic_devices_are_accepted_in_every_encoding(encoding):
+    body = ENCODINGS[encoding](realistic_csv(MAX_DEVICES))
+    assert len(parse_import(body, "text/csv").devices) == MAX_DEVICES
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_501_devices_are_refused_naming_the_count_in_every_encoding(encoding):
+    error = problems(ENCODINGS[encoding](realistic_csv(MAX_DEVICES + 1)), "text/csv")
+    assert error.http_status == 400 and f"at most {MAX_DEVICES} devices per request, got {MAX_DEVICES + 1}" in error.message
+
+
+def test_a_body_over_the_decoded_text_limit_is_too_large():
+    body = (HEADER + "\r\n" + "x" * MAX_TEXT_CHARS).encode()  # under the byte cap, over the text limit
+    assert len(body) < MAX_BODY_BYTES
+    error = problems(body, "text/csv")
+    assert (error.http_status, error.code) == (413, "PayloadTooLarge") and "500 devices" in error.message
+
+
+@pytest.mark.parametrize("separator", [";", "\t"], ids=["semicolon", "tab"])
+@pytest.mark.parametrize("quoted", [False, True], ids=["bare", "quoted"])
+def test_a_csv_separated_by_semicolons_or_tabs_is_read(separator, quoted):
+    # Excel saves "CSV" with ";" where "," is the decimal separator; Export-Csv quotes every field.
+    def line(*cells):
+        return separator.join(f'"{c}"' if quoted else c for c in cells)
+    text = "\r\n".join([line("Device Serial Number", "Windows Product ID", "Hardware Hash", "Group Tag"),
+                        line("5CG1", "", HASH, "Sales"), line("5CG2", "", HASH, "")]) + "\r\n"
+    request = parse_import(text.encode(), "text/csv")
+    assert [(d.serial_number, d.group_tag, d.hardware_identifier) for d in request.devices] == [
+        ("5CG1", "Sales", HASH), ("5CG2", None, HASH)]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_gets_the_encoding_message(codec):
+    error = problems((HEADER + "\r\n" + f"5CG1,,{HASH}\r\n").encode(codec), "text/csv")
+    assert error.message.startswith("the CSV must be UTF-8 or UTF-16 with a byte order mark")
+    assert "NUL" in error.message and "\x00" not in error.message and "header" not in error.message
+
+
+@pytest.mark.parametrize("cut, decoded", [(1001, 750), (400, 300), (8, 6)], ids=["mid-group", "whole-groups", "tiny"])
+def test_a_truncated_hash_is_called_truncated_with_its_decoded_size(cut, decoded):
+    [row] = problems((HEADER + "\r\n" + f"5CG1,,{HASH[:cut]}\r\n").encode(), "text/csv").details["rows"]
+    assert row["field"] == "hardwareIdentifier"
+    assert row["reason"].startswith("truncated") and f"{decoded:,} bytes" in row["reason"]
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_a_csv_whose_line_breaks_were_stripped_gets_a_hint_to_send_it_as_binary(encoding):
+    body = ENCODINGS[encoding](realistic_csv(3))
+    error = problems(body.replace(b"\r", b"").replace(b"\n", b""), "text/csv")  # what curl -d @devices.csv sends
+    assert "line break" in error.message and "--data-binary" in error.message
+
+
+@pytest.mark.parametrize("body, media", [
+    (f"5CG1,,{HASH}\r\n5CG2,,{HASH}\r\n".encode(), "text/csv"),  # no header: the first row read as one
+    (f"{HEADER}\r\n{HASH},,{HASH}\r\n".encode(), "text/csv"),  # the columns mixed up
+    (as_json(device(HASH)), "application/json"),
+    (as_json(device(**{HASH: "x"})), "application/json"),
+    (json.dumps({"devices": [device()], HASH: 1}).encode(), "application/json"),
+], ids=["headerless csv", "hash as serial", "json hash as serial", "json hash as field", "json hash as top field"])
+def test_no_error_echoes_a_hash_at_length(body, media):
+    error = problems(body, media)
+    answer = json.dumps({"message": error.message, **error.details})
+    assert HASH[:MAX_SHOWN + 1] not in answer and len(answer) < 2000
