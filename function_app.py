@@ -31,10 +31,11 @@ def sync_item(req: func.HttpRequest) -> func.HttpResponse:
     return api.handle(req, "POST", api.sync)
 
 
-# A deferred sync fires when its message becomes visible (its cooldown has ended).
+# A deferred sync fires when its message becomes visible (its cooldown has ended). On every queue,
+# bytes that are not UTF-8 decode to an invalid message (logged and acknowledged), never a crash retried.
 @app.queue_trigger(arg_name="message", queue_name=runtime.binding_expression("SYNC_QUEUE"), connection="AzureWebJobsStorage")
 def sync_deferred(message: func.QueueMessage) -> None:
-    handlers.run_deferred(message.get_body().decode())
+    handlers.run_deferred(message.get_body().decode(errors="replace"))
 
 
 # Many tenants (MULTI_TENANT_CLIENT_ID): the registry, and the sync routes per registered tenant.
@@ -66,7 +67,7 @@ def tenant_sync_item(req: func.HttpRequest) -> func.HttpResponse:
 # Many tenants: the timer's fan-out over the registry, a page or one tenant per message.
 @app.queue_trigger(arg_name="message", queue_name=runtime.binding_expression("TENANT_QUEUE"), connection="AzureWebJobsStorage")
 def tenant_sync(message: func.QueueMessage) -> None:
-    handlers.run_tenant(message.get_body().decode())
+    handlers.run_tenant(message.get_body().decode(errors="replace"))
 
 
 @app.timer_trigger(arg_name="timer", schedule=runtime.binding_expression("SYNC_WATCH_SCHEDULE"), run_on_startup=False, use_monitor=False)
@@ -100,7 +101,7 @@ def autopilot_import_status(req: func.HttpRequest) -> func.HttpResponse:
 # Each step of an import job is a queue message (no invocation waits for Graph).
 @app.queue_trigger(arg_name="message", queue_name=runtime.binding_expression("IMPORT_QUEUE"), connection="AzureWebJobsStorage")
 def autopilot_import_step(message: func.QueueMessage) -> None:
-    handlers.run_import_step(message.get_body().decode())
+    handlers.run_import_step(message.get_body().decode(errors="replace"))
 
 
 @app.route(route="health", methods=api.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)

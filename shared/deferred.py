@@ -24,12 +24,13 @@ from typing import Any, Protocol
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
-from . import telemetry
+from . import messages, telemetry
 from .core import ServiceCore
 from .decisions import IN_FLIGHT_RETRY_AFTER, caller_names, refusal_for, seconds_until
 from .errors import AppError, ItemNotFound, StateStoreUnavailable, UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
 from .notify import Notification
+from .settings import KNOWN_TARGETS
 from .state import UnitState
 from .targets import Unit
 
@@ -72,10 +73,18 @@ class PendingFire:
 
     @classmethod
     def from_json(cls, text: str) -> PendingFire:
-        data: dict[str, Any] = json.loads(text)
-        return cls(data["unitKey"], data["target"], data.get("itemId"), data["pendingId"],
-                   datetime.fromisoformat(data["scheduledAt"].replace("Z", "+00:00")), int(data.get("generation", 0)),
-                   data.get("tenantId"))
+        """The message, checked field by field (InvalidMessage, shared/messages.py): its unit key is
+        the one its target and item make, so that nothing else is ever read as a partition key."""
+        data = messages.message_object(text)
+        target = messages.text(data, "target", "[A-Za-z]{1,40}")
+        if target not in KNOWN_TARGETS:
+            raise messages.InvalidMessage("target is not one of this app's targets")
+        unit = Unit(str(target), messages.guid(data, "itemId", required=False))
+        if data.get("unitKey") != unit.key:
+            raise messages.InvalidMessage("unitKey is not the key of its target and item")
+        return cls(unit.key, unit.target, unit.item_id, str(messages.text(data, "pendingId", "[0-9A-Za-z-]{1,64}")),
+                   messages.time(data, "scheduledAt"), messages.whole(data, "generation", 10**6, default=0),
+                   messages.guid(data, "tenantId", required=False))
 
 
 class Message(Protocol):

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from .redact import redact_text
+
 
 class AppError(Exception):
     code, http_status = "Error", 500
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None, details: dict[str, Any] | None = None):
+        # Messages reach answers, history and logs, and are often built from an exception's text,
+        # which may hold a URL with its credentials (shared/redact.py).
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
@@ -105,6 +110,13 @@ class InvalidItemId(AppError, ValueError):
     """A caller-supplied item id is not acceptable."""
 
     code, http_status = "InvalidItemId", 400
+
+
+class HomeTenant(AppError):
+    """A customer tenant's action named the app's own tenant (shared/tenancy.py): refused, as
+    syncing it as a customer too would sync it twice in one Graph window."""
+
+    code, http_status = "HomeTenant", 409
 
 
 class ItemNotFound(AppError, LookupError):

@@ -6,7 +6,8 @@ from collections import Counter
 
 from . import telemetry
 from .deferred import PendingFire
-from .errors import AppError
+from .errors import AppError, HomeTenant
+from .messages import InvalidMessage, log_invalid
 from .model import Outcome, SyncResult, Trigger
 from .runtime import service, tenancy
 from .service import SyncService
@@ -16,20 +17,35 @@ log = logging.getLogger(__name__)
 
 def run_deferred(message: str) -> SyncResult | None:
     """A pending sync's queue message became visible: fire it. A storage fault raises, so that
-    the host retries the message (and moves it to the poison queue after five tries)."""
-    fire = PendingFire.from_json(message)
-    svc = service()
-    if fire.tenant:  # a registered customer tenant's pending sync
-        registry = tenancy()
-        tenant = registry.registry.get(fire.tenant) if registry else None
-        if registry is None or tenant is None or not tenant.enabled:
-            log.warning("deferred sync for tenant %s: not registered, disabled, or multi-tenant mode is off; dropped",
-                        fire.tenant)
-            return None
-        svc = registry.service(tenant)
+    the host retries the message (and moves it to the poison queue after five tries); a message
+    that is not one of ours is logged once and acknowledged (retrying it could never help)."""
+    try:
+        fire = PendingFire.from_json(message)
+    except InvalidMessage as exc:
+        log_invalid("deferred", "SYNC_QUEUE", exc)
+        return None
+    svc = service() if not fire.tenant else _tenant_service(fire)
+    if svc is None:
+        return None
     result = svc.fire(fire)  # logs the firing (shared/telemetry.py)
     _flush(svc)
     return result
+
+
+def _tenant_service(fire: PendingFire) -> SyncService | None:
+    """The service of the customer tenant a pending sync names; None (logged) when there is none
+    to fire it in: not registered, disabled, multi-tenant mode off, or the app's own tenant."""
+    registry = tenancy()
+    tenant = registry.registry.get(fire.tenant or "") if registry else None
+    why = "not registered, disabled, or multi-tenant mode is off"
+    if registry is not None and tenant is not None and tenant.enabled:
+        try:
+            return registry.service(tenant)
+        except HomeTenant as exc:  # TokenUnavailable raises: the host retries the message
+            why = exc.message
+    telemetry.emit("deferred", logging.WARNING, trigger=Trigger.DEFERRED, target=fire.target, tenant=fire.tenant,
+                   outcome="dropped", message=f"the pending sync was not fired: {why}")
+    return None
 
 
 def run_import_step(message: str) -> str:

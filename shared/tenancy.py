@@ -24,11 +24,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
-from . import telemetry
+from . import messages, telemetry
 from .deferred import PendingQueue
-from .errors import AppError, GraphAccessDenied, TokenUnavailable, UpstreamError
+from .errors import AppError, GraphAccessDenied, HomeTenant, TokenUnavailable, UpstreamError
 from .graph import GraphClient
 from .identity import TenantCredentials, make_credential
 from .model import Trigger, iso
@@ -37,6 +36,7 @@ from .state import StateStore
 from .storage import table_client
 from .tenants import (
     CONSENTED,
+    HOME_TENANT,
     MISSING_ROLE,
     NOT_CONSENTED,
     PAGE_SIZE,
@@ -45,6 +45,7 @@ from .tenants import (
     TenantStore,
     state_of_results,
     token_failure_state,
+    token_of,
 )
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,21 @@ class TenantMessage:
 
     @classmethod
     def from_json(cls, text: str) -> TenantMessage:
-        data: dict[str, Any] = json.loads(text)
-        if data.get("kind") not in ("page", "tenant"):
-            raise ValueError("not a tenant fan-out message")
-        return cls(data["kind"], datetime.fromisoformat(str(data["tick"]).replace("Z", "+00:00")),
-                   data.get("tenantId"), data.get("continuation"))
+        """The message, checked field by field (InvalidMessage, shared/messages.py): a tenant's has a
+        tenant id (a GUID), a page's may have a continuation token that this app wrote."""
+        data = messages.message_object(text)
+        kind = data.get("kind")
+        if kind not in ("page", "tenant"):
+            raise messages.InvalidMessage("kind is neither page nor tenant")
+        tick = messages.time(data, "tick")
+        if kind == "tenant":
+            return cls(kind, tick, tenant_id=messages.guid(data, "tenantId"))
+        continuation = messages.text(data, "continuation", r"[A-Za-z0-9_=-]+", required=False, limit=4096)
+        try:
+            token_of(continuation)
+        except ValueError:
+            raise messages.InvalidMessage("continuation is not a continuation token of this app") from None
+        return cls(kind, tick, continuation=continuation)
 
 
 class Tenancy:
@@ -93,7 +104,10 @@ class Tenancy:
     # --- services ---------------------------------------------------------------------------
 
     def service(self, tenant: Tenant) -> SyncService:
-        """The tenant's service (cached per process, least recently used dropped first)."""
+        """The tenant's service (cached per process, least recently used dropped first). Never the
+        app's own tenant's (HomeTenant), and none while that cannot be told (TokenUnavailable):
+        a second service of it would sync it a second time in one Graph window."""
+        self.refuse_home(tenant.id)
         targets = tenant.target_names(self.settings.sync_targets)
         key = (tenant.id, targets)
         with self._lock:
@@ -128,8 +142,8 @@ class Tenancy:
         """A fan-out message. Returns what was done (for the log and tests)."""
         try:
             message = TenantMessage.from_json(text)
-        except (ValueError, KeyError, TypeError):
-            log.error("tenant queue: a message that is not a fan-out message was ignored")
+        except messages.InvalidMessage as exc:
+            messages.log_invalid("tenant", "TENANT_QUEUE", exc)
             return "invalid"
         if message.kind == "page":
             return self._page(message)
@@ -153,7 +167,13 @@ class Tenancy:
             telemetry.emit("tenant", trigger="tenant", tenant=message.tenant_id, outcome="skipped",
                            message="not registered (any more), or disabled: not synced")
             return "skipped: not registered or disabled"
-        svc = self.service(tenant)
+        try:
+            svc = self.service(tenant)
+        except (HomeTenant, TokenUnavailable) as exc:  # the app's own tenant, or it cannot be told: not synced
+            state = HOME_TENANT if isinstance(exc, HomeTenant) else UNAVAILABLE
+            self.registry.record(tenant.id, state, exc.message, self.home.clock())
+            telemetry.emit("tenant", logging.WARNING, trigger="tenant", tenant=tenant.id, outcome=state, message=exc.message)
+            return state
         # No defer: a duplicated (or retried) message finds the unit in its window and does nothing.
         results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})", defer=False)
         svc.repair()  # what the watcher does for the home tenant, once per tick for each tenant
@@ -201,15 +221,28 @@ class Tenancy:
         return reason
 
 
-    def home_tenant(self) -> str | None:
-        """The app's own tenant (the ``tid`` of its own Graph token), or None if it cannot be read:
-        registering it would give it two state tables and two syncs in one Graph window."""
+    def home_tenant(self) -> str:
+        """The app's own tenant (the ``tid`` of its own Graph token; read once per process).
+        TokenUnavailable when it cannot be read: the callers then refuse (fail closed)."""
         if self._home_tenant is None:
             try:
-                self._home_tenant = _claim(self.home.graph.current_token(), "tid")
-            except AppError:
-                return None
+                token = self.home.graph.current_token()
+            except AppError as exc:
+                raise TokenUnavailable(f"the app's own tenant cannot be told now: its managed identity's token is "
+                                       f"unavailable ({exc.message}); try again shortly") from exc
+            tenant = _claim(token, "tid")
+            if tenant is None:
+                raise TokenUnavailable("the app's own tenant cannot be told: its token for Graph names no tenant (tid)")
+            self._home_tenant = tenant
         return self._home_tenant
+
+    def refuse_home(self, tenant_id: str) -> None:
+        """HomeTenant if ``tenant_id`` is the app's own tenant: its routes and timer already sync it,
+        and a registry entry for it would give it two state tables and two syncs in one Graph window."""
+        if tenant_id.lower() == self.home_tenant():
+            raise HomeTenant(f"tenant {tenant_id} is the app's own tenant: its own routes and timer sync it, never as "
+                             f"a customer (that would sync it twice in one Graph window); remove it with "
+                             f"DELETE /api/tenants/{tenant_id}")
 
 
 def _claim(token: str, name: str) -> str | None:

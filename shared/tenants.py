@@ -28,6 +28,8 @@ PAGE_SIZE = 500  # tenants listed per fan-out message: one invocation sends at m
 CONSENTED, NOT_CONSENTED, MISSING_ROLE, UNKNOWN_TENANT, UNAVAILABLE, SYNCED, FAILED = (
     "consented", "notConsented", "missingRole", "unknownTenant", "unavailable", "synced", "failed")
 # Entra's codes for "this tenant has not consented to the app" (not provisioned, no admin consent).
+# A registry entry for the app's own tenant (written before it was refused): never synced as a customer.
+HOME_TENANT = "homeTenant"
 _NOT_CONSENTED_CODES = {"700016", "65001", "90094", "500011", "650057", "7000112"}
 _UNKNOWN_TENANT_CODES = {"90002", "90038"}
 _AADSTS = re.compile(r"AADSTS(\d{5,7})")
@@ -157,8 +159,10 @@ def token_of(text: str | None) -> dict[str, str] | None:
         return None
     try:
         token = json.loads(base64.urlsafe_b64decode(text.encode()))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not base64, not JSON, or nested too deep
         raise ValueError("not a continuation token of this app") from exc
-    if not isinstance(token, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in token.items()):
+    # The SDK's keys, and values it can send as headers (visible ASCII: no line breaks to inject).
+    if not isinstance(token, dict) or not token or not set(token) <= {"PartitionKey", "RowKey"} or not all(
+            isinstance(v, str) and re.fullmatch(r"[\x21-\x7e]{1,1024}", v) for v in token.values()):
         raise ValueError("not a continuation token of this app")
     return token

@@ -2,11 +2,13 @@
 token-exchange audience per cloud, the admin-consent URL, the fan-out message."""
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 
 from shared.identity import EXCHANGE_AUDIENCE, exchange_audience
+from shared.messages import InvalidMessage
 from shared.model import Outcome, SyncResult
 from shared.tenancy import TenantMessage, table_name_of
 from shared.tenants import (
@@ -77,17 +79,33 @@ def test_the_exchange_audience_follows_the_cloud_of_the_authority(authority, aud
 
 
 def test_a_fan_out_message_round_trips_and_a_stranger_is_refused():
-    message = TenantMessage("page", datetime(2026, 11, 25, tzinfo=UTC), continuation="eyJhIjoiYiJ9")
+    message = TenantMessage("page", datetime(2026, 11, 25, tzinfo=UTC), continuation=_token_text({"PartitionKey": "tenants", "RowKey": TID}))
     assert TenantMessage.from_json(message.to_json()) == message
     with pytest.raises(ValueError):
         TenantMessage.from_json('{"kind": "other", "tick": "2026-11-25T00:00:00Z"}')
 
 
 def test_a_continuation_token_survives_a_message_and_a_forged_one_is_refused():
-    token = {"NextPartitionKey": "1!12!dGVuYW50cw--", "NextRowKey": "1!48!NzJmOQ--"}
+    token = {"PartitionKey": "1!12!dGVuYW50cw--", "RowKey": "1!48!NzJmOQ--"}  # the SDK's keys, Azure's opaque values
     text = _token_text(token)
     assert text and text.replace("-", "").replace("_", "").replace("=", "").isalnum() and token_of(text) == token
     assert token_of(None) is None
     for forged in ("not base64!", "WzFd", "eyJhIjogMX0="):  # garbage, a JSON list, a non-string value
         with pytest.raises(ValueError):
             token_of(forged)
+
+
+@pytest.mark.parametrize("token", [
+    {"NextPartitionKey": "tenants", "NextRowKey": TID},  # not the SDK's keys: the fan-out would start over
+    {"PartitionKey": "tenants\r\nx-ms-version: 1"},  # a header of its own, injected
+    {"PartitionKey": "tenants", "RowKey": "x" * 2000},  # longer than any key
+    {"PartitionKey": "tenants", "RowKey": ""},
+    {},
+])
+def test_a_foreign_continuation_token_is_refused_in_a_query_and_in_a_fan_out_message(token):
+    text = _token_text(token) or "e30="
+    with pytest.raises(ValueError):
+        token_of(text)
+    page = json.dumps({"kind": "page", "tick": "2026-11-25T00:00:00Z", "continuation": text})
+    with pytest.raises(InvalidMessage):
+        TenantMessage.from_json(page)

@@ -278,3 +278,79 @@ def test_a_disabled_tenants_message_is_logged_as_skipped(mt_env, graph, caplog):
     with caplog.at_level(logging.INFO, logger="intune_sync.events"):
         handlers.run_tenant(TenantMessage("tenant", datetime.now(UTC), tenant_id=TENANTS[10]).to_json())
     assert [(r["tenant"], r["outcome"]) for r in logged_events(caplog, "tenant")] == [(TENANTS[10], "skipped")]
+
+
+# --- the app's own tenant is never a customer (issue #19, item 3) ------------------------------
+
+
+def home_tenant_posts(graph) -> int:
+    return [p["tenant"] for p in sync_posts(graph)].count(HOME_TENANT)
+
+
+def test_registering_while_the_apps_own_tenant_cannot_be_told_is_refused_503_and_writes_nothing(mt_env, identity_server):
+    identity_server.configure(failing=True)  # the managed identity's token briefly unavailable
+    code, _, body = call("PUT", f"tenants/{HOME_TENANT}", {"displayName": "us"})
+    assert (code, body["error"]["code"]) == (503, "TokenUnavailable") and "own tenant" in body["error"]["message"]
+    assert runtime.tenancy().registry.get(HOME_TENANT) is None
+    identity_server.configure(failing=False)
+    runtime.reload()  # another instance (azure-identity holds a failed answer for a while in the first)
+    assert call("PUT", f"tenants/{HOME_TENANT}", {"displayName": "us"})[0] == 409
+
+
+def test_a_registry_entry_for_the_apps_own_tenant_is_not_synced_a_second_time_in_the_fan_out(mt_env, graph, caplog):
+    import logging
+
+    from conftest import logged_events
+
+    from shared.tenants import Tenant
+
+    registry = runtime.tenancy()
+    registry.registry.put(Tenant(HOME_TENANT, "us"), datetime.now(UTC))  # written before the guard, say
+    register(TENANTS[16])
+    with caplog.at_level(logging.INFO, logger="intune_sync.events"):
+        tick(mt_env)
+    assert home_tenant_posts(graph) == 1 and posts_by_tenant(graph) == {TENANTS[16]: 1}  # once, as itself
+    entry = registry.registry.get(HOME_TENANT)
+    assert entry.last_state == "homeTenant" and f"DELETE /api/tenants/{HOME_TENANT}" in entry.last_reason
+    assert [r["outcome"] for r in logged_events(caplog, "tenant") if r.get("tenant") == HOME_TENANT] == ["homeTenant"]
+
+
+def test_the_tenant_routes_refuse_a_registry_entry_for_the_apps_own_tenant(mt_env, graph):
+    from shared.tenants import Tenant
+
+    runtime.tenancy().registry.put(Tenant(HOME_TENANT, "us"), datetime.now(UTC))
+    assert call("POST", "sync/autopilot")[0] == 202
+    code, _, body = call("POST", f"tenants/{HOME_TENANT}/sync/autopilot")
+    assert (code, body["error"]["code"]) == (409, "HomeTenant") and home_tenant_posts(graph) == 1
+    assert call("DELETE", f"tenants/{HOME_TENANT}")[0] == 200  # what the answer says to do
+
+
+def test_a_tenant_message_while_the_apps_own_tenant_cannot_be_told_records_why_and_calls_no_graph(mt_env, graph, identity_server):
+    a = TENANTS[17]
+    register(a)
+    runtime.reload()  # a fresh instance: it has not read its own tenant yet
+    identity_server.configure(failing=True)
+    assert handlers.run_tenant(TenantMessage("tenant", datetime.now(UTC), tenant_id=a).to_json()) == "unavailable"
+    entry = runtime.tenancy().registry.get(a)
+    assert entry.last_state == "unavailable" and "own tenant" in entry.last_reason and sync_posts(graph) == []
+
+
+def test_a_pending_sync_left_in_a_registry_entry_for_the_apps_own_tenant_is_dropped_not_fired(mt_env, graph):
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from shared.identity import make_credential
+    from shared.state import StateStore
+    from shared.storage import table_client
+    from shared.tenancy import table_name_of
+    from shared.tenants import Tenant
+
+    runtime.tenancy().registry.put(Tenant(HOME_TENANT, "us"), datetime.now(UTC))  # both written before the guard
+    settings, now = runtime.settings(), datetime.now(UTC)
+    store = StateStore(table_client(settings.storage, table_name_of(settings.state_table, HOME_TENANT), make_credential))
+    store.read("autopilot")  # creates the table
+    pending = store.update(replace(store.read("autopilot"), target="autopilot", pending_id="a" * 32, pending_at=now,
+                                   pending_since=now, pending_asked_by="http:us", pending_deadline=now + timedelta(hours=1)))
+    assert pending is not None
+    fire = PendingFire("autopilot", "autopilot", None, "a" * 32, now, 0, HOME_TENANT)
+    assert handlers.run_deferred(fire.to_json()) is None and home_tenant_posts(graph) == 0
