@@ -23,7 +23,8 @@ what the managed-identity emulator puts in its tokens), acts on the home tenant:
 app sees one tenant, as before. Roles come from each token (403 naming the missing role).
 
 Test controls under ``/_emulator/`` (no auth): ``reset`` (every tenant back to the defaults),
-``clock`` (advance the emulated clock, shared by all tenants), ``faults`` (a list of ``{"method"?,
+``clock`` (advance the emulated clock, shared by all tenants and sent as every answer's ``Date``; a
+negative advance puts it back), ``faults`` (a list of ``{"method"?,
 "pathContains"?, "status"?, "times"? (1), "delaySeconds"?, "retryAfter"?, "tenant"?}``: answer N matching
 requests with a status, a delay, a Retry-After; with ``"tenant"`` only requests whose token's tenant is
 that one match, the home tenant's id also matching tokens without ``tid``), ``config`` (connectors,
@@ -46,6 +47,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -352,12 +354,17 @@ class _Handler(JsonHandler):
     server: GraphEmulator
     tid: str | None = None  # the tenant of this request's token (unverified), None without one
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header, from the emulated clock as Graph's comes from its own: a test that
+        moves this clock away from the app's shows the app a Graph whose clock differs."""
+        return format_datetime(self.server.now(), usegmt=True)
+
     def answer(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         request_id = str(uuid.uuid4())
         client_request_id = self.headers.get("client-request-id") or request_id
         if isinstance(body, dict) and "error" in body:
             body["error"]["innerError"] = {
-                "date": _iso(datetime.now(UTC)),
+                "date": _iso(self.server.now()),
                 "request-id": request_id,
                 "client-request-id": client_request_id,
             }

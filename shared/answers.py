@@ -25,17 +25,29 @@ def parse_retry_after(raw: str | None, now: datetime) -> float | None:
     match = _DELTA_SECONDS.match(raw)
     if match:
         return float(min(int(match.group(1)), MAX_RETRY_AFTER_SECONDS))
-    try:
-        when = parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:  # pragma: no cover - older Pythons returned None
+    when = parse_http_date(raw)
+    if when is None:
         return None
     try:
         seconds = (as_utc(when) - now).total_seconds()
     except OverflowError:  # a date at the edge of the calendar: far ahead or far back
         return float(MAX_RETRY_AFTER_SECONDS) if when.year > now.year else 0.0
     return min(max(0.0, seconds), float(MAX_RETRY_AFTER_SECONDS))
+
+
+def parse_http_date(raw: str | None) -> datetime | None:
+    """An HTTP-date (a ``Date`` header, a Retry-After date) as an aware datetime, in the offset it
+    names (converting a date at the calendar's end to UTC could overflow: callers that subtract
+    catch that); None when absent or not a date."""
+    if not raw or len(raw) > 64:
+        return None
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:  # pragma: no cover - older Pythons' answer to garbage
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def parse_graph_time(value: Any) -> datetime | None:

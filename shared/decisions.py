@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .answers import MAX_RETRY_AFTER_SECONDS
 from .errors import UpstreamError
 from .model import Outcome, SyncResult, iso
 from .state import UnitState
@@ -17,6 +18,12 @@ from .state import UnitState
 IN_PROGRESS_BACKOFF = timedelta(seconds=60)
 # What to tell a caller who finds another caller's sync in flight (it settles within seconds).
 IN_FLIGHT_RETRY_AFTER = 10
+# The longest any one answer of Graph's may close a unit (shared/answers.py clamps Retry-After to it).
+LONGEST_WAIT = timedelta(seconds=MAX_RETRY_AFTER_SECONDS)
+# The furthest ahead of ours we believe Graph's clock to be: a Date header further ahead is not a
+# clock (a proxy's, a bad header), and one odd answer must not close a unit for longer.
+MAX_GRAPH_CLOCK_AHEAD = LONGEST_WAIT
+DATE_RESOLUTION = timedelta(seconds=1)  # an HTTP Date header's: whole seconds
 
 
 @dataclass(frozen=True)
@@ -57,16 +64,45 @@ def refusal_for(name: str, state: UnitState, now: datetime) -> SyncResult | None
     return None
 
 
+def graph_clock_ahead(graph_date: datetime | None, now: datetime, margin: timedelta) -> timedelta:
+    """How far Graph's clock (its ``Date`` header, read at ``now`` on ours) is ahead of ours, when
+    by more than ``margin``; else zero (the margin covers it). At most MAX_GRAPH_CLOCK_AHEAD.
+
+    Graph's Date is whole seconds, rounded down: a second is added, so that the rounding never
+    under-states the offset (the margin covers the answer's travel). A Graph clock behind ours
+    needs no correction: a window we record on our clock then ends later than Graph's."""
+    if graph_date is None:
+        return timedelta(0)
+    try:
+        ahead = graph_date - now + DATE_RESOLUTION
+    except OverflowError:  # a date at the calendar's edge (shared/answers.py parse_http_date)
+        return MAX_GRAPH_CLOCK_AHEAD if graph_date.year > now.year else timedelta(0)
+    return min(ahead, MAX_GRAPH_CLOCK_AHEAD) if ahead > margin else timedelta(0)
+
+
+def closed_for(cooldown: timedelta, graph_window: timedelta | None, margin: timedelta,
+               ahead: timedelta = timedelta(0)) -> timedelta:
+    """How long a unit stays closed after a sync started at a moment of our clock: the operator's
+    cooldown, and never less than the window Graph imposes (None where it imposes none) plus the
+    margin (another instance's clock may run ahead of Graph's) plus how far Graph's clock is
+    ahead of ours (our reading of its start is late by that much)."""
+    if graph_window is None:
+        return cooldown
+    return max(cooldown, graph_window + margin + ahead)
+
+
 def graph_answer(
     name: str, status: int, retry_after: float | None, now: datetime, cooldown: timedelta,
-    window_end: datetime | None = None,
+    window_end: datetime | None = None, margin: timedelta = timedelta(0),
 ) -> Verdict | None:
     """What Graph's answer to a sync POST means: 2xx started, 409 running, 429 cooldown; None for
     any other status (a failure, which the caller turns into the error naming its cause).
 
-    ``retry_after`` is already sanitised and clamped (shared/answers.py); 0 counts as absent, as it
-    would reopen the window at once. ``window_end`` is the caller's estimate of the window's end
-    for a 429 without Retry-After (else the cooldown from now)."""
+    ``cooldown`` is how long a started sync closes the unit (closed_for). ``retry_after`` is already
+    sanitised and clamped (shared/answers.py); 0 counts as absent, as it would reopen the window at
+    once. A 429's Retry-After is a window Graph imposes: ``margin`` is kept over it, as over every
+    such window (a 409's only spares a look that would be answered 409 again). ``window_end`` is
+    the caller's estimate of the window's end for a 429 without Retry-After (else the cooldown)."""
     wait = timedelta(seconds=retry_after) if retry_after else None
     if 200 <= status < 300:
         until = now + cooldown
@@ -74,7 +110,8 @@ def graph_answer(
     if status == 409:
         return Verdict(Outcome.IN_PROGRESS, now + (wait or IN_PROGRESS_BACKOFF), f"Graph says a sync of {name} is already running")
     if status == 429:
-        until = now + wait if wait else window_end or now + cooldown
+        # The margin, but never past the longest wait a Retry-After may impose (one odd answer).
+        until = now + min(wait + margin, LONGEST_WAIT) if wait else window_end or now + cooldown
         return Verdict(Outcome.COOLDOWN, until,
                        f"Graph refused: {name} was synced within its cooldown; next sync allowed at {iso(until)}")
     return None

@@ -15,6 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import requests
@@ -23,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError, ResponseError
 from urllib3.util.retry import Retry
 
-from .answers import parse_retry_after
+from .answers import parse_http_date, parse_retry_after
 from .errors import (
     GraphAccessDenied,
     GraphRequestRejected,
@@ -167,9 +168,15 @@ class GraphResponse:
         return self.headers.get("request-id")
 
     @property
+    def date(self) -> datetime | None:
+        """Graph's clock when it answered (its ``Date`` header, whole seconds); None without one."""
+        return parse_http_date(self.headers.get("Date"))
+
+    @property
     def retry_after_seconds(self) -> float | None:
-        """Graph's Retry-After in seconds, clamped (shared/answers.py); None if absent or invalid."""
-        return parse_retry_after(self.headers.get("Retry-After"), utcnow())
+        """Graph's Retry-After in seconds, clamped (shared/answers.py); None if absent or invalid.
+        A Retry-After date is counted from Graph's own Date, not our clock: they may differ."""
+        return parse_retry_after(self.headers.get("Retry-After"), self.date or utcnow())
 
     @property
     def error_code(self) -> str | None:

@@ -2,8 +2,8 @@
 ``NOTIFY_URL`` when a sync starts, completes or fails.
 
 Delivery runs on a small background pool with bounded retries, so a slow or dead endpoint never
-delays or fails a sync; failures are logged without the URL's query (Power Automate trigger URLs
-carry their signature there).
+delays or fails a sync; failures are logged without the URL's user-info (a password) and query
+(Power Automate trigger URLs carry their signature there): shared/redact.py.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
 from .model import iso
+from .redact import redact_url
 from .transport import configure_session, proxies_for
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Notifier:
     def _deliver(self, url: str, body: dict[str, Any]) -> bool:
         # Retries by hand rather than urllib3's Retry: urllib3 logs each retry with the full URL,
         # and a Power Automate trigger URL's query is its signature.
-        where = _redacted(url)
+        where = redact_url(url)  # never its user-info (a password) or query (a signature)
         outcome = "no attempt"
         for attempt in range(self._retries + 1):
             if attempt:
@@ -177,8 +177,3 @@ class Notifier:
                 break
         log.warning("notification to %s failed after retries: %s", where, outcome)
         return False
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"

@@ -15,10 +15,21 @@ from datetime import datetime, timedelta
 
 from . import telemetry
 from .core import ServiceCore
-from .decisions import IN_FLIGHT_RETRY_AFTER, Verdict, graph_answer, no_answer, refusal_for, retry_after_of, seconds_until
+from .decisions import (
+    IN_FLIGHT_RETRY_AFTER,
+    Verdict,
+    closed_for,
+    graph_answer,
+    graph_clock_ahead,
+    no_answer,
+    refusal_for,
+    retry_after_of,
+    seconds_until,
+)
 from .errors import UnexpectedError, UpstreamError
 from .graph import GraphResponse
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
+from .redact import redact_text
 from .settings import LEASE_MARGIN_SECONDS
 from .state import Lease, UnitState
 from .targets import Skip, Target, Unit
@@ -71,7 +82,7 @@ class SyncPipeline(ServiceCore):
                 results.extend(self.sync(SyncRequest(target=name, trigger=trigger, caller=caller, defer=defer)))
             except Exception as exc:  # isolate: log and go on with the next target
                 log.exception("sync of %s failed unexpectedly", name)
-                failed = SyncResult(name, Outcome.FAILED, message=f"unexpected error: {type(exc).__name__}: {exc}",
+                failed = SyncResult(name, Outcome.FAILED, message=redact_text(f"unexpected error: {type(exc).__name__}: {exc}"),
                                     error_code="InternalError", failure_status=500)
                 telemetry.sync_result(failed, SyncRequest(target=name, trigger=trigger, caller=caller), self.tenant)
                 results.append(failed)
@@ -103,7 +114,7 @@ class SyncPipeline(ServiceCore):
         lease = self.store.claim(
             state, claimed_at, self.settings.lease_seconds,
             # Pessimistic: a sync sent at the lease's last moment starts a window that ends here.
-            hold_until=claimed_at + timedelta(seconds=self.settings.lease_seconds) + target.cooldown,
+            hold_until=claimed_at + timedelta(seconds=self.settings.lease_seconds) + self._closed(target),
             claim_by=f"{request.trigger.value}:{request.caller}"[:200], claim_sync_type=sync_type,
             target=unit.target, item_id=unit.item_id,
         )
@@ -160,7 +171,7 @@ class SyncPipeline(ServiceCore):
             if response is not None:
                 return self._interpret(target, unit, response)
             assert error is not None
-            return no_answer(unit.name, error, now, target.cooldown, state.next_allowed_at)
+            return no_answer(unit.name, error, now, self._closed(target), state.next_allowed_at)
         except UpstreamError as exc:  # raise_for_status on a failure answer
             return Verdict(Outcome.FAILED, state.next_allowed_at, exc.message, failure=exc)
         except Exception as exc:
@@ -184,16 +195,34 @@ class SyncPipeline(ServiceCore):
                 return None
         return replace(known, retry_after_seconds=seconds_until(known.next_allowed_at, now))
 
+    def _closed(self, target: Target, ahead: timedelta = timedelta(0)) -> timedelta:
+        """How long a sync of ``target`` started now closes its unit (decisions.closed_for)."""
+        return closed_for(target.cooldown, target.graph_window, self._margin, ahead)
+
+    @property
+    def _margin(self) -> timedelta:
+        return timedelta(seconds=self.settings.clock_skew_margin_seconds)
+
     def _interpret(self, target: Target, unit: Unit, response: GraphResponse) -> Verdict:
         """Graph answered (decisions.graph_answer); a failure status raises the error naming its
-        cause. Only a 429 without Retry-After costs a read: when did Graph's window start?"""
+        cause. Only a 429 without Retry-After costs a read: when did Graph's window start?
+        Graph's Date says whether its clock is ahead of ours: the window is moved by that."""
         now = self.clock()
+        ahead = graph_clock_ahead(response.date, now, self._margin)
+        closed = self._closed(target, ahead)
         retry_after = response.retry_after_seconds or None
-        window_end = target.cooldown_end_without_retry_after(now) if response.status == 429 and not retry_after else None
-        verdict = graph_answer(unit.name, response.status, retry_after, now, target.cooldown, window_end)
+        window_end = (target.cooldown_end_without_retry_after(now, closed, self._margin)
+                      if response.status == 429 and not retry_after else None)
+        verdict = graph_answer(unit.name, response.status, retry_after, now, closed, window_end, self._margin)
         if verdict is None:
             response.raise_for_status(f"the {unit.name} sync", target.roles)
             raise AssertionError("unreachable")  # raise_for_status raised for every non-2xx
+        if ahead and target.graph_window is not None:  # noted in the answer, the row's lastMessage and the log
+            seconds = round(ahead.total_seconds())
+            log.warning("Graph's clock is %d s ahead of this instance's (answer for %s): check the instance's time sync",
+                        seconds, unit.name)
+            verdict = replace(verdict, message=f"{verdict.message} (Graph's clock is {seconds} s ahead of this instance's; "
+                                               f"the window is counted from Graph's)")
         return verdict
 
     def _failure(self, name: str, exc: UpstreamError) -> SyncResult:

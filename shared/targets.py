@@ -29,6 +29,7 @@ MANAGED_GOOGLE_PLAY = "/beta/deviceManagement/androidManagedStoreAccountEnterpri
 DRIVER_UPDATE_PROFILES = "/beta/deviceManagement/windowsDriverUpdateProfiles"
 CONNECTOR_STATUS = "/beta/deviceManagement/connectorStatus"
 GRAPH_AUTOPILOT_WINDOW = timedelta(minutes=10)
+APPLE_SYNC_WINDOW = timedelta(minutes=15)  # Apple takes one enrollment program sync per token per 15 minutes
 # Graph's clock and ours may disagree a little; a sync finished this much "before" we triggered
 # it still counts as ours (no earlier sync can finish that close: the cooldown is far longer).
 CLOCK_SKEW = timedelta(seconds=30)
@@ -103,6 +104,9 @@ class Target(ABC):
     name: str
     per_item: bool = False  # whether callers may address one item (POST /api/sync/{target}/{id})
     takes_sync_type: bool = False  # whether the action has a syncType (Exchange only)
+    # The window Graph (or Apple behind it) imposes between two syncs, answering 429 inside it;
+    # None where none is documented. The unit stays closed for it plus CLOCK_SKEW_MARGIN_SECONDS.
+    graph_window: timedelta | None = None
 
     def __init__(self, graph: GraphClient, cooldown_seconds: int, sync_type: str | None = None, clock: Clock = utcnow):
         self.graph = graph
@@ -134,9 +138,10 @@ class Target(ABC):
     def sync(self, unit: Unit, sync_type: str | None, deadline: float | None = None) -> GraphResponse:
         """Send the sync action, ending before ``deadline`` (monotonic); any HTTP status comes back."""
 
-    def cooldown_end_without_retry_after(self, now: datetime) -> datetime:
-        """When Graph said 429 without Retry-After: our best estimate of the window's end."""
-        return now + self.cooldown
+    def cooldown_end_without_retry_after(self, now: datetime, closed: timedelta, margin: timedelta) -> datetime:
+        """When Graph said 429 without Retry-After: our best estimate of the window's end, at most
+        ``closed`` (how long a sync started now would close the unit) from now."""
+        return now + closed
 
     @abstractmethod
     def graph_status(self) -> list[GraphView]:
@@ -149,13 +154,15 @@ class Target(ABC):
 
 class AutopilotTarget(Target):
     name = "autopilot"
+    graph_window = GRAPH_AUTOPILOT_WINDOW
 
     def sync(self, unit: Unit, sync_type: str | None, deadline: float | None = None) -> GraphResponse:
         return self.graph.post(f"{AUTOPILOT_SETTINGS}/sync", deadline=deadline)
 
-    def cooldown_end_without_retry_after(self, now: datetime) -> datetime:
-        # "429 if called within 10 minutes of the previous sync": ask Graph when that was.
-        fallback = now + self.cooldown
+    def cooldown_end_without_retry_after(self, now: datetime, closed: timedelta, margin: timedelta) -> datetime:
+        # "429 if called within 10 minutes of the previous sync": ask Graph when that was. Its
+        # time is on Graph's clock: ``margin`` covers an instance whose clock runs ahead of it.
+        fallback = now + closed
         try:
             settings = self.graph.get(AUTOPILOT_SETTINGS)
         except UpstreamError:
@@ -163,7 +170,7 @@ class AutopilotTarget(Target):
         last = parse_graph_time(_object(settings.body).get("lastManualSyncTriggerDateTime")) if settings.ok else None
         if last is None:
             return fallback
-        end = last + max(self.cooldown, GRAPH_AUTOPILOT_WINDOW)
+        end = last + max(self.cooldown, GRAPH_AUTOPILOT_WINDOW + margin)
         return end if now < end <= fallback else fallback
 
     def completion(self, unit: Unit, since: datetime) -> Completion:
@@ -314,6 +321,7 @@ class AppleAdeTarget(ListedTarget):
 
     name = "appleAde"
     collection, action, noun = DEP_ONBOARDING_SETTINGS, "syncWithAppleDeviceEnrollmentProgram", "Apple enrollment token"
+    graph_window = APPLE_SYNC_WINDOW
 
     def skip_reason(self, item: dict[str, Any]) -> str | None:
         expires = parse_graph_time(item.get("tokenExpirationDateTime"))

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .model import SyncRequest, SyncResult, iso
+from .redact import redact_text
 
 LOGGER = "intune_sync.events"
 PREFIX = "IntuneSync "  # KQL: where message startswith "IntuneSync " | extend e = parse_json(substring(message, 11))
@@ -79,10 +80,13 @@ log = logging.getLogger(LOGGER)
 
 
 def scrub(text: str) -> str:
-    """The text without anything that could be a credential: query tokens and signatures (also
-    percent-encoded), bearer tokens, JWTs, storage keys, a function key header."""
+    """The text without anything that could be a credential: every URL's user-info and query
+    (shared/redact.py), query tokens and signatures (also percent-encoded), bearer tokens, JWTs,
+    storage keys, a function key header."""
+    text = redact_text(text)
     if "%" in text:
         text = unquote(text)
+        text = redact_text(text)  # a URL that was percent-encoded as a whole
     text = _SECRET_QUERY.sub(r"\1***", text)
     text = _KEYED.sub(lambda m: f"{m.group(1)}=***", text)
     text = _BEARER.sub("Bearer ***", text)

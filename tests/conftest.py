@@ -33,11 +33,16 @@ from shared.imports import ImportStore
 from shared.notify import Notifier
 from shared.operations import OperationStore
 from shared.service import SyncService
-from shared.settings import Settings
+from shared.settings import DEFAULTS, Settings
 from shared.state import StateStore
 from shared.storage import queue_client, table_client
 
 FAST_RETRY = RetryPolicy(retries=3, backoff_factor=0.01, backoff_max=0.2)
+# A started Autopilot sync closes its unit for Graph's 10 minutes plus the margin kept for clocks
+# that differ (CLOCK_SKEW_MARGIN_SECONDS); a second later it is open again.
+SKEW_MARGIN_SECONDS = int(DEFAULTS["CLOCK_SKEW_MARGIN_SECONDS"])
+AUTOPILOT_CLOSED_SECONDS = 600 + SKEW_MARGIN_SECONDS
+PAST_WINDOW = AUTOPILOT_CLOSED_SECONDS + 1
 
 
 class FakeClock:
@@ -137,9 +142,10 @@ def table_counter() -> TableCounter:
 
 @pytest.fixture
 def make_service(env: dict[str, str], clock: FakeClock, table_counter: TableCounter) -> Callable[..., SyncService]:
-    """A service wired like build_service, with a test clock, fast retries and counters."""
+    """A service wired like build_service, with a test clock (``instance_clock``: another
+    instance's own), fast retries and counters."""
 
-    def make(**overrides: str) -> SyncService:
+    def make(instance_clock: FakeClock | None = None, **overrides: str) -> SyncService:
         settings = Settings.from_env({**env, **overrides})
         graph_client = GraphClient(
             settings.graph_base_url,
@@ -152,8 +158,8 @@ def make_service(env: dict[str, str], clock: FakeClock, table_counter: TableCoun
         notifier = Notifier(settings.notify_urls, settings.notify_format, retries=2)
         queue = PendingQueue(lambda: queue_client(settings.storage, settings.queue_name, make_credential))
         import_queue = PendingQueue(lambda: queue_client(settings.storage, settings.import_queue, make_credential))
-        return SyncService(settings, graph_client, StateStore(table), clock, OperationStore(table), notifier, queue,
-                           ImportStore(table), import_queue)
+        return SyncService(settings, graph_client, StateStore(table), instance_clock or clock, OperationStore(table), notifier,
+                           queue, ImportStore(table), import_queue)
 
     return make
 

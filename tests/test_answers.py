@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.answers import MAX_RETRY_AFTER_SECONDS, parse_graph_time, parse_retry_after
+from shared.answers import MAX_RETRY_AFTER_SECONDS, parse_graph_time, parse_http_date, parse_retry_after
 from shared.deferred import BACKOFF_MAX, deferred_backoff
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -42,6 +42,15 @@ def test_an_http_date_far_ahead_is_clamped():
 
 def test_an_http_date_at_the_end_of_the_calendar_is_clamped_not_an_overflow():
     assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 -1200", NOW) == MAX_RETRY_AFTER_SECONDS
+
+
+def test_a_date_header_is_read_as_an_aware_time():
+    assert parse_http_date("Wed, 25 Nov 2026 12:00:30 GMT") == NOW + timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("raw", [None, "", "yesterday", "x" * 100])
+def test_a_missing_or_garbled_date_header_is_no_date(raw):
+    assert parse_http_date(raw) is None
 
 
 def test_a_graph_timestamp_without_an_offset_is_utc():

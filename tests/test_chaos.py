@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import configure, faults, queue_length, sync_posts
+from conftest import PAST_WINDOW, configure, faults, queue_length, sync_posts
 
 from emulators.azurite import ACCOUNT, KEY
 from emulators.faultproxy import FaultProxy
@@ -102,7 +102,7 @@ def test_the_instance_whose_commit_failed_records_graphs_real_answer_when_storag
     assert post(hosts[0], "autopilot").status_code == 429  # its next call records the attempt first
     [row] = store.history("autopilot")
     assert row["outcome"] == "started" and row["httpStatus"] == 204
-    assert store.read("autopilot").next_allowed_at < datetime.now(UTC) + timedelta(seconds=601)
+    assert store.read("autopilot").next_allowed_at < datetime.now(UTC) + timedelta(seconds=PAST_WINDOW)
     assert len(sync_posts(graph)) == 1
     assert_every_post_is_in_history(graph, store, ["autopilot"])
 
@@ -258,7 +258,7 @@ def test_a_pending_sync_whose_message_was_never_sent_is_sent_by_the_watcher(make
     service.store.update(replace(state, pending_id="f" * 32, pending_at=state.next_allowed_at, pending_since=clock.now,
                                  pending_asked_by="http:chaos", pending_reschedules=0))
     assert queue_length(env) == 0
-    clock.advance(600 + 121)
+    clock.advance(PAST_WINDOW + 120)
     service.watch()
     assert queue_length(env) == 1
 
@@ -277,7 +277,7 @@ def test_a_queue_outage_loses_no_deferred_sync_and_the_watcher_sends_it_later(ma
         assert result.outcome is Outcome.SCHEDULED and "watcher" in result.message
         assert service.store.read("autopilot").pending_id is not None and queue_length(env) == 0
         queue_proxy.clear()
-        clock.advance(600 + 121)  # the pending sync is overdue: its message never went out
+        clock.advance(PAST_WINDOW + 120)  # the pending sync is overdue: its message never went out
         service.watch()
         assert queue_length(env) == 1
         assert len(sync_posts(graph)) == 1  # nothing fired early, nothing twice

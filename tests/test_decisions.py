@@ -4,8 +4,11 @@ from datetime import UTC, datetime, timedelta
 from shared.decisions import (
     IN_FLIGHT_RETRY_AFTER,
     IN_PROGRESS_BACKOFF,
+    MAX_GRAPH_CLOCK_AHEAD,
     caller_names,
+    closed_for,
     graph_answer,
+    graph_clock_ahead,
     no_answer,
     refusal_for,
     seconds_until,
@@ -92,6 +95,58 @@ def test_no_answer_to_a_post_never_sent_fails_and_leaves_the_window_as_it_was():
     before = NOW - timedelta(hours=1)
     verdict = no_answer("autopilot", GraphUnavailable("Graph could not be reached"), NOW, TEN_MINUTES, before)
     assert verdict.outcome is Outcome.FAILED and not verdict.ambiguous and verdict.next_allowed_at == before
+
+
+# --- clocks that differ: the margin over Graph's windows, and Graph's Date ---------------------
+
+MARGIN = timedelta(seconds=30)
+
+
+def test_a_unit_stays_closed_for_graphs_window_plus_the_margin_when_the_cooldown_is_shorter():
+    assert closed_for(TEN_MINUTES, TEN_MINUTES, MARGIN) == TEN_MINUTES + MARGIN
+    assert closed_for(timedelta(seconds=610), TEN_MINUTES, timedelta(seconds=45)) == timedelta(seconds=645)
+
+
+def test_a_cooldown_longer_than_graphs_window_plus_the_margin_stands():
+    assert closed_for(timedelta(hours=1), TEN_MINUTES, MARGIN) == timedelta(hours=1)
+
+
+def test_a_target_without_a_graph_window_keeps_its_cooldown_without_margin():
+    assert closed_for(timedelta(seconds=60), None, MARGIN, ahead=timedelta(seconds=90)) == timedelta(seconds=60)
+
+
+def test_graphs_clock_ahead_moves_the_window_by_the_offset():
+    assert closed_for(TEN_MINUTES, TEN_MINUTES, MARGIN, ahead=timedelta(seconds=90)) == timedelta(seconds=720)
+
+
+def test_a_graph_date_ahead_by_more_than_the_margin_is_the_offset_rounded_up_a_second():
+    assert graph_clock_ahead(NOW + timedelta(seconds=75), NOW, MARGIN) == timedelta(seconds=76)
+    assert graph_clock_ahead(NOW + timedelta(seconds=31), NOW, MARGIN) == timedelta(seconds=32)
+
+
+def test_a_graph_date_within_the_margin_behind_or_absent_moves_nothing():
+    for date in (NOW + timedelta(seconds=29), NOW, NOW - timedelta(minutes=5), None):
+        assert graph_clock_ahead(date, NOW, MARGIN) == timedelta(0), date
+
+
+def test_a_graph_date_absurdly_far_ahead_moves_the_window_at_most_a_day():
+    assert graph_clock_ahead(NOW + timedelta(days=400), NOW, MARGIN) == MAX_GRAPH_CLOCK_AHEAD == timedelta(days=1)
+
+
+def test_a_graph_date_at_the_calendars_end_is_the_most_we_believe_not_an_overflow():
+    from shared.answers import parse_http_date
+
+    assert graph_clock_ahead(parse_http_date("Fri, 31 Dec 9999 23:59:59 -1200"), NOW, MARGIN) == MAX_GRAPH_CLOCK_AHEAD
+
+
+def test_a_429s_retry_after_at_the_maximum_gets_no_margin_past_it():
+    day = MAX_GRAPH_CLOCK_AHEAD.total_seconds()
+    assert graph_answer("exchange", 429, day, NOW, TEN_MINUTES, margin=MARGIN).next_allowed_at == NOW + timedelta(days=1)
+
+
+def test_a_429s_retry_after_gets_the_margin_but_a_409s_does_not():
+    assert graph_answer("autopilot", 429, 120.0, NOW, TEN_MINUTES, margin=MARGIN).next_allowed_at == NOW + timedelta(seconds=150)
+    assert graph_answer("autopilot", 409, 20.0, NOW, TEN_MINUTES, margin=MARGIN).next_allowed_at == NOW + timedelta(seconds=20)
 
 
 # --- small helpers ----------------------------------------------------------------------------

@@ -6,7 +6,19 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT, advance, configure, faults, graph_calls, one, sync_posts, unreachable_storage
+from conftest import (
+    AUTOPILOT_CLOSED_SECONDS,
+    PAST_WINDOW,
+    ROOT,
+    SKEW_MARGIN_SECONDS,
+    advance,
+    configure,
+    faults,
+    graph_calls,
+    one,
+    sync_posts,
+    unreachable_storage,
+)
 
 from emulators.azurite import Azurite
 from shared.graph import PERMISSION
@@ -22,7 +34,7 @@ DISCONNECTED = "0b7d4e3a-91c2-4f6b-8e0d-5a2b7c9e1f02"
 def test_a_granted_sync_starts_and_opens_a_cooldown(service, graph, clock):
     result = one(service.sync(AUTOPILOT))
     assert result.outcome is Outcome.STARTED
-    assert result.next_allowed_at == clock.now + timedelta(seconds=600)
+    assert result.next_allowed_at == clock.now + timedelta(seconds=AUTOPILOT_CLOSED_SECONDS)
     assert result.graph_status == 204 and result.graph_request_id and result.client_request_id
     assert len(sync_posts(graph)) == 1
 
@@ -40,7 +52,7 @@ def test_a_refusal_costs_no_graph_call_and_one_table_round_trip(make_service, gr
     calls_before = len(graph_calls(graph))
     table_counter.reset()
     result = one(make_service().sync(AUTOPILOT))
-    assert result.outcome is Outcome.COOLDOWN and result.retry_after_seconds == 600
+    assert result.outcome is Outcome.COOLDOWN and result.retry_after_seconds == AUTOPILOT_CLOSED_SECONDS
     assert len(graph_calls(graph)) == calls_before
     assert table_counter.count == 1
 
@@ -51,19 +63,19 @@ def test_a_refusal_this_process_already_knows_costs_no_round_trip_at_all(service
     table_counter.reset()
     clock.advance(100)
     result = one(service.sync(AUTOPILOT))
-    assert result.outcome is Outcome.COOLDOWN and result.retry_after_seconds == 500
+    assert result.outcome is Outcome.COOLDOWN and result.retry_after_seconds == AUTOPILOT_CLOSED_SECONDS - 100
     assert table_counter.count == 0 and len(graph_calls(graph)) == calls_before
 
 
 def test_a_remembered_cooldown_ends_on_time(service, graph, clock):
     service.sync(AUTOPILOT)
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     assert one(service.sync(AUTOPILOT)).outcome is Outcome.STARTED
 
 
 def test_after_the_cooldown_the_next_sync_is_granted(service, graph, clock):
     service.sync(AUTOPILOT)
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     assert one(service.sync(AUTOPILOT)).outcome is Outcome.STARTED
     assert len(sync_posts(graph)) == 2
 
@@ -77,25 +89,25 @@ def test_graph_409_is_in_progress_and_holds_callers_back_briefly(service, graph,
     assert again.outcome is Outcome.IN_PROGRESS and len(sync_posts(graph)) == 1
 
 
-def test_graph_429_without_retry_after_ends_ten_minutes_after_the_last_trigger(service, graph, clock):
+def test_graph_429_without_retry_after_ends_ten_minutes_and_the_margin_after_the_last_trigger(service, graph, clock):
     portal = clock.now - timedelta(minutes=4)
     configure(graph, lastManualSyncTriggerDateTime=portal.isoformat(), syncDurationSeconds=30)
     result = one(service.sync(AUTOPILOT))
     assert result.outcome is Outcome.COOLDOWN and result.graph_status == 429
-    assert abs(result.next_allowed_at - (portal + timedelta(minutes=10))) < timedelta(seconds=1)
+    assert abs(result.next_allowed_at - (portal + timedelta(seconds=AUTOPILOT_CLOSED_SECONDS))) < timedelta(seconds=1)
 
 
-def test_graph_429_with_retry_after_uses_it(service, graph, clock):
+def test_graph_429_with_retry_after_uses_it_and_the_margin(service, graph, clock):
     configure(graph, lastManualSyncTriggerDateTime=(clock.now - timedelta(minutes=2)).isoformat(), retryAfterOn429=120)
     result = one(service.sync(AUTOPILOT))
     assert result.outcome is Outcome.COOLDOWN
-    assert result.next_allowed_at == clock.now + timedelta(seconds=120)
+    assert result.next_allowed_at == clock.now + timedelta(seconds=120 + SKEW_MARGIN_SECONDS)
 
 
 def test_history_records_each_attempt_that_reached_graph(service, graph, clock):
     service.sync(AUTOPILOT)
     service.sync(AUTOPILOT)  # refused locally: not an attempt
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     service.sync(SyncRequest("autopilot", trigger=Trigger.TIMER, caller="timer"))
     rows = service.store.history("autopilot")
     assert [r["trigger"] for r in rows] == ["timer", "http"]  # newest first

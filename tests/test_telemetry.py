@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import (
     FUNCTIONS,
+    PAST_WINDOW,
     advance,
     autopilot_devices,
     call,
@@ -106,7 +107,7 @@ def test_a_deferred_firing_is_one_deferred_record_and_its_sync_record(service, g
     assert [r["outcome"] for r in logged_events(capture)] == ["started", "scheduled"]
     assert logged_events(capture)[1]["scheduledAt"]
     capture.clear()
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     fire_due_sync(service)
     records = logged_events(capture)
     assert [(r["event"], r["outcome"]) for r in records] == [("sync", "started"), ("deferred", "fired")]
@@ -117,7 +118,7 @@ def test_a_deferred_firing_is_one_deferred_record_and_its_sync_record(service, g
 def test_a_stale_deferred_message_is_one_record_saying_so(service, graph, clock, capture):
     service.sync(AUTOPILOT)
     service.sync(SyncRequest("autopilot", defer=True))
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     state = service.store.read("autopilot")
     fire_due_sync(service)
     capture.clear()
@@ -217,7 +218,7 @@ def test_a_deferred_sync_given_up_at_its_deadline_is_logged_as_given_up_not_resc
 
     service.sync(AUTOPILOT)
     service.sync(SyncRequest("autopilot", defer=True))
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     faults(graph, {"method": "POST", "status": 503, "times": 200})
     while (state := service.store.read("autopilot")).pending_id is not None:
         service.fire(PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at or clock(),
@@ -230,7 +231,7 @@ def test_a_deferred_sync_given_up_at_its_deadline_is_logged_as_given_up_not_resc
 def test_a_deferred_sync_graph_refuses_for_good_is_given_up_at_once(service, graph, clock, capture):
     service.sync(AUTOPILOT)
     service.sync(SyncRequest("autopilot", defer=True))
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     faults(graph, {"method": "POST", "status": 403, "times": 5})
     fire_due_sync(service)
     assert [r["outcome"] for r in logged_events(capture, "deferred")] == ["givenUp"]

@@ -11,7 +11,18 @@ from datetime import timedelta
 
 import pytest
 import requests
-from conftest import FUNCTIONS, advance, call, configure, faults, fire_due_sync, graph_calls, logged_events, sync_posts
+from conftest import (
+    FUNCTIONS,
+    PAST_WINDOW,
+    advance,
+    call,
+    configure,
+    faults,
+    fire_due_sync,
+    graph_calls,
+    logged_events,
+    sync_posts,
+)
 
 from shared import telemetry
 from shared.model import Outcome, SyncRequest
@@ -135,7 +146,7 @@ def test_a_deferred_sync_given_up_after_an_hour_of_409s_is_not_information(servi
 
     service.sync(AUTOPILOT)
     service.sync(SyncRequest("autopilot", defer=True))
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     faults(graph, {"method": "POST", "pathContains": "/sync", "status": 409, "times": 500})
     while (state := service.store.read("autopilot")).pending_id is not None:
         service.fire(PendingFire("autopilot", "autopilot", None, state.pending_id, state.pending_at or clock(),
@@ -149,7 +160,7 @@ def test_a_deferred_firing_without_a_token_is_logged(service, make_service, grap
     """A deferred firing that meets an upstream fault (no token) is logged before the host retries its message."""
     service.sync(AUTOPILOT)
     service.sync(SyncRequest("autopilot", defer=True))
-    advance(clock, graph, 601)
+    advance(clock, graph, PAST_WINDOW)
     identity_server.configure(failing=True)
     fresh = make_service()  # a new instance: no token cached
     capture.clear()
