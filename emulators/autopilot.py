@@ -31,6 +31,9 @@ Time, all on the emulated clock and computed when read:
   (default 120) after it became visible, ``pending`` for the second half, then ``assignedInSync`` with
   ``deploymentProfileAssignedDateTime`` (``0001-01-01T00:00:00Z`` before).
 
+Stats (``/_emulator/stats`` ``autopilotImports``): the ``records`` not deleted, the visible ``devices``, the ``deleted`` record
+ids, and ``importsPerSerial`` (serial, upper-case → how many accepted ``import`` calls carried it).
+
 Config keys (``/_emulator/config``): ``autopilotDevices`` (replaces all devices: ``[{"serialNumber", "groupTag"?,
 "deploymentProfileAssignmentStatus"? (default "assignedInSync")}, ...]``; any other device property overrides the default;
 visible at once, with new ids unless given), ``importErrors`` (``{"<serial>": {"deviceErrorCode": 808, "deviceErrorName": "ZtdDeviceAssignedToOtherTenant"}}``),
@@ -171,6 +174,7 @@ class AutopilotDevices:
         self.records: dict[str, ImportRecord] = {}  # deleted ones too, until registered (see module doc)
         self.devices: dict[str, Device] = {}
         self.deleted: list[str] = []
+        self.imported: dict[str, int] = {}  # serial (as sent) -> how many import calls carried it
         self.import_errors: dict[str, tuple[int, str]] = {}
         self.processing = timedelta(seconds=60)
         self.profile_seconds = 120.0
@@ -267,6 +271,7 @@ class AutopilotDevices:
             "records": [r.resource() for r in self.records.values() if not r.deleted],
             "devices": [d.resource("beta", now) for d in self._visible(now)],
             "deleted": list(self.deleted),
+            "importsPerSerial": dict(self.imported),
         }
 
     # --- requests ------------------------------------------------------------------------
@@ -330,6 +335,9 @@ class AutopilotDevices:
             if problem:
                 return _bad(problem)
         created = [self._create(element, now) for element in elements]
+        for element in elements:
+            serial = str(element["serialNumber"]).upper()
+            self.imported[serial] = self.imported.get(serial, 0) + 1
         context = f"https://graph.microsoft.com/{version}/$metadata#Collection(microsoft.graph.importedWindowsAutopilotDeviceIdentity)"
         return 200, {"@odata.context": context, "value": [r.resource() for r in created]}, {}
 

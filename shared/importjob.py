@@ -6,8 +6,11 @@ The job is a state machine in the state table (shared/imports.py) driven by mess
 import queue (IMPORT_QUEUE): no invocation waits or sleeps. Each message names the job's step;
 a step claims the job row (If-Match), does bounded work (shared/importsteps.py), saves the
 devices, and sends the message of the next step, delayed by IMPORT_POLL_SECONDS. A duplicated
-or late message finds another step number, or the job claimed, and does nothing. A step that
-dies leaves its claim to expire; the watcher then sends the overdue step's message again.
+or late message finds another step number, or the job claimed, and does nothing. A step's claim
+lasts IMPORT_STEP_CLAIM_SECONDS and is renewed while it works (shared/importclaim.py); with the
+claim, the step sends its own takeover message, due when the claim would lapse: if the step dies,
+that delivery takes the job over (one that finds the claim still renewed sends it on again).
+The watcher also sends the message of a step whose claim lapsed, or whose message is overdue.
 
 The sync: a job whose imports are complete asks for the Autopilot sync no earlier than
 IMPORT_SYNC_DELAY_SECONDS from then (DeferredSyncs.sync_at), so that every job finishing in the
@@ -21,27 +24,25 @@ import logging
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
-from . import telemetry
+from . import messages, telemetry
 from .autopilotapi import AutopilotApi
 from .core import ServiceCore
 from .devices import ImportRequest
 from .errors import AppError, StateStoreUnavailable
+from .importclaim import StepClaim
 from .imports import COMPLETED, DeviceRow, ImportJob, ImportStore, new_import_id, summary_json
 from .importsteps import ImportRun, StepLost, StepResult, imported_devices
 from .model import Outcome, iso
 from .notify import Notification
 from .onboarding import FAILED, PROFILE_ASSIGNED, TIMED_OUT, WAITING_FOR_SYNC, all_final, counts, hint_for
 from .operations import new_token, token_matches
-from .targets import parse_guid
 
 log = logging.getLogger(__name__)
 
 AUTOPILOT = "autopilot"
-# Longer than a step can run: the host ends an invocation at functionTimeout (5 min, host.json);
-# a step starts no Graph call after STEP_SECONDS, and checks its claim before each import call.
-STEP_LEASE = timedelta(minutes=6)
+# A step's takeover message is due this long after its claim would lapse (instances' clocks differ a little).
+TAKEOVER_AFTER = timedelta(seconds=2)
 RE_ASK_AFTER = timedelta(minutes=30)  # after Graph refused the sync for good, before the job asks again
 OVERDUE = timedelta(minutes=2)  # a step this late lost its message: the watcher sends it again
 EARLY = timedelta(seconds=2)
@@ -64,18 +65,18 @@ class ImportStep:
     import_id: str
     step: int
     scheduled_at: datetime
+    takeover: bool = False  # sent with a claim, for the case that its step dies: "stale" once that step ended
 
     def to_json(self) -> str:
-        return json.dumps({"importId": self.import_id, "step": self.step, "scheduledAt": iso(self.scheduled_at)})
+        takeover = {"takeover": True} if self.takeover else {}
+        return json.dumps({"importId": self.import_id, "step": self.step, "scheduledAt": iso(self.scheduled_at), **takeover})
 
     @classmethod
     def from_json(cls, text: str) -> ImportStep:
-        data: dict[str, Any] = json.loads(text)
-        step = data["step"]
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise ValueError("step must be a number")
-        return cls(parse_guid(str(data["importId"])), step,
-                   datetime.fromisoformat(str(data["scheduledAt"]).replace("Z", "+00:00")))
+        """The message, checked field by field (InvalidMessage, shared/messages.py)."""
+        data = messages.message_object(text)
+        return cls(str(messages.guid(data, "importId")), messages.whole(data, "step", 10**6),
+                   messages.time(data, "scheduledAt"), data.get("takeover") is True)
 
 
 class AutopilotImports(ServiceCore):
@@ -112,8 +113,8 @@ class AutopilotImports(ServiceCore):
         Each step is logged once: here when it did nothing, else where it saved its work."""
         try:
             step = ImportStep.from_json(text)
-        except (ValueError, KeyError, TypeError, AppError):
-            log.error("import queue: a message that is not an import step was ignored")
+        except messages.InvalidMessage as exc:  # logged once and acknowledged: retrying could never help
+            messages.log_invalid("import", "IMPORT_QUEUE", exc)
             return "invalid"
         try:
             what = self._run_step(step)
@@ -121,7 +122,7 @@ class AutopilotImports(ServiceCore):
             telemetry.emit("import", logging.WARNING, trigger="import", target=AUTOPILOT, importId=step.import_id,
                            step=step.step, outcome="failed", errorCode=exc.code, message=exc.message)
             raise
-        if what not in ("stepped", "completed"):
+        if what not in ("stepped", "completed") and not (step.takeover and what == "stale"):  # that step ended: as planned
             telemetry.emit("import", trigger="import", target=AUTOPILOT, importId=step.import_id, step=step.step,
                            outcome=what)
         return what
@@ -131,14 +132,17 @@ class AutopilotImports(ServiceCore):
         job, now = store.job(step.import_id), self.clock()
         if job is None or job.done or job.step != step.step:
             return "stale"  # a duplicate, or an older step's message
-        if job.claimed(now):
-            return "busy"  # another delivery runs this step; it sends the next message
+        if job.claimed(now):  # another delivery runs this step; it sends the next message
+            self._send_takeover(job)  # unless it dies: look again once its claim would lapse
+            return "busy"
         if job.step_at and job.step_at > now + EARLY:  # the queue delays a message 7 days at most
             self._send_step(job)
             return "early"
-        claimed = store.update(replace(job, step_owner=uuid.uuid4().hex, step_until=now + STEP_LEASE))
+        claim = timedelta(seconds=self.settings.import_step_claim_seconds)
+        claimed = store.update(replace(job, step_owner=uuid.uuid4().hex, step_until=now + claim))
         if claimed is None:
             return "stale"  # another delivery claimed it first
+        self._send_takeover(claimed)  # should this step die, that delivery takes the job over
         return self._advance(claimed, store.devices(job.id), now)
 
     def repair_imports(self) -> int:
@@ -148,11 +152,12 @@ class AutopilotImports(ServiceCore):
             return 0
         now, sent = self.clock(), 0
         for job in self.imports.running():
-            if not job.claimed(now) and job.step_at is not None and job.step_at < now - OVERDUE:
+            if job.resend_due(now, OVERDUE):
                 resent = self._send_step(replace(job, step_at=now))
                 telemetry.emit("watch", logging.WARNING, target=AUTOPILOT, importId=job.id, step=job.step,
                                outcome="importStepResent" if resent else "importStepNotResent",
-                               message=f"the step was overdue since {iso(job.step_at)}")
+                               message=f"the step's claim lapsed at {iso(job.step_until)}" if job.step_owner
+                               else f"the step was overdue since {iso(job.step_at)}")
                 sent += resent
         return sent
 
@@ -161,14 +166,19 @@ class AutopilotImports(ServiceCore):
     def _advance(self, job: ImportJob, devices: list[DeviceRow], now: datetime) -> str:
         store = self._import_store()
         seen = self._sync_seen(job, now) if any(d.state == WAITING_FOR_SYNC for d in devices) else SyncSeen()
-        run = ImportRun(AutopilotApi(self.graph), job, devices, now, lambda rows: store.save_devices(job.id, rows),
-                        seen.started, lambda: self._still_ours(job))
+        claim = StepClaim(store, job, self.clock, timedelta(seconds=self.settings.import_step_claim_seconds),
+                          self.settings.import_step_heartbeat_seconds)
+        run = ImportRun(AutopilotApi(self.graph), job, devices, now, store, seen.started, claim)
         try:
             result = run.run()
         except StepLost:
+            claim.stop()
             return "lost"
-        if not self._still_ours(job):
+        confirmed = claim.confirmed()
+        held = claim.stop()  # the job row as the heartbeat last wrote it: its ETag for the writes below
+        if held is None or not confirmed:
             return "lost"  # this step outlived its claim: the delivery that holds it now decides
+        job = held
         if result.changed:
             store.save_devices(job.id, list(result.changed.values()))
         devices = list(run.devices.values())
@@ -187,10 +197,6 @@ class AutopilotImports(ServiceCore):
                        importId=job.id, step=job.step, outcome="stepped", counts=counts(d.state for d in devices),
                        message=result.error)
         return "stepped"
-
-    def _still_ours(self, job: ImportJob) -> bool:
-        current = self._import_store().job(job.id)
-        return current is not None and current.step_owner == job.step_owner and current.step == job.step
 
     def _ask_for_sync(self, job: ImportJob, devices: list[DeviceRow], result: StepResult,
                       again: bool) -> tuple[ImportJob, list[DeviceRow]]:
@@ -245,18 +251,32 @@ class AutopilotImports(ServiceCore):
         if self._import_store().update(final) is None:
             raise StateStoreUnavailable(f"import {job.id}: the job row changed under its last step")
         self._notify(import_notification(final, devices, tally))  # once: only the claimed step gets here
+        self._release_serials(job)
         failed = tally.get(FAILED, 0) + tally.get(TIMED_OUT, 0)
         telemetry.emit("import", logging.WARNING if failed else logging.INFO, trigger="import", target=AUTOPILOT,
                        importId=job.id, step=job.step, devices=len(devices), counts=tally,
                        outcome="completedWithFailures" if failed else "completed")
         return "completed"
 
-    def _send_step(self, job: ImportJob) -> int:
-        """Send the job's step message; 0 (logged) if the queue is unavailable: the job row
-        holds the step, and the watcher sends a message for one that is overdue."""
+    def _release_serials(self, job: ImportJob) -> None:
+        """The finished job's serial numbers are free for later jobs. Left over (storage down), a
+        reservation of a finished job binds no one: the next job with that serial takes it over."""
+        try:
+            self._import_store().release(job.id)
+        except AppError as exc:
+            log.warning("import %s: its serial numbers' reservations were not released: %s", job.id, exc.message)
+
+    def _send_takeover(self, job: ImportJob) -> int:
+        """The step's message again, due just after its claim would lapse (if it is not renewed)."""
+        return self._send_step(job, (job.step_until or self.clock()) + TAKEOVER_AFTER)
+
+    def _send_step(self, job: ImportJob, takeover_at: datetime | None = None) -> int:
+        """Send the job's step message (due at its step_at, or a takeover message due at
+        ``takeover_at``); 0 (logged) if the queue is unavailable: the job row holds the step, and
+        the watcher sends a message for one that is overdue."""
         if self.import_queue is None:
             return 0
-        step = ImportStep(job.id, job.step, job.step_at or self.clock())
+        step = ImportStep(job.id, job.step, takeover_at or job.step_at or self.clock(), takeover_at is not None)
         try:
             self.import_queue.schedule(step, self.clock())
             return 1

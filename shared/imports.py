@@ -5,17 +5,21 @@ The job row is what coordinates: its ``step`` names the one queue message allowe
 (an older or duplicated message finds another number and does nothing), and a step claims it
 with ``If-Match`` before touching Graph, so that two deliveries of one message never act twice.
 Device rows are written only by the step that holds the claim.
+
+Across jobs, a serial number is imported by one job at a time: a job reserves each serial (a row
+in partition ``autopilot-serials``, inserted if absent) before it looks the device up and imports
+it; another job with the same serial follows that job's import (shared/importsteps.py).
 """
 from __future__ import annotations
 
 import json
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from .devices import Device
@@ -29,6 +33,8 @@ DEVICE_PREFIX = "device-"
 PARTITION_PREFIX = "import-"
 BATCH = 100  # Table Storage's limit of operations in one entity-group transaction
 CREATING, RUNNING, COMPLETED = "creating", "running", "completed"
+SERIALS = "autopilot-serials"  # the partition of the serial numbers reserved by running jobs
+SERIAL_PREFIX = "serial-"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,13 @@ class ImportJob:
     def claimed(self, now: datetime) -> bool:
         return bool(self.step_owner) and self.step_until is not None and self.step_until > now
 
+    def resend_due(self, now: datetime, overdue: timedelta) -> bool:
+        """Whether the watcher sends this step's message again: the step that claimed the job
+        stopped renewing its claim (it died: at once), or the message is ``overdue`` (lost)."""
+        if self.done or self.claimed(now) or self.step_at is None:
+            return False
+        return bool(self.step_owner) or self.step_at < now - overdue
+
     def to_json(self, devices: list[DeviceRow]) -> dict[str, Any]:
         return {
             "importId": self.id,
@@ -86,6 +99,8 @@ class DeviceRow:
     import_sent_at: datetime | None = None  # an import call that may have created its record
     import_record_id: str | None = None
     record_foreign: bool | None = None  # another job's (or the portal's) record for this serial: followed, not deleted
+    follows_import: str | None = None  # the job that reserved this serial: its import is followed, not repeated
+    follows_index: int | None = None  # that job's device
     record_kept: bool | None = None  # Graph refused to delete the record: left for the admin
     autopilot_id: str | None = None
     already_registered: bool | None = None  # found registered before the import: not imported again
@@ -123,8 +138,25 @@ class DeviceRow:
         }
 
 
+@dataclass(frozen=True)
+class SerialReservation:
+    """A serial number reserved by one job for its device ``index``: only that job imports it."""
+
+    serial_number: str
+    import_id: str
+    index: int
+    reserved_at: datetime
+    etag: str | None = None
+
+
 def partition(import_id: str) -> str:
     return f"{PARTITION_PREFIX}{import_id}"
+
+
+def serial_key(serial_number: str) -> str:
+    """The RowKey of a serial's reservation: case-insensitive, and hex because a serial may hold a
+    ``/``, which a RowKey may not."""
+    return SERIAL_PREFIX + serial_number.upper().encode().hex()
 
 
 class ImportStore(TableStore):
@@ -180,6 +212,68 @@ class ImportStore(TableStore):
                                           parameters={"row": JOB_ROW, "status": RUNNING})
         return [from_row(ImportJob, row, skip=("id", "etag"), id=row["PartitionKey"][len(PARTITION_PREFIX):],
                          etag=row.metadata.get("etag")) for row in rows]
+
+    @store_errors
+    def device(self, import_id: str, index: int) -> DeviceRow | None:
+        """One device row of a job (the job that reserved a serial, as another job reads it)."""
+        try:
+            entity = self._table.get_entity(partition_key=partition(import_id), row_key=f"{DEVICE_PREFIX}{index:04d}")
+        except ResourceNotFoundError as exc:
+            if table_missing(exc):
+                raise
+            return None
+        return from_row(DeviceRow, entity)
+
+    @store_errors
+    def reserve(self, serial_number: str, import_id: str, index: int, now: datetime) -> SerialReservation:
+        """Reserve a serial for this job's device if no job holds it (insert-if-absent). Returns
+        the reservation as it stands: this job's, or the one of the job that holds it."""
+        wanted = SerialReservation(serial_number.upper(), import_id, index, now)
+        for _ in range(3):  # a reservation released between our insert and our read: insert again
+            try:
+                meta = self._table.create_entity(self._reservation_entity(wanted))
+                return replace(wanted, etag=meta["etag"])
+            except ResourceExistsError:
+                held = self._reservation(serial_number)
+                if held is not None:
+                    return held
+        raise StateStoreUnavailable(f"the reservation of serial number {serial_number} keeps changing")
+
+    @store_errors
+    def take_over(self, held: SerialReservation, import_id: str, index: int, now: datetime) -> SerialReservation | None:
+        """Take a reservation whose job will not import the serial (If-Match); None if another job did first."""
+        mine = SerialReservation(held.serial_number, import_id, index, now)
+        try:
+            meta = self._table.update_entity(self._reservation_entity(mine), mode=UpdateMode.REPLACE, etag=held.etag,
+                                             match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return replace(mine, etag=meta["etag"])
+
+    @store_errors
+    def release(self, import_id: str) -> int:
+        """Delete the reservations this job still holds (it ended); those taken over stay. How many."""
+        rows = self._table.query_entities("PartitionKey eq @pk and importId eq @id", parameters={"pk": SERIALS, "id": import_id},
+                                          select=["PartitionKey", "RowKey"])
+        released = 0
+        for row in rows:
+            try:
+                self._table.delete_entity(row["PartitionKey"], row["RowKey"], etag=row.metadata["etag"],
+                                          match_condition=MatchConditions.IfNotModified)
+                released += 1
+            except (ResourceModifiedError, ResourceNotFoundError):
+                pass  # taken over by another job meanwhile: it is that job's now
+        return released
+
+    def _reservation(self, serial_number: str) -> SerialReservation | None:
+        try:
+            entity = self._table.get_entity(partition_key=SERIALS, row_key=serial_key(serial_number))
+        except ResourceNotFoundError:
+            return None
+        return from_row(SerialReservation, entity, skip=("etag",), etag=entity.metadata.get("etag"))
+
+    def _reservation_entity(self, reservation: SerialReservation) -> dict[str, Any]:
+        return to_row(reservation, SERIALS, serial_key(reservation.serial_number), skip=("etag",))
 
     def _job_entity(self, job: ImportJob) -> dict[str, Any]:
         return to_row(job, partition(job.id), JOB_ROW, skip=("id", "etag"))

@@ -6,6 +6,11 @@ A step does bounded work (CALLS_PER_STEP Graph calls, STEP_SECONDS) so that an i
 short and Intune's per-app write limit (100 writes per 20 s) is not spent by one job; what is
 left goes to the next step at once. Device rows are saved before an import call, so that a call
 whose answer is lost is found again (its records carry the job's importId) instead of repeated.
+
+One import per serial number across jobs: before looking a device up, a step reserves its serial
+for the job (ImportStore.reserve, insert-if-absent). A job that finds the serial reserved by
+another follows that job's import record (or waits until it has one), and ends the device the way
+that import ended; it takes the serial over only from a job that will not import it.
 """
 from __future__ import annotations
 
@@ -19,19 +24,27 @@ from typing import Literal, TypeVar
 
 from .autopilotapi import AutopilotApi
 from .errors import AppError, GraphRequestRejected, GraphResourceNotFound, UpstreamError
-from .imports import DeviceRow, ImportJob
+from .importclaim import StepClaim
+from .imports import DeviceRow, ImportJob, ImportStore
 from .model import iso
 from .onboarding import (
     FAILED,
+    FOLLOW,
     IMPORTED,
     IMPORTING,
     PROFILE_ASSIGNED,
+    RECORD_DELETED,
     REGISTERED,
     TIMED_OUT,
+    WAIT,
     WAITING_FOR_SYNC,
+    Owner,
+    followed_failure,
     group_tag_differs,
     import_answer,
     profile_assigned,
+    record_vanished,
+    reserved_elsewhere,
 )
 
 log = logging.getLogger(__name__)
@@ -44,10 +57,13 @@ STEP_SECONDS = 120.0  # no new Graph call after this; the function timeout is 5 
 # long before its devices are imported again.
 ADOPT_GRACE = timedelta(minutes=10)
 GRAPH_TEXT = 200  # Graph's strings kept per device (a device row must stay well under 64 KiB)
+# A job this long past its deadline has timed its devices out (its last step ends within the
+# 5-minute function timeout): its reservations no longer hold a serial.
+OWNER_GRACE = timedelta(minutes=10)
 
 
 class StepLost(AppError):
-    """The job's claim passed to another delivery (this step outlived its lease): stop, save nothing."""
+    """The job's claim lapsed or passed to another delivery: stop, save nothing, write nothing to Graph."""
 
     code, http_status = "ImportStepLost", 409
 
@@ -64,10 +80,11 @@ class ImportRun:
     """The work of one step on one job's devices."""
 
     def __init__(self, api: AutopilotApi, job: ImportJob, devices: list[DeviceRow], now: datetime,
-                 save: Callable[[list[DeviceRow]], None], sync_started: bool, still_ours: Callable[[], bool]):
-        self.api, self.job, self.now, self.save, self.sync_started = api, job, now, save, sync_started
-        self.still_ours = still_ours
+                 store: ImportStore, sync_started: bool, claim: StepClaim):
+        self.api, self.job, self.now, self.store, self.sync_started = api, job, now, store, sync_started
+        self.claim = claim
         self.devices = {d.index: d for d in devices}
+        self._jobs: dict[str, ImportJob | None] = {}  # other jobs read this step (their rows, for their reservations)
         self.result = StepResult()
         self._calls, self._until = CALLS_PER_STEP, time.monotonic() + STEP_SECONDS
 
@@ -91,9 +108,15 @@ class ImportRun:
     # --- phases ------------------------------------------------------------------------------
 
     def _look_up_new(self) -> None:
-        """Before importing: a device already registered is not imported again, and one that
-        another import (another job, the portal) is processing is followed, not imported twice."""
-        new = self._where(lambda d: d.state == IMPORTING and not d.checked and not d.import_record_id and not d.import_sent_at)
+        """Before importing: a device whose serial another job reserved is that job's to import; one
+        already registered is not imported again, and one that another import (the portal, or a job
+        before reservations) is processing is followed, not imported twice."""
+        new: list[DeviceRow] = []
+        for d in self._where(lambda d: d.state == IMPORTING and not d.checked and not d.import_record_id and not d.import_sent_at):
+            if len(new) >= self._calls:
+                break  # no Graph call left in this step to look up more: reserved (and looked up) by a later one
+            if self._ours_to_import(d):
+                new.append(d)
         if not new or not self._spend():
             return
         others = {str(r.get("serialNumber", "")).upper(): r for r in self.api.records()
@@ -124,6 +147,50 @@ class ImportRun:
                 d = self._set(d, group_tag_updated=True)
             self._registered(d, found, already=True)
 
+    def _ours_to_import(self, d: DeviceRow) -> bool:
+        """Reserve the device's serial for this job. False when another job holds it: this device
+        then follows that job's import record, or waits for it (table reads only, no Graph call)."""
+        waited_for = (d.follows_import, d.follows_index) if d.follows_import and d.follows_index is not None else None
+        if waited_for and self._follows(d, *waited_for):  # even once that job let the serial go: its import is ours too
+            return False
+        held = self.store.reserve(d.serial_number, self.job.id, d.index, self.now)
+        if held.import_id != self.job.id:
+            if (held.import_id, held.index) != waited_for and self._follows(d, held.import_id, held.index):
+                return False
+            if self.store.take_over(held, self.job.id, d.index, self.now) is None:
+                return False  # another job took it first: looked at again next step
+        if d.follows_import:
+            self._set(d, follows_import=None, follows_index=None, message=None)
+        return True
+
+    def _follows(self, d: DeviceRow, import_id: str, index: int) -> bool:
+        """Whether this device follows (or waits for) the import of device ``index`` of job ``import_id``."""
+        owner, row = self._owner(import_id, index)
+        verdict = reserved_elsewhere(owner, self.job.created_at)
+        if verdict == FOLLOW and row is not None:
+            self._set(d, checked=True, import_record_id=row.import_record_id, record_foreign=True,
+                      follows_import=import_id, follows_index=index,
+                      message=f"also in import {import_id}, which imports it; followed, not imported again")
+            return True
+        if verdict == WAIT:
+            if d.follows_import != import_id:
+                self._set(d, follows_import=import_id, follows_index=index,
+                          message=f"waiting for import {import_id}, which has the same serial number")
+            return True
+        return False
+
+    def _owner(self, import_id: str, index: int) -> tuple[Owner | None, DeviceRow | None]:
+        """The device of another job with the same serial, as that job last saved it."""
+        row = self.store.device(import_id, index)
+        if row is None:
+            return None, None
+        if import_id not in self._jobs:
+            self._jobs[import_id] = self.store.job(import_id)
+        job = self._jobs[import_id]
+        running = job is not None and not job.done and self.now < job.deadline + OWNER_GRACE
+        return Owner(running, row.state, bool(row.import_record_id), row.updated_at if row.final else None,
+                     row.error_code, row.error_name), row
+
     def _adopt(self) -> None:
         """Devices whose import call went unanswered: its records, if Graph made them, are ours."""
         unsure = self._where(lambda d: d.state == IMPORTING and not d.import_record_id and bool(d.import_sent_at))
@@ -144,9 +211,9 @@ class ImportRun:
             if not self._spend():
                 return
             chunk = [self._set(d, import_sent_at=self.now) for d in todo[start:start + IMPORT_CHUNK]]
-            if not self.still_ours():  # this step outlived its claim: another delivery runs the job now
+            if not self.claim.confirmed():  # this step outlived its claim: another delivery runs the job now
                 raise StepLost(f"import {self.job.id}: the step lost its claim")
-            self.save(chunk)  # before the call: an unanswered call is looked for, not repeated
+            self.store.save_devices(self.job.id, chunk)  # before the call: an unanswered call is looked for, not repeated
             answer = self.api.import_devices(self.job.id, chunk)
             try:
                 answer.raise_for_status("the Autopilot import")
@@ -168,12 +235,9 @@ class ImportRun:
             record = self._per_device(d, "ImportRecordUnreadable", partial(self.api.record, d.import_record_id or ""))
             if record is False:
                 continue
-            if record is None and d.record_foreign:  # its import deleted it once done: look for the device
-                self._set(d, state=IMPORTED, message="imported by another import; waiting for the Autopilot sync")
-                continue
             if record is None:
-                self._set(d, state=FAILED, error_name="ImportRecordDeleted",
-                          message="its import record was deleted before Intune finished processing it")
+                if not self._record_vanished(d):
+                    return
                 continue
             answer = import_answer(record)
             name = (answer.error_name or "")[:GRAPH_TEXT] or None
@@ -182,6 +246,31 @@ class ImportRun:
             elif answer.state == FAILED:
                 self._set(d, state=FAILED, error_code=answer.error_code, error_name=name,
                           message=f"Intune could not import it: {name} ({answer.error_code})")
+
+    def _record_vanished(self, d: DeviceRow) -> bool:
+        """The import record is gone: the job whose import it was may know how it ended, else Graph's
+        device list says whether the device registered. False when the budget ran out."""
+        owner = self._owner(d.follows_import, d.follows_index)[0] if d.follows_import and d.follows_index is not None else None
+        failure = followed_failure(owner)
+        if failure is not None:
+            self._set(d, state=FAILED, error_code=failure.error_code, error_name=failure.error_name,
+                      message=f"Intune could not import it: {failure.error_name} ({failure.error_code}), "
+                      f"in import {d.follows_import}")
+            return True
+        if not self._spend():
+            return False
+        found = self._per_device(d, "LookupRefused", partial(self.api.find, d.serial_number))
+        if found is False:
+            return True
+        answer = record_vanished(owner, found is not None)
+        if answer is None and found:
+            self._registered(d, found, already=False)
+        elif answer is not None and answer.state == IMPORTED:
+            self._set(d, state=IMPORTED, message="imported (its import record is gone); waiting for the Autopilot sync")
+        else:
+            self._set(d, state=FAILED, error_name=RECORD_DELETED, message="its import record was deleted before Intune "
+                      "finished processing it, and the device is not registered")
+        return True
 
     def _follow_registration(self) -> None:
         waiting = self._where(lambda d: d.state == REGISTERED or (d.state == WAITING_FOR_SYNC and self.sync_started))
@@ -196,7 +285,7 @@ class ImportRun:
         """What Graph said is saved before any import record is deleted: a save that fails after
         a delete would lose Graph's error for good."""
         if self.result.changed:
-            self.save(list(self.result.changed.values()))
+            self.store.save_devices(self.job.id, list(self.result.changed.values()))
 
     def _clean_up(self) -> None:
         """Intune's guidance: delete an import record once it has done its work."""
@@ -253,6 +342,9 @@ class ImportRun:
         return changed
 
     def _spend(self) -> bool:
+        """One Graph call more, within the step's budget, and only while the step holds its claim."""
+        if not self.claim.held():
+            raise StepLost(f"import {self.job.id}: the step lost its claim")
         if self._calls <= 0 or time.monotonic() > self._until:
             self.result.more = True
             return False

@@ -30,7 +30,6 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
-from .imports import CREATING, JOB_ROW
 from .operations import OPERATION_ROW
 from .state import _MAX_TICKS, ASK_PREFIX, HISTORY_PREFIX, STATE_ROW
 from .storage import TableStore, store_errors
@@ -85,6 +84,8 @@ class RetentionStore(TableStore):
         """Import jobs that finished before ``before`` (or whose creation stopped half way before
         it): their device rows first, the job row last, so that a sweep cut short leaves the job to
         be found again by the next one."""
+        from .imports import CREATING, JOB_ROW  # the import jobs' module, loaded only when a sweep runs
+
         deleted = 0
         # Spaces around the parentheses: the SDK substitutes @names word by word.
         query = "RowKey eq @row and ( finishedAt lt @before or ( status eq @creating and createdAt lt @before ) )"

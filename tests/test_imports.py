@@ -8,6 +8,7 @@ triggers do); tests/test_imports_http.py goes through the HTTP routes and the ap
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -25,10 +26,11 @@ from conftest import (
     sync_posts,
 )
 
-from shared.importjob import OVERDUE, STEP_LEASE, ImportStep
+from shared.importjob import ImportStep
 from shared.onboarding import FAILED, PROFILE_ASSIGNED, REGISTERED, TIMED_OUT, WAITING_FOR_SYNC
 
 IMPORTS = "/importedWindowsAutopilotDeviceIdentities"
+IMPORTS_PATH = "/v1.0/deviceManagement" + IMPORTS
 
 
 def states(svc, import_id):
@@ -197,7 +199,7 @@ def test_a_step_that_outlives_its_claim_leaves_the_import_to_the_delivery_that_h
         service.run_import_step(ImportStep(job_id, job.step, job.step_at).to_json())))
     first.start()
     time.sleep(0.5)
-    advance(clock, graph, (STEP_LEASE + OVERDUE).total_seconds() + 60)
+    advance(clock, graph, service.settings.import_step_claim_seconds + 1)  # its heartbeat is slower than this test
     assert service.repair_imports() == 1
     assert service.run_import_step(ImportStep(job_id, job.step, clock()).to_json()) == "stepped"
     first.join()
@@ -284,3 +286,71 @@ def test_an_import_answered_502_is_not_sent_again_and_its_records_are_found(serv
     run_imports(service, clock, graph, job)
     assert [r["status"] for r in import_posts(graph)] == [502, 200]  # nothing found after the grace: imported again
     assert set(states(service, job).values()) == {PROFILE_ASSIGNED}
+
+
+def step(svc, job_id):
+    job = svc.imports.job(job_id)
+    return svc.run_import_step(ImportStep(job_id, job.step, job.step_at).to_json())
+
+
+def test_a_device_whose_followed_import_failed_ends_failed_with_graphs_error(make_service, clock, graph):
+    service = make_service(IMPORT_WAIT_TIMEOUT_SECONDS="3600")
+    configure(graph, importErrors={"SN0001": {"deviceErrorCode": 808, "deviceErrorName": "ZtdDeviceAssignedToOtherTenant"}})
+    first = start_import(service, autopilot_devices(1), caller="tech1")
+    assert step(service, first) == "stepped"  # imported
+    second = start_import(service, autopilot_devices(1), caller="tech2")
+    assert step(service, second) == "stepped"  # follows the first job's import
+    run_imports(service, clock, graph, first, second)  # the first job deletes its failed record as soon as it sees it
+    [device] = service.imports.devices(second)
+    assert (device.state, device.error_code, device.error_name) == (FAILED, 808, "ZtdDeviceAssignedToOtherTenant")
+    assert "another organisation" in device.to_json()["hint"] and len(ok_import_posts(graph)) == 1
+
+
+def test_a_followed_import_record_another_tool_deleted_unfinished_fails_the_device_instead_of_waiting(
+        make_service, clock, graph):
+    service = make_service(IMPORT_WAIT_TIMEOUT_SECONDS="3600")
+    portal = service.graph.post(IMPORTS_PATH + "/import", json={"importedWindowsAutopilotDeviceIdentities": [
+        {"serialNumber": "SN0001", "hardwareIdentifier": autopilot_devices(1)[0]["hardwareIdentifier"]}]}, once=True)
+    [record] = portal.raise_for_status("a portal import").body["value"]
+    job_id = start_import(service, autopilot_devices(1))
+    assert step(service, job_id) == "stepped"
+    assert service.imports.devices(job_id)[0].import_record_id == record["id"]  # followed, not imported again
+    service.graph.delete(f"{IMPORTS_PATH}/{record['id']}").raise_for_status("an admin deleting the record")
+    [job] = run_imports(service, clock, graph, job_id)
+    [device] = service.imports.devices(job_id)
+    assert (device.state, device.error_name) == (FAILED, "ImportRecordDeleted")
+    assert (job.finished_at - job.created_at).total_seconds() < 600 and len(ok_import_posts(graph)) == 1
+
+
+def test_a_serial_reserved_by_a_job_that_stopped_is_imported_by_another_job_after_that_jobs_deadline(
+        make_service, clock, graph):
+    stopped = make_service(IMPORT_WAIT_TIMEOUT_SECONDS="600")
+    first = start_import(stopped, autopilot_devices(1))
+    faults(graph, {"method": "GET", "pathContains": IMPORTS, "status": 503, "times": 4})
+    assert step(stopped, first) == "stepped"  # it reserved SN0001, then Graph failed; it never steps again
+    service = make_service(IMPORT_WAIT_TIMEOUT_SECONDS="3600")
+    second = start_import(service, autopilot_devices(1))
+    assert step(service, second) == "stepped"
+    assert "waiting for import" in service.imports.devices(second)[0].message
+    run_imports(service, clock, graph, second)
+    [device] = service.imports.devices(second)
+    assert device.state == PROFILE_ASSIGNED and import_stats(graph)["importsPerSerial"] == {"SN0001": 1}
+
+
+def test_a_steps_takeover_message_does_nothing_and_logs_nothing_once_the_step_has_ended(make_service, graph, env, caplog):
+    from conftest import drain, logged_events
+
+    from shared.telemetry import LOGGER
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    service = make_service(IMPORT_STEP_CLAIM_SECONDS="2", IMPORT_STEP_HEARTBEAT_SECONDS="1")
+    job_id = start_import(service, autopilot_devices(1))
+    assert step(service, job_id) == "stepped"  # it sent its takeover message, due when its claim would have lapsed
+    calls = len(graph_calls(graph))
+    outcomes: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(outcomes) < 2 and time.monotonic() < deadline:  # the start's message at once, the takeover in seconds
+        drain(env, "IMPORT_QUEUE", lambda message: outcomes.append(service.run_import_step(message)))
+        time.sleep(0.2)
+    assert outcomes == ["stale", "stale"] and len(graph_calls(graph)) == calls
+    assert [e["outcome"] for e in logged_events(caplog, "import")] == ["started", "stepped", "stale"]  # the start's message only

@@ -14,7 +14,7 @@ from conftest import autopilot_devices, faults, graph_calls, import_stats, run_i
 from emulators.azurite import ACCOUNT, KEY, free_port
 from emulators.faultproxy import FaultProxy
 from shared.errors import StateStoreUnavailable
-from shared.importjob import OVERDUE, STEP_LEASE, ImportStep
+from shared.importjob import OVERDUE, ImportStep
 from shared.onboarding import PROFILE_ASSIGNED
 
 IMPORT = "/importedWindowsAutopilotDeviceIdentities/import"
@@ -50,7 +50,7 @@ def test_table_storage_lost_after_the_import_call_loses_no_device_and_imports_no
         svc.run_import_step(message)  # the host retries the message; here, the watcher will resend it
     proxy.clear()
     assert len(import_stats(graph)["records"]) == 3
-    clock.advance((STEP_LEASE + OVERDUE).total_seconds() + 60)
+    clock.advance(svc.settings.import_step_claim_seconds + OVERDUE.total_seconds() + 1)
     assert svc.repair_imports() == 1
     run_imports(svc, clock, graph, job_id)
     assert {d.state for d in svc.imports.devices(job_id)} == {PROFILE_ASSIGNED}

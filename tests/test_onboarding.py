@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,18 +11,28 @@ from shared.importjob import ImportStep, import_notification
 from shared.imports import DeviceRow, ImportJob
 from shared.onboarding import (
     FAILED,
+    FOLLOW,
     IMPORTED,
     IMPORTING,
     PROFILE_ASSIGNED,
+    REGISTERED,
     STATES,
+    TAKE_OVER,
     TIMED_OUT,
     UNKNOWN_HINT,
+    WAIT,
+    WAITING_FOR_SYNC,
+    ImportAnswer,
+    Owner,
     all_final,
     counts,
     find_device,
+    followed_failure,
     group_tag_differs,
     import_answer,
     profile_assigned,
+    record_vanished,
+    reserved_elsewhere,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -107,6 +117,11 @@ def test_an_import_step_message_round_trips() -> None:
     assert ImportStep.from_json(step.to_json()) == step
 
 
+def test_a_takeover_message_round_trips_and_says_it_is_one() -> None:
+    step = ImportStep("0b7d4e3a-91c2-4f6b-8e0d-5a2b7c9e1f02", 3, NOW, takeover=True)
+    assert ImportStep.from_json(step.to_json()) == step and json.loads(step.to_json())["takeover"] is True
+
+
 @pytest.mark.parametrize("text", ["{}", "[]", "nonsense", json.dumps({"importId": "../x", "step": 1, "scheduledAt": "2026-01-01T00:00:00Z"}),
                                   json.dumps({"importId": "0b7d4e3a-91c2-4f6b-8e0d-5a2b7c9e1f02", "step": "1", "scheduledAt": "x"})])
 def test_an_import_step_message_of_the_wrong_shape_is_refused(text: str) -> None:
@@ -128,3 +143,67 @@ def test_the_job_notification_counts_states_and_names_failed_devices_with_their_
     card = note.to_adaptive_card("app")["attachments"][0]["content"]
     facts = {f["title"]: f["value"] for f in card["body"][2]["facts"]}
     assert facts["B"].startswith("ZtdDeviceAssignedToOtherTenant") and facts[FAILED] == "1"
+
+
+# --- one import per serial across jobs ---------------------------------------------------------
+
+EARLIER, LATER = NOW - timedelta(hours=1), NOW + timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("owner,verdict", [
+    (Owner(True, IMPORTING, True), FOLLOW),  # its import is under way: share it
+    (Owner(False, IMPORTING, True), FOLLOW),  # even from a job that stopped: the record is what counts
+    (Owner(True, FAILED, True, final_at=LATER, error_code=808, error_name="X"), FOLLOW),  # ended after we started: ours too
+    (Owner(True, IMPORTING, False), WAIT),  # still looking it up, or its import call is unanswered
+    (Owner(False, IMPORTING, False), TAKE_OVER),  # finished, gone or long past its deadline without importing
+    (Owner(True, REGISTERED, False), TAKE_OVER),  # already registered: nothing to import, look it up ourselves
+    (Owner(True, FAILED, False, final_at=LATER, error_name="AlreadyRegisteredWithOtherGroupTag"), TAKE_OVER),
+    (Owner(True, FAILED, True, final_at=EARLIER, error_code=808, error_name="X"), TAKE_OVER),  # a later request tries again
+    (None, TAKE_OVER),  # the job is gone
+])
+def test_what_a_job_does_about_a_serial_another_job_reserved(owner: Owner | None, verdict: str) -> None:
+    assert reserved_elsewhere(owner, NOW) == verdict
+
+
+def test_a_followed_import_that_intune_failed_fails_with_intunes_code_and_name() -> None:
+    owner = Owner(True, FAILED, True, NOW, 808, "ZtdDeviceAssignedToOtherTenant")
+    assert followed_failure(owner) == ImportAnswer(FAILED, 808, "ZtdDeviceAssignedToOtherTenant")
+
+
+@pytest.mark.parametrize("owner", [None, Owner(True, IMPORTING, True), Owner(True, PROFILE_ASSIGNED, True, NOW),
+                                   Owner(True, FAILED, True, NOW, None, "ImportRecordDeleted"),
+                                   Owner(True, FAILED, True, NOW, None, "LookupRefused")])
+def test_a_followed_import_has_no_known_failure_unless_intune_named_one(owner: Owner | None) -> None:
+    assert followed_failure(owner) is None
+
+
+@pytest.mark.parametrize("owner", [None, Owner(True, IMPORTING, True), Owner(True, WAITING_FOR_SYNC, True)])
+def test_a_vanished_record_of_a_registered_device_means_registered(owner: Owner | None) -> None:
+    assert record_vanished(owner, registered=True) is None
+
+
+@pytest.mark.parametrize("state", [IMPORTED, WAITING_FOR_SYNC, REGISTERED, PROFILE_ASSIGNED])
+def test_a_vanished_record_whose_import_was_seen_complete_means_imported(state: str) -> None:
+    assert record_vanished(Owner(True, state, True), registered=False) == ImportAnswer(IMPORTED)
+
+
+@pytest.mark.parametrize("owner", [None, Owner(True, IMPORTING, True), Owner(False, TIMED_OUT, True, NOW)])
+def test_a_vanished_record_without_a_known_outcome_and_no_device_is_a_failure_not_an_import(owner: Owner | None) -> None:
+    answer = record_vanished(owner, registered=False)
+    assert answer is not None and (answer.state, answer.error_name) == (FAILED, "ImportRecordDeleted")
+
+
+def job_at(**fields: object) -> ImportJob:
+    values: dict[str, object] = {"step": 3, "step_at": NOW, **fields}
+    return ImportJob("id1", NOW, NOW + timedelta(hours=4), "h", "http", 1, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("job,due", [
+    (job_at(step_owner="a", step_until=NOW - timedelta(seconds=1)), True),  # the step died: its claim lapsed
+    (job_at(step_owner="a", step_until=NOW + timedelta(seconds=1)), False),  # a step holds it
+    (job_at(step_at=NOW - timedelta(minutes=3)), True),  # the message is overdue
+    (job_at(step_at=NOW - timedelta(minutes=1)), False),  # due a minute ago: the queue is delivering it
+    (job_at(step_owner="a", step_until=NOW - timedelta(seconds=1), status="completed"), False),
+])
+def test_the_watcher_resends_a_step_whose_claim_lapsed_at_once_and_a_lost_one_when_overdue(job: ImportJob, due: bool) -> None:
+    assert job.resend_due(NOW, timedelta(minutes=2)) is due
