@@ -19,7 +19,7 @@ KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def azurite_binary() -> str:
@@ -32,8 +32,20 @@ def azurite_binary() -> str:
     return found
 
 
+class PortInUse(RuntimeError):
+    """Something already listens on a port Azurite was to use (the caller names what the port is for)."""
+
+    def __init__(self, port: int):
+        super().__init__(f"port {port} is already in use (another Azurite?); stop it or use --random-ports")
+        self.port = port
+
+
 class Azurite:
-    def __init__(self, port: int | None = None, location: str | None = None, queue_port: int | None = None, blob_port: int | None = None):
+    def __init__(self, port: int | None = None, location: str | None = None, queue_port: int | None = None, blob_port: int | None = None,
+                 tls: tuple[str, str] | None = None):
+        """``tls``: (certificate, key) PEM files: every service speaks HTTPS only, with that certificate
+        (emulators/tls.py issues one; clients must trust its CA)."""
+        self.tls = tls
         self.port = port or free_port()  # the table service's
         self.queue_port = queue_port or free_port()
         self.blob_port = blob_port or free_port()
@@ -42,15 +54,19 @@ class Azurite:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def table_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
-            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={self.scheme}://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint={self.scheme}://127.0.0.1:{self.queue_port}/{ACCOUNT};"
             f"TableEndpoint={self.table_endpoint};"
         )
 
@@ -63,11 +79,13 @@ class Azurite:
         for port in self.ports:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    raise RuntimeError(f"port {port} is already in use (another Azurite?); stop it or use --random-ports")
+                    raise PortInUse(port)
         args = [azurite_binary(), "--tableHost", "127.0.0.1", "--tablePort", str(self.port),
                 "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
                 "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                 "--disableTelemetry", "--silent", "--skipApiVersionCheck"]
+        if self.tls:
+            args += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]
         if self.location:
             Path(self.location).mkdir(parents=True, exist_ok=True)
             args += ["--location", self.location]
