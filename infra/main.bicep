@@ -101,6 +101,16 @@ param importSyncDelaySeconds int = 120
 @maxValue(604800)
 param importWaitTimeoutSeconds int = 14400
 
+@description('Seconds a step of an import job holds its job without renewing the claim: a step that dies is taken over after this.')
+@minValue(2)
+@maxValue(300)
+param importStepClaimSeconds int = 60
+
+@description('Seconds between a working import step\'s renewals of its claim (at most half of importStepClaimSeconds).')
+@minValue(1)
+@maxValue(150)
+param importStepHeartbeatSeconds int = 20
+
 @description('Many tenants from one deployment: create a multi-tenant app registration (sign-in audience AzureADMultipleOrgs, the Graph application permissions of the enabled targets) whose only credential is a federated identity credential trusting the app\'s user-assigned identity, and set MULTI_TENANT_CLIENT_ID to its client id. Needs the right to create applications (e.g. Application Developer); public cloud only. false (default): one tenant, the app\'s own, as before.')
 param multiTenant bool = false
 
@@ -118,6 +128,11 @@ param tenantQueueName string = 'intunesync-tenants'
 @minValue(60)
 @maxValue(3600)
 param leaseSeconds int = 180
+
+@description('Seconds kept over every window Graph imposes (Autopilot 10 min, Apple 15 min), for instances whose clocks differ.')
+@minValue(1)
+@maxValue(300)
+param clockSkewMarginSeconds int = 30
 
 @minValue(1)
 @maxValue(120)
@@ -191,9 +206,12 @@ var syncSettings = {
   IMPORT_POLL_SECONDS: string(importPollSeconds)
   IMPORT_SYNC_DELAY_SECONDS: string(importSyncDelaySeconds)
   IMPORT_WAIT_TIMEOUT_SECONDS: string(importWaitTimeoutSeconds)
+  IMPORT_STEP_CLAIM_SECONDS: string(importStepClaimSeconds)
+  IMPORT_STEP_HEARTBEAT_SECONDS: string(importStepHeartbeatSeconds)
   MULTI_TENANT_CLIENT_ID: multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
   TENANT_QUEUE: tenantQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
+  CLOCK_SKEW_MARGIN_SECONDS: string(clockSkewMarginSeconds)
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
   SYNC_WAIT_TIMEOUT_SECONDS: string(waitTimeoutSeconds)
   SYNC_WATCH_SCHEDULE: watchSchedule

@@ -10,12 +10,10 @@ import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode, urlsplit
 
 import azure.functions as func
 
-from .devices import MAX_BODY_BYTES as MAX_IMPORT_BYTES
-from .devices import parse_import
 from .errors import AppError, InvalidItemId
 from .jsonbody import nesting_exceeds
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
@@ -24,10 +22,10 @@ from .runtime import service, settings, tenancy
 from .service import SyncService
 from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
 from .targets import parse_guid
-from .tenants import Tenant
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # onboarding and many tenants are imported on their first request, not by a sync's cold start
     from .tenancy import Tenancy
+    from .tenants import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +86,38 @@ def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpReques
 
 def handle_methods(req: func.HttpRequest, actions: dict[str, Callable[[func.HttpRequest], func.HttpResponse]]) -> func.HttpResponse:
     """A route with an action per method (the registry's PUT, GET and DELETE)."""
-    action = actions.get(req.method.upper())
-    if action is None:
-        allowed = ", ".join(actions)
-        return error_response(405, "MethodNotAllowed", f"use {' or '.join(actions)} for this route", {"Allow": allowed})
     try:
+        _request_url(req)  # a Host that cannot be parsed is a 400 on every route, as Kestrel answers
+        action = actions.get(req.method.upper())
+        if action is None:
+            allowed = ", ".join(actions)
+            return error_response(405, "MethodNotAllowed", f"use {' or '.join(actions)} for this route", {"Allow": allowed})
         return action(req)
     except AppError as exc:  # the one error model (shared/errors.py)
         return error_response(exc.http_status, exc.code, exc.message, exc.headers, exc.details)
     except Exception:  # a bug: log it with its trace, answer without leaking internals
         # The path only: the query may hold an operation token or a function key.
-        log.exception("unhandled error in %s %s", req.method, urlsplit(req.url).path)
+        log.exception("unhandled error in %s %s", req.method, _path_for_log(req.url))
         return error_response(500, "InternalError", "unexpected error; see the function's logs")
+
+
+def _request_url(req: func.HttpRequest) -> SplitResult:
+    """``req.url`` split, its host and port parsed; a 400 when they cannot be. ``urlsplit`` raises
+    on an unbalanced ``[`` (``Host: [::1``), ``.port`` on ``a:b:c`` or ``host:99999``."""
+    try:
+        parts = urlsplit(str(req.url))
+        parts.port  # noqa: B018 - parsed for its ValueError
+    except ValueError:
+        raise ApiError(400, "InvalidHost", "the request's Host header is not a valid host[:port]") from None
+    return parts
+
+
+def _path_for_log(url: str) -> str:
+    """The URL's path, never an exception (this runs in the error path)."""
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return "(unparseable URL)"
 
 
 # --- actions -----------------------------------------------------------------------------
@@ -116,7 +134,7 @@ def _sync(req: func.HttpRequest, svc: SyncService) -> func.HttpResponse:
     per_item = kind.per_item
     wait = _flag(req, "wait")
     if wait and per_item and item_id is None:
-        path = urlsplit(req.url).path.rstrip("/")
+        path = _request_url(req).path.rstrip("/")
         raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST {path}/{{id}})")
     sync_type = _read_body(req, allow_sync_type=kind.takes_sync_type)
     request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP,
@@ -181,14 +199,19 @@ def start_import(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _start_import(req: func.HttpRequest, wait: bool) -> func.HttpResponse:
+    from .devices import MAX_BODY_BYTES as MAX_IMPORT_BYTES
+    from .devices import SIZE_LIMIT as IMPORT_SIZE_LIMIT
+    from .devices import parse_import
+
     svc = service()
     svc.target("autopilot")  # the job ends in an Autopilot sync: 404 when that target is off
     declared = req.headers.get("content-length")
+    # The limit that counts is devices (shared/devices.py); bytes only cap what is read.
     if declared and declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
-        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_IMPORT_BYTES} bytes")
+        raise ApiError(413, "PayloadTooLarge", IMPORT_SIZE_LIMIT)
     body = req.get_body() or b""
     if len(body) > MAX_IMPORT_BYTES:
-        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_IMPORT_BYTES} bytes")
+        raise ApiError(413, "PayloadTooLarge", IMPORT_SIZE_LIMIT)
     content_type = req.headers.get("content-type") or ""
     if content_type.split(";")[0].strip().lower() not in ("application/json", "text/csv"):
         raise ApiError(415, "UnsupportedMediaType",
@@ -262,9 +285,9 @@ def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ApiError(400, "InvalidBody", "enabled must be true or false")
-    if tenant_id == registry.home_tenant():
-        raise ApiError(409, "HomeTenant", "this is the app's own tenant: its routes and timer already sync it "
-                       "(registering it would sync it twice in one Graph window)")
+    registry.refuse_home(tenant_id)  # 409 HomeTenant; 503 TokenUnavailable while the home tenant cannot be told
+    from .tenants import Tenant
+
     tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled)
     saved, created = registry.registry.put(tenant, registry.home.clock())
     answer = saved.to_json() | {"consentUrl": registry.credentials.consent_url(tenant_id)}
@@ -433,7 +456,7 @@ def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
     else the request's own host. Each must be a bare host[:port] (no user-info, path or other
     characters); anything but loopback is https, so the token never travels in clear. With no
     valid host at all the call is refused (400) before anything is started."""
-    parts = urlsplit(req.url)
+    parts = _request_url(req)
     trusted = settings().trusted_forwarded_hosts
     forwarded = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
     proto = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()

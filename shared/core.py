@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from .errors import UnknownTarget
 from .graph import GraphClient
-from .imports import ImportStore
 from .model import Clock, SyncRequest, SyncResult, utcnow
 from .notify import Notification, Notifier
 from .operations import OperationStore
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from .deferred import PendingQueue
     from .errors import UpstreamError
     from .graph import GraphResponse
+    from .imports import ImportStore
 
 
 class ServiceCore(ABC):

@@ -5,21 +5,22 @@
 - shared/deferred.py: asks inside the cooldown become one pending sync, fired from a queue;
 - shared/follow.py: "sync and wait", the watcher tick, notifications, retention;
 - shared/status.py: the status document;
-- shared/importjob.py: Autopilot import jobs (import, one shared sync, follow to the profile).
+- shared/importjob.py: Autopilot import jobs (import, one shared sync, follow to the profile),
+  loaded on first use (``SyncService.with_import_jobs``).
 
 The decisions themselves are pure functions in shared/decisions.py.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .core import ServiceCore
 from .deferred import DeferredSyncs, PendingQueue
 from .errors import UnknownTarget
 from .follow import Following
 from .graph import GraphClient
-from .importjob import AutopilotImports
-from .imports import ImportStore
 from .model import Clock, utcnow
 from .notify import Notifier
 from .operations import OperationStore
@@ -29,11 +30,61 @@ from .settings import Settings
 from .state import StateStore
 from .status import StatusReport
 
+if TYPE_CHECKING:
+    from .devices import ImportRequest
+    from .importjob import AutopilotImports
+    from .imports import DeviceRow, ImportJob, ImportStore
+
 __all__ = ["SyncService", "UnknownTarget", "build_service"]
 
 
-class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, StatusReport, AutopilotImports, ServiceCore):
-    """Every trigger's entry: sync, fire, poll, watch, status, imports (see the parts' modules)."""
+class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, StatusReport, ServiceCore):
+    """Every trigger's entry: sync, fire, poll, watch, status, imports (see the parts' modules).
+
+    The Autopilot import jobs' part (shared/importjob.py, and with it the device rows, the import
+    steps, the Autopilot API and the body parser) is imported on its first use, not when a trigger
+    loads the app: a sync never needs it, and a cold start that only syncs does not pay for it
+    (tests/test_lazy_imports.py). On that first use this service becomes a ``SyncService`` with
+    ``AutopilotImports`` mixed in: the same object and state, with the import jobs' methods."""
+
+    import_store_factory: Callable[[], ImportStore] | None = None  # ``imports`` made on first use (build_service)
+
+    def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
+        return self.with_import_jobs().start_import(request, caller)
+
+    def import_status(self, import_id: str, token: str) -> tuple[ImportJob, list[DeviceRow]] | None:
+        return self.with_import_jobs().import_status(import_id, token)
+
+    def run_import_step(self, text: str) -> str:
+        return self.with_import_jobs().run_import_step(text)
+
+    def repair_imports(self) -> int:
+        if self.import_queue is None or (self.imports is None and self.import_store_factory is None):
+            return 0  # no import jobs here (a tenant's service): nothing to import either
+        return self.with_import_jobs().repair_imports()
+
+    def with_import_jobs(self) -> AutopilotImports:
+        """This service with the import jobs' part, imported now if it was not yet."""
+        from .importjob import AutopilotImports
+
+        if not isinstance(self, AutopilotImports):
+            if type(self) is not SyncService:  # a subclass would lose its own methods in the swap
+                raise TypeError(f"{type(self).__name__}: import jobs need a SyncService or a subclass of _with_import_jobs()")
+            self.__class__ = _with_import_jobs()
+        if self.imports is None and self.import_store_factory is not None:
+            self.imports = self.import_store_factory()
+        assert isinstance(self, AutopilotImports)
+        return self
+
+
+@functools.cache
+def _with_import_jobs() -> type[SyncService]:
+    from .importjob import AutopilotImports
+
+    class SyncServiceWithImportJobs(AutopilotImports, SyncService):
+        """A SyncService whose import jobs' part (shared/importjob.py) has been used."""
+
+    return SyncServiceWithImportJobs
 
 
 def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: Any) -> SyncService:
@@ -52,5 +103,13 @@ def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: An
     notifier = Notifier(settings.notify_urls, settings.notify_format, settings.site_name)
     queue = PendingQueue(lambda: queue_client(settings.storage, settings.queue_name, make_credential))
     import_queue = PendingQueue(lambda: queue_client(settings.storage, settings.import_queue, make_credential))
-    return SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier, queue,
-                       ImportStore(table), import_queue)
+    service = SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier, queue,
+                          None, import_queue)
+
+    def import_store() -> ImportStore:
+        from .imports import ImportStore
+
+        return ImportStore(table)
+
+    service.import_store_factory = import_store
+    return service

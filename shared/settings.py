@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from .errors import AppError
 from .graph import write_budget_seconds
+from .redact import redact_text, redact_url
 from .transport import ca_bundle_problem
 
 # Each sync target with its cooldown setting, default and minimum (seconds).
@@ -39,6 +40,8 @@ DEFAULTS: dict[str, str] = {
     "SYNC_STATE_TABLE": "intunesync",
     "SYNC_QUEUE": "intunesync-deferred",
     "SYNC_LEASE_SECONDS": "180",
+    # Kept over every window Graph imposes (Autopilot 10 min, Apple 15 min): instances' clocks differ.
+    "CLOCK_SKEW_MARGIN_SECONDS": "30",
     "GRAPH_TIMEOUT_SECONDS": "30",
     "SYNC_WAIT_TIMEOUT_SECONDS": "3600",
     "SYNC_WATCH_SCHEDULE": "0 */2 * * * *",
@@ -58,6 +61,10 @@ DEFAULTS: dict[str, str] = {
     "IMPORT_POLL_SECONDS": "60",
     "IMPORT_SYNC_DELAY_SECONDS": "120",
     "IMPORT_WAIT_TIMEOUT_SECONDS": "14400",
+    # How long a step's claim on its job lasts without renewal, and how often a working step
+    # renews it: a step that dies is taken over within the claim (shared/importclaim.py).
+    "IMPORT_STEP_CLAIM_SECONDS": "60",
+    "IMPORT_STEP_HEARTBEAT_SECONDS": "20",
     # Many tenants (shared/tenants.py): the multi-tenant app whose federated credential is the
     # app's identity (empty: one tenant, the app's own), and the queue of per-tenant syncs.
     "MULTI_TENANT_CLIENT_ID": "",
@@ -93,6 +100,8 @@ NUMERIC_SETTINGS: dict[str, Bounds] = {
         for setting, _, minimum in TARGET_COOLDOWNS.values()
     },
     "SYNC_LEASE_SECONDS": Bounds(MIN_LEASE_SECONDS, 3600, "seconds", why="a dead instance must not block a unit for longer"),
+    "CLOCK_SKEW_MARGIN_SECONDS": Bounds(1, 300, "seconds", why="half of Graph's 10-minute window; a clock further off "
+                                        "than that is corrected from Graph's Date header, not by a margin"),
     "GRAPH_TIMEOUT_SECONDS": Bounds(0, 120, "seconds", whole=False, above=True),
     "SYNC_WAIT_TIMEOUT_SECONDS": Bounds(60, 86400, "seconds", why="a day; a sync still running then is stuck"),
     "HEALTH_WARNING_HOURS": Bounds(0, 8760, "hours", whole=False, above=True, why="a year"),
@@ -104,6 +113,8 @@ NUMERIC_SETTINGS: dict[str, Bounds] = {
     "IMPORT_POLL_SECONDS": Bounds(1, 3600, "seconds"),
     "IMPORT_SYNC_DELAY_SECONDS": Bounds(0, 600, "seconds", why="one Autopilot sync window"),
     "IMPORT_WAIT_TIMEOUT_SECONDS": Bounds(600, 7 * 86400, "seconds", why="7 days, the longest a queue message can wait"),
+    "IMPORT_STEP_CLAIM_SECONDS": Bounds(2, 300, "seconds", why="the function timeout: a dead step must not hold its job longer"),
+    "IMPORT_STEP_HEARTBEAT_SECONDS": Bounds(1, 150, "seconds", why="half the longest claim"),
 }
 
 # A host as it may appear in an absolute URL we hand out: DNS labels or an IPv4 address, or an
@@ -190,7 +201,8 @@ class SettingsError(AppError, ValueError):
     http_status = 503
 
     def __init__(self, problems: Mapping[str, str]):
-        self.problems = dict(problems)
+        # Shown by /api/health and logged: a URL a problem names loses its credentials.
+        self.problems = {name: redact_text(why) for name, why in problems.items()}
         listed = "; ".join(f"{name}: {why}" for name, why in self.problems.items())
         super().__init__(listed)
         self.message = f"the app's settings are invalid: {listed}"
@@ -213,9 +225,9 @@ class StorageSettings:
             match = re.search(r"TableEndpoint=([^;]+)", self.connection_string)
             account = re.search(r"AccountName=([^;]+)", self.connection_string)
             if match:
-                return match.group(1)
+                return redact_url(match.group(1))
             return f"account {account.group(1)}" if account else "connection string"
-        return str(self.table_service_uri)
+        return redact_url(str(self.table_service_uri))
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,8 @@ class Settings:
     state_table: str = DEFAULTS["SYNC_STATE_TABLE"]
     queue_name: str = DEFAULTS["SYNC_QUEUE"]
     lease_seconds: int = int(DEFAULTS["SYNC_LEASE_SECONDS"])
+    # Added to every Graph-imposed window (shared/decisions.py closed_for): clocks of instances differ.
+    clock_skew_margin_seconds: int = int(DEFAULTS["CLOCK_SKEW_MARGIN_SECONDS"])
     graph_timeout_seconds: float = float(DEFAULTS["GRAPH_TIMEOUT_SECONDS"])
     wait_timeout_seconds: int = int(DEFAULTS["SYNC_WAIT_TIMEOUT_SECONDS"])
     watch_schedule: str = DEFAULTS["SYNC_WATCH_SCHEDULE"]
@@ -248,6 +262,8 @@ class Settings:
     import_poll_seconds: int = int(DEFAULTS["IMPORT_POLL_SECONDS"])
     import_sync_delay_seconds: int = int(DEFAULTS["IMPORT_SYNC_DELAY_SECONDS"])
     import_wait_timeout_seconds: int = int(DEFAULTS["IMPORT_WAIT_TIMEOUT_SECONDS"])
+    import_step_claim_seconds: int = int(DEFAULTS["IMPORT_STEP_CLAIM_SECONDS"])
+    import_step_heartbeat_seconds: int = int(DEFAULTS["IMPORT_STEP_HEARTBEAT_SECONDS"])
     multi_tenant_client_id: str | None = None
     tenant_queue: str = DEFAULTS["TENANT_QUEUE"]
     # Set by the platform, not by operators: the app's public host name and its name.
@@ -288,6 +304,8 @@ class Settings:
             problems[ca_problem[0]] = ca_problem[1]
         _check_lease(values["lease_seconds"], values["graph_timeout_seconds"], problems)
         _check_multi_tenant(values, problems)
+        _check_import_claim(values, problems)
+        _check_queues(values, problems)
         if problems:
             raise SettingsError(problems)
         return cls(**values)
@@ -349,8 +367,9 @@ def _notify_urls(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ..
     for url in urls:
         parts = urlsplit(url)
         if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
-            # Never echo the URL: Power Automate trigger URLs carry their signature in the query.
-            problems[name] = "every URL must be https (http only on loopback)"
+            # Only what redact_url keeps: Power Automate trigger URLs carry their signature in the
+            # query, and a URL may carry a password.
+            problems[name] = f"every URL must be https (http only on loopback), got {redact_url(url)!r}"
     return urls
 
 
@@ -397,6 +416,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     "SYNC_STATE_TABLE": ("state_table", _table_name),
     "SYNC_QUEUE": ("queue_name", _queue_name),
     "SYNC_LEASE_SECONDS": ("lease_seconds", _whole),
+    "CLOCK_SKEW_MARGIN_SECONDS": ("clock_skew_margin_seconds", _whole),
     "GRAPH_TIMEOUT_SECONDS": ("graph_timeout_seconds", _seconds),
     "SYNC_WAIT_TIMEOUT_SECONDS": ("wait_timeout_seconds", _whole),
     "TOKEN_EXPIRY_WARNING_DAYS": ("token_expiry_warning_days", _whole),
@@ -407,6 +427,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     "IMPORT_POLL_SECONDS": ("import_poll_seconds", _whole),
     "IMPORT_SYNC_DELAY_SECONDS": ("import_sync_delay_seconds", _whole),
     "IMPORT_WAIT_TIMEOUT_SECONDS": ("import_wait_timeout_seconds", _whole),
+    "IMPORT_STEP_CLAIM_SECONDS": ("import_step_claim_seconds", _whole),
+    "IMPORT_STEP_HEARTBEAT_SECONDS": ("import_step_heartbeat_seconds", _whole),
     "MULTI_TENANT_CLIENT_ID": ("multi_tenant_client_id", _optional_guid),
     "TENANT_QUEUE": ("tenant_queue", _queue_name),
 }
@@ -424,6 +446,13 @@ def _check_lease(lease_seconds: int, timeout: float, problems: dict[str, str]) -
         )
 
 
+def _check_import_claim(values: dict[str, Any], problems: dict[str, str]) -> None:
+    """A step renews its claim at least twice per claim: one late renewal must not lose it."""
+    claim, beat = values["import_step_claim_seconds"], values["import_step_heartbeat_seconds"]
+    if beat * 2 > claim and not {"IMPORT_STEP_CLAIM_SECONDS", "IMPORT_STEP_HEARTBEAT_SECONDS"} & set(problems):
+        problems["IMPORT_STEP_HEARTBEAT_SECONDS"] = f"must be at most half of IMPORT_STEP_CLAIM_SECONDS ({claim}), got {beat}"
+
+
 def _check_multi_tenant(values: dict[str, Any], problems: dict[str, str]) -> None:
     """Many tenants need a user-assigned identity (only those can be a federated credential) and
     room in the table name for each tenant's own table (the name plus 32 hex digits, at most 63)."""
@@ -434,6 +463,37 @@ def _check_multi_tenant(values: dict[str, Any], problems: dict[str, str]) -> Non
                                        "identity the multi-tenant app trusts (a system-assigned one cannot be a federated credential)")
     if len(values.get("state_table") or "") > 31:
         problems["SYNC_STATE_TABLE"] = "must be at most 31 characters with MULTI_TENANT_CLIENT_ID (each tenant's table adds 32)"
+
+
+# The app's queues, by setting and Settings field. Each trigger acknowledges a message it cannot
+# read (shared/handlers.py), so two settings naming one queue would have one trigger drop the
+# other's messages; and the host parks a failed message in ``<queue>-poison``, so no queue may be
+# named after another's poison queue either. The tenant queue's trigger listens even with
+# MULTI_TENANT_CLIENT_ID empty (function_app.py), so all three are checked.
+QUEUE_SETTINGS = {"SYNC_QUEUE": "queue_name", "IMPORT_QUEUE": "import_queue", "TENANT_QUEUE": "tenant_queue"}
+
+
+def queue_clashes(names: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(setting, other setting, why) for each pair of queue settings naming one queue, or one
+    naming the other's poison queue. Compared lower-case: Azure's queue names are."""
+    found = []
+    listed = [(setting, name.lower()) for setting, name in names.items()]
+    for index, (setting, name) in enumerate(listed):
+        for other, other_name in listed[index + 1:]:
+            if name == other_name:
+                found.append((setting, other, f"both name the queue {name!r}"))
+            elif f"{name}-poison" == other_name or f"{other_name}-poison" == name:
+                found.append((setting, other, f"{name!r} and {other_name!r}: one is the other's poison queue"))
+    return found
+
+
+def _check_queues(values: dict[str, Any], problems: dict[str, str]) -> None:
+    """Each queue setting must name a queue of its own (see QUEUE_SETTINGS); both settings are named."""
+    names = {setting: values[field] for setting, field in QUEUE_SETTINGS.items() if setting not in problems}
+    for setting, other, why in queue_clashes(names):
+        for name, partner in ((setting, other), (other, setting)):
+            said = f"must name a different queue than {partner} ({why}): each queue's trigger would take the other's messages"
+            problems[name] = f"{problems[name]}; {said}" if name in problems else said
 
 
 def _client_id(env: Mapping[str, str], problems: dict[str, str]) -> str | None:
@@ -469,11 +529,13 @@ def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> t
 
 
 def _check_base_url(url: str) -> str | None:
-    parts = urlsplit(url)
+    parts, shown = urlsplit(url), redact_url(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        return f"must be an absolute URL such as {DEFAULTS['GRAPH_BASE_URL']}, got {url!r}"
+        return f"must be an absolute URL such as {DEFAULTS['GRAPH_BASE_URL']}, got {shown!r}"
+    if "@" in parts.netloc:
+        return f"must not carry a user name or password (Graph takes the app's token), got {shown!r}"
     if parts.path or parts.query or parts.fragment:
-        return f"must be the bare host (no path such as /v1.0), got {url!r}"
+        return f"must be the bare host (no path such as /v1.0, no query), got {shown!r}"
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         return "must use https (plain http is allowed only for a local emulator on loopback)"
     return None
@@ -517,7 +579,7 @@ def _storage_settings(env: Mapping[str, str], problems: dict[str, str]) -> Stora
         )
         return StorageSettings()
     if urlsplit(uri).scheme != "https" and not _is_loopback(urlsplit(uri).hostname or ""):
-        problems["AzureWebJobsStorage__tableServiceUri"] = f"must be an https URL, got {uri!r}"
+        problems["AzureWebJobsStorage__tableServiceUri"] = f"must be an https URL, got {redact_url(uri)!r}"
 
     credential = (env.get("AzureWebJobsStorage__credential") or "").strip().lower()
     client_id = (env.get("AzureWebJobsStorage__clientId") or "").strip() or None

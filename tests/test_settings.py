@@ -117,6 +117,8 @@ def setting_env(name: str, value: str) -> dict[str, str]:
         return {name: f"vpp=1:{value}"}
     if name == "HEALTH_WARNING_HOURS":  # must stay below the unhealthy hours
         return {name: value, "HEALTH_UNHEALTHY_HOURS": "8760"}
+    if name == "IMPORT_STEP_HEARTBEAT_SECONDS":  # at most half the claim
+        return {name: value, "IMPORT_STEP_CLAIM_SECONDS": "300"}
     return {name: value}
 
 
@@ -196,3 +198,40 @@ def test_health_answers_503_naming_an_out_of_bounds_setting(app_env, monkeypatch
     monkeypatch.setenv(name, value)
     status, _, body = call("GET", "health")
     assert status == 503 and body["status"] == "unhealthy" and name in body["problems"], body
+
+
+@pytest.mark.parametrize(
+    "queues,clashing",
+    [
+        ({"IMPORT_QUEUE": "intunesync-deferred"}, {"SYNC_QUEUE", "IMPORT_QUEUE"}),  # the default SYNC_QUEUE
+        ({"SYNC_QUEUE": "jobs", "TENANT_QUEUE": "jobs"}, {"SYNC_QUEUE", "TENANT_QUEUE"}),
+        ({"SYNC_QUEUE": "one", "IMPORT_QUEUE": "one", "TENANT_QUEUE": "one"}, {"SYNC_QUEUE", "IMPORT_QUEUE", "TENANT_QUEUE"}),
+        ({"SYNC_QUEUE": "jobs", "IMPORT_QUEUE": "jobs-poison"}, {"SYNC_QUEUE", "IMPORT_QUEUE"}),  # where failed ones go
+        ({"TENANT_QUEUE": "intunesync-imports-poison"}, {"IMPORT_QUEUE", "TENANT_QUEUE"}),
+    ],
+)
+def test_queue_settings_naming_one_queue_are_refused_naming_both(queues, clashing):
+    found = problems({**STORAGE, **queues})
+    assert {name for name, why in found.items() if "different queue" in why} == clashing, found
+
+
+def test_equal_queue_names_are_compared_as_azure_does_without_case():
+    from shared.settings import queue_clashes
+
+    assert [(a, b) for a, b, _ in queue_clashes({"SYNC_QUEUE": "Jobs", "IMPORT_QUEUE": "jobs"})] == [("SYNC_QUEUE", "IMPORT_QUEUE")]
+    assert queue_clashes({"SYNC_QUEUE": "jobs", "IMPORT_QUEUE": "jobs-2", "TENANT_QUEUE": "poison"}) == []
+
+
+def test_health_answers_503_naming_both_queue_settings_that_share_a_queue(app_env, monkeypatch):
+    from conftest import call
+
+    monkeypatch.setenv("TENANT_QUEUE", app_env["SYNC_QUEUE"])
+    status, _, body = call("GET", "health")
+    assert status == 503 and {"SYNC_QUEUE", "TENANT_QUEUE"} <= set(body["problems"]), body
+    assert app_env["SYNC_QUEUE"] in body["problems"]["TENANT_QUEUE"]
+
+
+@pytest.mark.parametrize("claim,beat", [("60", "31"), ("4", "3")])
+def test_an_import_step_heartbeat_slower_than_half_its_claim_is_refused(claim, beat):
+    found = problems({**STORAGE, "IMPORT_STEP_CLAIM_SECONDS": claim, "IMPORT_STEP_HEARTBEAT_SECONDS": beat})
+    assert set(found) == {"IMPORT_STEP_HEARTBEAT_SECONDS"} and "half" in found["IMPORT_STEP_HEARTBEAT_SECONDS"]
