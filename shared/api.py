@@ -102,13 +102,19 @@ def handle_methods(req: func.HttpRequest, actions: dict[str, Callable[[func.Http
 
 
 def _request_url(req: func.HttpRequest) -> SplitResult:
-    """``req.url`` split, its host and port parsed; a 400 when they cannot be. ``urlsplit`` raises
-    on an unbalanced ``[`` (``Host: [::1``), ``.port`` on ``a:b:c`` or ``host:99999``."""
+    """``req.url`` split; a 400 unless the request's Host header and the URL's host are each a bare
+    ``host[:port]`` (DNS name, IPv4 or [IPv6], a port in digits; settings.valid_host) or empty.
+    The Host header is checked itself: the URL is built from it, so ``Host: host/path`` (or
+    ``host?x``, ``user@host``) makes a URL whose host looks fine and whose path or query carries
+    the rest into every absolute URL built from it. ``urlsplit`` raises on an unbalanced ``[``."""
+    invalid = ApiError(400, "InvalidHost", "the request's Host header is not a valid host[:port]")
     try:
         parts = urlsplit(str(req.url))
-        parts.port  # noqa: B018 - parsed for its ValueError
     except ValueError:
-        raise ApiError(400, "InvalidHost", "the request's Host header is not a valid host[:port]") from None
+        raise invalid from None
+    for host in (req.headers.get("host"), parts.netloc):
+        if host and not valid_host(host):
+            raise invalid
     return parts
 
 

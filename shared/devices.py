@@ -6,7 +6,9 @@ Two forms of the same request (issue #12):
 - ``text/csv``, as ``Get-WindowsAutopilotInfo`` writes it: header ``Device Serial Number,Windows
   Product ID,Hardware Hash`` and optionally ``Group Tag`` and ``Assigned User``; UTF-8 with or
   without a BOM, or UTF-16 with one (Windows PowerShell 5.1), CRLF or LF; separated by commas,
-  semicolons (Excel where the comma is the decimal separator) or tabs.
+  semicolons (Excel where the comma is the decimal separator) or tabs. What Excel and PowerShell
+  add is taken too: Excel's ``sep=;`` first line (honoured), Export-Csv's ``#TYPE ...`` first line
+  (without -NoTypeInformation; skipped), and Excel's empty columns after the last named one.
 
 Every bad row is reported at once, with its row number, serial, field and reason (HTTP 400), and
 nothing is sent. No error echoes a caller's value at length (a hash is thousands of characters).
@@ -68,6 +70,10 @@ _GROUP_TAG = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _UPN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _FIRST_LINE = re.compile(r"[\r\n]*([^\r\n]*)")
+# Lines before the header: Excel's separator hint, and the type line Export-Csv writes without
+# -NoTypeInformation (#TYPE System.Management.Automation.PSCustomObject).
+_SEPARATOR_HINT = re.compile(r"(?i)\s*sep=(.?)\s*")
+_TYPE_LINE = re.compile(r"#TYPE(\s.*)?")
 STRIPPED_LINE_BREAKS = ("the CSV has no line break, so no device rows: were the line breaks stripped on the way? "
                         "curl -d @file strips them (send the file with --data-binary @file), and so does a "
                         "PowerShell body made of Get-Content's lines (read the file with Get-Content -Raw)")
@@ -248,21 +254,33 @@ def _json_rows(body: bytes) -> tuple[list[dict[str, Any]], bool]:
 def _csv_text(body: bytes) -> str:
     """The CSV's characters. Windows PowerShell 5.1's Out-File (what Get-WindowsAutopilotInfo
     -OutputFile uses) writes UTF-16 with a BOM; PowerShell 7 writes UTF-8, with or without one."""
+    if body[:4] in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):  # FF FE 00 00 begins like UTF-16 LE's BOM
+        raise InvalidDevices(ENCODING_MESSAGE + "; this one is UTF-32")
     utf16 = body[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
     try:
         text: str | None = body.decode("utf-16") if utf16 else body.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = None
-    # UTF-16 without its BOM is valid UTF-8 too, with a NUL beside every ASCII character: named,
-    # not left to fail as a header full of NULs.
+    # UTF-16 without its BOM is valid UTF-8 too, with a NUL beside every ASCII character (UTF-32,
+    # three): named, not left to fail as a header full of NULs.
     if text is not None and "\x00" in text and utf16 and "\n" not in text and "\r" not in text:
         raise InvalidDevices(STRIPPED_LINE_BREAKS)  # curl -d drops a UTF-16 CRLF's 0D and 0A, leaving 00 00
     if text is None or "\x00" in text:
-        raise InvalidDevices(ENCODING_MESSAGE + ("; this one has NUL bytes, as UTF-16 without its byte order mark has"
-                                                 if b"\x00" in body else ""))
+        raise InvalidDevices(ENCODING_MESSAGE + _nul_hint(body, utf16))
     if len(text) > MAX_TEXT_CHARS:
         raise TooLarge(SIZE_LIMIT)
     return text
+
+
+def _nul_hint(body: bytes, utf16: bool) -> str:
+    """What NUL bytes in a CSV that is not UTF-8 or UTF-16 with a BOM suggest it is."""
+    if b"\x00" not in body:
+        return ""
+    if b"\x00\x00\x00" in body[:4096]:  # ASCII in UTF-32: three NULs beside each character
+        return "; this one has NUL bytes, as UTF-32 has"
+    if utf16:
+        return "; this one has NUL characters"
+    return "; this one has NUL bytes, as UTF-16 without its byte order mark has"
 
 
 def _csv_rows(text: str) -> list[dict[str, Any]]:
@@ -273,6 +291,8 @@ def _csv_rows(text: str) -> list[dict[str, Any]]:
         for line in reader:
             if not any(cell.strip() for cell in line):
                 continue  # blank lines, e.g. a trailing newline
+            if len(line) > len(header) and not any(cell.strip() for cell in line[len(header):]):
+                line = line[:len(header)]  # Excel's empty cells after the last named column
             if len(line) != len(header):
                 raise InvalidDevices(f"CSV line {reader.line_num} has {len(line)} columns, the header {len(header)} "
                                      f"(separated by {SEPARATOR_NAMES[reader.dialect.delimiter]})")
@@ -292,16 +312,18 @@ def _csv_header(text: str) -> tuple[Any, list[str]]:
         raise InvalidDevices("the CSV has no header line")
     if "\n" not in text and "\r" not in text:
         raise InvalidDevices(STRIPPED_LINE_BREAKS)
-    match = _FIRST_LINE.match(text)
-    first_line = match.group(1) if match else ""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line))
+    preamble, hint, header_line = _preamble(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=hint or _delimiter(header_line))
     try:
         header = next(reader)
-        while not header:  # blank lines before the header
+        while not header or preamble:  # blank lines before the header, and the lines before it
+            preamble -= 1 if header else 0
             header = next(reader)
     except (StopIteration, csv.Error):
         raise InvalidDevices("the CSV has no header line") from None
     header = [name.strip() for name in header]
+    while header and not header[-1]:  # Excel's empty columns after the last named one
+        header.pop()
     missing = [name for name in REQUIRED_CSV_COLUMNS if name not in header]
     unknown = [name for name in header if name not in CSV_COLUMNS]
     if missing or unknown:
@@ -310,6 +332,27 @@ def _csv_header(text: str) -> tuple[Any, list[str]]:
                              + (f"; missing: {', '.join(missing)}" if missing else "")
                              + (f"; unknown: {_names(unknown)}" if unknown else ""))
     return reader, header
+
+
+def _preamble(text: str) -> tuple[int, str | None, str]:
+    """(how many lines precede the header, the separator a ``sep=`` line names, the header line).
+    Those lines are Excel's ``sep=;`` and Export-Csv's ``#TYPE ...``, each at most once."""
+    position, count, hint, seen = 0, 0, None, set()
+    while True:
+        match = _FIRST_LINE.match(text, position)
+        line = match.group(1) if match else ""
+        sep = _SEPARATOR_HINT.fullmatch(line)
+        kind = "sep" if sep else "type" if _TYPE_LINE.fullmatch(line.strip()) else None
+        if kind is None or kind in seen or match is None:
+            return count, hint, line
+        if sep:
+            hint = sep.group(1)
+            if hint not in DELIMITERS:
+                raise InvalidDevices(f"the CSV's first line sep={shown(hint)} names a separator this app does not "
+                                     "read: use commas, semicolons or tabs")
+        seen.add(kind)
+        count += 1
+        position = match.end()
 
 
 def _delimiter(first_line: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from . import telemetry
@@ -19,6 +19,9 @@ from .errors import InvalidItemId
 from .targets import parse_guid
 
 MAX_TEXT = 256  # longer than any field of ours (a GUID, a unit key, an ISO time)
+# The years a message's time may fall in (UTC): every time this app writes is near now, and one at
+# the calendar's edge (0001-01-01T00:00:00+01:00) cannot even be converted to UTC.
+TIME_YEARS = (2000, 2100)
 
 
 class InvalidMessage(ValueError):
@@ -61,7 +64,7 @@ def guid(data: dict[str, Any], name: str, *, required: bool = True) -> str | Non
 
 
 def time(data: dict[str, Any], name: str) -> datetime:
-    """An ISO 8601 time with its offset (ours end in Z)."""
+    """An ISO 8601 time with its offset (ours end in Z), in UTC between the years ``TIME_YEARS``."""
     value = text(data, name, r"[0-9T:.+\-Z ]{10,40}")
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -69,6 +72,12 @@ def time(data: dict[str, Any], name: str) -> datetime:
         raise InvalidMessage(f"{name} is not an ISO 8601 time") from None
     if parsed.tzinfo is None:
         raise InvalidMessage(f"{name} has no time zone")
+    try:
+        year = parsed.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not TIME_YEARS[0] <= year <= TIME_YEARS[1]:
+        raise InvalidMessage(f"{name} is not between the years {TIME_YEARS[0]} and {TIME_YEARS[1]}")
     return parsed
 
 

@@ -131,13 +131,15 @@ def valid_host(value: str) -> bool:
     if not match or len(value) > 260:
         return False
     host, port = match.group("host"), match.group("port")
-    if port is not None and not 0 < int(port) <= 65535:
+    if port is not None and (not 0 < int(port) <= 65535 or port.startswith("0")):
         return False
     try:
         if host.startswith("["):
             ipaddress.IPv6Address(host[1:-1])
         elif re.fullmatch(r"[0-9.]+", host):
             ipaddress.IPv4Address(host)  # all digits: an IPv4 address, and a valid one
+        elif re.fullmatch(r"[0-9]+|0x[0-9a-f]*", host.rsplit(".", 1)[-1].lower()):
+            return False  # no DNS name ends in a number; 0x7f.1 is 127.0.0.1 to inet_aton
     except ValueError:
         return False
     return True
@@ -365,10 +367,14 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, str, dict[str, str]], st
 def _notify_urls(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ...]:
     urls = tuple(u.strip() for u in raw.split(",") if u.strip())
     for url in urls:
+        # Named only as redact_url shows it: Power Automate trigger URLs carry their signature in
+        # the query, and a URL may carry a password.
+        why = _url_form_problem(url)
+        if why:
+            problems[name] = f"every URL {why}, got {redact_url(url)!r}"
+            continue
         parts = urlsplit(url)
         if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
-            # Only what redact_url keeps: Power Automate trigger URLs carry their signature in the
-            # query, and a URL may carry a password.
             problems[name] = f"every URL must be https (http only on loopback), got {redact_url(url)!r}"
     return urls
 
@@ -528,12 +534,37 @@ def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> t
     return tuple(table)
 
 
+def _url_form_problem(url: str) -> str | None:
+    """What keeps ``url`` from being a plain ``scheme://host[:port]...`` URL, or None. Any ``@`` is
+    refused: a password holding ``/ ? #`` (``https://u:sec/ret@host``) is not user-info to a URL
+    parser, which reads ``u`` as the host instead; and the request libraries would send
+    user-info as a password that every log of the URL must then hide."""
+    if "@" in url:
+        return "must not carry a user name or password (nor an @: write it as %40)"
+    if re.search(r"[\s\x00-\x1f\x7f\\]", url):
+        return "must not contain spaces, control characters or backslashes"
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # an unclosed [ of an IPv6 address
+        netloc = ""
+    if not valid_host(netloc):
+        return "must name its host as host or host:port (a port in digits, 1-65535)"
+    return None
+
+
 def _check_base_url(url: str) -> str | None:
-    parts, shown = urlsplit(url), redact_url(url)
+    shown = redact_url(url)
+    if "@" in url:
+        return f"must not carry a user name or password (Graph takes the app's token), got {shown!r}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        return f"must be an absolute URL such as {DEFAULTS['GRAPH_BASE_URL']}, got {shown!r}"
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return f"must be an absolute URL such as {DEFAULTS['GRAPH_BASE_URL']}, got {shown!r}"
-    if "@" in parts.netloc:
-        return f"must not carry a user name or password (Graph takes the app's token), got {shown!r}"
+    why = _url_form_problem(url)
+    if why:
+        return f"{why}, got {shown!r}"
     if parts.path or parts.query or parts.fragment:
         return f"must be the bare host (no path such as /v1.0, no query), got {shown!r}"
     if parts.scheme == "http" and not _is_loopback(parts.hostname):

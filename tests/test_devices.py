@@ -190,3 +190,62 @@ def test_no_error_echoes_a_hash_at_length(body, media):
     error = problems(body, media)
     answer = json.dumps({"message": error.message, **error.details})
     assert HASH[:MAX_SHOWN + 1] not in answer and len(answer) < 2000
+
+
+# --- what Excel and PowerShell write around a CSV, and encodings named as what they are ----------
+
+@pytest.mark.parametrize("codec", ["utf-32", "utf-32-le", "utf-32-be"], ids=["bom-le", "no-bom-le", "no-bom-be"])
+def test_a_utf32_csv_is_named_utf32_not_utf16(codec):
+    # FF FE 00 00, UTF-32 LE's byte order mark, begins like UTF-16 LE's: it was read as UTF-16.
+    error = problems((HEADER + "\r\n" + f"5CG1,,{HASH}\r\n").encode(codec), "text/csv")
+    assert error.message.startswith("the CSV must be UTF-8 or UTF-16 with a byte order mark")
+    assert "UTF-32" in error.message and "UTF-16 without" not in error.message
+
+
+def excel_csv(separator, cells_after=2, hint=None, type_line=False, codec="utf-8"):
+    """Three devices as Excel saves them after a cell right of the last column was touched: the
+    header and every row end in ``cells_after`` empty cells; optionally its sep= line first."""
+    lines = [separator.join([*HEADER.split(","), "Group Tag"] + [""] * cells_after)]
+    lines += [separator.join([f"5CG{i}", "", HASH, f"Tag{i}"] + [""] * cells_after) for i in range(3)]
+    lines = ([f"sep={hint}"] if hint else []) + lines
+    lines = (['#TYPE System.Management.Automation.PSCustomObject'] if type_line else []) + lines
+    return ("\r\n".join(lines) + "\r\n").encode(codec)
+
+
+@pytest.mark.parametrize("separator", [",", ";", "\t"], ids=["comma", "semicolon", "tab"])
+@pytest.mark.parametrize("cells_after", [1, 2, 5])
+def test_excels_empty_columns_after_the_last_named_one_are_ignored(separator, cells_after):
+    request = parse_import(excel_csv(separator, cells_after), "text/csv")
+    assert [(d.serial_number, d.group_tag) for d in request.devices] == [("5CG0", "Tag0"), ("5CG1", "Tag1"), ("5CG2", "Tag2")]
+
+
+def test_a_row_with_a_value_in_a_column_the_header_does_not_name_is_refused():
+    body = excel_csv(",").replace(b"5CG1,," + HASH.encode() + b",Tag1,,", b"5CG1,," + HASH.encode() + b",Tag1,x,")
+    assert "CSV line 3 has 6 columns, the header 4" in problems(body, "text/csv").message
+
+
+@pytest.mark.parametrize("hint, separator", [(";", ";"), (",", ","), ("\t", "\t")], ids=["semicolon", "comma", "tab"])
+@pytest.mark.parametrize("codec", ["utf-8", "utf-8-sig", "utf-16"])
+def test_excels_sep_line_is_honoured_and_skipped(hint, separator, codec):
+    request = parse_import(excel_csv(separator, 0, hint=hint, codec=codec), "text/csv")
+    assert [d.serial_number for d in request.devices] == ["5CG0", "5CG1", "5CG2"]
+
+
+def test_a_sep_line_wins_over_what_the_header_suggests_and_line_numbers_count_it():
+    # sep=; on a file whose header is comma-separated: honoured, so the header is one unknown column.
+    assert "missing: Device Serial Number" in problems(excel_csv(",", 0, hint=";"), "text/csv").message
+    body = excel_csv(";", 0, hint=";").replace(b"5CG1;;", b"5CG1;;;", 1)
+    assert "CSV line 4 has 5 columns, the header 4" in problems(body, "text/csv").message  # sep=; is line 1
+
+
+def test_a_sep_line_naming_a_separator_this_app_does_not_read_is_named():
+    error = problems(excel_csv("|", 0, hint="|"), "text/csv")
+    assert "sep=|" in error.message and "commas, semicolons or tabs" in error.message
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-8-sig", "utf-16"])
+@pytest.mark.parametrize("hint", [None, ";"])
+def test_export_csvs_type_line_is_skipped(codec, hint):
+    # Export-Csv without -NoTypeInformation (Windows PowerShell 5.1's default) writes it first.
+    request = parse_import(excel_csv(";" if hint else ",", 0, hint=hint, type_line=True, codec=codec), "text/csv")
+    assert [d.serial_number for d in request.devices] == ["5CG0", "5CG1", "5CG2"]

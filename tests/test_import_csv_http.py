@@ -44,6 +44,20 @@ def test_a_semicolon_separated_csv_saved_by_excel_is_accepted(app, graph):
     assert [d["serialNumber"] for d in answer.json()["devices"]] == ["PF3000000", "PF3000001"]
 
 
+def test_excels_sep_line_and_empty_trailing_columns_and_export_csvs_type_line_are_accepted(app, graph):
+    lines = realistic_csv(2, separator=";").split("\r\n")
+    excel = ["#TYPE System.Management.Automation.PSCustomObject", "sep=;", *[f"{line};;" for line in lines if line]]
+    answer = post_csv(app, codecs.BOM_UTF16_LE + ("\r\n".join(excel) + "\r\n").encode("utf-16-le"))
+    assert answer.status_code == 202, answer.text
+    assert [d["serialNumber"] for d in answer.json()["devices"]] == ["PF3000000", "PF3000001"]
+
+
+def test_a_utf32_csv_is_refused_as_utf32_and_nothing_reaches_graph(app, graph):
+    answer = post_csv(app, realistic_csv(2).encode("utf-32"))
+    assert answer.status_code == 400 and "UTF-32" in answer.json()["error"]["message"]
+    assert graph_calls(graph) == []
+
+
 def test_a_csv_sent_with_curl_d_gets_the_data_binary_hint_and_nothing_reaches_graph(app, graph):
     stripped = realistic_csv(3).replace("\r", "").replace("\n", "").encode()  # curl -d @devices.csv
     answer = post_csv(app, stripped)

@@ -33,6 +33,13 @@ OTHER_ROUTES = [
     ("GET", "/api/health", b"", None),
 ]
 UNPARSEABLE = ["[", "[::1", "]", "a]b", "[::1]:x", "::1", "a:b:c", "host:99999", "[::1]:99999", "localhost:abc", "127.0.0.1:-1"]
+# Hosts urlsplit reads without complaint from the URL built with them, whose rest lands in that
+# URL's path, query, fragment or user-info (Host: host/path gave Location: https://host/path/api/...),
+# and hosts that are no host name: a Host header may only be host[:port].
+NOT_HOST_PORT = ["host/path", "127.0.0.1/evil", "[::1]/x", "host:80/x", "host?x", "host#x", "user@host", "user:pw@host",
+                 "host\\x", "ho st", "host\tx", "host:", ":80", "host:0", "host:+80", "host:80:80", "h\u00f4st", "-host",
+                 "host..x", "HOST.", "a" * 300, "[]", "[::1]]", "host%2Fx", "host;x", "host,x",
+                 "127.0.0.1:08080", "0x7f.1", "0x7f", "host.123"]  # a port with a leading 0; numbers inet_aton reads
 
 
 @pytest.fixture
@@ -69,4 +76,10 @@ def test_an_unparseable_host_gets_a_json_400_on_every_route_and_no_graph_call(ap
 
 def test_an_empty_host_gets_a_json_400_where_an_absolute_url_is_built(app, graph):
     assert_invalid_host(app, "", URL_ROUTES)
+    assert graph_calls(graph) == []
+
+
+@pytest.mark.parametrize("host", NOT_HOST_PORT)
+def test_a_host_header_that_is_not_host_port_gets_a_json_400_on_every_route_and_no_graph_call(app, graph, host):
+    assert_invalid_host(app, host, URL_ROUTES + OTHER_ROUTES)
     assert graph_calls(graph) == []

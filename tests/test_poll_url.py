@@ -130,6 +130,7 @@ def test_the_poll_answer_builds_its_location_the_same_way(app_env, graph, monkey
         ("[2001:db8::1]", True), ("localhost", True),
         ("999.1.1.1", False), ("[not:an:ip::x]", False), ("a..b", False), ("", False), ("a" * 64 + ".com", False),
         ("sync.contoso.com:0", False), ("évil.example", False), ("sync.contoso.com\n", False),
+        ("127.0.0.1:08080", False), ("0x7f.1", False), ("0X7F", False), ("sync.contoso.123", False), ("0x7f.example", True),
     ],
 )
 def test_the_host_check_is_strict(value, ok):

@@ -27,6 +27,10 @@ from shared import runtime
 TICK = "2026-11-25T00:00:00Z"
 LONG = "7" * 40_000  # a 40 KB field: within a queue message's 64 KB, far beyond any id
 GUID = str(uuid.uuid4())
+# Times no message of ours holds: at the calendar's edges (no UTC form: OverflowError), and beyond
+# the years a message's time may fall in (shared/messages.TIME_YEARS).
+FAR_TIMES = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z",
+             "9999-12-31T23:59:59Z", "1999-12-31T23:59:59Z", "2100-12-31T23:30:00-01:00"]
 
 
 def b64(value: Any) -> str:
@@ -49,6 +53,7 @@ DEFERRED_BAD = [
         {"target": "exchange", "unitKey": "exchange-x", "itemId": "x"}, {"itemId": 5}, {"itemId": LONG},
         {"pendingId": 5}, {"pendingId": LONG}, {"pendingId": "a/b"},
         {"scheduledAt": 5}, {"scheduledAt": "soon"}, {"scheduledAt": "2026-11-25T00:00:00"}, {"scheduledAt": LONG},
+        *[{"scheduledAt": far} for far in FAR_TIMES],
         {"generation": "1"}, {"generation": True}, {"generation": 1.5}, {"generation": -1},
         {"tenantId": 5}, {"tenantId": "contoso"}, {"tenantId": LONG}, {"tenantId": "{" + GUID + "}"},
     )],
@@ -65,6 +70,8 @@ TENANT_BAD = [
     body(kind="page", tick=TICK, continuation="not base64!"), body(kind="page", tick=TICK, continuation=b64([1])),
     body(kind="page", tick=TICK, continuation=b64({"PartitionKey": "tenants\r\nx-ms-version: 1"})),
     body(kind="page", tick=TICK, continuation=b64({"NextPartitionKey": "tenants", "NextRowKey": GUID})),
+    *[body(kind="tenant", tick=far, tenantId=TENANTS[20]) for far in FAR_TIMES],  # a registered tenant's
+    *[body(kind="page", tick=far) for far in FAR_TIMES],
 ]
 
 IMPORT_BAD = [
@@ -73,6 +80,7 @@ IMPORT_BAD = [
     body(importId=GUID, step="1", scheduledAt=TICK), body(importId=GUID, step=True, scheduledAt=TICK),
     body(importId=GUID, step=1.5, scheduledAt=TICK), body(importId=GUID, step=-1, scheduledAt=TICK),
     body(importId=GUID, step=1), body(importId=GUID, step=1, scheduledAt=5), body(importId=GUID, step=1, scheduledAt="soon"),
+    *[body(importId=GUID, step=1, scheduledAt=far) for far in FAR_TIMES],
 ]
 
 # queue setting -> (its trigger, its telemetry event, its malformed messages)

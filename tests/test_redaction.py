@@ -32,12 +32,10 @@ def with_credentials(url: str, user: str = "alice", password: str = PASSWORD) ->
 # --- through the real servers -------------------------------------------------------------------
 
 
-def test_a_failing_notification_url_with_a_password_leaves_neither_password_nor_query_in_log_or_history(
-        make_service, sink: NotificationSink, caplog):
+def test_a_failing_notification_url_leaves_no_signature_in_log_or_history(make_service, sink: NotificationSink, caplog):
     caplog.set_level(logging.INFO)
     sink.fail_first = 100  # every attempt answered 503
-    url = with_credentials(sink.url)  # http://alice:hunter2-pass@127.0.0.1:<port>/notify?sig=secret-signature
-    service = make_service(NOTIFY_URL=url)
+    service = make_service(NOTIFY_URL=sink.url)  # http://127.0.0.1:<port>/notify?sig=secret-signature (a password is refused)
     assert one(service.sync(AUTOPILOT)).outcome is Outcome.STARTED
     service.notifier.flush(timeout=30)
     assert sink.attempts >= 1
@@ -87,6 +85,64 @@ def test_a_bad_notify_url_is_named_without_its_password_or_signature(app_env, mo
     status, _, body = call("GET", "health")
     assert status == 503 and "http://example.com/hook" in body["problems"]["NOTIFY_URL"]
     assert PASSWORD not in json.dumps(body) and SIGNATURE not in json.dumps(body)
+
+
+# Passwords that no URL parser reads as user-info (a "/", "?" or "#" ends the authority), and URLs
+# that are not scheme://host[:port]: every one refused, and named without its secret.
+SPLIT_PASSWORDS = ["hunter/2-pass", "hunter#2-pass", "hunter?2-pass", "hunter/2?x#y@2-pass", "hunter 2-pass"]
+SECRET_PARTS = ("hunter", "2-pass")
+BAD_URLS = [
+    *[f"{scheme}://admin:{password}@hooks.example.com/x?sig={SIGNATURE}"
+      for scheme in ("https", "http") for password in SPLIT_PASSWORDS],
+    f"https://admin:{PASSWORD}@hooks.example.com/x",
+    f"https://{PASSWORD}@hooks.example.com/x",  # a user name alone is user-info too
+    "https://hooks.example.com:44x3/x", "https://hooks.example.com:/x", "https://hooks.example.com:99999/x",
+]
+
+
+def _no_secret(text: str) -> bool:
+    return all(part not in text for part in (*SECRET_PARTS, SIGNATURE))
+
+
+@pytest.mark.parametrize("setting", ["NOTIFY_URL", "GRAPH_BASE_URL"])
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_a_url_setting_with_user_info_or_a_port_not_in_digits_is_refused_and_named_without_its_secret(
+        app_env, graph, monkeypatch, caplog, setting, url):
+    from shared import runtime
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv(setting, url.removesuffix(f"/x?sig={SIGNATURE}").removesuffix("/x") if setting == "GRAPH_BASE_URL" else url)
+    runtime.reload()  # a new process: its settings problems are logged at start
+    status, _, health = call("GET", "health")
+    assert status == 503 and setting in health["problems"]
+    status, _, answer = call("POST", "sync/autopilot")
+    assert status == 503 and answer["error"]["code"] == "SettingsInvalid"
+    for text in (json.dumps(health), json.dumps(answer), caplog.text):
+        assert _no_secret(text), text
+
+
+@pytest.mark.parametrize("password", [p for p in SPLIT_PASSWORDS if " " not in p] + ["hunter@2-pass"])
+@pytest.mark.parametrize("template", ["{url}", "POST {url} failed", 'sent to "{url}"', "({url})", "a {url}, b"])
+def test_user_info_in_text_is_dropped_even_where_the_password_holds_what_ends_an_authority(password, template):
+    url = f"https://admin:{password}@hooks.example.com:8443/x;sig={SIGNATURE}?sig={SIGNATURE}#{SIGNATURE}"
+    shown = redact_text(template.format(url=url))
+    assert _no_secret(shown) and "hooks.example.com:8443/x" in shown, shown
+
+
+@pytest.mark.parametrize("password", [*SPLIT_PASSWORDS, "hunter@2-pass", "hunter'2-pass", 'hunter"2-pass', "hunter\\2-pass"])
+def test_one_urls_user_info_runs_to_its_last_at_whatever_the_password_holds(password):
+    shown = redact_url(f"https://admin:{password}@hooks.example.com:8443/x;sig={SIGNATURE}?sig={SIGNATURE}#{SIGNATURE}")
+    assert _no_secret(shown) and shown.endswith("hooks.example.com:8443/x") and redact_text(shown) == shown, shown
+
+
+def test_an_at_after_the_host_drops_the_text_before_it_and_marks_that():
+    assert redact_url("https://host.example/users/a@b.example/x?sig=1") == "https://***@b.example/x"
+    assert redact_url("https://host.example/p?mail=a@b.example") == "https://***@b.example"
+
+
+def test_a_path_parameter_is_dropped_with_the_rest_of_the_path():
+    assert redact_url(f"https://h.example/hook;sig={SIGNATURE}/more") == "https://h.example/hook"
+    assert redact_text(f"TableEndpoint=https://a.example/;AccountKey=ab/{SIGNATURE}==;") == "TableEndpoint=https://a.example/"
 
 
 def test_sync_routes_answer_a_settings_problem_without_a_urls_credentials(app_env, graph, monkeypatch, caplog):
