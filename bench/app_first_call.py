@@ -1,6 +1,8 @@
 """One fresh process: import the app and answer its first sync through the HTTP trigger, end to
-end (token endpoint, table, Graph). Prints {"seconds", "maxrss_kb", "status", "outcome"}."""
+end (token endpoint, table, Graph). Prints {"seconds", "maxrss_kb", "status", "outcome"}.
+The app is this checkout's, or the one at BENCH_APP_ROOT (e.g. a worktree of an older commit)."""
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ import azure.functions as func  # the Functions worker has this loaded before it
 STARTED = time.perf_counter()
 # What the worker process holds before it loads any app (it has azure.functions loaded).
 WORKER_KB = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS:")))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, os.environ.get("BENCH_APP_ROOT") or str(Path(__file__).resolve().parent.parent))
 
 import function_app
 

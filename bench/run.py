@@ -4,6 +4,7 @@ each measured side by side with its baseline in the same run, on this machine.
     python -m bench.run            # full run; prints a table and writes bench/RESULTS.md
     python -m bench.run --smoke    # tiny sizes, no SDK install: keeps the bench from rotting (CI)
     python -m bench.run tenants    # many tenants in one window (bench/tenants.py; its own section of RESULTS.md)
+    python -m bench.run cold-start [--compare LABEL=DIR]   # cold start only, against the SDK (its own section)
     python -m bench.telemetry      # the telemetry SDK's cold-start and per-record cost (bench/telemetry.py; its own section)
 
 Everything runs against real servers on 127.0.0.1: Azurite, the Graph and identity emulators,
@@ -87,28 +88,66 @@ class Bench:
 # --- environment -------------------------------------------------------------------------------
 
 
-class Stack:
-    """Azurite, the emulators, and settings pointing at them."""
+class HttpsGraph(GraphEmulator):
+    """The Graph emulator over HTTPS: its base URL (the tokens' audience it checks) is the https one."""
 
-    def __init__(self) -> None:
-        self.azurite = Azurite().start()
-        self.graph = GraphEmulator().start()
-        self.identity = IdentityEmulator().start()
-        os.environ.update(self.identity.env())
+    https_url = ""
+
+    @property
+    def base_url(self) -> str:
+        return self.https_url or super().base_url
+
+
+class Stack:
+    """Azurite, the emulators, and settings pointing at them. With ``tls``, Graph and Table Storage
+    speak HTTPS only, as in Azure, with a certificate from a throwaway CA; the children trust
+    certifi's bundle plus that CA (REQUESTS_CA_BUNDLE for requests and the app, SSL_CERT_FILE for
+    httpx), so each loads a bundle as large as the default one. The managed-identity endpoint stays
+    plain HTTP on 127.0.0.1, as the Functions host serves it (IDENTITY_ENDPOINT)."""
+
+    def __init__(self, tls: bool = False) -> None:
+        self.ca_bundle: str | None = None
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
+        certificate = None
+        if tls:
+            import certifi
+
+            from emulators.tls import CertificateAuthority
+
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="bench-tls-")
+            ca = CertificateAuthority.create(self._tls_dir.name, name="bench CA")
+            certificate = ca.issue(("127.0.0.1", "localhost"), name="bench")
+            bundle = Path(self._tls_dir.name) / "bundle.pem"
+            bundle.write_text(Path(certifi.where()).read_text() + ca.cert_file.read_text())
+            self.ca_bundle = str(bundle)
+        self.azurite = Azurite(tls=(str(certificate.cert_file), str(certificate.key_file)) if certificate else None).start()
+        self.graph = HttpsGraph()
+        if certificate:
+            from emulators.tls import serve_tls
+
+            self.graph.https_url = serve_tls(self.graph, certificate)
+        self.graph.start()
+        self.identity = IdentityEmulator()
+        self.identity.start()
+        self._saved_env = {name: os.environ.get(name) for name in self.identity.env()}
+        os.environ.update(self.identity.env())  # for the services built in this process
 
     def env(self, table: str, **extra: str) -> dict[str, str]:
+        trust = {"REQUESTS_CA_BUNDLE": self.ca_bundle, "SSL_CERT_FILE": self.ca_bundle} if self.ca_bundle else {}
         return {
             **self.identity.env(),
             "GRAPH_BASE_URL": self.graph.base_url,
             "AzureWebJobsStorage": self.azurite.connection_string,
             "SYNC_TARGETS": "autopilot,exchange",
             "SYNC_STATE_TABLE": table,
+            **trust,
             **extra,
         }
 
     def new_table(self) -> str:
         name = "b" + uuid.uuid4().hex[:16]
-        TableServiceClient.from_connection_string(self.azurite.connection_string).create_table(name)
+        options = {"connection_verify": self.ca_bundle} if self.ca_bundle else {}
+        TableServiceClient.from_connection_string(self.azurite.connection_string, **options).create_table(name)
         return name
 
     def service(self, table: str, counter: Callable[[Any], None] | None = None, **extra: str) -> SyncService:
@@ -119,12 +158,20 @@ class Stack:
         return SyncService(settings, graph, StateStore(table_client(settings.storage, table, make_credential, **kwargs)))
 
     def graph_counts(self) -> dict[str, int]:
-        return self.graph.stats()["counts"]
+        counts: dict[str, int] = self.graph.stats()["counts"]
+        return counts
 
     def close(self) -> None:
         self.graph.stop()
         self.identity.stop()
         self.azurite.close()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+        for name, value in self._saved_env.items():  # another stack's identity endpoint, if it was set
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -171,8 +218,10 @@ def footprint(bench: Bench, app_python: Path, sdk_python: Path | None) -> None:
 # --- 2. cold start ----------------------------------------------------------------------------
 
 
-def first_call(python: Path, script: str, env: dict[str, str], bytecode: bool) -> dict[str, Any]:
-    child = {**os.environ, **env}
+def first_call(python: Path, script: str, env: dict[str, str], bytecode: bool, app_root: Path = ROOT) -> dict[str, Any]:
+    """One fresh process running ``bench/<script>`` (the app's from ``app_root``: this checkout or
+    another, e.g. a worktree of an older commit); its figures."""
+    child = {**os.environ, **env, "BENCH_APP_ROOT": str(app_root)}
     child.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory() as cache:
         if not bytecode:
@@ -180,23 +229,47 @@ def first_call(python: Path, script: str, env: dict[str, str], bytecode: bool) -
         run = subprocess.run([str(python), str(ROOT / "bench" / script)], env=child, capture_output=True, text=True, timeout=120)
     if run.returncode != 0:
         raise RuntimeError(f"{script} failed: {run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    figures: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return figures
+
+
+@dataclass
+class Contender:
+    who: str
+    python: Path
+    script: str
+    app_root: Path = ROOT
+
+
+def first_calls(stack: Stack, contenders: list[Contender], app_python: Path, cases: tuple[str, ...],
+                runs: int) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every contender's first call, ``runs`` times per case, the contenders taking turns (so that
+    a slow spell of this shared machine hits them alike); each answered by a fresh table. The
+    bytecode is compiled once beforehand, as a deployed app's is."""
+    figures: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in contenders:  # compile (and warm the page cache), not counted
+        stack.graph.reset()
+        first_call(c.python, c.script, stack.env(stack.new_table()), bytecode=True, app_root=c.app_root)
+    for case in cases:
+        for _ in range(runs):
+            for c in contenders:
+                stack.graph.reset()
+                env = stack.env(stack.new_table())
+                if case == "refused":  # another instance synced a moment ago
+                    first_call(app_python, "app_first_call.py", env, bytecode=True)
+                figure = first_call(c.python, c.script, env, bytecode="no bytecode" not in case, app_root=c.app_root)
+                if case != "refused" and figure.get("outcome", figure.get("status")) not in ("started", 202):
+                    raise RuntimeError(f"{c.who}: the first call was not granted: {figure}")
+                figures.setdefault((c.who, case), []).append(figure)
+    return figures
 
 
 def cold_start(bench: Bench, stack: Stack, app_python: Path, sdk_python: Path | None, runs: int) -> None:
-    contenders = [("ours", app_python, "app_first_call.py")]
+    contenders = [Contender("ours", app_python, "app_first_call.py")]
     if sdk_python:
-        contenders.append(("sdk", sdk_python, "sdk_app.py"))
-    figures: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for case in ("granted, bytecode cached", "granted, no bytecode cache", "refused"):
-        for who, python, script in contenders:
-            for _ in range(runs):
-                stack.graph.reset()
-                table = stack.new_table()
-                env = stack.env(table)
-                if case == "refused":  # another instance synced a moment ago
-                    first_call(app_python, "app_first_call.py", env, bytecode=True)
-                figures.setdefault((who, case), []).append(first_call(python, script, env, bytecode="no bytecode" not in case))
+        contenders.append(Contender("sdk", sdk_python, "sdk_app.py"))
+    figures = first_calls(stack, contenders, app_python,
+                          ("granted, bytecode cached", "granted, no bytecode cache", "refused"), runs)
     for case in ("granted, bytecode cached", "granted, no bytecode cache", "refused"):
         ours = statistics.median(f["seconds"] for f in figures[("ours", case)]) * 1000
         if sdk_python:
@@ -206,7 +279,7 @@ def cold_start(bench: Bench, stack: Stack, app_python: Path, sdk_python: Path | 
             bench.add(f"Cold start to first answer ({case})", ours, "skipped (smoke)", "ms", "≤ 0.70×", None)
     def rss(who: str, above_worker: bool) -> float:
         cases = [f for k, v in figures.items() if k[0] == who and "no bytecode" not in k[1] for f in v]
-        return statistics.median(f["maxrss_kb"] - (f["worker_kb"] if above_worker else 0) for f in cases) / 1024
+        return float(statistics.median(f["maxrss_kb"] - (f["worker_kb"] if above_worker else 0) for f in cases)) / 1024
 
     for label, above in (("Peak RSS of that process", False), ("Peak RSS above the worker's own (azure.functions loaded)", True)):
         if sdk_python:
@@ -416,7 +489,11 @@ def report(bench: Bench, seconds: float) -> str:
         "",
         "- Cold start and memory are measured from the moment the Functions worker would load the app: "
         "both processes import `azure.functions` first (the worker has it loaded before it loads any app), "
-        "then import the app and answer one sync through the token endpoint, Table Storage and Graph.",
+        "then import the app and answer one sync through the token endpoint, Table Storage and Graph, as in "
+        "Azure: Table Storage (Azurite) and Graph (the emulator) over HTTPS only, each client loading certifi's "
+        "bundle (plus the emulators' CA), the managed-identity token over plain HTTP from 127.0.0.1 as the "
+        "Functions host serves it. The contenders take turns, run by run; the bytecode is compiled beforehand. "
+        "`python -m bench.run cold-start` runs this part alone (and other checkouts alongside: `--compare`).",
         "- Peak RSS of the whole process includes what both contenders share: Python itself, `azure.functions` "
         "with werkzeug (about 19 MB) and azure-identity with MSAL and cryptography (about 10 MB). Against that "
         "floor the whole-process target of 0.80× is missed (about 0.86×, see the table); above the worker's own "
@@ -428,6 +505,91 @@ def report(bench: Bench, seconds: float) -> str:
         "limiter it still finishes about ten times sooner. On two cores the Python work per request, not Graph, "
         "bounds it, so the ratio moves by ±1× between runs.",
     ]
+    return "\n".join(lines) + "\n"
+
+
+COLD_BEGIN, COLD_END = "<!-- bench.coldstart: begin -->", "<!-- bench.coldstart: end -->"
+
+
+def cold_start_main(argv: list[str]) -> int:
+    """The cold start alone: this checkout's app, any other checkouts' (``--compare LABEL=DIR``, e.g.
+    a worktree of an older commit) and the Graph SDK way, taking turns, over TLS; written to its
+    own section of RESULTS.md."""
+    parser = argparse.ArgumentParser(prog="bench.run cold-start", description=cold_start_main.__doc__)
+    parser.add_argument("--runs", type=int, default=11, help="first calls per contender (medians)")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
+                        help="another checkout of the app to run alongside (repeatable)")
+    parser.add_argument("--label", default="this tree", help="what to call this checkout in the table")
+    parser.add_argument("--note", default="", help="a sentence for the section (what the machine was doing...)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="RESULTS.md to write to ('-' for none)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    WORK.mkdir(parents=True, exist_ok=True)
+    print("setting up virtual environments…", flush=True)
+    app_python = venv("venv-app", ["-r", str(ROOT / "requirements.txt")])
+    sdk_python = venv("venv-sdk", SDK_PACKAGES)
+    contenders = [Contender(label, app_python, "app_first_call.py", Path(folder).resolve())
+                  for label, _, folder in (c.partition("=") for c in args.compare)]
+    contenders += [Contender(args.label, app_python, "app_first_call.py"), Contender("Graph SDK way", sdk_python, "sdk_app.py")]
+    stack = Stack(tls=True)
+    try:
+        figures = first_calls(stack, contenders, app_python, ("granted, bytecode cached",), args.runs)
+    finally:
+        stack.close()
+    text = cold_start_section(contenders, figures, args.runs, time.perf_counter() - started, args.note)
+    print("\n" + text)
+    if args.out != "-":
+        results.write_section(Path(args.out), text, COLD_BEGIN, COLD_END)
+    (WORK / f"coldstart-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json").write_text(
+        json.dumps({f"{who} | {case}": v for (who, case), v in figures.items()}, indent=1))
+    return 0
+
+
+def cold_start_section(contenders: list[Contender], figures: dict[tuple[str, str], list[dict[str, Any]]], runs: int,
+                       seconds: float, note: str) -> str:
+    case = "granted, bytecode cached"
+    m = results.machine()
+
+    def med(who: str, value: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(value(f) for f in figures[(who, case)])
+
+    def ms(f: dict[str, Any]) -> float:
+        return float(f["seconds"]) * 1000
+
+    def above(f: dict[str, Any]) -> float:
+        return float(f["maxrss_kb"] - f["worker_kb"]) / 1024
+
+    def whole(f: dict[str, Any]) -> float:
+        return float(f["maxrss_kb"]) / 1024
+
+    sdk = contenders[-1].who
+    lines = [
+        COLD_BEGIN,
+        "## Cold start over TLS, against the Graph SDK way (issue #19)",
+        "",
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {m['cores']} cores ({m['cpu']}), Python {m['python']}; "
+        f"{seconds:.0f} s in all. Command: `.venv/bin/python -m bench.run cold-start"
+        + "".join(f" --compare '{c.who}={c.app_root}'" for c in contenders[:-2]) + "`. "
+        "Each figure: a fresh process that imports `azure.functions` (the worker has it loaded before any app), then, "
+        "timed from there, imports the app and answers its first sync, granted, through the HTTP trigger's function "
+        "(bench/app_first_call.py; bench/sdk_app.py for msgraph-beta-sdk with azure-data-tables): managed-identity "
+        "token over HTTP from 127.0.0.1 as the Functions host serves it, Table Storage (Azurite) and Graph (the "
+        "emulator) over HTTPS only, the clients trusting certifi's bundle plus the emulators' CA. Bytecode compiled "
+        f"beforehand. {runs} runs each, the contenders taking turns; medians.",
+        "",
+        "| Code | Cold start to first granted answer | Ratio to the SDK way | Peak RSS above the worker's | Ratio | "
+        "Peak RSS, whole process | Ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in contenders:
+        lines.append(f"| {c.who} | {med(c.who, ms):.0f} ms | {med(c.who, ms) / med(sdk, ms):.2f}× | "
+                     f"{med(c.who, above):.1f} MB | {med(c.who, above) / med(sdk, above):.2f}× | "
+                     f"{med(c.who, whole):.1f} MB | {med(c.who, whole) / med(sdk, whole):.2f}× |")
+    lines += ["", "Every run, in order (ms): " + "; ".join(
+        f"{c.who}: " + ", ".join(f"{ms(f):.0f}" for f in figures[(c.who, case)]) for c in contenders) + "."]
+    if note:
+        lines += ["", note]
+    lines += [COLD_END]
     return "\n".join(lines) + "\n"
 
 
@@ -448,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench import tenants
 
         return tenants.main(argv[1:])
+    if argv[:1] == ["cold-start"]:  # ./scripts/bench.sh cold-start [...]: the cold start alone, its own section
+        return cold_start_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and no SDK install (for CI)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="where to write the report ('-' for none)")
@@ -466,8 +630,12 @@ def main(argv: list[str] | None = None) -> int:
             bench.add("Installed dependencies", "skipped (smoke)", "skipped (smoke)", "MB", "≤ 0.10×", None)
         else:
             footprint(bench, app_python, sdk_python)
-        print("2. cold start", flush=True)
-        cold_start(bench, stack, app_python, sdk_python, runs=1 if smoke else 7)
+        print("2. cold start (Graph and Table Storage over TLS)", flush=True)
+        tls_stack = Stack(tls=True)
+        try:
+            cold_start(bench, tls_stack, app_python, sdk_python, runs=1 if smoke else 7)
+        finally:
+            tls_stack.close()
         print("3. cost of a refusal", flush=True)
         refusal_cost(bench, stack, calls=20 if smoke else 500)
         print("4. round trips", flush=True)

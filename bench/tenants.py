@@ -83,6 +83,7 @@ ACCOUNT_TRANSACTIONS_PER_SECOND = 20_000
 GRAPH_APP_REQUESTS_PER_10S = 130_000  # Graph's global limit per app across all tenants (graph/throttling-limits)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FIGURES_PATIENCE = 600.0  # seconds, in all, the bench waits for one emulator's figures (asked again meanwhile)
 
 # Faults the runs have shown, and why (matched in the registry's reasons).
 KNOWN_FAULTS = {
@@ -238,6 +239,28 @@ class Stack:
         answer.raise_for_status()
         return answer.json()
 
+    def figures(self, name: str, url: str, verify: str | bool = True,
+                patience: float = FIGURES_PATIENCE) -> tuple[Any, str | None]:
+        """An emulator's figures (a GET), asked again on a slow or failed answer (each try up to
+        60 s) until ``patience`` has passed; then (None, why), so that the run reports what it has
+        and says what is missing instead of dying after the window."""
+        deadline = time.monotonic() + patience
+        tries, last = 0, ""
+        while True:
+            tries += 1
+            left = deadline - time.monotonic()
+            try:
+                answer = requests.get(url, timeout=(10, max(1.0, min(60.0, left))), verify=verify)
+                answer.raise_for_status()
+                return answer.json(), None
+            except (requests.RequestException, ValueError) as exc:
+                last = f"{type(exc).__name__}: {str(exc)[:160]}"
+            if time.monotonic() + 2 >= deadline:
+                why = f"{name}'s figures: no answer in {patience:.0f} s ({tries} tries; the last: {last})"
+                print(f"    {why}", flush=True)
+                return None, why
+            time.sleep(2)
+
     def identity(self, path: str, payload: Any = None) -> Any:
         call = requests.post if payload is not None else requests.get
         answer = call(f"{self.identity_url}/_emulator/{path}", json=payload, timeout=30)
@@ -290,6 +313,7 @@ class Window:
     graph_statuses: Counter[int] = field(default_factory=Counter)  # the customer tenants' Graph answers by status
     pending_syncs: int | None = None  # messages left on the deferred-sync queue (a pending sync each)
     pool_discards: int | None = None  # "Connection pool is full, discarding connection" in the workers' logs
+    notes: list[str] = field(default_factory=list)  # figures that could not be read, and why
 
     @property
     def n(self) -> int:
@@ -456,6 +480,12 @@ def run_window(stack: Stack, spec: Spec, timeout: float) -> Window:
         machine1, emulators1 = machine_busy(), stack.cpu()
         cpu1, mine1 = [process_cpu(w.process.pid) for w in workers], parent_cpu()
         wall_guess = time.time() - started
+        # The emulators' figures while the workers still hold their connections: when a worker
+        # exits, every connection it kept (one per tenant to Entra) closes at once.
+        graph_stats, graph_note = stack.figures("Graph emulator", f"{stack.graph_url}/_emulator/stats")
+        entra_stats, entra_note = stack.figures("Entra emulator", f"{stack.entra_url}/_emulator/stats", stack.ca_file)
+        identity_stats, identity_note = stack.figures("identity emulator", f"{stack.identity_url}/_emulator/stats")
+        notes = [note for note in (graph_note, entra_note, identity_note) if note]
         for w in workers:
             w.send("stop")
         for w in workers:
@@ -472,21 +502,24 @@ def run_window(stack: Stack, spec: Spec, timeout: float) -> Window:
     worker_cpu = sum(float(f.get("cpuSeconds") or 0) for f in finals)
     ours = sum(cpu1) - sum(cpu0) + sum(emulators1.values()) - sum(emulators0.values()) + mine1 - mine0
 
-    graph_stats = stack.graph("stats")
     graph_per_tenant: Counter[str] = Counter()
     posts: Counter[str] = Counter()
     wanted = set(tenants)
-    for r in graph_stats["requests"]:
+    for r in (graph_stats or {}).get("requests", []):
         if r.get("tenant") in wanted:
             graph_per_tenant[f"{r['method']} {r['path']}"] += 1
             if r["method"] == "POST" and r["path"].endswith("/sync"):
                 posts[r["tenant"]] += 1
-    entra_stats = stack.entra("stats")
-    tokens = Counter(entra_stats["tenants"].get(t, {}).get("tokenRequests", 0) for t in tenants)
+    # Entra's counters (GET stats: the same size whatever the count). Only these tenants and the
+    # home tenant are configured there, and their stats were reset when they were (prepare).
+    tokens: Counter[int] = Counter()
     token_outcomes: Counter[str] = Counter()
-    for t in tenants:
-        token_outcomes.update(entra_stats["tenants"].get(t, {}).get("outcomes", {}))
-    identity_tokens = int((stack.identity("stats") or {}).get("tokenRequests", 0))
+    if entra_stats is not None:
+        tokens.update({int(k): int(v) for k, v in entra_stats["tenantsByTokenRequests"].items()})
+        if len(tenants) > entra_stats["tenantsAsked"]:
+            tokens[0] += len(tenants) - entra_stats["tenantsAsked"]
+        token_outcomes.update(entra_stats["outcomes"])
+    identity_tokens = int((identity_stats or {}).get("tokenRequests", 0))
     home = TableServiceClient.from_connection_string(stack.azurite.connection_string).get_table_client(env["SYNC_STATE_TABLE"])
     registry: Counter[str] = Counter()
     problems: list[str] = []
@@ -494,7 +527,7 @@ def run_window(stack: Stack, spec: Spec, timeout: float) -> Window:
         registry[str(row.get("lastState"))] += 1
         if row.get("lastState") != "synced" and len(problems) < 20:
             problems.append(f"{row['RowKey']}: {row.get('lastState')}: {str(row.get('lastReason'))[:300]}")
-    statuses = Counter(r["status"] for r in graph_stats["requests"] if r.get("tenant") in wanted)
+    statuses = Counter(r["status"] for r in (graph_stats or {}).get("requests", []) if r.get("tenant") in wanted)
     pending = queue_depth(stack, env["SYNC_QUEUE"])
     discarded = 0
     for w in workers:
@@ -506,7 +539,7 @@ def run_window(stack: Stack, spec: Spec, timeout: float) -> Window:
     window = Window(spec, complete, wall, finals, worker_cpu, machine1 - machine0,
                     {k: emulators1[k] - emulators0[k] for k in emulators1}, graph_per_tenant,
                     Counter(posts.get(t, 0) for t in tenants), tokens, token_outcomes, identity_tokens, registry, latencies,
-                    max(0.0, (machine1 - machine0) - ours) / wall_guess, problems, statuses, pending, discarded)
+                    max(0.0, (machine1 - machine0) - ours) / wall_guess, problems, statuses, pending, discarded, notes)
     for problem in problems:
         print(f"    not synced: {problem}", flush=True)
     print(f"    {'done' if complete else 'INCOMPLETE'}: {spec.tenants} tenants in {wall:.1f} s = {window.rate:.1f}/s; "
@@ -706,10 +739,24 @@ def report(main: Window, sweep: list[Window], instances: dict[int, list[Window]]
         "the message deleted on success. Table round trips are counted by kind through the table clients' "
         "`raw_request_hook`; tokens, Graph calls and outcomes are read from the emulators and the registry afterwards.",
         "",
+        "The emulators' figures are read as soon as the last tenant is synced, while the workers still hold their "
+        "connections, each read asked again for up to "
+        f"{FIGURES_PATIENCE / 60:.0f} min before the run reports without it (a note above the table says which). "
+        "Entra's figures are counters: `GET /_emulator/stats` answers the same few hundred bytes after 10 or 10,000 "
+        "tenants (`?tenant=` and `?detail=1` give the records). The Entra emulator closes a connection idle for 15 s: "
+        "each tenant's credential keeps a connection of its own, and before, the emulator held one thread per tenant "
+        "served (10,000 threads, about 1 GB), whose ending together when the workers exited starved the process for "
+        "minutes (measured: the stats read took 152 s, a 404 took 197 s); the run of 2026-11-25 died there, its stats read timing out "
+        "after 120 s, and wrote no figure.",
+        "",
     ]
     if extrapolated:
         lines += [f"**{n:,} tenants were run, not {target:,}**; the figures per tenant are measured, the wall time for "
                   f"{target:,} is extrapolated from the rate ({fmt(main.rate)} tenants/s): {fmt(target / main.rate, 0)} s.", ""]
+    missing = [note for w in (main, *sweep, first) if w is not None for note in getattr(w, "notes", [])]
+    if missing:
+        lines += ["**Figures missing** (an emulator did not answer; the figures that depend on it read 0 or "
+                  "\"not measured\" below): " + "; ".join(missing) + ".", ""]
     lines += [
         f"### The window: {n:,} tenants, {main.spec.workers} worker process(es) × {main.spec.threads} invocations",
         "",
@@ -718,7 +765,7 @@ def report(main: Window, sweep: list[Window], instances: dict[int, list[Window]]
         f"| Wall time, first page message to last tenant synced | {fmt(main.wall)} s | {fmt(main.rate)} tenants/s on this machine |",
         f"| Outcomes in the registry | {', '.join(f'{v:,} {k}' for k, v in main.registry.most_common())} | "
         f"{'every tenant once' if ok['every tenant synced once'] else 'NOT every tenant'} |",
-        f"| Token requests per tenant (Entra) | {fmt(tokens_per_tenant, 2)} | "
+        f"| Token requests per tenant (Entra) | {fmt(tokens_per_tenant, 2) if main.tokens else 'not measured'} | "
         f"{', '.join(f'{v:,} tenant(s) with {k}' for k, v in sorted(main.tokens.items()))}; outcomes "
         f"{dict(main.token_outcomes)} |",
         f"| Managed-identity token requests | {main.identity_tokens} | {main.spec.workers} process(es): the assertion, "
@@ -754,6 +801,9 @@ def report(main: Window, sweep: list[Window], instances: dict[int, list[Window]]
         "message finds its unit in the window: refused, nothing deferred |",
         "",
     ]
+    unmet = [name for name, passed in ok.items() if not passed]
+    lines += [f"Checks of the window (the run's exit status): {'all met' if not unmet else 'not met: ' + '; '.join(unmet)} "
+              f"(of: {'; '.join(ok)}).", ""]
     runs = [*sweep, *[w for ws in instances.values() for w in (ws if isinstance(ws, list) else [ws])]]
     problems = main.problems + [p for w in runs for p in getattr(w, "problems", [])]
     if problems:
@@ -977,7 +1027,7 @@ def dump(windows: dict[str, Any], path: Path) -> None:
                 "graphPosts": dict(w.graph_posts), "tokens": dict(w.tokens), "tokenOutcomes": dict(w.token_outcomes),
                 "identityTokens": w.identity_tokens, "registry": dict(w.registry), "problems": w.problems,
                 "graphStatuses": dict(w.graph_statuses), "otherLoad": w.other_load, "pendingSyncs": w.pending_syncs,
-                "poolDiscards": w.pool_discards,
+                "poolDiscards": w.pool_discards, "notes": getattr(w, "notes", []),
                 "latency": {q: pct(w.latencies, q) for q in (0.5, 0.9, 0.99)},
                 "finals": [{k: v for k, v in f.items() if k != "latencies"} for f in w.finals]}
 

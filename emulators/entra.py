@@ -71,11 +71,22 @@ Controls under ``/_emulator/`` (same HTTPS port, no client certificate):
   the tenant, which is then unknown); with ``"replaceTenants": true`` the given map replaces them
   all. The home tenant (``HOME_TENANT``) is known and consented at start and after reset. Tenant ids
   are case-insensitive. The answer is the configuration now in force.
-- ``GET stats``: ``tokenRequests``, ``discoveryRequests``, ``tenants`` (per requested tenant:
-  ``tokenRequests``, ``issued`` and ``outcomes`` counted by ``"issued"`` / ``"AADSTSnnnnn"`` /
-  ``"http<status>"``), ``requests`` (each token request: ``tenant``, ``clientId``, ``scope``,
-  ``subject``, ``status``, ``outcome``, ``correlationId``, ``at``).
+- ``GET stats``: counters kept as the requests arrive, so the answer costs the same after ten
+  tokens or a million: ``tokenRequests``, ``discoveryRequests``, ``outcomes`` (every token request
+  counted by ``"issued"`` / ``"AADSTSnnnnn"`` / ``"http<status>"``), ``tenantsAsked`` (distinct
+  tenants that asked) and ``tenantsByTokenRequests`` (``{"1": tenants that asked once, "2": ...}``).
+  ``GET stats?tenant=<tid>``: that tenant's ``tokenRequests``, ``issued``, ``outcomes`` and
+  ``requests``. ``GET stats?detail=1`` (and ``EntraEmulator.stats()`` in process): everything, as
+  large as the run: ``tokenRequests``, ``discoveryRequests``, ``tenants`` (per requested tenant:
+  ``tokenRequests``, ``issued``, ``outcomes``), ``requests`` (each token request: ``tenant``,
+  ``clientId``, ``scope``, ``subject``, ``status``, ``outcome``, ``correlationId``, ``at``).
 - ``POST reset``: the defaults above, stats cleared.
+
+A connection idle for ``idle_seconds`` (default 15, ``--idle-seconds``) is closed, as real front
+ends close idle keep-alive connections. Each tenant's credential keeps its own connection, so
+without that the emulator held one thread per tenant ever served (10,000 threads, 1 GB, in the
+10,000-tenant bench), and when the workers exited, those threads ending together starved the
+process: any request, however small, then waited minutes for the interpreter lock.
 """
 from __future__ import annotations
 
@@ -84,6 +95,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +109,7 @@ from .tokens import ALL_ROLES, EXCHANGE_AUDIENCE, HOME_TENANT, decode, issue, is
 DEFAULT_CLIENT_ID = "5e1c7a9b-3d2f-4b8e-a6c0-9f1e2d3c4b5a"  # the multi-tenant app registration
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEFAULT_LIFETIME = 3599
+IDLE_SECONDS = 15.0  # a keep-alive connection idle this long is closed
 FIC_DOCS = "https://learn.microsoft.com/entra/workload-id/workload-identity-federation"
 _SERVICE_PRINCIPALS = uuid.UUID("6ba7b812-9dad-11d1-80b4-00c04fd430c8")
 
@@ -162,8 +175,9 @@ def _no_fic(what: str, value: Any) -> str:
 
 
 class EntraEmulator(Server):
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, idle_seconds: float | None = IDLE_SECONDS):
         super().__init__(_Handler, port)
+        self.idle_seconds = idle_seconds  # None: keep idle connections open for ever
         self.lock = threading.Lock()
         self.https_url: str | None = None
         self.ca_file: Path | None = None
@@ -206,6 +220,9 @@ class EntraEmulator(Server):
         self.discovery_requests = 0
         self.per_tenant: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
+        self.tenant_requests: dict[str, list[dict[str, Any]]] = {}  # the same records, by tenant
+        self.outcomes: Counter[str] = Counter()
+        self.tenants_by_count: Counter[int] = Counter()  # tenants by how many token requests they made
 
     def configure(self, config: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -242,7 +259,23 @@ class EntraEmulator(Server):
                 "lifetimeSeconds": self.lifetime, "invalidClientStatus": self.invalid_client_status,
                 "tenants": {tid: t.snapshot() for tid, t in self.tenants.items()}}
 
+    def summary(self) -> dict[str, Any]:
+        """The counters (``GET stats``): the same size whatever the number of requests and tenants."""
+        with self.lock:
+            return {"tokenRequests": self.token_requests, "discoveryRequests": self.discovery_requests,
+                    "outcomes": dict(self.outcomes), "tenantsAsked": len(self.per_tenant),
+                    "tenantsByTokenRequests": {str(k): v for k, v in sorted(self.tenants_by_count.items()) if v}}
+
+    def tenant_stats(self, tenant: str) -> dict[str, Any]:
+        """One tenant's counters and token requests (``GET stats?tenant=``)."""
+        key = tenant.lower()
+        with self.lock:
+            mine = self.per_tenant.get(key) or {"tokenRequests": 0, "outcomes": {}}
+            return {"tenant": key, "tokenRequests": mine["tokenRequests"], "issued": mine["outcomes"].get("issued", 0),
+                    "outcomes": dict(mine["outcomes"]), "requests": list(self.tenant_requests.get(key, []))}
+
     def stats(self) -> dict[str, Any]:
+        """Everything (``GET stats?detail=1``): every tenant and every request, as large as the run."""
         with self.lock:
             return {"tokenRequests": self.token_requests, "discoveryRequests": self.discovery_requests,
                     "tenants": {tid: {"tokenRequests": s["tokenRequests"], "issued": s["outcomes"].get("issued", 0),
@@ -292,13 +325,19 @@ class EntraEmulator(Server):
             key = tenant.lower()
             self.token_requests += 1
             mine = self.per_tenant.setdefault(key, {"tokenRequests": 0, "outcomes": {}})
+            if mine["tokenRequests"]:  # counters only: summary() never reads the records
+                self.tenants_by_count[mine["tokenRequests"]] -= 1
             mine["tokenRequests"] += 1
+            self.tenants_by_count[mine["tokenRequests"]] += 1
             mine["outcomes"][outcome] = mine["outcomes"].get(outcome, 0) + 1
+            self.outcomes[outcome] += 1
             claims = decode(form.get("client_assertion", "")) or {}
-            self.requests.append({"tenant": key, "clientId": form.get("client_id"), "scope": form.get("scope"),
-                                  "subject": claims.get("sub") or claims.get("oid"), "status": status,
-                                  "outcome": outcome, "correlationId": correlation_id,
-                                  "at": datetime.now(UTC).isoformat().replace("+00:00", "Z")})
+            record = {"tenant": key, "clientId": form.get("client_id"), "scope": form.get("scope"),
+                      "subject": claims.get("sub") or claims.get("oid"), "status": status,
+                      "outcome": outcome, "correlationId": correlation_id,
+                      "at": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+            self.requests.append(record)
+            self.tenant_requests.setdefault(key, []).append(record)
         return status, body, headers
 
     def _token(self, tenant_id: str, form: dict[str, str], correlation_id: str) -> Answer:
@@ -390,6 +429,12 @@ class EntraEmulator(Server):
 class _Handler(JsonHandler):
     server: EntraEmulator
 
+    def setup(self) -> None:
+        # A read timeout on the connection: an idle keep-alive connection (or a handshake that never
+        # comes) ends its thread; http.server closes the connection on the timeout.
+        super().setup()
+        self.connection.settimeout(self.server.idle_seconds)
+
     def correlation_id(self) -> str:
         return (self.headers.get("client-request-id") or self.headers.get("x-ms-client-request-id")
                 or str(uuid.uuid4()))
@@ -428,17 +473,21 @@ class _Handler(JsonHandler):
             with em.lock:
                 return self.send_json(200, em.snapshot())
         if path == "/_emulator/stats" and self.command == "GET":
-            return self.send_json(200, em.stats())
+            query = self.query
+            if query.get("tenant"):
+                return self.send_json(200, em.tenant_stats(query["tenant"]))
+            return self.send_json(200, em.stats() if query.get("detail") not in (None, "", "0", "false") else em.summary())
         if path == "/_emulator/reset" and self.command == "POST":
             em.reset()
             return self.send_json(204)
         self.send_json(404, {"error": "unknown emulator control"})
 
 
-def start_entra(directory: Path | str, ca: CertificateAuthority | None = None, port: int = 0) -> EntraEmulator:
+def start_entra(directory: Path | str, ca: CertificateAuthority | None = None, port: int = 0,
+                idle_seconds: float | None = IDLE_SECONDS) -> EntraEmulator:
     """Create and start an Entra emulator over HTTPS; ``.base_url`` is its https URL (the authority
     host) and ``.ca_file`` the CA to trust (a new one in ``directory`` unless ``ca`` is given)."""
-    server = EntraEmulator(port)
+    server = EntraEmulator(port, idle_seconds)
     server.serve_tls(ca or CertificateAuthority.create(directory, name="entra emulator CA"))
     server.start()
     return server
@@ -448,8 +497,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--port", type=int, default=8092)
     parser.add_argument("--dir", default=None, help="where to write the CA (default: a new temporary directory)")
+    parser.add_argument("--idle-seconds", type=float, default=IDLE_SECONDS,
+                        help="close a keep-alive connection idle this long (0: never)")
     args = parser.parse_args()
-    server = start_entra(args.dir or tempfile.mkdtemp(prefix="entra-"), port=args.port)
+    server = start_entra(args.dir or tempfile.mkdtemp(prefix="entra-"), port=args.port,
+                         idle_seconds=args.idle_seconds or None)
     for name, value in server.env().items():
         print(f"{name}={value}", flush=True)
     try:

@@ -233,8 +233,102 @@ def test_config_merges_tenants_removes_with_null_and_can_replace(entra: EntraEmu
     assert set(config["tenants"]) == {TENANT} and config["tenants"][TENANT]["consented"] is True
     requests.post(f"{entra.base_url}/_emulator/reset", verify=ca, timeout=10).raise_for_status()
     stats = requests.get(f"{entra.base_url}/_emulator/stats", verify=ca, timeout=10).json()
-    assert stats == {"tokenRequests": 0, "discoveryRequests": 0, "tenants": {}, "requests": []}
+    assert stats == {"tokenRequests": 0, "discoveryRequests": 0, "outcomes": {}, "tenantsAsked": 0,
+                     "tenantsByTokenRequests": {}}
+    detail = requests.get(f"{entra.base_url}/_emulator/stats", params={"detail": 1}, verify=ca, timeout=10).json()
+    assert detail == {"tokenRequests": 0, "discoveryRequests": 0, "tenants": {}, "requests": []}
     assert set(entra.configure({})["tenants"]) == {HOME_TENANT}
+
+
+class _Untouchable(list[Any]):
+    """The records, refusing to be read: what ``GET stats`` answers must come from counters."""
+
+    def __iter__(self) -> Iterator[Any]:
+        raise AssertionError("the stats answer read the records")
+
+    def __len__(self) -> int:
+        raise AssertionError("the stats answer read the records")
+
+
+def test_the_stats_answer_stays_the_same_size_however_many_tokens_were_issued(entra: EntraEmulator) -> None:
+    """The 10,000-tenant bench read these figures after the window; the answer listed every request
+    (3.5 MB). Now it is counters: its size does not grow with the tokens issued, and it does not
+    read the records (tenants' own figures: ``?tenant=``; everything: ``?detail=1``)."""
+    ca = str(entra.ca_file)
+    tenants = [str(uuid.uuid4()) for _ in range(1000)]
+    entra.configure({"tenants": {t: {} for t in tenants}})
+
+    def issue_tokens(count: int, start: int) -> None:  # straight to the endpoint's logic: a thousand HTTPS posts is slow
+        for tenant in tenants[start:start + count]:
+            entra.token(tenant, {"grant_type": "client_credentials"}, str(uuid.uuid4()))
+
+    def answer(**params: Any) -> bytes:
+        got = requests.get(f"{entra.base_url}/_emulator/stats", params=params, verify=ca, timeout=10)
+        got.raise_for_status()
+        return got.content
+
+    issue_tokens(10, 0)
+    small, small_detail = answer(), answer(detail=1)
+    issue_tokens(990, 10)
+    entra.token(tenants[0], {"grant_type": "client_credentials"}, "again")  # one tenant asks twice
+    large, large_detail = answer(), answer(detail=1)
+    assert len(large_detail) > 50 * len(small_detail)  # the records grew a hundredfold...
+    assert len(large) - len(small) <= 40  # ...the counters by a few digits and one key
+    stats = requests.get(f"{entra.base_url}/_emulator/stats", verify=ca, timeout=10).json()
+    assert stats["tokenRequests"] == 1001 and stats["tenantsAsked"] == 1000
+    assert stats["tenantsByTokenRequests"] == {"1": 999, "2": 1}
+    assert stats["outcomes"] == {"AADSTS900144": 1001}  # no client_id: refused, but counted
+    one = requests.get(f"{entra.base_url}/_emulator/stats", params={"tenant": tenants[0].upper()}, verify=ca,
+                       timeout=10).json()
+    assert one["tokenRequests"] == 2 and [r["correlationId"] for r in one["requests"]][1] == "again"
+
+    with entra.lock:  # the records become unreadable: the answer must not need them
+        saved = entra.requests, entra.per_tenant, entra.tenant_requests
+        entra.requests = _Untouchable(entra.requests)
+        entra.per_tenant = _UntouchableMap(entra.per_tenant)  # type: ignore[assignment]
+        entra.tenant_requests = _UntouchableMap(entra.tenant_requests)  # type: ignore[assignment]
+    try:
+        assert answer() == large
+    finally:
+        with entra.lock:
+            entra.requests, entra.per_tenant, entra.tenant_requests = saved
+
+
+class _UntouchableMap(dict[str, Any]):
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("the stats answer read the records")
+
+    def items(self) -> Any:
+        raise AssertionError("the stats answer read the records")
+
+    def values(self) -> Any:
+        raise AssertionError("the stats answer read the records")
+
+
+def test_an_idle_connection_is_closed_so_its_thread_ends(entra: EntraEmulator) -> None:
+    """Each tenant's credential keeps its own connection: held open for ever, the bench's 10,000
+    tenants left 10,000 server threads, whose ending together starved the emulator for minutes."""
+    import socket
+    import ssl
+    import time
+
+    context = ssl.create_default_context(cafile=str(entra.ca_file))
+    host, port = entra.server_address[:2]
+    saved = entra.idle_seconds
+    entra.idle_seconds = 0.5
+    try:
+        with socket.create_connection((str(host), int(port)), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=str(host)) as tls:
+            tls.sendall(b"GET /_emulator/stats HTTP/1.1\r\nHost: entra\r\n\r\n")
+            received = b""
+            while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+                received += tls.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200")  # kept alive: no "Connection: close"
+            started = time.monotonic()
+            assert tls.recv(65536) == b""  # the server closed it after 0.5 s idle
+            assert 0.3 < time.monotonic() - started < 5
+    finally:
+        entra.idle_seconds = saved
 
 
 def test_the_entra_emulator_speaks_https_only(entra: EntraEmulator) -> None:
