@@ -52,10 +52,6 @@ class UpstreamError(AppError):
         self.maybe_sent = maybe_sent
         self.retry_after_seconds = retry_after_seconds  # Graph's Retry-After, already sanitised
 
-    @property
-    def reached_graph(self) -> bool:
-        return self.graph_status is not None
-
 
 class GraphAccessDenied(UpstreamError):
     """Graph refused our identity (401 after one token refresh, or 403)."""

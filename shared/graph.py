@@ -14,12 +14,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 import requests
 from azure.core.credentials import AccessToken, TokenCredential
+from requests import PreparedRequest
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError, ResponseError
 from urllib3.util.retry import Retry
@@ -61,9 +62,6 @@ CONNECT_TIMEOUT = 5.0
 # defaults would wait far longer), so that a hanging endpoint costs a bounded time.
 TOKEN_CONNECT_TIMEOUT, TOKEN_READ_TIMEOUT, TOKEN_RETRIES, TOKEN_BACKOFF_MAX = 5, 10, 1, 2
 TOKEN_WORST_CASE_SECONDS = (TOKEN_RETRIES + 1) * (TOKEN_CONNECT_TIMEOUT + TOKEN_READ_TIMEOUT) + TOKEN_RETRIES * TOKEN_BACKOFF_MAX
-# The deadline of the request in flight on this thread (urllib3 calls Retry on the same thread).
-_deadline = threading.local()
-_once = threading.local()  # the write in flight on this thread is sent once (no retry on a 5xx answer)
 
 
 @dataclass(frozen=True)
@@ -72,10 +70,19 @@ class RetryPolicy:
     backoff_factor: float = 0.5
     backoff_max: float = 8.0
 
-    def worst_case_seconds(self, read_timeout: float) -> float:
-        """The longest one logical request can take, every attempt timing out, plus backoff."""
-        attempts = self.retries + 1
-        return attempts * (CONNECT_TIMEOUT + read_timeout) + self.retries * self.backoff_max
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the retry code must know about one request; it travels with that request (the client
+    hands it to ``Session.send``, which passes it on to the adapter, which gives the request
+    retries of its own built from it)."""
+
+    deadline: float | None = None  # time.monotonic() by which the whole logical request must end
+    send_once: bool = False  # a write not repeated on a 5xx answer (it may have been carried out)
+    attempt_seconds: float = 0.0  # the longest the attempt being sent may take (connect + read)
+
+
+_NO_CONTEXT = RequestContext()
 
 
 def write_budget_seconds(read_timeout: float) -> float:
@@ -113,10 +120,19 @@ class WriteLimiter:
 
 
 class _GraphRetry(Retry):
+    def __init__(self, *args: Any, context: RequestContext = _NO_CONTEXT, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.context = context
+
+    def new(self, **kw: Any) -> Self:
+        # urllib3 copies the Retry for every attempt, and the adapter makes one per request from
+        # its own: the context goes along unless a new one is given.
+        return super().new(**{"context": self.context, **kw})
+
     def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
         if status_code == 429 and method.upper() not in _READ_METHODS:
             return False
-        if getattr(_once, "value", False) and method.upper() not in _READ_METHODS:
+        if self.context.send_once and method.upper() not in _READ_METHODS:
             return False  # a write that must not be repeated: a 502/504 may come after it was carried out
         return super().is_retry(method, status_code, has_retry_after)
 
@@ -129,7 +145,7 @@ class _GraphRetry(Retry):
         if error is not None and method and method.upper() not in _READ_METHODS and self._is_read_error(error):
             raise error
         retry = super().increment(method, url, *args, **kwargs)
-        deadline, attempt_seconds = getattr(_deadline, "value", None) or (None, 0.0)
+        deadline, attempt_seconds = self.context.deadline, self.context.attempt_seconds
         if deadline is not None:
             # Another attempt only if it can finish before the deadline; otherwise the last
             # answer (or error) stands, as if the retries were used up.
@@ -147,6 +163,22 @@ class _GraphRetry(Retry):
         # "Retry-After: 600" is not worth a ten-minute sleep in a function.
         value = parse_retry_after(response.headers.get("Retry-After"), utcnow())
         return None if value is None else min(value, self.backoff_max)
+
+
+class _GraphAdapter(HTTPAdapter):
+    """requests' adapter, giving each request retries of its own built from its RequestContext
+    (``Session.send`` passes keyword arguments it does not know on to the adapter)."""
+
+    def send(
+        self, request: PreparedRequest, stream: bool = False, timeout: Any = None, verify: bool | str = True,
+        cert: Any = None, proxies: Mapping[str, str] | None = None, context: RequestContext = _NO_CONTEXT,
+    ) -> requests.Response:
+        # HTTPAdapter.send takes its retries from self.max_retries, and this adapter serves every
+        # thread: the request goes through a shallow view of it (the same connection pools; not
+        # copy.copy, which would build new ones) whose retries carry this request's context.
+        view = object.__new__(HTTPAdapter)
+        view.__dict__.update(vars(self), max_retries=self.max_retries.new(context=context))
+        return view.send(request, stream, timeout, verify, cert, proxies)
 
 
 @dataclass(frozen=True)
@@ -243,10 +275,9 @@ class GraphClient:
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
         self._writes = write_limiter or WriteLimiter()
-        self.token_requests = 0  # how many times a token was asked for (tests count it)
         self._token_source = token_source
         self._session = requests.Session()
-        adapter = HTTPAdapter(
+        adapter = _GraphAdapter(
             pool_connections=1,
             pool_maxsize=pool_size,
             max_retries=_GraphRetry(
@@ -303,16 +334,13 @@ class GraphClient:
         # One client-request-id for the logical request, its transport retries and a resend after
         # a 401, so that history names every request Graph saw.
         client_request_id = str(uuid.uuid4())
-        _once.value = once
-        try:
-            return self._request(method, path, json, deadline, params, client_request_id)
-        finally:
-            _once.value = False
+        return self._request(method, path, json, RequestContext(deadline, send_once=once), params, client_request_id)
 
-    def _request(self, method: str, path: str, json: Mapping[str, Any] | None, deadline: float | None,
+    def _request(self, method: str, path: str, json: Mapping[str, Any] | None, context: RequestContext,
                  params: Mapping[str, str] | None, client_request_id: str) -> GraphResponse:
-        response = self._send(method, path, json, self._get_token(), deadline, client_request_id, params)
+        response = self._send(method, path, json, self._get_token(), context, client_request_id, params)
         if response.status == 401:
+            deadline = context.deadline
             if deadline is not None and time.monotonic() + TOKEN_WORST_CASE_SECONDS + sum(self._timeout) > deadline:
                 return response  # no time for a new token and a resend: the 401 stands
             claims = _CLAIMS.search(response.headers.get("WWW-Authenticate", ""))
@@ -321,7 +349,7 @@ class GraphClient:
             except TokenUnavailable as exc:
                 exc.client_request_id, exc.graph_status = client_request_id, 401
                 raise
-            response = self._send(method, path, json, token, deadline, client_request_id, params)
+            response = self._send(method, path, json, token, context, client_request_id, params)
         return response
 
     def current_token(self) -> str:
@@ -334,10 +362,9 @@ class GraphClient:
         self._get_token()
 
     def _send(
-        self, method: str, path: str, json: Mapping[str, Any] | None, token: str, deadline: float | None = None,
-        client_request_id: str = "", params: Mapping[str, str] | None = None,
+        self, method: str, path: str, json: Mapping[str, Any] | None, token: str, context: RequestContext,
+        client_request_id: str, params: Mapping[str, str] | None = None,
     ) -> GraphResponse:
-        client_request_id = client_request_id or str(uuid.uuid4())
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -347,16 +374,19 @@ class GraphClient:
         }
         started = time.perf_counter()
         connect, read = self._timeout
+        deadline = context.deadline
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining < connect + 1:
                 raise GraphUnavailable(f"no time left to send {method} {path} before the deadline",
                                        client_request_id=client_request_id)
             read = min(read, remaining - connect)
-        _deadline.value = (deadline, connect + read) if deadline is not None else None
         try:
-            raw = self._session.request(method, self.base_url + path, headers=headers, json=json, params=params,
-                                        timeout=(connect, read))
+            # What Session.request does, with the context passed on to the adapter.
+            prepared = self._session.prepare_request(
+                requests.Request(method, self.base_url + path, headers=headers, json=json, params=params or {}))
+            raw = self._session.send(prepared, timeout=(connect, read),
+                                     context=replace(context, attempt_seconds=connect + read))
         except requests.RequestException as exc:
             maybe_sent = method not in _READ_METHODS and not _provably_not_sent(exc)
             kind = "timed out" if _is_timeout(exc) else "could not be reached"
@@ -367,8 +397,6 @@ class GraphClient:
                 client_request_id=client_request_id,
                 maybe_sent=maybe_sent,
             ) from exc
-        finally:
-            _deadline.value = None
         duration_ms = int((time.perf_counter() - started) * 1000)
         try:
             body = raw.json() if raw.content else None
@@ -391,7 +419,6 @@ class GraphClient:
             if not force and cached and cached.expires_on - _TOKEN_REFRESH_MARGIN > time.time():
                 return cached.token
             try:
-                self.token_requests += 1
                 self._token = (
                     self._credential.get_token(self._scope, claims=claims)
                     if claims

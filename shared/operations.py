@@ -22,7 +22,6 @@ from .model import iso
 from .storage import TableStore, from_row, store_errors, table_missing, to_row
 
 OPERATION_ROW = "operation"
-STATUSES = ("running", "completed", "failed", "timedOut")
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class Operation:
     since: datetime  # when the sync was triggered
     deadline: datetime
     token_hash: str
-    status: str = "running"
+    status: str = "running"  # then "completed", "failed" or "timedOut"
     last_sync_date_time: str | None = None
     sync_status: str | None = None
     message: str = ""
