@@ -37,6 +37,37 @@ class Verdict:
     failure: UpstreamError | None = None
 
 
+# --- may this unit sync now? The rule, written once: everything else asks these functions. ----
+
+
+def closed_until(next_allowed_at: datetime | None, now: datetime) -> datetime | None:
+    """The end of a window (a unit's nextAllowedAt, or a refusal's) if it is still closed at
+    ``now``; None if it has ended, or there is none."""
+    return next_allowed_at if next_allowed_at is not None and next_allowed_at > now else None
+
+
+def in_cooldown(state: UnitState, now: datetime) -> bool:
+    """The unit's window is closed at ``now`` (a claim's pessimistic hold counts: it is one)."""
+    return closed_until(state.next_allowed_at, now) is not None
+
+
+def in_flight(state: UnitState, now: datetime) -> bool:
+    """A caller holds the unit's lease at ``now``: a sync of it is in flight."""
+    return bool(state.lease_owner) and state.lease_expires_at is not None and state.lease_expires_at > now
+
+
+def orphaned_claim(state: UnitState, now: datetime) -> bool:
+    """A claim whose holder never recorded its outcome (it died, or storage failed it): its lease
+    lapsed with the claim still on the row."""
+    return bool(state.lease_owner) and state.claim_at is not None and not in_flight(state, now)
+
+
+def not_before(state: UnitState, at: datetime) -> datetime:
+    """The earliest a sync of the unit asked for at ``at`` may start: ``at``, or the end of the
+    unit's window (a claim's hold included) if that is later."""
+    return max(at, state.next_allowed_at or at)
+
+
 def refusal_for(name: str, state: UnitState, now: datetime) -> SyncResult | None:
     """Why unit ``name`` may not sync now (a sync in flight, or its window), or None if it may."""
     common: dict[str, Any] = dict(
@@ -44,22 +75,23 @@ def refusal_for(name: str, state: UnitState, now: datetime) -> SyncResult | None
         graph_request_id=state.last_graph_request_id,
         client_request_id=state.last_client_request_id,
     )
-    if state.lease_active(now):
+    if in_flight(state, now):
         # A claim's nextAllowedAt is its pessimistic hold, not the window: the commit sets that.
         before = None if state.claim_at else state.next_allowed_at
         return SyncResult(
-            name, Outcome.IN_PROGRESS, next_allowed_at=before if before and before > now else None,
+            name, Outcome.IN_PROGRESS, next_allowed_at=closed_until(before, now),
             message=f"a sync of {name} is in flight (lease until {iso(state.lease_expires_at)})",
             retry_after_seconds=IN_FLIGHT_RETRY_AFTER, **common,
         )
-    if state.next_allowed_at and state.next_allowed_at > now:
+    until = closed_until(state.next_allowed_at, now)  # in_cooldown, with the window's end
+    if until is not None:
         in_progress = state.last_outcome == Outcome.IN_PROGRESS.value
         reason = (f"Graph reported a sync of {name} already running; next try allowed at " if in_progress
                   else f"{name} was synced recently; next sync allowed at ")
         return SyncResult(
-            name, Outcome.IN_PROGRESS if in_progress else Outcome.COOLDOWN, next_allowed_at=state.next_allowed_at,
-            message=reason + str(iso(state.next_allowed_at)),
-            retry_after_seconds=seconds_until(state.next_allowed_at, now), **common,
+            name, Outcome.IN_PROGRESS if in_progress else Outcome.COOLDOWN, next_allowed_at=until,
+            message=reason + str(iso(until)),
+            retry_after_seconds=seconds_until(until, now), **common,
         )
     return None
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from . import telemetry
 from .core import ServiceCore
+from .decisions import orphaned_claim
 from .errors import ItemNotFound, StateStoreUnavailable, UpstreamError
 from .model import Outcome, SyncRequest, SyncResult, iso
 from .notify import Notification
@@ -123,7 +124,7 @@ class Following(ServiceCore):
         return states
 
     def _repair(self, state: UnitState, now: datetime) -> None:
-        if state.orphaned_claim(now):
+        if orphaned_claim(state, now):
             self._record_orphan(state, now)
         elif self.queue is not None and state.pending_id and state.pending_at and \
                 state.pending_at < now - MISSING_MESSAGE_GRACE:

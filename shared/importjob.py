@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from . import messages, telemetry
 from .autopilotapi import AutopilotApi
 from .core import ServiceCore
+from .decisions import in_flight
 from .devices import ImportRequest
 from .errors import AppError, StateStoreUnavailable
 from .importclaim import StepClaim
@@ -225,7 +226,7 @@ class AutopilotImports(ServiceCore):
         state = self.store.read(AUTOPILOT)
         asked = job.sync_asked_at
         started = bool(asked and state.last_started_at and state.last_started_at >= asked)
-        if started or state.pending_id or state.lease_active(now):
+        if started or state.pending_id or in_flight(state, now):
             return SyncSeen(started=started)
         given_up = state.pending_failed_at if asked and state.pending_failed_at and state.pending_failed_at >= asked else None
         if given_up is None:

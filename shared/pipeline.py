@@ -19,9 +19,12 @@ from .decisions import (
     IN_FLIGHT_RETRY_AFTER,
     Verdict,
     closed_for,
+    closed_until,
     graph_answer,
     graph_clock_ahead,
+    in_flight,
     no_answer,
+    orphaned_claim,
     refusal_for,
     retry_after_of,
     seconds_until,
@@ -146,14 +149,14 @@ class SyncPipeline(ServiceCore):
         if state is None:
             state = self.store.read(unit.key)  # else: a fan-out read it already
         now = self.clock()
-        if state.orphaned_claim(now):
+        if orphaned_claim(state, now):
             state = self._record_orphan(state, now)
         refusal = refusal_for(unit.name, state, now)
         if refusal:
             if request.defer:
                 return self._defer(unit, state, refusal, request)
             # A lease can end any moment; a cooldown cannot end before nextAllowedAt.
-            return refusal if state.lease_active(now) else (self._remember(refusal) or refusal)
+            return refusal if in_flight(state, now) else (self._remember(refusal) or refusal)
         skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
         if skip:
             return SyncResult(unit.name, Outcome.SKIPPED, next_allowed_at=state.next_allowed_at, message=skip.reason)
@@ -190,7 +193,7 @@ class SyncPipeline(ServiceCore):
     def _remembered(self, unit: Unit, now: datetime) -> SyncResult | None:
         with self._known_lock:
             known = self._known.get(unit.name)
-            if known is None or known.next_allowed_at is None or known.next_allowed_at <= now:
+            if known is None or closed_until(known.next_allowed_at, now) is None:
                 self._known.pop(unit.name, None)
                 return None
         return replace(known, retry_after_seconds=seconds_until(known.next_allowed_at, now))

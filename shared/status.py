@@ -25,6 +25,7 @@ from typing import Any
 
 from . import telemetry
 from .core import ServiceCore
+from .decisions import in_cooldown, in_flight, orphaned_claim
 from .errors import UpstreamError
 from .health import Rating, rate, worst
 from .model import iso
@@ -217,8 +218,8 @@ def _state_json(state: UnitState, now: datetime, asks: int = 0) -> dict[str, Any
         "lastAttemptAt": iso(state.last_attempt_at),
         "lastStartedAt": iso(state.last_started_at),
         "nextAllowedAt": iso(state.next_allowed_at),
-        "inCooldown": bool(state.next_allowed_at and state.next_allowed_at > now),
-        "lease": {"active": state.lease_active(now), "expiresAt": iso(state.lease_expires_at)}
+        "inCooldown": in_cooldown(state, now),
+        "lease": {"active": in_flight(state, now), "expiresAt": iso(state.lease_expires_at)}
         if state.lease_owner
         else None,
         "lastHttpStatus": state.last_http_status,
@@ -235,7 +236,7 @@ def _state_json(state: UnitState, now: datetime, asks: int = 0) -> dict[str, Any
         else None,
         # A claim whose holder never recorded Graph's answer (shown until the next reader records it).
         "unrecordedClaim": {"at": iso(state.claim_at), "by": state.claim_by}
-        if state.orphaned_claim(now)
+        if orphaned_claim(state, now)
         else None,
     }
 

@@ -7,9 +7,14 @@ from shared.decisions import (
     MAX_GRAPH_CLOCK_AHEAD,
     caller_names,
     closed_for,
+    closed_until,
     graph_answer,
     graph_clock_ahead,
+    in_cooldown,
+    in_flight,
     no_answer,
+    not_before,
+    orphaned_claim,
     refusal_for,
     seconds_until,
 )
@@ -59,7 +64,49 @@ def test_an_expired_lease_no_longer_refuses_but_its_claims_hold_does():
     orphan = row(lease_owner="x", lease_expires_at=NOW - timedelta(seconds=1), claim_at=NOW - timedelta(minutes=3),
                  next_allowed_at=NOW + timedelta(minutes=10))
     assert refusal_for("autopilot", orphan, NOW).outcome is Outcome.COOLDOWN
-    assert orphan.orphaned_claim(NOW)
+    assert orphaned_claim(orphan, NOW)
+
+
+def test_a_window_is_closed_until_its_end_and_open_from_it():
+    end = NOW + timedelta(seconds=1)
+    assert closed_until(end, NOW) == end
+    assert closed_until(NOW, NOW) is None and closed_until(NOW - timedelta(seconds=1), NOW) is None
+    assert closed_until(None, NOW) is None
+
+
+def test_a_unit_is_in_cooldown_exactly_while_its_next_allowed_at_lies_ahead():
+    assert in_cooldown(row(next_allowed_at=NOW + timedelta(seconds=1)), NOW)
+    assert not in_cooldown(row(next_allowed_at=NOW), NOW)
+    assert not in_cooldown(UnitState(key="autopilot"), NOW)
+    # a claim's pessimistic hold is a closed window too
+    assert in_cooldown(row(lease_owner="x", lease_expires_at=NOW + timedelta(seconds=60), claim_at=NOW,
+                           next_allowed_at=NOW + timedelta(minutes=13)), NOW)
+
+
+def test_a_sync_is_in_flight_exactly_while_an_owned_lease_has_not_expired():
+    assert in_flight(row(lease_owner="x", lease_expires_at=NOW + timedelta(seconds=1)), NOW)
+    assert not in_flight(row(lease_owner="x", lease_expires_at=NOW), NOW)
+    assert not in_flight(row(lease_owner=None, lease_expires_at=NOW + timedelta(seconds=60)), NOW)
+    assert not in_flight(row(lease_owner="x"), NOW)
+
+
+def test_a_claim_is_orphaned_only_once_its_lease_lapsed_with_the_claim_still_on_the_row():
+    live = row(lease_owner="x", lease_expires_at=NOW + timedelta(seconds=1), claim_at=NOW)
+    assert not orphaned_claim(live, NOW) and orphaned_claim(live, NOW + timedelta(seconds=1))
+    assert not orphaned_claim(row(lease_owner="x", lease_expires_at=NOW - timedelta(seconds=1)), NOW)  # no claim
+    assert not orphaned_claim(row(claim_at=NOW - timedelta(minutes=3)), NOW)  # no owner: committed
+
+
+def test_a_refusal_agrees_with_the_rule():
+    for state in (UnitState(key="autopilot"), row(next_allowed_at=NOW + timedelta(seconds=5)), row(next_allowed_at=NOW),
+                  row(lease_owner="x", lease_expires_at=NOW + timedelta(seconds=5), claim_at=NOW)):
+        assert (refusal_for("autopilot", state, NOW) is not None) == (in_flight(state, NOW) or in_cooldown(state, NOW))
+
+
+def test_a_sync_asked_for_a_moment_is_not_due_before_the_units_window_ends():
+    assert not_before(row(next_allowed_at=NOW + TEN_MINUTES), NOW) == NOW + TEN_MINUTES
+    assert not_before(row(next_allowed_at=NOW - TEN_MINUTES), NOW) == NOW
+    assert not_before(UnitState(key="autopilot"), NOW + TEN_MINUTES) == NOW + TEN_MINUTES
 
 
 # --- what did Graph's answer mean? ------------------------------------------------------------
