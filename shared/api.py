@@ -15,13 +15,13 @@ from urllib.parse import SplitResult, urlencode, urlsplit
 import azure.functions as func
 
 from .errors import AppError, InvalidItemId
+from .ids import parse_guid
 from .jsonbody import nesting_exceeds
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
 from .notices import notices
 from .runtime import service, settings, tenancy
 from .service import SyncService
-from .settings import SYNC_TYPES, SettingsError, _is_loopback, host_name, valid_host
-from .targets import parse_guid
+from .settings import SYNC_TYPES, SettingsError, host_name, is_loopback, valid_host
 
 if TYPE_CHECKING:  # onboarding and many tenants are imported on their first request, not by a sync's cold start
     from .tenancy import Tenancy
@@ -475,7 +475,7 @@ def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
         host, scheme = parts.netloc, parts.scheme
     else:
         raise ApiError(400, "InvalidHost", "the request's host is not a valid host name; no poll URL can be built")
-    if not _is_loopback(host_name(host).strip("[]")):
+    if not is_loopback(host_name(host).strip("[]")):
         scheme = "https"
     # The route's prefix (/api by default); anything odd in it falls back to the default.
     prefix = _route_prefix(parts.path)

@@ -19,9 +19,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .errors import GraphResourceNotFound
 from .graph import GraphClient, GraphResponse
+from .ids import parse_guid
 from .imports import DeviceRow
 from .onboarding import find_device
-from .targets import parse_guid
 
 IMPORTED = "/v1.0/deviceManagement/importedWindowsAutopilotDeviceIdentities"
 DEVICES_BETA = "/beta/deviceManagement/windowsAutopilotDeviceIdentities"

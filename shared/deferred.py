@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -26,12 +25,22 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 
 from . import messages, telemetry
 from .core import ServiceCore
-from .decisions import IN_FLIGHT_RETRY_AFTER, caller_names, refusal_for, seconds_until
+from .decisions import (
+    IN_FLIGHT_RETRY_AFTER,
+    caller_names,
+    closed_until,
+    in_flight,
+    not_before,
+    refusal_for,
+    seconds_until,
+)
 from .errors import AppError, ItemNotFound, StateStoreUnavailable, UpstreamError
+from .ids import new_hex_id
 from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
 from .notify import Notification
 from .settings import KNOWN_TARGETS
 from .state import UnitState
+from .storage import read_change_write
 from .targets import Unit
 
 # A pending sync that Graph keeps refusing (503s, 429s) is retried with back-off for this long
@@ -141,30 +150,41 @@ class DeferredSyncs(ServiceCore):
         if self.queue is None:
             return refusal
         caller = f"{request.trigger.value}:{request.caller}"
-        for _ in range(5):
+        joined: list[tuple[UnitState, str, datetime]] = []
+
+        def read() -> UnitState:  # after a lost race
+            nonlocal refusal
+            row = self.store.read(unit.key)
+            refusal = refusal_for(unit.name, row, self.clock()) or refusal
+            return row
+
+        def schedule(state: UnitState) -> UnitState | None:
             now = self.clock()
             if state.pending_id and state.pending_at and state.pending_at > now - STALE_PENDING:
-                self.store.add_ask(unit.key, state.pending_id, caller, now)
-                return self._scheduled(unit, state, f"joined the sync already scheduled for {iso(state.pending_at)}")
+                joined.append((state, state.pending_id, now))
+                return None  # join it
             # None, or a stale one that never fired: schedule afresh. The row first: of racing
             # first asks one wins this If-Match write and sends the one message; the others read
             # the row again and join. If we stop before sending, the watcher sends it.
-            at = refusal.next_allowed_at if refusal.next_allowed_at and refusal.next_allowed_at > now \
-                else now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
-            created = self.store.update(replace(
-                state, pending_id=uuid.uuid4().hex, pending_at=at, pending_since=now, pending_asked_by=caller,
+            at = closed_until(refusal.next_allowed_at, now) or now + timedelta(seconds=IN_FLIGHT_RETRY_AFTER)
+            return replace(
+                state, pending_id=new_hex_id(), pending_at=at, pending_since=now, pending_asked_by=caller,
                 # The budget runs from the end of the window the unit is in (a claim in flight
                 # holds it to its pessimistic end), not from a first look 10 s from now.
-                pending_reschedules=0, pending_deadline=max(at, state.next_allowed_at or at) + DEFERRED_BUDGET,
-            ))
-            if created is not None:
-                message = f"in cooldown: one sync is scheduled for {iso(at)}"
-                if not self._send_fire(created, at):
-                    message += " (its queue message will be sent by the next watcher tick)"
-                return self._scheduled(unit, created, message)
-            state = self.store.read(unit.key)
-            refusal = refusal_for(unit.name, state, self.clock()) or refusal
-        raise StateStoreUnavailable(f"could not record the deferred sync of {unit.name}: the row kept changing")
+                pending_reschedules=0, pending_deadline=not_before(state, at) + DEFERRED_BUDGET,
+            )
+
+        done = read_change_write(read, schedule, self.store.update, f"record the deferred sync of {unit.name}", current=state)
+        if done is None:
+            pending, pending_id, now = joined[-1]
+            self.store.add_ask(unit.key, pending_id, caller, now)
+            return self._scheduled(unit, pending, f"joined the sync already scheduled for {iso(pending.pending_at)}")
+        created = done[1]
+        at = created.pending_at or self.clock()  # always set: schedule set it
+        message = f"in cooldown: one sync is scheduled for {iso(at)}"
+        if not self._send_fire(created, at):
+            message += " (its queue message will be sent by the next watcher tick)"
+        return self._scheduled(unit, created, message)
 
     def sync_at(self, target_name: str, at: datetime, caller: str) -> SyncResult:
         """Make sure a sync of a one-unit target (autopilot) starts at ``at`` or later: join the
@@ -173,7 +193,7 @@ class DeferredSyncs(ServiceCore):
         self.target(target_name)
         unit = Unit(target_name, None)
         state = self.store.read(unit.key)
-        refusal = SyncResult(unit.name, Outcome.COOLDOWN, next_allowed_at=max(at, state.next_allowed_at or at))
+        refusal = SyncResult(unit.name, Outcome.COOLDOWN, next_allowed_at=not_before(state, at))
         request = SyncRequest(target_name, trigger=Trigger.IMPORT, caller=caller, defer=True)
         result = self._defer(unit, state, refusal, request)
         telemetry.sync_result(result, request, self.tenant)
@@ -229,7 +249,7 @@ class DeferredSyncs(ServiceCore):
         if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
             self._send_fire(state, state.pending_at)
             return "early", None
-        if state.lease_active(now):  # a sync is in flight: look again when its lease ends
+        if in_flight(state, now):  # a sync is in flight: look again when its lease ends
             self._reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
             return "waitingForLease", None
         callers = [state.pending_asked_by or "?"] + [c for _, c in self.store.asks(fire.unit_key, fire.pending_id)]
@@ -253,7 +273,7 @@ class DeferredSyncs(ServiceCore):
             return self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False), result
         if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503:
             now = self.clock()
-            later = result.next_allowed_at if result.next_allowed_at and result.next_allowed_at > now else None
+            later = closed_until(result.next_allowed_at, now)
             wait = deferred_backoff(state.pending_reschedules or 0, result.retry_after_seconds
                                     if result.outcome is Outcome.FAILED else None)
             reason = f"{result.error_code}: {result.message}" if result.error_code else result.message

@@ -13,20 +13,20 @@ it; another job with the same serial follows that job's import (shared/importste
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from .devices import Device
 from .errors import StateStoreUnavailable
+from .ids import new_guid
 from .model import iso
 from .onboarding import FAILED, FINAL, IMPORTING, counts, hint_for
-from .storage import TableStore, from_row, store_errors, table_missing, to_row
+from .storage import CHANGED_OR_GONE, TableStore, from_row, store_errors, table_missing, to_row
 
 JOB_ROW = "job"
 DEVICE_PREFIX = "device-"
@@ -195,7 +195,7 @@ class ImportStore(TableStore):
         try:
             meta = self._table.update_entity(self._job_entity(job), mode=UpdateMode.REPLACE, etag=job.etag,
                                              match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
+        except CHANGED_OR_GONE:  # changed, or gone, since it was read
             return None
         return replace(job, etag=meta["etag"])
 
@@ -246,7 +246,7 @@ class ImportStore(TableStore):
         try:
             meta = self._table.update_entity(self._reservation_entity(mine), mode=UpdateMode.REPLACE, etag=held.etag,
                                              match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
+        except CHANGED_OR_GONE:
             return None
         return replace(mine, etag=meta["etag"])
 
@@ -261,7 +261,7 @@ class ImportStore(TableStore):
                 self._table.delete_entity(row["PartitionKey"], row["RowKey"], etag=row.metadata["etag"],
                                           match_condition=MatchConditions.IfNotModified)
                 released += 1
-            except (ResourceModifiedError, ResourceNotFoundError):
+            except CHANGED_OR_GONE:
                 pass  # taken over by another job meanwhile: it is that job's now
         return released
 
@@ -283,7 +283,7 @@ class ImportStore(TableStore):
 
 
 def new_import_id() -> str:
-    return str(uuid.uuid4())
+    return new_guid()
 
 
 def summary_json(counts: dict[str, int]) -> str:

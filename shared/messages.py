@@ -16,7 +16,7 @@ from typing import Any
 
 from . import telemetry
 from .errors import InvalidItemId
-from .targets import parse_guid
+from .ids import parse_guid
 
 MAX_TEXT = 256  # longer than any field of ours (a GUID, a unit key, an ISO time)
 # The years a message's time may fall in (UTC): every time this app writes is near now, and one at

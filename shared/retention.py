@@ -31,7 +31,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError
 
 from .operations import OPERATION_ROW
-from .state import _MAX_TICKS, ASK_PREFIX, HISTORY_PREFIX, STATE_ROW
+from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW
 from .storage import TableStore, store_errors
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def history_key_before(when: datetime) -> str:
     """The smallest history RowKey of an attempt made before ``when`` (newest first, so every
     RowKey from here up to the end of the prefix is older)."""
     ticks = int(when.timestamp() * 10_000_000)
-    return f"{HISTORY_PREFIX}{_MAX_TICKS - ticks + 1:019d}"
+    return f"{HISTORY_PREFIX}{MAX_TICKS - ticks + 1:019d}"
 
 
 class RetentionStore(TableStore):
@@ -69,7 +69,7 @@ class RetentionStore(TableStore):
 
     @classmethod
     def of(cls, store: TableStore) -> RetentionStore:
-        return cls(store._table)
+        return store.sibling(cls)
 
     def sweep(self, now: datetime, retention_days: int, limit: int = SWEEP_LIMIT) -> Swept:
         """Delete what has expired, at most ``limit`` rows."""

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from .errors import AppError
 from .graph import write_budget_seconds
+from .ids import is_guid
 from .redact import redact_text, redact_url
 from .transport import ca_bundle_problem
 
@@ -374,7 +375,7 @@ def _notify_urls(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ..
             problems[name] = f"every URL {why}, got {redact_url(url)!r}"
             continue
         parts = urlsplit(url)
-        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))):
             problems[name] = f"every URL must be https (http only on loopback), got {redact_url(url)!r}"
     return urls
 
@@ -396,7 +397,7 @@ def _queue_name(name: str, raw: str, problems: dict[str, str]) -> str:
 def _optional_guid(name: str, raw: str, problems: dict[str, str]) -> str | None:
     if not raw:
         return None
-    if not _is_guid(raw):
+    if not is_guid(raw):
         problems[name] = f"must be an application (client) id, a GUID, got {raw!r}"
     return raw.lower()
 
@@ -504,7 +505,7 @@ def _check_queues(values: dict[str, Any], problems: dict[str, str]) -> None:
 
 def _client_id(env: Mapping[str, str], problems: dict[str, str]) -> str | None:
     client_id = (env.get("AZURE_CLIENT_ID") or "").strip() or None
-    if client_id and not _is_guid(client_id):
+    if client_id and not is_guid(client_id):
         problems["AZURE_CLIENT_ID"] = "must be the client id (a GUID) of a user-assigned managed identity"
     return client_id
 
@@ -567,22 +568,18 @@ def _check_base_url(url: str) -> str | None:
         return f"{why}, got {shown!r}"
     if parts.path or parts.query or parts.fragment:
         return f"must be the bare host (no path such as /v1.0, no query), got {shown!r}"
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         return "must use https (plain http is allowed only for a local emulator on loopback)"
     return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _is_guid(value: str) -> bool:
-    return re.fullmatch(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}", value) is not None
 
 
 def _storage_settings(env: Mapping[str, str], problems: dict[str, str]) -> StorageSettings:
@@ -609,14 +606,14 @@ def _storage_settings(env: Mapping[str, str], problems: dict[str, str]) -> Stora
             "identity-based AzureWebJobsStorage__accountName / AzureWebJobsStorage__tableServiceUri"
         )
         return StorageSettings()
-    if urlsplit(uri).scheme != "https" and not _is_loopback(urlsplit(uri).hostname or ""):
+    if urlsplit(uri).scheme != "https" and not is_loopback(urlsplit(uri).hostname or ""):
         problems["AzureWebJobsStorage__tableServiceUri"] = f"must be an https URL, got {redact_url(uri)!r}"
 
     credential = (env.get("AzureWebJobsStorage__credential") or "").strip().lower()
     client_id = (env.get("AzureWebJobsStorage__clientId") or "").strip() or None
     if credential and credential != "managedidentity":
         problems["AzureWebJobsStorage__credential"] = f"must be 'managedidentity' when set, got {credential!r}"
-    if client_id and not _is_guid(client_id):
+    if client_id and not is_guid(client_id):
         problems["AzureWebJobsStorage__clientId"] = "must be the client id (a GUID) of a user-assigned managed identity"
     return StorageSettings(
         table_service_uri=uri,

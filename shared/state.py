@@ -16,31 +16,36 @@ from __future__ import annotations
 
 import itertools
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from .answers import as_utc
 from .errors import StateStoreUnavailable
-from .storage import TableStore, from_row, store_errors, table_missing, take, to_row
+from .ids import new_hex_id
+from .storage import (
+    CHANGED_OR_GONE,
+    CONFLICTS,
+    TableStore,
+    from_row,
+    read_change_write,
+    store_errors,
+    table_missing,
+    take,
+    to_row,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_ROW = "state"
 HISTORY_PREFIX = "history-"
 ASK_PREFIX = "ask-"  # one row per caller who joined a pending (deferred) sync
-_MAX_TICKS = 10**19 - 1  # inverted so that the newest history row sorts first
+MAX_TICKS = 10**19 - 1  # inverted so that the newest history row sorts first
 _T = TypeVar("_T")
 
 
@@ -90,13 +95,6 @@ class UnitState:
     def without_claim(self) -> UnitState:
         return replace(self, lease_owner=None, lease_expires_at=None, claim_at=None, claim_by=None, claim_sync_type=None)
 
-    def orphaned_claim(self, now: datetime) -> bool:
-        """A claim whose holder never recorded its outcome (it died, or storage failed it)."""
-        return bool(self.lease_owner) and self.claim_at is not None and not self.lease_active(now)
-
-    def lease_active(self, now: datetime) -> bool:
-        return bool(self.lease_owner) and self.lease_expires_at is not None and self.lease_expires_at > now
-
     def to_entity(self) -> dict[str, Any]:
         return to_row(self, self.key, STATE_ROW, skip=("key", "etag"))
 
@@ -136,8 +134,8 @@ class Attempt:
 
     def to_entity(self, key: str) -> dict[str, Any]:
         ticks = int(self.attempt_at.timestamp() * 10_000_000)
-        suffix = (self.attempt_id or uuid.uuid4().hex)[:12]
-        return to_row(self, key, f"{HISTORY_PREFIX}{_MAX_TICKS - ticks:019d}-{suffix}", skip=("attempt_id",))
+        suffix = (self.attempt_id or new_hex_id())[:12]
+        return to_row(self, key, f"{HISTORY_PREFIX}{MAX_TICKS - ticks:019d}-{suffix}", skip=("attempt_id",))
 
 
 # What a sync attempt decides; everything else on the row belongs to whoever wrote it.
@@ -190,7 +188,7 @@ class StateStore(TableStore):
         the unit stays closed for that window. The commit puts the real value back.
         Returns None when another caller got there first (the race is normal, not an error).
         """
-        owner = uuid.uuid4().hex
+        owner = new_hex_id()
         expires = now + timedelta(seconds=lease_seconds)
         hold = max((t for t in (state.next_allowed_at, hold_until) if t), default=None)
         claimed = replace(state, lease_owner=owner, lease_expires_at=expires, next_allowed_at=hold,
@@ -205,7 +203,7 @@ class StateStore(TableStore):
                     etag=state.etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
-        except (ResourceExistsError, ResourceModifiedError):
+        except CONFLICTS:
             # Usually a lost race. But if our write landed and only its answer was lost, the
             # client's retry sees our own change as a conflict: the row then names us.
             current = self.read(state.key)
@@ -227,34 +225,33 @@ class StateStore(TableStore):
         attempt is still recorded: our outcome is merged into the current row (see ``_merge``).
         """
         history = attempt.to_entity(lease.state.key)
-        new_row, etag = outcome, lease.state.etag
-        for _ in range(5):
-            try:
-                self._table.submit_transaction(
-                    [
-                        (
-                            "update",
-                            new_row.to_entity(),
-                            {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
-                        ),
-                        ("upsert", history, {"mode": UpdateMode.REPLACE}),
-                    ]
-                )
-                return
-            except HttpResponseError as exc:
-                if exc.status_code != 412 and "UpdateConditionNotSatisfied" not in str(exc):
-                    raise
-            current = self.read(lease.state.key)
+
+        def record(current: UnitState) -> UnitState | None:
+            if current is lease.state:  # the first try: the row as our claim left it
+                return replace(outcome, etag=lease.state.etag)
             if current.etag is None:
                 raise StateStoreUnavailable(f"state row {lease.state.key} disappeared during a sync")
             if outcome.last_client_request_id and (current.last_client_request_id, current.last_attempt_at) == (
                 outcome.last_client_request_id,
                 outcome.last_attempt_at,
             ):
-                return  # our transaction landed; only its answer was lost
-            new_row, etag = _merge(current, outcome, lease, definite=not attempt.ambiguous), current.etag
+                return None  # our transaction landed; only its answer was lost
             log.info("state of %s changed during the sync; merged the outcome", lease.state.key)
-        raise StateStoreUnavailable(f"could not record the outcome of {lease.state.key}: the row kept changing")
+            return replace(_merge(current, outcome, lease, definite=not attempt.ambiguous), etag=current.etag)
+
+        def write(row: UnitState) -> UnitState | None:
+            try:
+                self.transact([
+                    ("update", row.to_entity(),
+                     {"mode": UpdateMode.REPLACE, "etag": row.etag, "match_condition": MatchConditions.IfNotModified}),
+                    ("upsert", history, {"mode": UpdateMode.REPLACE}),
+                ])
+            except CONFLICTS:
+                return None
+            return row
+
+        read_change_write(lambda: self.read(lease.state.key), record, write,
+                          f"record the outcome of {lease.state.key}", current=lease.state)
 
     @store_errors
     def record_orphan(self, state: UnitState, attempt: Attempt) -> UnitState | None:
@@ -264,15 +261,13 @@ class StateStore(TableStore):
                           last_message=attempt.error, last_http_status=None, last_graph_request_id=None,
                           last_client_request_id=None, last_error_code="OutcomeNotRecorded")
         try:
-            result = self._table.submit_transaction([
+            result = self.transact([
                 ("update", cleared.to_entity(),
                  {"mode": UpdateMode.REPLACE, "etag": state.etag, "match_condition": MatchConditions.IfNotModified}),
                 ("upsert", attempt.to_entity(state.key), {"mode": UpdateMode.MERGE}),
             ])
-        except HttpResponseError as exc:
-            if exc.status_code == 412 or "UpdateConditionNotSatisfied" in str(exc):
-                return None
-            raise
+        except CONFLICTS:
+            return None
         etag = result[0].get("etag") if result and isinstance(result[0], dict) else None
         return replace(cleared, etag=etag) if etag else self.read(state.key)
 
@@ -280,21 +275,11 @@ class StateStore(TableStore):
         self, key: str, change: Callable[[UnitState], UnitState | None], what: str, attempts: int = 5,
         current: UnitState | None = None,
     ) -> tuple[UnitState, UnitState] | None:
-        """Read, change, write with If-Match; on a conflict read again and change again.
-
-        ``change`` computes the new row from the current one (None: nothing to do, e.g. the row
-        moved on). Returns (before, after), or None when there was nothing to do; raises
-        StateStoreUnavailable naming ``what`` if the row kept changing. ``current``, the row just
-        read, saves the first read."""
-        for _ in range(attempts):
-            before, current = current or self.read(key), None
-            after = change(before)
-            if after is None:
-                return None
-            written = self.update(after)
-            if written is not None:
-                return before, written
-        raise StateStoreUnavailable(f"could not {what} of {key}: the row kept changing")
+        """Read, change, write with If-Match; on a conflict read again and change again (see
+        storage.read_change_write). Returns (before, after), or None when ``change`` found nothing
+        to do; raises StateStoreUnavailable naming ``what`` if the row kept changing. ``current``,
+        the row just read, saves the first read."""
+        return read_change_write(lambda: self.read(key), change, self.update, f"{what} of {key}", attempts, current)
 
     @store_errors
     def update(self, state: UnitState) -> UnitState | None:
@@ -307,14 +292,14 @@ class StateStore(TableStore):
             meta = self._table.update_entity(
                 state.to_entity(), mode=UpdateMode.REPLACE, etag=state.etag, match_condition=MatchConditions.IfNotModified
             )
-        except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
+        except CHANGED_OR_GONE:  # a row read as absent that appears meanwhile is a conflict too
             return None
         return replace(state, etag=meta["etag"])
 
     @store_errors
     def add_ask(self, key: str, pending_id: str, caller: str, at: datetime) -> None:
         """Join a pending sync: an insert of its own, so that many joiners never contend."""
-        self._table.create_entity({"PartitionKey": key, "RowKey": f"{ASK_PREFIX}{pending_id}-{uuid.uuid4().hex}",
+        self._table.create_entity({"PartitionKey": key, "RowKey": f"{ASK_PREFIX}{pending_id}-{new_hex_id()}",
                                    "caller": caller[:200], "askedAt": at})
 
     @store_errors

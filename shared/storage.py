@@ -3,7 +3,9 @@ the row <-> dataclass codec, and the error handling every table store shares.
 
 The stores (state.StateStore, operations.OperationStore, retention.RetentionStore) hold only
 what their rows mean; how a row is encoded, how a fault becomes ``StateStoreUnavailable`` and
-how a missing table is created on first use is written once, here.
+how a missing table is created on first use is written once, here. So is the one
+optimistic-concurrency loop (``read_change_write``: read, change, write with If-Match, retry on
+conflict) and what counts as a conflict (``CONFLICTS``, by exception type).
 """
 from __future__ import annotations
 
@@ -14,7 +16,13 @@ from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import TableClient, TableServiceClient
 
 from .answers import as_utc
@@ -23,6 +31,7 @@ from .transport import azure_options
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound="TableStore")
 
 # Short timeouts and few retries: an invocation should fail fast with a clear 503 rather than
 # hang on a dead endpoint.
@@ -160,6 +169,46 @@ def store_errors(method: Callable[..., _T]) -> Callable[..., _T]:
     return wrapper
 
 
+# --- optimistic concurrency -------------------------------------------------------------------
+
+
+class WriteConflict(ResourceModifiedError):
+    """A conditional write inside an entity-group transaction lost (412): the SDK reports it as a
+    TableTransactionError; ``TableStore.transact`` raises this instead, so that a transaction's
+    conflict is caught by type like a single write's."""
+
+
+# A conditional write lost its race: the row changed since it was read (If-Match; WriteConflict in
+# a transaction) or appeared meanwhile (insert-if-absent). Every store catches these as "somebody
+# else won"; a row that vanished meanwhile (ResourceNotFoundError) is told apart where it matters.
+CONFLICTS: tuple[type[HttpResponseError], ...] = (ResourceModifiedError, ResourceExistsError)
+# A conditional update or delete that found its row changed, or gone, since it was read.
+CHANGED_OR_GONE: tuple[type[HttpResponseError], ...] = (*CONFLICTS, ResourceNotFoundError)
+
+
+def read_change_write(
+    read: Callable[[], _T], change: Callable[[_T], _T | None], write: Callable[[_T], _T | None], what: str,
+    attempts: int = 5, current: _T | None = None,
+) -> tuple[_T, _T] | None:
+    """The one optimistic-concurrency loop: read, change, write with If-Match; on a conflict read
+    again and change again.
+
+    ``change`` computes the new row from the current one (None: nothing to do, e.g. the row moved
+    on); ``write`` writes it if nobody changed the row since it was read, and returns None if
+    somebody did (a conflict, one of CONFLICTS). ``current``, the row just read, saves the first
+    read. Returns (before, after as written), or None when there was nothing to do; raises
+    StateStoreUnavailable naming ``what`` if the row kept changing."""
+    for _ in range(attempts):
+        before, current = current if current is not None else read(), None
+        after = change(before)
+        if after is None:
+            return None
+        written = write(after)
+        if written is not None:
+            return before, written
+    raise StateStoreUnavailable(f"could not {what}: the row kept changing")
+
+
 class TableStore:
     """What the stores that keep their rows in the state table share."""
 
@@ -167,6 +216,22 @@ class TableStore:
         self._table = table
         self.table_name = table.table_name
         self.endpoint = table.url.split("?")[0]
+
+    def sibling(self, cls: type[_S]) -> _S:
+        """A store of another kind on this store's table (one client, one connection pool)."""
+        return cls(self._table)
+
+    def transact(self, operations: list[Any]) -> list[Any]:
+        """Submit one entity-group transaction. An If-Match in it that no longer holds raises
+        WriteConflict (one of CONFLICTS), as a single conditional write's ResourceModifiedError does."""
+        try:
+            return list(self._table.submit_transaction(operations))
+        except ResourceModifiedError:
+            raise  # the whole request refused: already the conflict's type
+        except HttpResponseError as exc:  # a TableTransactionError: the failed operation's status and code
+            if exc.status_code == 412 or getattr(exc, "error_code", None) == "UpdateConditionNotSatisfied":
+                raise WriteConflict(message=exc.message, response=exc.response) from exc
+            raise
 
     def _create_table(self) -> None:
         try:

@@ -6,7 +6,6 @@ leases, history and the HTTP answer. Adding a target means a class here and an e
 """
 from __future__ import annotations
 
-import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .answers import parse_graph_time
 from .errors import GraphResourceNotFound, InvalidItemId, ItemNotFound, UpstreamError
 from .graph import GraphClient, GraphResponse
+from .ids import parse_guid
 from .model import Clock, utcnow
 
 if TYPE_CHECKING:
@@ -86,18 +86,6 @@ class GraphView:
     last_success: datetime | None  # the last sync Graph reports as good
     failure: str | None = None  # why the unit is broken (last sync failed, token not valid...)
     expires: datetime | None = None  # when the unit's token expires, if it has one
-
-
-def parse_guid(value: str) -> str:
-    """Accept only a canonical GUID; returns it lower-case. Anything else never reaches a URL."""
-    try:
-        parsed = uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidItemId(f"{value!r} is not a GUID") from None
-    canonical = str(parsed)
-    if value.lower() != canonical:  # refuse braces, urn: prefixes, missing dashes
-        raise InvalidItemId(f"{value!r} is not a GUID in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
-    return canonical
 
 
 class Target(ABC):

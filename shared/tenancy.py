@@ -95,7 +95,7 @@ class Tenancy:
 
     def __init__(self, home: SyncService, credentials: TenantCredentials, queue: PendingQueue):
         self.home, self.settings, self.credentials, self.queue = home, home.settings, credentials, queue
-        self.registry = TenantStore(home.store._table)
+        self.registry = home.store.sibling(TenantStore)
         self._services: OrderedDict[tuple[str, tuple[str, ...]], SyncService] = OrderedDict()
         self._lock = threading.Lock()
         self.page_size = PAGE_SIZE
