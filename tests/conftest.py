@@ -286,6 +286,19 @@ def sync_posts(graph: GraphEmulator) -> list[dict[str, Any]]:
     return [r for r in graph_calls(graph, "POST") if r["path"].endswith("/sync")]
 
 
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "the condition") -> Any:
+    """Wait for ``condition()`` to be true (instead of sleeping a fixed time); its value, or an
+    AssertionError after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)
+    return value
+
+
 def advance(clock: FakeClock, graph: GraphEmulator, seconds: float) -> None:
     """Move the app's and Graph's clocks together."""
     clock.advance(seconds)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import PAST_WINDOW, configure, faults, queue_length, sync_posts
+from conftest import PAST_WINDOW, configure, faults, queue_length, sync_posts, wait_until
 
 from emulators.azurite import ACCOUNT, KEY
 from emulators.faultproxy import FaultProxy
@@ -133,7 +133,7 @@ def test_a_hanging_identity_endpoint_holds_no_lease_and_causes_no_second_sync(ho
     slow: dict[str, requests.Response] = {}
     waiting = threading.Thread(target=lambda: slow.setdefault("answer", post(hosts[0], "autopilot")))
     waiting.start()
-    time.sleep(1.0)
+    wait_until(lambda: identity_server.hang_times == 0, what="the token request that hangs")
     assert store.read("autopilot").lease_owner is None  # waiting for a token holds nothing
     assert post(hosts[1], "autopilot").status_code == 202  # another instance syncs meanwhile
     waiting.join(60)
@@ -150,7 +150,8 @@ def test_a_sync_post_that_timed_out_after_landing_closes_the_window_for_every_in
     first = post(hosts[0], "autopilot")
     assert first.status_code == 202 and "may have started" in first.json()["message"]
     assert post(hosts[1], "autopilot").status_code == 429  # the caller's retry, elsewhere
-    time.sleep(1.5)  # Graph carries the first POST out
+    # Graph carries the first POST out (recorded when answered, after its delay)
+    wait_until(lambda: any(p["status"] == 204 for p in sync_posts(graph)), what="the delayed POST's answer")
     assert len(sync_posts(graph)) == 1 and sync_posts(graph)[0]["status"] == 204
     [row] = store.history("autopilot")
     assert row["ambiguous"] is True and row["outcome"] == "started"

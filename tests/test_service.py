@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +17,7 @@ from conftest import (
     one,
     sync_posts,
     unreachable_storage,
+    wait_until,
 )
 
 from emulators.azurite import Azurite
@@ -175,7 +175,8 @@ def test_a_sync_post_that_times_out_starts_the_cooldown_and_is_recorded_as_ambig
     assert result.next_allowed_at is not None
     [row] = service.store.history("autopilot")
     assert row["ambiguous"] is True and row["outcome"] == "started" and "timed out" in row["error"]
-    time.sleep(2.6)  # Graph performs the slow request; the caller's retry must not send another
+    # Graph performs the slow request (recorded when answered); the caller's retry must not send another
+    wait_until(lambda: sync_posts(graph), what="Graph's answer to the slow POST")
     assert one(service.sync(AUTOPILOT)).outcome is Outcome.COOLDOWN
     assert len(sync_posts(graph)) == 1
 
