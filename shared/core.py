@@ -119,9 +119,5 @@ class ServiceCore(ABC):
         """Defined by shared/follow.py."""
 
     @abstractmethod
-    def sync_at(self, target_name: str, at: datetime, caller: str) -> SyncResult:
-        """Defined by shared/deferred.py."""
-
-    @abstractmethod
     def repair_imports(self) -> int:
-        """Defined by shared/importjob.py."""
+        """Defined by shared/service.py (delegating to the import jobs, shared/importjob.py)."""

@@ -22,22 +22,30 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from . import messages, telemetry
 from .autopilotapi import AutopilotApi
-from .core import ServiceCore
 from .decisions import in_flight
 from .devices import ImportRequest
 from .errors import AppError, StateStoreUnavailable
 from .importclaim import StepClaim
 from .imports import COMPLETED, DeviceRow, ImportJob, ImportStore, new_import_id, summary_json
 from .importsteps import ImportRun, StepLost, StepResult, imported_devices
-from .model import Outcome, iso
+from .model import Clock, Outcome, SyncResult, iso
 from .notify import Notification
 from .onboarding import FAILED, PROFILE_ASSIGNED, TIMED_OUT, WAITING_FOR_SYNC, all_final, counts, hint_for
 from .operations import new_token, token_matches
+
+if TYPE_CHECKING:
+    from .deferred import PendingQueue
+    from .graph import GraphClient
+    from .settings import Settings
+    from .state import StateStore
+    from .targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +88,42 @@ class ImportStep:
                    messages.time(data, "scheduledAt"), data.get("takeover") is True)
 
 
-class AutopilotImports(ServiceCore):
-    """The service's part that runs Autopilot import jobs."""
+class ImportJobs:
+    """The service's collaborator that runs Autopilot import jobs (built by SyncService.import_jobs).
+
+    It reads the Autopilot unit's row (``state``) and asks for the sync through ``sync_at`` (the
+    deferred syncs); ``imports`` gives the service's import store as it is now (None: no store);
+    ``target`` refuses a disabled target; ``notify`` sends the job's one notification."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        graph: GraphClient,
+        state: StateStore,
+        imports: Callable[[], ImportStore | None],
+        import_queue: PendingQueue | None,
+        clock: Clock,
+        target: Callable[[str], Target],
+        sync_at: Callable[[str, datetime, str], SyncResult],
+        notify: Callable[[Notification], None],
+    ) -> None:
+        self.settings = settings
+        self.graph = graph
+        self.state = state
+        self._imports = imports
+        self.import_queue = import_queue
+        self.clock = clock
+        self._target = target
+        self._sync_at = sync_at
+        self._notify = notify
+
+    @property
+    def imports(self) -> ImportStore | None:
+        return self._imports()
 
     def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
         """Record the job and send its first step. Returns (job, devices, poll token)."""
-        self.target(AUTOPILOT)  # the job ends with an Autopilot sync: refused if that target is off
+        self._target(AUTOPILOT)  # the job ends with an Autopilot sync: refused if that target is off
         store = self._import_store()
         now = self.clock()
         token, token_hash = new_token()
@@ -149,10 +187,11 @@ class AutopilotImports(ServiceCore):
     def repair_imports(self) -> int:
         """The watcher's part: send again the message of every step that is overdue (its sender
         stopped before sending it, or the message went to the poison queue). Returns how many."""
-        if self.imports is None or self.import_queue is None:
+        imports = self.imports
+        if imports is None or self.import_queue is None:
             return 0
         now, sent = self.clock(), 0
-        for job in self.imports.running():
+        for job in imports.running():
             if job.resend_due(now, OVERDUE):
                 resent = self._send_step(replace(job, step_at=now))
                 telemetry.emit("watch", logging.WARNING, target=AUTOPILOT, importId=job.id, step=job.step,
@@ -208,7 +247,7 @@ class AutopilotImports(ServiceCore):
         asked = self.clock()  # after the imports were seen complete: any sync claimed from now on includes them
         at = asked + timedelta(seconds=self.settings.import_sync_delay_seconds)
         try:
-            answer = self.sync_at(AUTOPILOT, at, caller=job.id)  # history: "import:<id>"
+            answer = self._sync_at(AUTOPILOT, at, job.id)  # history: "import:<id>"
         except AppError as exc:  # storage down: the devices stay as they are; the next step asks again
             result.error = f"{exc.code}: could not ask for the Autopilot sync: {exc.message}"
             return job, devices
@@ -223,7 +262,7 @@ class AutopilotImports(ServiceCore):
 
     def _sync_seen(self, job: ImportJob, now: datetime) -> SyncSeen:
         """What the Autopilot unit's row says about the sync this job asked for."""
-        state = self.store.read(AUTOPILOT)
+        state = self.state.read(AUTOPILOT)
         asked = job.sync_asked_at
         started = bool(asked and state.last_started_at and state.last_started_at >= asked)
         if started or state.pending_id or in_flight(state, now):
@@ -286,9 +325,10 @@ class AutopilotImports(ServiceCore):
             return 0
 
     def _import_store(self) -> ImportStore:
-        if self.imports is None:
+        imports = self.imports
+        if imports is None:
             raise StateStoreUnavailable("this service has no import store")
-        return self.imports
+        return imports
 
 
 def import_notification(job: ImportJob, devices: list[DeviceRow], tally: dict[str, int]) -> Notification:

@@ -6,13 +6,12 @@
 - shared/follow.py: "sync and wait", the watcher tick, notifications, retention;
 - shared/status.py: the status document;
 - shared/importjob.py: Autopilot import jobs (import, one shared sync, follow to the profile),
-  loaded on first use (``SyncService.with_import_jobs``).
+  a collaborator (``ImportJobs``) imported and built on first use (``SyncService.import_jobs``).
 
 The decisions themselves are pure functions in shared/decisions.py.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,7 @@ from .status import StatusReport
 
 if TYPE_CHECKING:
     from .devices import ImportRequest
-    from .importjob import AutopilotImports
+    from .importjob import ImportJobs
     from .imports import DeviceRow, ImportJob, ImportStore
 
 __all__ = ["SyncService", "UnknownTarget", "build_service"]
@@ -41,50 +40,38 @@ __all__ = ["SyncService", "UnknownTarget", "build_service"]
 class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, StatusReport, ServiceCore):
     """Every trigger's entry: sync, fire, poll, watch, status, imports (see the parts' modules).
 
-    The Autopilot import jobs' part (shared/importjob.py, and with it the device rows, the import
-    steps, the Autopilot API and the body parser) is imported on its first use, not when a trigger
-    loads the app: a sync never needs it, and a cold start that only syncs does not pay for it
-    (tests/test_lazy_imports.py). On that first use this service becomes a ``SyncService`` with
-    ``AutopilotImports`` mixed in: the same object and state, with the import jobs' methods."""
+    The Autopilot import jobs (shared/importjob.py, and with it the device rows, the import steps,
+    the Autopilot API and the body parser) are a collaborator, ``ImportJobs``, imported and built on
+    its first use, not when a trigger loads the app: a sync never needs it, and a cold start that
+    only syncs does not pay for it (tests/test_lazy_imports.py). The import methods here delegate."""
 
     import_store_factory: Callable[[], ImportStore] | None = None  # ``imports`` made on first use (build_service)
+    _import_jobs: ImportJobs | None = None
 
     def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
-        return self.with_import_jobs().start_import(request, caller)
+        return self.import_jobs().start_import(request, caller)
 
     def import_status(self, import_id: str, token: str) -> tuple[ImportJob, list[DeviceRow]] | None:
-        return self.with_import_jobs().import_status(import_id, token)
+        return self.import_jobs().import_status(import_id, token)
 
     def run_import_step(self, text: str) -> str:
-        return self.with_import_jobs().run_import_step(text)
+        return self.import_jobs().run_import_step(text)
 
     def repair_imports(self) -> int:
         if self.import_queue is None or (self.imports is None and self.import_store_factory is None):
             return 0  # no import jobs here (a tenant's service): nothing to import either
-        return self.with_import_jobs().repair_imports()
+        return self.import_jobs().repair_imports()
 
-    def with_import_jobs(self) -> AutopilotImports:
-        """This service with the import jobs' part, imported now if it was not yet."""
-        from .importjob import AutopilotImports
-
-        if not isinstance(self, AutopilotImports):
-            if type(self) is not SyncService:  # a subclass would lose its own methods in the swap
-                raise TypeError(f"{type(self).__name__}: import jobs need a SyncService or a subclass of _with_import_jobs()")
-            self.__class__ = _with_import_jobs()
+    def import_jobs(self) -> ImportJobs:
+        """The import jobs' collaborator, imported and built now if it was not yet."""
         if self.imports is None and self.import_store_factory is not None:
             self.imports = self.import_store_factory()
-        assert isinstance(self, AutopilotImports)
-        return self
+        if self._import_jobs is None:
+            from .importjob import ImportJobs
 
-
-@functools.cache
-def _with_import_jobs() -> type[SyncService]:
-    from .importjob import AutopilotImports
-
-    class SyncServiceWithImportJobs(AutopilotImports, SyncService):
-        """A SyncService whose import jobs' part (shared/importjob.py) has been used."""
-
-    return SyncServiceWithImportJobs
+            self._import_jobs = ImportJobs(self.settings, self.graph, self.store, lambda: self.imports, self.import_queue,
+                                           self.clock, self.target, self.sync_at, self._notify)
+        return self._import_jobs
 
 
 def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: Any) -> SyncService:

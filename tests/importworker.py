@@ -29,7 +29,8 @@ def say(**fields: object) -> None:
 
 
 def steps(messages: list[str]) -> None:
-    service = runtime.service().with_import_jobs()
+    service = runtime.service()
+    service.import_jobs()
     assert service.imports is not None
     service.imports.job(json.loads(messages[0])["importId"])  # warm up: table client and connection
     say(ready=True)
@@ -41,7 +42,8 @@ def steps(messages: list[str]) -> None:
 def drain(seconds: float, first: bool) -> None:
     from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-    service = runtime.service().with_import_jobs()
+    service = runtime.service()
+    service.import_jobs()
     queue = QueueClient.from_connection_string(os.environ["AzureWebJobsStorage"], os.environ["IMPORT_QUEUE"],
                                                message_decode_policy=TextBase64DecodePolicy())
     say(ready=True)
