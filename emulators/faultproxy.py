@@ -6,7 +6,9 @@ fault matches it:
 
 - ``fail``: answer 503 ServerBusy, as Table Storage does when it sheds load (nothing forwarded);
 - ``drop``: close the connection without an answer (nothing forwarded), like a stopped Azurite;
-- ``lose``: forward the request, then close the connection: the write landed, its answer is lost.
+- ``lose``: forward the request, then close the connection: the write landed, its answer is lost;
+- ``busy``: forward the request, then answer 503 ServerBusy: the write landed, yet the client is
+  told it did not, and retries it (a POST is retried on a 503, not on a lost connection).
 
 Faults match on method and a piece of the path, for a number of requests or until cleared.
 """
@@ -25,7 +27,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 @dataclass
 class ProxyFault:
-    action: str  # "fail", "drop" or "lose"
+    action: str  # "fail", "drop", "lose" or "busy"
     method: str | None = None
     path_contains: str = ""
     times: int | None = None  # None: until cleared
@@ -74,16 +76,14 @@ class _Handler(JsonHandler):
             self.close_connection = True
             return
         if fault and fault.action == "fail":
-            data = b'{"odata.error":{"code":"ServerBusy","message":{"lang":"en-US","value":"emulated outage"}}}'
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._busy()
             return
         status, headers, data = self._forward(body)
         if fault and fault.action == "lose":
             self.close_connection = True
+            return
+        if fault and fault.action == "busy":
+            self._busy()
             return
         self.send_response(status)
         for name, value in headers:
@@ -93,6 +93,14 @@ class _Handler(JsonHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _busy(self) -> None:
+        data = b'{"odata.error":{"code":"ServerBusy","message":{"lang":"en-US","value":"emulated outage"}}}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         proxy = self.server

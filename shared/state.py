@@ -250,8 +250,10 @@ class StateStore(TableStore):
                 return None
             return row
 
+        # After every lost write, the last one included, the row is read again: it may show that
+        # our transaction landed (last_look).
         read_change_write(lambda: self.read(lease.state.key), record, write,
-                          f"record the outcome of {lease.state.key}", current=lease.state)
+                          f"record the outcome of {lease.state.key}", current=lease.state, last_look=True)
 
     @store_errors
     def record_orphan(self, state: UnitState, attempt: Attempt) -> UnitState | None:

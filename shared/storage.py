@@ -188,7 +188,7 @@ CHANGED_OR_GONE: tuple[type[HttpResponseError], ...] = (*CONFLICTS, ResourceNotF
 
 def read_change_write(
     read: Callable[[], _T], change: Callable[[_T], _T | None], write: Callable[[_T], _T | None], what: str,
-    attempts: int = 5, current: _T | None = None,
+    attempts: int = 5, current: _T | None = None, *, last_look: bool = False,
 ) -> tuple[_T, _T] | None:
     """The one optimistic-concurrency loop: read, change, write with If-Match; on a conflict read
     again and change again.
@@ -197,7 +197,12 @@ def read_change_write(
     on); ``write`` writes it if nobody changed the row since it was read, and returns None if
     somebody did (a conflict, one of CONFLICTS). ``current``, the row just read, saves the first
     read. Returns (before, after as written), or None when there was nothing to do; raises
-    StateStoreUnavailable naming ``what`` if the row kept changing."""
+    StateStoreUnavailable naming ``what`` if the row kept changing.
+
+    ``last_look``: the row is read again after the last lost write too, and ``change`` has the
+    last word before giving up: None there (already done, e.g. our write landed and only its
+    answer was lost, so that the client's retry saw our own change as a conflict) returns None.
+    Thus every lost write, the last included, is followed by a read that ``change`` sees."""
     for _ in range(attempts):
         before, current = current if current is not None else read(), None
         after = change(before)
@@ -206,6 +211,8 @@ def read_change_write(
         written = write(after)
         if written is not None:
             return before, written
+    if last_look and change(read()) is None:
+        return None
     raise StateStoreUnavailable(f"could not {what}: the row kept changing")
 
 

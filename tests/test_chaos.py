@@ -28,7 +28,7 @@ from shared.answers import MAX_RETRY_AFTER_SECONDS
 from shared.identity import make_credential
 from shared.model import Outcome, SyncRequest
 from shared.settings import Settings
-from shared.state import StateStore
+from shared.state import Attempt, StateStore
 from shared.storage import table_client
 
 AUTOPILOT = SyncRequest("autopilot", caller="chaos")
@@ -123,6 +123,38 @@ def test_a_claim_whose_answer_was_lost_causes_at_most_one_sync(hosts, proxy, gra
     assert post(hosts[1], "autopilot").status_code in (409, 429)
     assert len(sync_posts(graph)) == (1 if first.status_code == 202 else 0)
     assert_every_post_is_in_history(graph, store, ["autopilot"])
+
+
+def test_a_commit_that_landed_on_its_last_try_after_four_lost_races_is_not_reported_as_failed(
+        chaos_env, proxy, store):
+    """Another writer changes the row before each of our first four commit transactions (each loses
+    its If-Match); the fifth lands but is answered 503, so the client's retry loses to our own
+    change. The row read after that last lost write names our outcome: the commit succeeded."""
+    key, batches = "autopilot", []
+
+    def other_writer(request: Any) -> None:  # runs as each of our requests leaves, retries included
+        if request.http_request.method == "POST" and "$batch" in request.http_request.url:
+            batches.append(request.http_request.url)
+            if len(batches) <= 4:
+                assert store.update(store.read(key)) is not None  # a rewrite: a new ETag
+            elif len(batches) == 5:
+                proxy.add("busy", "POST", "$batch", times=1)
+
+    settings = Settings.from_env(chaos_env)
+    ours = StateStore(table_client(settings.storage, settings.state_table, make_credential, raw_request_hook=other_writer))
+    now = datetime.now(UTC)
+    lease = ours.claim(ours.read(key), now, LEASE, target=key)
+    assert lease is not None
+    outcome = replace(lease.state.without_claim(), next_allowed_at=now + timedelta(seconds=PAST_WINDOW),
+                      last_client_request_id="crid-ours", last_attempt_at=now, last_outcome="started")
+    ours.commit(lease, outcome, Attempt(now, now, "api", "chaos", "started", http_status=204,
+                                        client_request_id="crid-ours"))
+
+    assert len(batches) == 6  # four lost races, our landed write, its retry lost to ourselves
+    row = store.read(key)
+    assert (row.last_client_request_id, row.last_attempt_at, row.lease_owner) == ("crid-ours", now, None)
+    [history] = store.history(key)
+    assert history["clientRequestId"] == "crid-ours"
 
 
 # --- 2. a hanging token endpoint ---------------------------------------------------------------
