@@ -2,9 +2,10 @@
 
 The service is assembled from one class per responsibility (shared/service.py), each in the
 module named for it: the claim -> call -> commit pipeline (pipeline), recording attempts
-(recording), deferred syncs (deferred), following syncs to their end (follow) and the status
-document (status). They meet here: the attributes they share, and the few methods one part
-calls on another, declared once.
+(recording), deferred syncs (deferred) and following syncs to their end (follow). They meet
+here: the attributes they share, and the few methods one part calls on another, declared once.
+The status document (status) and the import jobs (importjob) are collaborators instead: plain
+classes given what they use, not parts of this stack.
 """
 from __future__ import annotations
 

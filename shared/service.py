@@ -4,7 +4,8 @@
 - shared/recording.py: commit outcome and history, keep what could not be recorded yet;
 - shared/deferred.py: asks inside the cooldown become one pending sync, fired from a queue;
 - shared/follow.py: "sync and wait", the watcher tick, notifications, retention;
-- shared/status.py: the status document;
+- shared/status.py: the status document and the health ratings, a collaborator (``StatusReader``)
+  built with the service;
 - shared/importjob.py: Autopilot import jobs (import, one shared sync, follow to the profile),
   a collaborator (``ImportJobs``) imported and built on first use (``SyncService.import_jobs``).
 
@@ -27,7 +28,7 @@ from .pipeline import SyncPipeline
 from .recording import Recorder
 from .settings import Settings
 from .state import StateStore
-from .status import StatusReport
+from .status import StatusReader
 
 if TYPE_CHECKING:
     from .devices import ImportRequest
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["SyncService", "UnknownTarget", "build_service"]
 
 
-class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, StatusReport, ServiceCore):
+class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, ServiceCore):
     """Every trigger's entry: sync, fire, poll, watch, status, imports (see the parts' modules).
 
     The Autopilot import jobs (shared/importjob.py, and with it the device rows, the import steps,
@@ -47,6 +48,28 @@ class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, StatusReport
 
     import_store_factory: Callable[[], ImportStore] | None = None  # ``imports`` made on first use (build_service)
     _import_jobs: ImportJobs | None = None
+
+    def __init__(
+        self,
+        settings: Settings,
+        graph: GraphClient,
+        store: StateStore,
+        clock: Clock = utcnow,
+        operations: OperationStore | None = None,
+        notifier: Notifier | None = None,
+        queue: PendingQueue | None = None,
+        imports: ImportStore | None = None,
+        import_queue: PendingQueue | None = None,
+        tenant: str | None = None,
+    ):
+        super().__init__(settings, graph, store, clock, operations, notifier, queue, imports, import_queue, tenant)
+        self.status_reader = StatusReader(settings, graph, store, self.targets, clock, tenant)
+
+    def status(self) -> dict[str, Any]:
+        return self.status_reader.status()
+
+    def report_health(self) -> dict[str, str]:
+        return self.status_reader.report_health()
 
     def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
         return self.import_jobs().start_import(request, caller)

@@ -17,20 +17,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import telemetry
-from .core import ServiceCore
 from .decisions import in_cooldown, in_flight, orphaned_claim
 from .errors import UpstreamError
 from .health import Rating, rate, worst
-from .model import iso
-from .state import UnitState
-from .targets import GraphView, Unit, read_connector_status
+from .model import Clock, iso
+from .state import StateStore, UnitState
+from .targets import GraphView, Target, Unit, read_connector_status
+
+if TYPE_CHECKING:
+    from .graph import GraphClient
+    from .settings import Settings
 
 # 6 targets + connectorStatus per status call; room for a few services (instances of the app
 # object) in one process, each with at most one read per target in flight.
@@ -103,8 +106,22 @@ class Reads:
 READS = Reads()
 
 
-class StatusReport(ServiceCore):
-    """GET /api/sync/status: local state next to Graph's own and a health rating."""
+class StatusReader:
+    """GET /api/sync/status and the timer's health ratings: local state next to Graph's own.
+
+    A collaborator of the sync service (shared/service.py): it reads the state table (``store``)
+    and each enabled target's Graph status (``targets``), Intune's connectorStatus (``graph``),
+    rates them with ``settings``' thresholds at ``clock``'s now, and logs ``health`` events under
+    ``tenant``. It changes nothing and calls no other part of the service."""
+
+    def __init__(self, settings: Settings, graph: GraphClient, store: StateStore, targets: Mapping[str, Target],
+                 clock: Clock, tenant: str | None = None):
+        self.settings = settings
+        self.graph = graph
+        self.store = store
+        self.targets = targets
+        self.clock = clock
+        self.tenant = tenant
 
     def status(self) -> dict[str, Any]:
         """Local state next to Graph's own and a health rating, per enabled target and unit.

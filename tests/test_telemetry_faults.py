@@ -240,7 +240,7 @@ def test_a_timer_tick_with_a_health_bug_still_tallies_and_fans_out(app_env, grap
     def broken(self):
         raise TypeError("'NoneType' object is not subscriptable")
 
-    monkeypatch.setattr(status.StatusReport, "report_health", broken)
+    monkeypatch.setattr(status.StatusReader, "report_health", broken)
     try:
         FUNCTIONS["sync_timer"](_timer())
     except TypeError:
