@@ -1,11 +1,11 @@
 """What every part of the sync service shares: its clients, its clock and its targets.
 
 The service is assembled from one class per responsibility (shared/service.py), each in the
-module named for it: the claim -> call -> commit pipeline (pipeline), recording attempts
-(recording), deferred syncs (deferred) and following syncs to their end (follow). They meet
-here: the attributes they share, and the few methods one part calls on another, declared once.
-The status document (status) and the import jobs (importjob) are collaborators instead: plain
-classes given what they use, not parts of this stack.
+module named for it: the claim -> call -> commit pipeline (pipeline), deferred syncs (deferred)
+and following syncs to their end (follow). They meet here: the attributes they share, and the few
+methods one part calls on another, declared once. Recording attempts (recording), the status
+document (status) and the import jobs (importjob) are collaborators instead: plain classes given
+what they use, not parts of this stack; the parts reach the recorder as ``self.recorder``.
 """
 from __future__ import annotations
 
@@ -20,20 +20,20 @@ from .model import Clock, SyncRequest, SyncResult, utcnow
 from .notify import Notification, Notifier
 from .operations import OperationStore
 from .settings import Settings
-from .state import Attempt, Lease, StateStore, UnitState
+from .state import StateStore, UnitState
 from .targets import TARGETS, Target, Unit
 
 if TYPE_CHECKING:
-    from .decisions import Verdict
     from .deferred import PendingQueue
-    from .errors import UpstreamError
-    from .graph import GraphResponse
     from .imports import ImportStore
+    from .recording import Recorder
 
 
 class ServiceCore(ABC):
     """The shared part of every SyncService part; its abstract methods are the calls one part
     makes on another, each defined by exactly one part (SyncService cannot be built otherwise)."""
+
+    recorder: Recorder  # commits attempts (shared/recording.py), built by SyncService
 
     def __init__(
         self,
@@ -62,9 +62,6 @@ class ServiceCore(ABC):
         # window stands whatever our table says), so until it ends it can be answered from memory.
         self._known: dict[str, SyncResult] = {}
         self._known_lock = threading.Lock()
-        # Attempts whose commit failed (storage down): unit key -> what to commit, retried later.
-        self._unrecorded: dict[str, tuple[Lease, UnitState, Attempt]] = {}
-        self._unrecorded_lock = threading.Lock()
         self.targets: dict[str, Target] = {
             name: TARGETS[name](graph, settings.cooldown_seconds(name), settings.exchange_sync_type, clock)
             for name in settings.sync_targets
@@ -87,25 +84,6 @@ class ServiceCore(ABC):
     @abstractmethod
     def _run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
         """Defined by shared/pipeline.py."""
-
-    @abstractmethod
-    def _remember(self, refusal: SyncResult | None) -> SyncResult | None:
-        """Defined by shared/pipeline.py."""
-
-    @abstractmethod
-    def _record(
-        self, unit: Unit, request: SyncRequest, state: UnitState, lease: Lease, verdict: Verdict,
-        response: GraphResponse | None, error: UpstreamError | None, sync_type: str | None, started: float,
-    ) -> SyncResult:
-        """Defined by shared/recording.py."""
-
-    @abstractmethod
-    def _record_orphan(self, state: UnitState, now: datetime) -> UnitState:
-        """Defined by shared/recording.py."""
-
-    @abstractmethod
-    def flush_unrecorded(self, key: str | None = None) -> int:
-        """Defined by shared/recording.py."""
 
     @abstractmethod
     def _defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:

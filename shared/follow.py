@@ -113,7 +113,7 @@ class Following(ServiceCore):
         the same for its tenant): record attempts whose commit failed in this process and claims
         that never recorded their outcome, resend an overdue pending sync's message. One table
         query when there is nothing to do. Returns the rows read."""
-        self.flush_unrecorded()
+        self.recorder.flush_unrecorded()
         states = self.store.states()
         now = self.clock()
         for state in states:
@@ -125,7 +125,7 @@ class Following(ServiceCore):
 
     def _repair(self, state: UnitState, now: datetime) -> None:
         if orphaned_claim(state, now):
-            self._record_orphan(state, now)
+            self.recorder.record_orphan(state, now)
         elif self.queue is not None and state.pending_id and state.pending_at and \
                 state.pending_at < now - MISSING_MESSAGE_GRACE:
             # Overdue: its message was never sent (or was lost). A duplicate is harmless: the

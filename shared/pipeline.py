@@ -135,13 +135,13 @@ class SyncPipeline(ServiceCore):
             log.exception("sync of %s raised unexpectedly", unit.name)
             error = UnexpectedError(f"unexpected error: {type(exc).__name__}: {exc}", maybe_sent=True)
         verdict = self._verdict(target, unit, state, lease, response, error)
-        return self._record(unit, request, state, lease, verdict, response, error, sync_type, started)
+        return self.recorder.record(unit, request, state, lease, verdict, response, error, sync_type, started)
 
     def _gate(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None) -> SyncResult | UnitState:
         """Everything before the claim: the answer for a unit that may not sync now (refused,
         deferred, skipped), or its state row to claim. The token is fetched here too, so that a
         slow or dead identity endpoint never holds a lease."""
-        self.flush_unrecorded(unit.key)
+        self.recorder.flush_unrecorded(unit.key)
         if not request.defer and request.trigger is not Trigger.DEFERRED:
             remembered = self._remembered(unit, self.clock())
             if remembered:
@@ -150,7 +150,7 @@ class SyncPipeline(ServiceCore):
             state = self.store.read(unit.key)  # else: a fan-out read it already
         now = self.clock()
         if orphaned_claim(state, now):
-            state = self._record_orphan(state, now)
+            state = self.recorder.record_orphan(state, now)
         refusal = refusal_for(unit.name, state, now)
         if refusal:
             if request.defer:

@@ -1,21 +1,26 @@
 """Recording attempts: the commit of an outcome with its history row, retried; attempts kept in
 the process while storage is down; and claims whose holder never recorded them.
+
+``Recorder`` is a collaborator of the sync service (shared/service.py), given what it uses: the
+state store, the clock, the tenant it records for, and two callbacks into the service (send a
+notification; remember a refusal this process may answer from memory).
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from . import telemetry
-from .core import ServiceCore
 from .decisions import Verdict, refusal_for, retry_after_of, seconds_until
 from .errors import StateStoreUnavailable, UpstreamError
 from .graph import GraphResponse
-from .model import Outcome, SyncRequest, SyncResult, iso
+from .model import Clock, Outcome, SyncRequest, SyncResult, iso
 from .notify import Notification
-from .state import Attempt, Lease, UnitState
+from .state import Attempt, Lease, StateStore, UnitState
 from .targets import Unit
 
 log = logging.getLogger(__name__)
@@ -25,8 +30,27 @@ COMMIT_BACKOFF = (0.5, 1.0, 2.0, 4.0)
 COMMIT_RETRY_SECONDS = 10.0
 
 
-class Recorder(ServiceCore):
-    def _record(
+class Recorder:
+    """Commits attempts (with their history rows), keeps those storage refused, records orphans."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        tenant: str | None,
+        notify: Callable[[Notification], None],
+        remember: Callable[[SyncResult | None], SyncResult | None],
+    ):
+        self.store = store
+        self.clock = clock
+        self.tenant = tenant  # the customer tenant recorded for (None: the app's own)
+        self._notify = notify
+        self._remember = remember
+        # Attempts whose commit failed (storage down): unit key -> what to commit, retried later.
+        self._unrecorded: dict[str, tuple[Lease, UnitState, Attempt]] = {}
+        self._unrecorded_lock = threading.Lock()
+
+    def record(
         self, unit: Unit, request: SyncRequest, state: UnitState, lease: Lease, verdict: Verdict,
         response: GraphResponse | None, error: UpstreamError | None, sync_type: str | None, started: float,
     ) -> SyncResult:
@@ -104,7 +128,7 @@ class Recorder(ServiceCore):
             recorded += 1
         return recorded
 
-    def _record_orphan(self, state: UnitState, now: datetime) -> UnitState:
+    def record_orphan(self, state: UnitState, now: datetime) -> UnitState:
         """A claim whose lease ended without an outcome: record it as unknown (it may have
         started a sync) and clear it, keeping its window. Whoever reads such a row does this."""
         trigger, _, caller = (state.claim_by or "unknown:?").partition(":")

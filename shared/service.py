@@ -1,7 +1,8 @@
 """The sync service, assembled from one part per responsibility (see shared/core.py):
 
 - shared/pipeline.py: decide, claim, call Graph (the claim -> call -> commit pipeline);
-- shared/recording.py: commit outcome and history, keep what could not be recorded yet;
+- shared/recording.py: commit outcome and history, keep what could not be recorded yet, a
+  collaborator (``Recorder``) built with the service;
 - shared/deferred.py: asks inside the cooldown become one pending sync, fired from a queue;
 - shared/follow.py: "sync and wait", the watcher tick, notifications, retention;
 - shared/status.py: the status document and the health ratings, a collaborator (``StatusReader``)
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["SyncService", "UnknownTarget", "build_service"]
 
 
-class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, ServiceCore):
+class SyncService(SyncPipeline, DeferredSyncs, Following, ServiceCore):
     """Every trigger's entry: sync, fire, poll, watch, status, imports (see the parts' modules).
 
     The Autopilot import jobs (shared/importjob.py, and with it the device rows, the import steps,
@@ -63,6 +64,7 @@ class SyncService(SyncPipeline, Recorder, DeferredSyncs, Following, ServiceCore)
         tenant: str | None = None,
     ):
         super().__init__(settings, graph, store, clock, operations, notifier, queue, imports, import_queue, tenant)
+        self.recorder = Recorder(store, clock, tenant, self._notify, self._remember)
         self.status_reader = StatusReader(settings, graph, store, self.targets, clock, tenant)
 
     def status(self) -> dict[str, Any]:
