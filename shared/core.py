@@ -1,30 +1,30 @@
 """What every part of the sync service shares: its clients, its clock and its targets.
 
 The service is assembled from one class per responsibility (shared/service.py), each in the
-module named for it: the claim -> call -> commit pipeline (pipeline), deferred syncs (deferred)
-and following syncs to their end (follow). They meet here: the attributes they share, and the few
-methods one part calls on another, declared once. Recording attempts (recording), the status
+module named for it: the claim -> call -> commit pipeline (pipeline) and following syncs to their
+end (follow). They meet here: the attributes they share, and the few methods one part calls on
+another, declared once. Recording attempts (recording), deferred syncs (deferred), the status
 document (status) and the import jobs (importjob) are collaborators instead: plain classes given
-what they use, not parts of this stack; the parts reach the recorder as ``self.recorder``.
+what they use, not parts of this stack; the parts reach the recorder as ``self.recorder`` and the
+deferred syncs as ``self.deferred``.
 """
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .errors import UnknownTarget
 from .graph import GraphClient
 from .model import Clock, SyncRequest, SyncResult, utcnow
-from .notify import Notification, Notifier
+from .notify import Notifier
 from .operations import OperationStore
 from .settings import Settings
-from .state import StateStore, UnitState
-from .targets import TARGETS, Target, Unit
+from .state import StateStore
+from .targets import TARGETS, Target
 
 if TYPE_CHECKING:
-    from .deferred import PendingQueue
+    from .deferred import Deferrals, PendingQueue
     from .imports import ImportStore
     from .recording import Recorder
 
@@ -34,6 +34,7 @@ class ServiceCore(ABC):
     makes on another, each defined by exactly one part (SyncService cannot be built otherwise)."""
 
     recorder: Recorder  # commits attempts (shared/recording.py), built by SyncService
+    deferred: Deferrals  # pending syncs: defer, fire, send a message (shared/deferred.py), built by SyncService
 
     def __init__(
         self,
@@ -80,22 +81,6 @@ class ServiceCore(ABC):
     @abstractmethod
     def sync(self, request: SyncRequest) -> list[SyncResult]:
         """Defined by shared/pipeline.py."""
-
-    @abstractmethod
-    def _run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
-        """Defined by shared/pipeline.py."""
-
-    @abstractmethod
-    def _defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
-        """Defined by shared/deferred.py."""
-
-    @abstractmethod
-    def _send_fire(self, state: UnitState, at: datetime) -> bool:
-        """Defined by shared/deferred.py."""
-
-    @abstractmethod
-    def _notify(self, notification: Notification) -> None:
-        """Defined by shared/follow.py."""
 
     @abstractmethod
     def repair_imports(self) -> int:

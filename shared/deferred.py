@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
 from . import messages, telemetry
-from .core import ServiceCore
 from .decisions import (
     IN_FLIGHT_RETRY_AFTER,
     caller_names,
@@ -34,14 +33,14 @@ from .decisions import (
     refusal_for,
     seconds_until,
 )
-from .errors import AppError, ItemNotFound, StateStoreUnavailable, UpstreamError
+from .errors import AppError, ItemNotFound, StateStoreUnavailable, UnknownTarget, UpstreamError
 from .ids import new_hex_id
-from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
+from .model import Clock, Outcome, SyncRequest, SyncResult, Trigger, iso
 from .notify import Notification
 from .settings import KNOWN_TARGETS
-from .state import UnitState
+from .state import StateStore, UnitState
 from .storage import read_change_write
-from .targets import Unit
+from .targets import Target, Unit
 
 # A pending sync that Graph keeps refusing (503s, 429s) is retried with back-off for this long
 # after its first due time, then given up (shown in GET /api/sync/status, notified as failed).
@@ -142,10 +141,31 @@ class PendingQueue:
         self._queue.send_message(fire.to_json(), visibility_timeout=math.ceil(delay.total_seconds()))
 
 
-class DeferredSyncs(ServiceCore):
-    """The service's part that turns refused asks into one pending sync and fires it."""
+class Deferrals:
+    """Turns refused asks into one pending sync and fires it: a collaborator of the sync service
+    (shared/service.py), given what it uses: the state store, the queue, the clock, the tenant,
+    the target lookup, and two callbacks into the service (run one unit through the pipeline;
+    send a notification)."""
 
-    def _defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
+    def __init__(
+        self,
+        store: StateStore,
+        queue: PendingQueue | None,
+        clock: Clock,
+        tenant: str | None,
+        target: Callable[[str], Target],
+        run: Callable[[Target, Unit, SyncRequest, UnitState], SyncResult],
+        notify: Callable[[Notification], None],
+    ):
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.tenant = tenant  # the customer tenant whose units these are (None: the app's own)
+        self.target = target  # raises UnknownTarget for a target not enabled
+        self._run = run  # the pipeline's one-unit run (shared/pipeline.py)
+        self._notify = notify
+
+    def defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
         """Turn a refused ask into the unit's one pending sync: join it, or create it."""
         if self.queue is None:
             return refusal
@@ -182,7 +202,7 @@ class DeferredSyncs(ServiceCore):
         created = done[1]
         at = created.pending_at or self.clock()  # always set: schedule set it
         message = f"in cooldown: one sync is scheduled for {iso(at)}"
-        if not self._send_fire(created, at):
+        if not self.send_fire(created, at):
             message += " (its queue message will be sent by the next watcher tick)"
         return self._scheduled(unit, created, message)
 
@@ -195,11 +215,11 @@ class DeferredSyncs(ServiceCore):
         state = self.store.read(unit.key)
         refusal = SyncResult(unit.name, Outcome.COOLDOWN, next_allowed_at=not_before(state, at))
         request = SyncRequest(target_name, trigger=Trigger.IMPORT, caller=caller, defer=True)
-        result = self._defer(unit, state, refusal, request)
+        result = self.defer(unit, state, refusal, request)
         telemetry.sync_result(result, request, self.tenant)
         return result
 
-    def _send_fire(self, state: UnitState, at: datetime) -> bool:
+    def send_fire(self, state: UnitState, at: datetime) -> bool:
         """Send the pending sync's message; False (logged) if the queue is unavailable: the row
         holds the pending sync, and the watcher sends a message for one that is overdue."""
         fire = PendingFire(state.key, state.target or state.key, state.item_id, state.pending_id or "", at,
@@ -240,14 +260,17 @@ class DeferredSyncs(ServiceCore):
     def _fire(self, fire: PendingFire) -> tuple[str, SyncResult | None]:
         """What the firing did (stale, early, waitingForLease, gone, fired, rescheduled, answered, givenUp)
         and the sync's result, if it ran one."""
-        target = self.targets.get(fire.target)
+        try:
+            target: Target | None = self.target(fire.target)
+        except UnknownTarget:  # disabled since the message was sent
+            target = None
         state = self.store.read(fire.unit_key)
         if target is None or state.pending_id != fire.pending_id or (state.pending_reschedules or 0) != fire.generation:
             return "stale", None  # a duplicate, or an older message
         unit = Unit(fire.target, fire.item_id)
         now = self.clock()
         if state.pending_at and state.pending_at > now + timedelta(seconds=2):  # early (visibility capped)
-            self._send_fire(state, state.pending_at)
+            self.send_fire(state, state.pending_at)
             return "early", None
         if in_flight(state, now):  # a sync is in flight: look again when its lease ends
             self._reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
@@ -305,7 +328,7 @@ class DeferredSyncs(ServiceCore):
         if moved is None:
             return "answered"
         # A queue fault leaves the moved row without its message: the watcher sends it.
-        self._send_fire(moved[1], at)
+        self.send_fire(moved[1], at)
         return "rescheduled"
 
     def _give_up(self, unit: Unit, fire: PendingFire, reason: str) -> None:

@@ -130,7 +130,7 @@ class Following(ServiceCore):
                 state.pending_at < now - MISSING_MESSAGE_GRACE:
             # Overdue: its message was never sent (or was lost). A duplicate is harmless: the
             # message's pendingId and generation must match, and the claim allows one sync.
-            sent = self._send_fire(state, now)
+            sent = self.deferred.send_fire(state, now)
             telemetry.emit("watch", logging.WARNING, target=state.target, unit=Unit.of_state(state).name, tenant=self.tenant,
                            outcome="pendingResent" if sent else "pendingNotResent",
                            message=f"the pending sync was overdue since {iso(state.pending_at)}; its message was "

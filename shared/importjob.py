@@ -13,7 +13,7 @@ that delivery takes the job over (one that finds the claim still renewed sends i
 The watcher also sends the message of a step whose claim lapsed, or whose message is overdue.
 
 The sync: a job whose imports are complete asks for the Autopilot sync no earlier than
-IMPORT_SYNC_DELAY_SECONDS from then (DeferredSyncs.sync_at), so that every job finishing in the
+IMPORT_SYNC_DELAY_SECONDS from then (Deferrals.sync_at), so that every job finishing in the
 meantime joins the same pending sync, and any sync that starts after the ask is the one the
 job waits for. The unit's cooldown and claim guarantee one sync per window whoever asks.
 """

@@ -154,7 +154,7 @@ class SyncPipeline(ServiceCore):
         refusal = refusal_for(unit.name, state, now)
         if refusal:
             if request.defer:
-                return self._defer(unit, state, refusal, request)
+                return self.deferred.defer(unit, state, refusal, request)
             # A lease can end any moment; a cooldown cannot end before nextAllowedAt.
             return refusal if in_flight(state, now) else (self._remember(refusal) or refusal)
         skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet

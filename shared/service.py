@@ -3,7 +3,8 @@
 - shared/pipeline.py: decide, claim, call Graph (the claim -> call -> commit pipeline);
 - shared/recording.py: commit outcome and history, keep what could not be recorded yet, a
   collaborator (``Recorder``) built with the service;
-- shared/deferred.py: asks inside the cooldown become one pending sync, fired from a queue;
+- shared/deferred.py: asks inside the cooldown become one pending sync, fired from a queue, a
+  collaborator (``Deferrals``) built with the service;
 - shared/follow.py: "sync and wait", the watcher tick, notifications, retention;
 - shared/status.py: the status document and the health ratings, a collaborator (``StatusReader``)
   built with the service;
@@ -15,14 +16,15 @@ The decisions themselves are pure functions in shared/decisions.py.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .core import ServiceCore
-from .deferred import DeferredSyncs, PendingQueue
+from .deferred import Deferrals, PendingFire, PendingQueue
 from .errors import UnknownTarget
 from .follow import Following
 from .graph import GraphClient
-from .model import Clock, utcnow
+from .model import Clock, SyncResult, utcnow
 from .notify import Notifier
 from .operations import OperationStore
 from .pipeline import SyncPipeline
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["SyncService", "UnknownTarget", "build_service"]
 
 
-class SyncService(SyncPipeline, DeferredSyncs, Following, ServiceCore):
+class SyncService(SyncPipeline, Following, ServiceCore):
     """Every trigger's entry: sync, fire, poll, watch, status, imports (see the parts' modules).
 
     The Autopilot import jobs (shared/importjob.py, and with it the device rows, the import steps,
@@ -66,6 +68,13 @@ class SyncService(SyncPipeline, DeferredSyncs, Following, ServiceCore):
         super().__init__(settings, graph, store, clock, operations, notifier, queue, imports, import_queue, tenant)
         self.recorder = Recorder(store, clock, tenant, self._notify, self._remember)
         self.status_reader = StatusReader(settings, graph, store, self.targets, clock, tenant)
+        self.deferred = Deferrals(store, queue, clock, tenant, self.target, self._run, self._notify)
+
+    def sync_at(self, target_name: str, at: datetime, caller: str) -> SyncResult:
+        return self.deferred.sync_at(target_name, at, caller)
+
+    def fire(self, fire: PendingFire) -> SyncResult | None:
+        return self.deferred.fire(fire)
 
     def status(self) -> dict[str, Any]:
         return self.status_reader.status()
