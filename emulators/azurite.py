@@ -40,18 +40,28 @@ class PortInUse(RuntimeError):
         self.port = port
 
 
+class PortRace(PortInUse):
+    """A port this Azurite picked itself was taken before Azurite bound it: pick again."""
+
+
 class Azurite:
     def __init__(self, port: int | None = None, location: str | None = None, queue_port: int | None = None, blob_port: int | None = None,
                  tls: tuple[str, str] | None = None):
         """``tls``: (certificate, key) PEM files: every service speaks HTTPS only, with that certificate
         (emulators/tls.py issues one; clients must trust its CA)."""
         self.tls = tls
+        # Ports picked here may be taken by another process before Azurite binds them (parallel
+        # test workers do this); start() then picks them again. Ports given are kept as given.
+        self._picked = {name for name, given in (("port", port), ("queue_port", queue_port), ("blob_port", blob_port)) if not given}
         self.port = port or free_port()  # the table service's
         self.queue_port = queue_port or free_port()
         self.blob_port = blob_port or free_port()
         self.location = location
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _owns(self, port: int) -> bool:
+        return any(getattr(self, name) == port for name in self._picked)
 
     @property
     def scheme(self) -> str:
@@ -74,12 +84,23 @@ class Azurite:
     def ports(self) -> tuple[int, int, int]:
         return self.port, self.queue_port, self.blob_port
 
-    def start(self, timeout: float = 30.0) -> Azurite:
+    def start(self, timeout: float = 30.0, attempts: int = 5) -> Azurite:
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except PortRace:
+                if attempt == attempts - 1:
+                    raise
+                for name in self._picked:
+                    setattr(self, name, free_port())
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> Azurite:
         # Something already listening would answer our readiness probe and silently take over.
         for port in self.ports:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    raise PortInUse(port)
+                    raise PortRace(port) if self._owns(port) else PortInUse(port)
         args = [azurite_binary(), "--tableHost", "127.0.0.1", "--tablePort", str(self.port),
                 "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
                 "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
@@ -99,6 +120,8 @@ class Azurite:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                if "EADDRINUSE" in err and self._picked:
+                    raise PortRace(0)
                 raise RuntimeError(f"Azurite exited with {self.process.returncode}: {err[-2000:]}")
             try:
                 for port in self.ports:

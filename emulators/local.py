@@ -36,7 +36,7 @@ from typing import IO, Any, TypeVar
 
 import requests
 
-from .azurite import Azurite, PortInUse, free_port
+from .azurite import Azurite, PortInUse
 from .entra import DEFAULT_CLIENT_ID, EntraEmulator, start_entra
 from .funchost import FunctionHost
 from .graph import DEFAULT_CONNECTORS, GraphEmulator, default_items, default_managed_google_play
@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multi-tenant", action="store_true",
                         help="many tenants (docs/msp.md) against the Entra token emulator: MULTI_TENANT_CLIENT_ID and its customer tenants")
     args = parser.parse_args(argv)
-    ports = {name: free_port() if args.random_ports else default for name, default in DEFAULT_PORTS.items()}
+    # 0: the server binds a free port itself (Azurite picks its own and picks again if one was taken
+    # meanwhile), so parallel runs cannot race for a port picked here and bound later.
+    ports = {name: 0 if args.random_ports else default for name, default in DEFAULT_PORTS.items()}
     for given in args.port:
         name, _, port = given.partition("=")
         if name not in DEFAULT_PORTS or not port.isdigit():
@@ -220,15 +222,15 @@ def serve(args: argparse.Namespace, ports: dict[str, int], stack: contextlib.Exi
     lock = None if args.once else stack.enter_context(state_lock(Path(args.state)))
     # The usual cause: another run already serving the app. Said before anything is started.
     with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", ports["app"])) == 0:
+        if ports["app"] and probe.connect_ex(("127.0.0.1", ports["app"])) == 0:
             raise port_taken("app", ports["app"])
-    azurite = Azurite(port=ports["table"], queue_port=ports["queue"], blob_port=ports["blob"],
+    azurite = Azurite(port=ports["table"] or None, queue_port=ports["queue"] or None, blob_port=ports["blob"] or None,
                       location=None if args.once else args.state)
     stack.callback(azurite.close if args.once else azurite.stop)
     try:
         azurite.start()
     except PortInUse as exc:
-        raise port_taken(next(n for n in ("table", "queue", "blob") if ports[n] == exc.port), exc.port) from None
+        raise port_taken(next((n for n in ("table", "queue", "blob") if ports[n] == exc.port), "table"), exc.port) from None
     identity = listening("identity", ports["identity"], lambda port: IdentityEmulator(port=port))
     identity.start()
     stack.callback(identity.stop)

@@ -243,3 +243,37 @@ def test_multi_tenant_mode_checks_consent_against_the_entra_emulator_and_syncs_a
         assert requests.post(f"{run.api}/tenants/{consented}/sync/autopilot", timeout=60).json()["outcome"] == "started"
     finally:
         run.stop()
+
+
+@pytest.mark.parametrize("taken_by", ["a listener", "a socket bound and not yet listening"])
+def test_azurite_on_ports_it_picked_picks_again_when_one_is_taken_before_it_binds(taken_by):
+    """Parallel test workers and local runs pick free ports at the same moment; a port taken
+    between the pick and Azurite's bind (a listener answers the probe; a bound socket only makes
+    Azurite exit with EADDRINUSE) is picked again instead of failing the run."""
+    import socket
+
+    from emulators.azurite import Azurite
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        if taken_by == "a listener":
+            taken.listen()
+        azurite = Azurite()
+        azurite.queue_port = taken.getsockname()[1]
+        with azurite:
+            assert taken.getsockname()[1] not in azurite.ports
+            with socket.create_connection(("127.0.0.1", azurite.queue_port), timeout=2):
+                pass
+
+
+def test_azurite_on_a_port_given_by_the_caller_that_is_taken_says_so():
+    import socket
+
+    from emulators.azurite import Azurite, PortInUse
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(PortInUse) as raised:
+            Azurite(port=taken.getsockname()[1]).start()
+        assert raised.value.port == taken.getsockname()[1]
