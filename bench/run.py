@@ -342,7 +342,7 @@ def refusal_cost(bench: Bench, stack: Stack, calls: int) -> None:
     service = stack.service(table)
     table_ms = []
     for _ in range(calls):
-        service._known.clear()  # as a fresh instance: the refusal must read the table
+        service.pipeline.memory.clear()  # as a fresh instance: the refusal must read the table
         started = time.perf_counter()
         assert service.sync(SyncRequest("autopilot"))[0].outcome.value == "cooldown"
         table_ms.append((time.perf_counter() - started) * 1000)

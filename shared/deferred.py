@@ -145,7 +145,7 @@ class Deferrals:
     """Turns refused asks into one pending sync and fires it: a collaborator of the sync service
     (shared/service.py), given what it uses: the state store, the queue, the clock, the tenant,
     the target lookup, and two callbacks into the service (run one unit through the pipeline;
-    send a notification)."""
+    send a notification, which its PendingMoves does for a sync it gives up)."""
 
     def __init__(
         self,
@@ -163,7 +163,7 @@ class Deferrals:
         self.tenant = tenant  # the customer tenant whose units these are (None: the app's own)
         self.target = target  # raises UnknownTarget for a target not enabled
         self._run = run  # the pipeline's one-unit run (shared/pipeline.py)
-        self._notify = notify
+        self.moves = PendingMoves(store, clock, self.send_fire, notify)  # a firing Graph refused, or one that waits
 
     def defer(self, unit: Unit, state: UnitState, refusal: SyncResult, request: SyncRequest) -> SyncResult:
         """Turn a refused ask into the unit's one pending sync: join it, or create it."""
@@ -273,7 +273,7 @@ class Deferrals:
             self.send_fire(state, state.pending_at)
             return "early", None
         if in_flight(state, now):  # a sync is in flight: look again when its lease ends
-            self._reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
+            self.moves.reschedule(unit, fire, (state.lease_expires_at or now) + timedelta(seconds=1), counted=False)
             return "waitingForLease", None
         callers = [state.pending_asked_by or "?"] + [c for _, c in self.store.asks(fire.unit_key, fire.pending_id)]
         request = SyncRequest(
@@ -284,27 +284,40 @@ class Deferrals:
             result = self._run(target, unit, request, state)
         except ItemNotFound as exc:  # the connector or token was deleted: nothing left to sync
             reason = f"{unit.name} no longer exists in Graph ({exc})"
-            self._give_up(unit, fire, reason)
+            self.moves.give_up(unit, fire, reason)
             return "gone", SyncResult(unit.name, Outcome.SKIPPED, message=reason)
         telemetry.sync_result(result, request, self.tenant)
         if result.outcome is Outcome.STARTED and not result.ambiguous:
             return "fired", result
         if result.outcome is Outcome.STARTED or result.ambiguous:
             # Graph may not have started it: the asks stay pending, for the window this attempt opened.
-            return self._reschedule(unit, fire, result.next_allowed_at or self.clock() + deferred_backoff(0), counted=False), result
+            return self.moves.reschedule(unit, fire, result.next_allowed_at or self.clock() + deferred_backoff(0), counted=False), result
         if result.outcome is Outcome.IN_PROGRESS and result.graph_status is None:  # lost the claim to another caller
-            return self._reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False), result
+            return self.moves.reschedule(unit, fire, self.clock() + timedelta(seconds=IN_FLIGHT_RETRY_AFTER), counted=False), result
         if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) or result.failure_status == 503:
             now = self.clock()
             later = closed_until(result.next_allowed_at, now)
             wait = deferred_backoff(state.pending_reschedules or 0, result.retry_after_seconds
                                     if result.outcome is Outcome.FAILED else None)
             reason = f"{result.error_code}: {result.message}" if result.error_code else result.message
-            return self._reschedule(unit, fire, later or now + wait, reason=reason), result
-        self._give_up(unit, fire, f"Graph refused it ({result.error_code}): {result.message}")  # waiting will not fix a 403
+            return self.moves.reschedule(unit, fire, later or now + wait, reason=reason), result
+        self.moves.give_up(unit, fire, f"Graph refused it ({result.error_code}): {result.message}")  # waiting will not fix a 403
         return "givenUp", result
 
-    def _reschedule(
+
+class PendingMoves:
+    """Moves a unit's pending sync to a later time (with a new message), or gives it up for good
+    and says so. Given the state store, the clock, the Deferrals' ``send_fire`` (send the moved
+    sync's message) and the service's notify (a ``syncFailed`` for a sync given up)."""
+
+    def __init__(self, store: StateStore, clock: Clock, send_fire: Callable[[UnitState, datetime], bool],
+                 notify: Callable[[Notification], None]):
+        self.store = store
+        self.clock = clock
+        self._send_fire = send_fire
+        self._notify = notify
+
+    def reschedule(
         self, unit: Unit, fire: PendingFire, at: datetime, counted: bool = True, reason: str = ""
     ) -> str:
         """Move the pending sync to ``at`` with a new message, or give it up if ``at`` is past its
@@ -316,7 +329,7 @@ class Deferrals:
             return "answered"
         deadline = state.pending_deadline or (state.pending_since or self.clock()) + DEFERRED_BUDGET
         if counted and at > deadline:
-            self._give_up(unit, fire, f"still refused at its deadline {iso(deadline)}: {reason}")
+            self.give_up(unit, fire, f"still refused at its deadline {iso(deadline)}: {reason}")
             return "givenUp"
 
         def move(row: UnitState) -> UnitState | None:
@@ -328,10 +341,10 @@ class Deferrals:
         if moved is None:
             return "answered"
         # A queue fault leaves the moved row without its message: the watcher sends it.
-        self.send_fire(moved[1], at)
+        self._send_fire(moved[1], at)
         return "rescheduled"
 
-    def _give_up(self, unit: Unit, fire: PendingFire, reason: str) -> None:
+    def give_up(self, unit: Unit, fire: PendingFire, reason: str) -> None:
         """Drop the pending sync for good, say why in its row (GET /api/sync/status), and send a
         ``syncFailed`` notification: whoever was told ``scheduled`` must hear of it."""
         now = self.clock()

@@ -1,22 +1,33 @@
 """Following a sync to its end: "sync and wait" operations, the watcher tick (which also keeps
 every unit's row honest), notifications, and the retention sweep.
+
+``Follower`` is a collaborator of the service (shared/service.py), given what it uses: the
+settings, the state store, the clock, the tenant, the targets, the operations store, the
+pipeline's ``sync`` (sync and wait starts with a sync), the recorder (attempts to record again,
+orphaned claims), the deferred syncs (an overdue pending sync's message), the notices, and the
+import jobs' repair (a callable: the import jobs are built on first use) and the retention sweep.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from . import telemetry
-from .core import ServiceCore
 from .decisions import orphaned_claim
-from .errors import ItemNotFound, StateStoreUnavailable, UpstreamError
-from .model import Outcome, SyncRequest, SyncResult, iso
-from .notify import Notification
-from .operations import Operation
-from .retention import SWEEP_LIMIT, RetentionStore, Swept
-from .state import UnitState
-from .targets import Completion, Unit
+from .errors import ItemNotFound, UpstreamError
+from .model import Clock, Outcome, SyncRequest, SyncResult, iso
+from .notify import Notices, Notification
+from .operations import Operation, OperationStore
+from .settings import Settings
+from .state import StateStore, UnitState
+from .targets import Completion, Targets, Unit
+
+if TYPE_CHECKING:
+    from .deferred import Deferrals
+    from .recording import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +35,32 @@ log = logging.getLogger(__name__)
 MISSING_MESSAGE_GRACE = timedelta(minutes=2)
 
 
-class Following(ServiceCore):
+class Follower:
+    """Sync and wait, the watcher tick, the notification of a finished sync, the sweep."""
+
+    def __init__(self, settings: Settings, store: StateStore, clock: Clock, tenant: str | None, targets: Targets,
+                 operations: OperationStore | None, sync: Callable[[SyncRequest], list[SyncResult]], recorder: Recorder,
+                 deferred: Deferrals, notices: Notices, repair_imports: Callable[[], int], sweep: Callable[[], object]):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.tenant = tenant  # the customer tenant followed (None: the app's own)
+        self.targets = targets
+        self.operations = operations
+        self.sync = sync
+        self.recorder = recorder
+        self.deferred = deferred
+        self.notices = notices
+        self.repair_imports = repair_imports
+        self.sweep = sweep  # the retention sweep (shared/retention.py)
+
     def sync_and_follow(self, request: SyncRequest) -> tuple[SyncResult, Operation | None, str | None]:
         """Sync one unit; if it started (or one is running), also create an operation that a
         caller can poll until Graph reports the sync finished. Returns (result, operation, token)."""
         result = self.sync(request)[0]
         if result.outcome not in (Outcome.STARTED, Outcome.IN_PROGRESS, Outcome.SCHEDULED) or self.operations is None:
             return result, None, None
-        target = self.target(request.target)
+        target = self.targets.named(request.target)
         unit = target.units(request.item_id)[0]
         assert isinstance(unit, Unit)
         since = (result.last_attempt_at if result.outcome is Outcome.STARTED and result.last_attempt_at
@@ -52,7 +81,7 @@ class Following(ServiceCore):
         if operation.done:
             return operation
         now = self.clock()
-        target = self.target(operation.unit_target)
+        target = self.targets.named(operation.unit_target)
         unit = Unit(operation.unit_target, operation.item_id)
         try:
             completion = target.completion(unit, operation.since)
@@ -104,8 +133,7 @@ class Following(ServiceCore):
         for state in states:
             if state.completion_pending and state.target in self.targets and state.last_started_at is not None:
                 finished += self._watch_completion(state)
-        if self.notifier is not None:
-            self.notifier.flush()
+        self.notices.flush()
         return finished
 
     def repair(self) -> list[UnitState]:
@@ -126,7 +154,7 @@ class Following(ServiceCore):
     def _repair(self, state: UnitState, now: datetime) -> None:
         if orphaned_claim(state, now):
             self.recorder.record_orphan(state, now)
-        elif self.queue is not None and state.pending_id and state.pending_at and \
+        elif self.deferred.queue is not None and state.pending_id and state.pending_at and \
                 state.pending_at < now - MISSING_MESSAGE_GRACE:
             # Overdue: its message was never sent (or was lost). A duplicate is harmless: the
             # message's pendingId and generation must match, and the claim allows one sync.
@@ -185,7 +213,7 @@ class Following(ServiceCore):
         telemetry.emit("watch", logging.ERROR if completion.status == "failed" else logging.INFO, target=unit.target,
                        unit=unit.name, tenant=self.tenant, outcome=f"sync{completion.status[:1].upper()}{completion.status[1:]}",
                        message=f"Graph reports the sync {completion.status} (syncStatus {completion.sync_status})")
-        self._notify(
+        self.notices.send(
             Notification(
                 "syncFailed" if completion.status == "failed" else "syncCompleted",
                 unit.name, completion.status, self.clock(),
@@ -194,26 +222,3 @@ class Following(ServiceCore):
             )
         )
         return True
-
-    def _notify(self, notification: Notification) -> None:
-        if self.notifier is None:
-            return
-        if self.tenant is not None:
-            if notification.event == "syncStarted":
-                return  # thousands of tenants each hour: only what needs someone's attention is sent
-            notification = replace(notification, tenant=self.tenant)
-        self.notifier.send(notification)
-
-    def sweep(self, limit: int = SWEEP_LIMIT) -> Swept:
-        """Delete expired rows (shared/retention.py): history older than HISTORY_RETENTION_DAYS,
-        asks of pending syncs that are over, operations a day past their deadline or finish. At
-        most ``limit`` deletes. A Table Storage fault is logged, not raised: the next tick sweeps."""
-        try:
-            swept = RetentionStore.of(self.store).sweep(self.clock(), self.settings.history_retention_days, limit)
-        except StateStoreUnavailable as exc:
-            log.warning("sweep skipped: %s", exc.message)
-            return Swept()
-        if swept.total:
-            telemetry.emit("watch", tenant=self.tenant, outcome="swept", counts={
-                "history": swept.history, "asks": swept.asks, "operations": swept.operations, "imports": swept.imports})
-        return swept

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .model import utcnow
 from .permissions import GRAPH_APP_ROLES
+from .timeouts import CONNECT_TIMEOUT, TOKEN_WORST_CASE_SECONDS
 from .transport import configure_session
 
 PERMISSION = GRAPH_APP_ROLES[0]
@@ -57,11 +58,6 @@ _CLAIMS = re.compile(r'claims="([^"]+)"')
 _TOKEN_REFRESH_MARGIN = 300  # seconds before expiry at which a cached token is renewed
 
 
-CONNECT_TIMEOUT = 5.0
-# A token request to the identity endpoint: explicit timeouts and few retries (azure-identity's
-# defaults would wait far longer), so that a hanging endpoint costs a bounded time.
-TOKEN_CONNECT_TIMEOUT, TOKEN_READ_TIMEOUT, TOKEN_RETRIES, TOKEN_BACKOFF_MAX = 5, 10, 1, 2
-TOKEN_WORST_CASE_SECONDS = (TOKEN_RETRIES + 1) * (TOKEN_CONNECT_TIMEOUT + TOKEN_READ_TIMEOUT) + TOKEN_RETRIES * TOKEN_BACKOFF_MAX
 
 
 @dataclass(frozen=True)
@@ -83,13 +79,6 @@ class RequestContext:
 
 
 _NO_CONTEXT = RequestContext()
-
-
-def write_budget_seconds(read_timeout: float) -> float:
-    """The shortest deadline under which a sync write can still take its worst single path:
-    one attempt answered 401, a fresh token, and the resend."""
-    attempt = CONNECT_TIMEOUT + read_timeout
-    return 2 * attempt + TOKEN_WORST_CASE_SECONDS
 
 
 class WriteLimiter:

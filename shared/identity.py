@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
-from .graph import TOKEN_BACKOFF_MAX, TOKEN_CONNECT_TIMEOUT, TOKEN_READ_TIMEOUT, TOKEN_RETRIES
+from .timeouts import TOKEN_BACKOFF_MAX, TOKEN_CONNECT_TIMEOUT, TOKEN_READ_TIMEOUT, TOKEN_RETRIES
 
 # azure-identity passes these to its pipeline: without them a hanging identity endpoint holds a
 # request for minutes (its retry policy waits and retries on its own).

@@ -88,66 +88,79 @@ class ImportStep:
                    messages.time(data, "scheduledAt"), data.get("takeover") is True)
 
 
-class ImportJobs:
-    """The service's collaborator that runs Autopilot import jobs (built by SyncService.import_jobs).
+class ImportStepSender:
+    """Sends the queue messages of import steps, and sends again those the watcher finds overdue.
+    Given the import queue (None: messages are not sent; the job rows still hold each step), the
+    clock, and the service's import store as it is now (None: no store)."""
 
-    It reads the Autopilot unit's row (``state``) and asks for the sync through ``sync_at`` (the
-    deferred syncs); ``imports`` gives the service's import store as it is now (None: no store);
-    ``target`` refuses a disabled target; ``notify`` sends the job's one notification."""
+    def __init__(self, import_queue: PendingQueue | None, clock: Clock, imports: Callable[[], ImportStore | None]) -> None:
+        self.import_queue = import_queue
+        self.clock = clock
+        self._imports = imports
+
+    def repair(self) -> int:
+        """Send again the message of every step that is overdue (its sender stopped before sending
+        it, or the message went to the poison queue). Returns how many."""
+        imports = self._imports()
+        if imports is None or self.import_queue is None:
+            return 0
+        now, sent = self.clock(), 0
+        for job in imports.running():
+            if job.resend_due(now, OVERDUE):
+                resent = self.send_step(replace(job, step_at=now))
+                telemetry.emit("watch", logging.WARNING, target=AUTOPILOT, importId=job.id, step=job.step,
+                               outcome="importStepResent" if resent else "importStepNotResent",
+                               message=f"the step's claim lapsed at {iso(job.step_until)}" if job.step_owner
+                               else f"the step was overdue since {iso(job.step_at)}")
+                sent += resent
+        return sent
+
+    def send_takeover(self, job: ImportJob) -> int:
+        """The step's message again, due just after its claim would lapse (if it is not renewed)."""
+        return self.send_step(job, (job.step_until or self.clock()) + TAKEOVER_AFTER)
+
+    def send_step(self, job: ImportJob, takeover_at: datetime | None = None) -> int:
+        """Send the job's step message (due at its step_at, or a takeover message due at
+        ``takeover_at``); 0 (logged) if the queue is unavailable: the job row holds the step, and
+        the watcher sends a message for one that is overdue."""
+        if self.import_queue is None:
+            return 0
+        step = ImportStep(job.id, job.step, takeover_at or job.step_at or self.clock(), takeover_at is not None)
+        try:
+            self.import_queue.schedule(step, self.clock())
+            return 1
+        except AppError as exc:
+            log.error("import %s: step %d recorded, but its message was not sent: %s", job.id, job.step, exc.message)
+            return 0
+
+
+class ImportStepRunner:
+    """Runs the step a queue message names: claims the job, runs its ImportRun, asks for the
+    Autopilot sync, and either sends the next step or finishes the job. Given the settings, the
+    Graph client, the state store (the Autopilot unit's row), the import store (raising when there
+    is none), the clock, the step sender, and the service's ``sync_at`` and notify."""
 
     def __init__(
         self,
         settings: Settings,
         graph: GraphClient,
         state: StateStore,
-        imports: Callable[[], ImportStore | None],
-        import_queue: PendingQueue | None,
+        store: Callable[[], ImportStore],
         clock: Clock,
-        target: Callable[[str], Target],
+        sender: ImportStepSender,
         sync_at: Callable[[str, datetime, str], SyncResult],
         notify: Callable[[Notification], None],
     ) -> None:
         self.settings = settings
         self.graph = graph
         self.state = state
-        self._imports = imports
-        self.import_queue = import_queue
+        self._store = store
         self.clock = clock
-        self._target = target
+        self.sender = sender
         self._sync_at = sync_at
         self._notify = notify
 
-    @property
-    def imports(self) -> ImportStore | None:
-        return self._imports()
-
-    def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
-        """Record the job and send its first step. Returns (job, devices, poll token)."""
-        self._target(AUTOPILOT)  # the job ends with an Autopilot sync: refused if that target is off
-        store = self._import_store()
-        now = self.clock()
-        token, token_hash = new_token()
-        job = ImportJob(
-            id=new_import_id(), created_at=now, deadline=now + timedelta(seconds=self.settings.import_wait_timeout_seconds),
-            token_hash=token_hash, caller=caller[:200], device_count=len(request.devices),
-            update_existing=request.update_existing, step=1, step_at=now,
-        )
-        devices = [DeviceRow.of(index, device) for index, device in enumerate(request.devices, start=1)]
-        job = store.create(job, devices)
-        self._send_step(job)
-        telemetry.emit("import", trigger="http", caller=caller, target=AUTOPILOT, importId=job.id, step=0,
-                       devices=len(devices), outcome="started")
-        return job, devices, token
-
-    def import_status(self, import_id: str, token: str) -> tuple[ImportJob, list[DeviceRow]] | None:
-        """The job and its devices; None if there is no such job for this token."""
-        store = self._import_store()
-        job = store.job(import_id)
-        if job is None or not token_matches(job.token_hash, token):
-            return None
-        return job, store.devices(import_id)
-
-    def run_import_step(self, text: str) -> str:
+    def run(self, text: str) -> str:
         """Run the step a queue message names. Returns what happened (for the log and tests).
         Each step is logged once: here when it did nothing, else where it saved its work."""
         try:
@@ -167,44 +180,25 @@ class ImportJobs:
         return what
 
     def _run_step(self, step: ImportStep) -> str:
-        store = self._import_store()
+        store = self._store()
         job, now = store.job(step.import_id), self.clock()
         if job is None or job.done or job.step != step.step:
             return "stale"  # a duplicate, or an older step's message
         if job.claimed(now):  # another delivery runs this step; it sends the next message
-            self._send_takeover(job)  # unless it dies: look again once its claim would lapse
+            self.sender.send_takeover(job)  # unless it dies: look again once its claim would lapse
             return "busy"
         if job.step_at and job.step_at > now + EARLY:  # the queue delays a message 7 days at most
-            self._send_step(job)
+            self.sender.send_step(job)
             return "early"
         claim = timedelta(seconds=self.settings.import_step_claim_seconds)
         claimed = store.update(replace(job, step_owner=uuid.uuid4().hex, step_until=now + claim))
         if claimed is None:
             return "stale"  # another delivery claimed it first
-        self._send_takeover(claimed)  # should this step die, that delivery takes the job over
+        self.sender.send_takeover(claimed)  # should this step die, that delivery takes the job over
         return self._advance(claimed, store.devices(job.id), now)
 
-    def repair_imports(self) -> int:
-        """The watcher's part: send again the message of every step that is overdue (its sender
-        stopped before sending it, or the message went to the poison queue). Returns how many."""
-        imports = self.imports
-        if imports is None or self.import_queue is None:
-            return 0
-        now, sent = self.clock(), 0
-        for job in imports.running():
-            if job.resend_due(now, OVERDUE):
-                resent = self._send_step(replace(job, step_at=now))
-                telemetry.emit("watch", logging.WARNING, target=AUTOPILOT, importId=job.id, step=job.step,
-                               outcome="importStepResent" if resent else "importStepNotResent",
-                               message=f"the step's claim lapsed at {iso(job.step_until)}" if job.step_owner
-                               else f"the step was overdue since {iso(job.step_at)}")
-                sent += resent
-        return sent
-
-    # --- one step ---------------------------------------------------------------------------
-
     def _advance(self, job: ImportJob, devices: list[DeviceRow], now: datetime) -> str:
-        store = self._import_store()
+        store = self._store()
         seen = self._sync_seen(job, now) if any(d.state == WAITING_FOR_SYNC for d in devices) else SyncSeen()
         claim = StepClaim(store, job, self.clock, timedelta(seconds=self.settings.import_step_claim_seconds),
                           self.settings.import_step_heartbeat_seconds)
@@ -226,13 +220,17 @@ class ImportJobs:
         job, devices = self._ask_for_sync(job, devices, result, seen.ask_again)
         if self._finished(job, devices, now):
             return self._finish(job, devices, now)
+        return self._step_on(job, devices, result, now)
+
+    def _step_on(self, job: ImportJob, devices: list[DeviceRow], result: StepResult, now: datetime) -> str:
+        """Record the next step (at once if this one ran out of budget) and send its message."""
         delay = 0.0 if result.more else max(float(self.settings.import_poll_seconds), result.retry_after or 0.0)
         following = replace(job, step=job.step + 1, step_at=now + timedelta(seconds=delay), step_owner=None,
                             step_until=None, message=result.error)
-        written = store.update(following)
+        written = self._store().update(following)
         if written is None:
             raise StateStoreUnavailable(f"import {job.id}: the job row changed under its step")
-        self._send_step(written)
+        self.sender.send_step(written)
         telemetry.emit("import", logging.WARNING if result.error else logging.INFO, trigger="import", target=AUTOPILOT,
                        importId=job.id, step=job.step, outcome="stepped", counts=counts(d.state for d in devices),
                        message=result.error)
@@ -256,7 +254,7 @@ class ImportJobs:
             return job, devices
         message = f"imported; the Autopilot sync is scheduled for {iso(answer.scheduled_at)}"
         waiting = [replace(d, state=WAITING_FOR_SYNC, message=message, updated_at=asked) for d in ready]
-        self._import_store().save_devices(job.id, waiting)
+        self._store().save_devices(job.id, waiting)
         by_index = {d.index: d for d in devices} | {d.index: d for d in waiting}
         return replace(job, sync_asked_at=asked), sorted(by_index.values(), key=lambda d: d.index)
 
@@ -288,7 +286,7 @@ class ImportJobs:
         tally = counts(d.state for d in devices)
         final = replace(job, status=COMPLETED, finished_at=now, step_owner=None, step_until=None,
                         summary=summary_json(tally), message=None)
-        if self._import_store().update(final) is None:
+        if self._store().update(final) is None:
             raise StateStoreUnavailable(f"import {job.id}: the job row changed under its last step")
         self._notify(import_notification(final, devices, tally))  # once: only the claimed step gets here
         self._release_serials(job)
@@ -302,27 +300,79 @@ class ImportJobs:
         """The finished job's serial numbers are free for later jobs. Left over (storage down), a
         reservation of a finished job binds no one: the next job with that serial takes it over."""
         try:
-            self._import_store().release(job.id)
+            self._store().release(job.id)
         except AppError as exc:
             log.warning("import %s: its serial numbers' reservations were not released: %s", job.id, exc.message)
 
-    def _send_takeover(self, job: ImportJob) -> int:
-        """The step's message again, due just after its claim would lapse (if it is not renewed)."""
-        return self._send_step(job, (job.step_until or self.clock()) + TAKEOVER_AFTER)
 
-    def _send_step(self, job: ImportJob, takeover_at: datetime | None = None) -> int:
-        """Send the job's step message (due at its step_at, or a takeover message due at
-        ``takeover_at``); 0 (logged) if the queue is unavailable: the job row holds the step, and
-        the watcher sends a message for one that is overdue."""
-        if self.import_queue is None:
-            return 0
-        step = ImportStep(job.id, job.step, takeover_at or job.step_at or self.clock(), takeover_at is not None)
-        try:
-            self.import_queue.schedule(step, self.clock())
-            return 1
-        except AppError as exc:
-            log.error("import %s: step %d recorded, but its message was not sent: %s", job.id, job.step, exc.message)
-            return 0
+class ImportJobs:
+    """The service's collaborator that runs Autopilot import jobs (built by SyncService.import_jobs):
+    it starts a job and reports it here, and hands its steps to an ImportStepRunner and their
+    messages to an ImportStepSender, which it builds.
+
+    It reads the Autopilot unit's row (``state``) and asks for the sync through ``sync_at`` (the
+    deferred syncs); ``imports`` gives the service's import store as it is now (None: no store);
+    ``target`` refuses a disabled target; ``notify`` sends the job's one notification."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        graph: GraphClient,
+        state: StateStore,
+        imports: Callable[[], ImportStore | None],
+        import_queue: PendingQueue | None,
+        clock: Clock,
+        target: Callable[[str], Target],
+        sync_at: Callable[[str, datetime, str], SyncResult],
+        notify: Callable[[Notification], None],
+    ) -> None:
+        self.settings = settings
+        self.graph = graph
+        self.state = state
+        self._imports = imports
+        self.import_queue = import_queue
+        self.clock = clock
+        self._target = target
+        self.sender = ImportStepSender(import_queue, clock, imports)
+        self.runner = ImportStepRunner(settings, graph, state, self._import_store, clock, self.sender, sync_at, notify)
+
+    @property
+    def imports(self) -> ImportStore | None:
+        return self._imports()
+
+    def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
+        """Record the job and send its first step. Returns (job, devices, poll token)."""
+        self._target(AUTOPILOT)  # the job ends with an Autopilot sync: refused if that target is off
+        store = self._import_store()
+        now = self.clock()
+        token, token_hash = new_token()
+        job = ImportJob(
+            id=new_import_id(), created_at=now, deadline=now + timedelta(seconds=self.settings.import_wait_timeout_seconds),
+            token_hash=token_hash, caller=caller[:200], device_count=len(request.devices),
+            update_existing=request.update_existing, step=1, step_at=now,
+        )
+        devices = [DeviceRow.of(index, device) for index, device in enumerate(request.devices, start=1)]
+        job = store.create(job, devices)
+        self.sender.send_step(job)
+        telemetry.emit("import", trigger="http", caller=caller, target=AUTOPILOT, importId=job.id, step=0,
+                       devices=len(devices), outcome="started")
+        return job, devices, token
+
+    def import_status(self, import_id: str, token: str) -> tuple[ImportJob, list[DeviceRow]] | None:
+        """The job and its devices; None if there is no such job for this token."""
+        store = self._import_store()
+        job = store.job(import_id)
+        if job is None or not token_matches(job.token_hash, token):
+            return None
+        return job, store.devices(import_id)
+
+    def run_import_step(self, text: str) -> str:
+        """Run the step a queue message names. Returns what happened (for the log and tests)."""
+        return self.runner.run(text)
+
+    def repair_imports(self) -> int:
+        """The watcher's part: send again the message of every step that is overdue. Returns how many."""
+        return self.sender.repair()
 
     def _import_store(self) -> ImportStore:
         imports = self.imports

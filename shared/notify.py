@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -177,3 +177,26 @@ class Notifier:
                 break
         log.warning("notification to %s failed after retries: %s", where, outcome)
         return False
+
+
+class Notices:
+    """What one service sends: nothing without NOTIFY_URL; a customer tenant's notifications name
+    the tenant, and its ``syncStarted`` is not sent (thousands of tenants each hour: only what
+    needs someone's attention)."""
+
+    def __init__(self, notifier: Notifier | None, tenant: str | None):
+        self.notifier = notifier
+        self.tenant = tenant
+
+    def send(self, notification: Notification) -> None:
+        if self.notifier is None:
+            return
+        if self.tenant is not None:
+            if notification.event == "syncStarted":
+                return
+            notification = replace(notification, tenant=self.tenant)
+        self.notifier.send(notification)
+
+    def flush(self) -> None:
+        if self.notifier is not None:
+            self.notifier.flush()

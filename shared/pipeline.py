@@ -4,17 +4,23 @@ Per unit: read the state row (1 table round trip) -> refuse from it if the unit 
 or in flight (decisions.refusal_for; no Graph call) -> get the token -> claim the lease, which also
 holds the window pessimistically (1 round trip, If-Match) -> POST the sync under a deadline ->
 commit outcome and history together (1 round trip; shared/recording.py).
+
+``SyncPipeline`` is a collaborator of the service (shared/service.py), given what it uses: the
+settings, the Graph client (for the token), the state store, the clock, the tenant, the targets,
+the recorder (commits what happened), the deferred syncs (an ask inside the cooldown becomes the
+pending sync) and the refusal memory (answers from memory while a window lasts).
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from . import telemetry
-from .core import ServiceCore
 from .decisions import (
     IN_FLIGHT_RETRY_AFTER,
     Verdict,
@@ -30,12 +36,16 @@ from .decisions import (
     seconds_until,
 )
 from .errors import UnexpectedError, UpstreamError
-from .graph import GraphResponse
-from .model import Outcome, SyncRequest, SyncResult, Trigger, iso
+from .graph import GraphClient, GraphResponse
+from .model import Clock, Outcome, SyncRequest, SyncResult, Trigger, iso
 from .redact import redact_text
-from .settings import LEASE_MARGIN_SECONDS
-from .state import Lease, UnitState
-from .targets import Skip, Target, Unit
+from .settings import LEASE_MARGIN_SECONDS, Settings
+from .state import Lease, StateStore, UnitState
+from .targets import Skip, Target, Targets, Unit
+
+if TYPE_CHECKING:
+    from .deferred import Deferrals
+    from .recording import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +54,50 @@ log = logging.getLogger(__name__)
 FANOUT_WORKERS = 25
 
 
-class SyncPipeline(ServiceCore):
+class RefusalMemory:
+    """Refusals this process has already given. A cooldown only ever moves forward (Graph's window
+    stands whatever our table says), so until it ends it can be answered from memory."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, SyncResult] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, refusal: SyncResult | None) -> SyncResult | None:
+        """Keep a refusal that rests on nextAllowedAt, to answer the next callers from memory."""
+        if refusal is not None and refusal.next_allowed_at is not None:
+            with self._lock:
+                self._known[refusal.target] = refusal
+        return refusal
+
+    def clear(self) -> None:
+        """Forget every refusal (as a fresh instance would start)."""
+        with self._lock:
+            self._known.clear()
+
+    def recall(self, unit: Unit, now: datetime) -> SyncResult | None:
+        with self._lock:
+            known = self._known.get(unit.name)
+            if known is None or closed_until(known.next_allowed_at, now) is None:
+                self._known.pop(unit.name, None)
+                return None
+        return replace(known, retry_after_seconds=seconds_until(known.next_allowed_at, now))
+
+
+class SyncPipeline:
+    """Gate (may this unit sync now?), claim, call Graph, verdict; the recorder commits it."""
+
+    def __init__(self, settings: Settings, graph: GraphClient, store: StateStore, clock: Clock, tenant: str | None,
+                 targets: Targets, recorder: Recorder, deferred: Deferrals, memory: RefusalMemory):
+        self.settings = settings
+        self.graph = graph
+        self.store = store
+        self.clock = clock
+        self.tenant = tenant  # the customer tenant synced (None: the app's own)
+        self.targets = targets
+        self.recorder = recorder
+        self.deferred = deferred
+        self.memory = memory
+
     def sync(self, request: SyncRequest) -> list[SyncResult]:
         """Sync what the request names: one unit, or every unit of a target. Each unit's result
         is logged once (shared/telemetry.py)."""
@@ -54,7 +107,7 @@ class SyncPipeline(ServiceCore):
         return results
 
     def _sync_units(self, request: SyncRequest) -> list[SyncResult]:
-        target = self.target(request.target)
+        target = self.targets.named(request.target)
         known: dict[str, UnitState] | None = None  # a fan-out's state rows, read in one query
         try:
             if target.per_item and request.item_id is None:
@@ -99,11 +152,11 @@ class SyncPipeline(ServiceCore):
         try:
             # After a fan-out's query, a unit without a row has none: no need to read it again.
             state = None if known is None else known.get(planned.key, UnitState(key=planned.key))
-            return self._run(target, planned, request, state)
+            return self.run(target, planned, request, state)
         except UpstreamError as exc:
             return self._failure(planned.name, exc)
 
-    def _run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
+    def run(self, target: Target, unit: Unit, request: SyncRequest, state: UnitState | None = None) -> SyncResult:
         """One unit: decide from its state row, claim it, call Graph, record the outcome."""
         gate = self._gate(target, unit, request, state)
         if isinstance(gate, SyncResult):
@@ -143,7 +196,7 @@ class SyncPipeline(ServiceCore):
         slow or dead identity endpoint never holds a lease."""
         self.recorder.flush_unrecorded(unit.key)
         if not request.defer and request.trigger is not Trigger.DEFERRED:
-            remembered = self._remembered(unit, self.clock())
+            remembered = self.memory.recall(unit, self.clock())
             if remembered:
                 return remembered
         if state is None:
@@ -156,7 +209,7 @@ class SyncPipeline(ServiceCore):
             if request.defer:
                 return self.deferred.defer(unit, state, refusal, request)
             # A lease can end any moment; a cooldown cannot end before nextAllowedAt.
-            return refusal if in_flight(state, now) else (self._remember(refusal) or refusal)
+            return refusal if in_flight(state, now) else (self.memory.remember(refusal) or refusal)
         skip = target.precheck(unit)  # may raise ItemNotFound; nothing is claimed yet
         if skip:
             return SyncResult(unit.name, Outcome.SKIPPED, next_allowed_at=state.next_allowed_at, message=skip.reason)
@@ -182,21 +235,6 @@ class SyncPipeline(ServiceCore):
             return Verdict(Outcome.FAILED, lease.state.next_allowed_at,
                            f"could not interpret Graph's answer ({type(exc).__name__}); the unit stays closed "
                            f"until {iso(lease.state.next_allowed_at)} in case a sync started", ambiguous=True)
-
-    def _remember(self, refusal: SyncResult | None) -> SyncResult | None:
-        """Keep a refusal that rests on nextAllowedAt, to answer the next callers from memory."""
-        if refusal is not None and refusal.next_allowed_at is not None:
-            with self._known_lock:
-                self._known[refusal.target] = refusal
-        return refusal
-
-    def _remembered(self, unit: Unit, now: datetime) -> SyncResult | None:
-        with self._known_lock:
-            known = self._known.get(unit.name)
-            if known is None or closed_until(known.next_allowed_at, now) is None:
-                self._known.pop(unit.name, None)
-                return None
-        return replace(known, retry_after_seconds=seconds_until(known.next_allowed_at, now))
 
     def _closed(self, target: Target, ahead: timedelta = timedelta(0)) -> timedelta:
         """How long a sync of ``target`` started now closes its unit (decisions.closed_for)."""

@@ -30,6 +30,9 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
+from . import telemetry
+from .errors import StateStoreUnavailable
+from .model import Clock
 from .operations import OPERATION_ROW
 from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW
 from .storage import TableStore, store_errors
@@ -162,3 +165,28 @@ class RetentionStore(TableStore):
 def _pending_id_of(row_key: str) -> str:
     """``ask-<pendingId>-<id>`` → pendingId (pending ids are hex, without dashes)."""
     return row_key[len(ASK_PREFIX):].split("-", 1)[0]
+
+
+class Retention:
+    """The watcher's sweep for one service (its tenant's table): given the state store, the clock,
+    HISTORY_RETENTION_DAYS and the tenant it reports for."""
+
+    def __init__(self, store: TableStore, clock: Clock, retention_days: int, tenant: str | None):
+        self.store = store
+        self.clock = clock
+        self.retention_days = retention_days
+        self.tenant = tenant
+
+    def sweep(self, limit: int = SWEEP_LIMIT) -> Swept:
+        """Delete expired rows: history older than HISTORY_RETENTION_DAYS,
+        asks of pending syncs that are over, operations a day past their deadline or finish. At
+        most ``limit`` deletes. A Table Storage fault is logged, not raised: the next tick sweeps."""
+        try:
+            swept = RetentionStore.of(self.store).sweep(self.clock(), self.retention_days, limit)
+        except StateStoreUnavailable as exc:
+            log.warning("sweep skipped: %s", exc.message)
+            return Swept()
+        if swept.total:
+            telemetry.emit("watch", tenant=self.tenant, outcome="swept", counts={
+                "history": swept.history, "asks": swept.asks, "operations": swept.operations, "imports": swept.imports})
+        return swept

@@ -1,17 +1,19 @@
-"""The sync service, assembled from one part per responsibility (see shared/core.py):
+"""The sync service: one object holding named collaborators, each given what it uses.
 
-- shared/pipeline.py: decide, claim, call Graph (the claim -> call -> commit pipeline);
-- shared/recording.py: commit outcome and history, keep what could not be recorded yet, a
-  collaborator (``Recorder``) built with the service;
-- shared/deferred.py: asks inside the cooldown become one pending sync, fired from a queue, a
-  collaborator (``Deferrals``) built with the service;
-- shared/follow.py: "sync and wait", the watcher tick, notifications, retention;
-- shared/status.py: the status document and the health ratings, a collaborator (``StatusReader``)
-  built with the service;
-- shared/importjob.py: Autopilot import jobs (import, one shared sync, follow to the profile),
-  a collaborator (``ImportJobs``) imported and built on first use (``SyncService.import_jobs``).
+    trigger (function_app.py -> shared/api.py, shared/handlers.py)
+      -> SyncService                 the facade every trigger calls; it holds:
+           pipeline  SyncPipeline    gate, claim, call Graph, verdict   (shared/pipeline.py)
+           recorder  Recorder        commit outcome and history         (shared/recording.py)
+           deferred  Deferrals       pending syncs: defer, fire         (shared/deferred.py)
+           follower  Follower        sync and wait, watcher             (shared/follow.py)
+           retention Retention       the watcher's sweep of old rows    (shared/retention.py)
+           status_reader StatusReader status document, health ratings  (shared/status.py)
+           import_jobs() ImportJobs  Autopilot onboarding, built on first use (shared/importjob.py)
 
-The decisions themselves are pure functions in shared/decisions.py.
+Who calls whom is in the constructors below: the pipeline calls the recorder and the deferred
+syncs; the deferred syncs fire through the pipeline's ``run``; the follower calls the pipeline's
+``sync``, the recorder and the deferred syncs; the import jobs call the deferred syncs'
+``sync_at``. The decisions themselves are pure functions in shared/decisions.py.
 """
 from __future__ import annotations
 
@@ -19,19 +21,20 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .core import ServiceCore
 from .deferred import Deferrals, PendingFire, PendingQueue
 from .errors import UnknownTarget
-from .follow import Following
+from .follow import Follower
 from .graph import GraphClient
-from .model import Clock, SyncResult, utcnow
-from .notify import Notifier
-from .operations import OperationStore
-from .pipeline import SyncPipeline
+from .model import Clock, SyncRequest, SyncResult, Trigger, utcnow
+from .notify import Notices, Notifier
+from .operations import Operation, OperationStore
+from .pipeline import RefusalMemory, SyncPipeline
 from .recording import Recorder
+from .retention import SWEEP_LIMIT, Retention, Swept
 from .settings import Settings
-from .state import StateStore
+from .state import StateStore, UnitState
 from .status import StatusReader
+from .targets import TARGETS, Target, Targets
 
 if TYPE_CHECKING:
     from .devices import ImportRequest
@@ -41,16 +44,15 @@ if TYPE_CHECKING:
 __all__ = ["SyncService", "UnknownTarget", "build_service"]
 
 
-class SyncService(SyncPipeline, Following, ServiceCore):
-    """Every trigger's entry: sync, fire, poll, watch, status, imports (see the parts' modules).
+class SyncService:
+    """Every trigger's entry: sync, fire, poll, watch, status, imports; each a collaborator's.
 
     The Autopilot import jobs (shared/importjob.py, and with it the device rows, the import steps,
-    the Autopilot API and the body parser) are a collaborator, ``ImportJobs``, imported and built on
-    its first use, not when a trigger loads the app: a sync never needs it, and a cold start that
-    only syncs does not pay for it (tests/test_lazy_imports.py). The import methods here delegate."""
+    the Autopilot API and the body parser) are imported and built on their first use, not when a
+    trigger loads the app: a sync never needs them, and a cold start that only syncs does not pay
+    for them (tests/test_lazy_imports.py)."""
 
     import_store_factory: Callable[[], ImportStore] | None = None  # ``imports`` made on first use (build_service)
-    _import_jobs: ImportJobs | None = None
 
     def __init__(
         self,
@@ -65,10 +67,36 @@ class SyncService(SyncPipeline, Following, ServiceCore):
         import_queue: PendingQueue | None = None,
         tenant: str | None = None,
     ):
-        super().__init__(settings, graph, store, clock, operations, notifier, queue, imports, import_queue, tenant)
-        self.recorder = Recorder(store, clock, tenant, self._notify, self._remember)
+        self.settings, self.graph, self.store, self.clock, self.tenant = settings, graph, store, clock, tenant
+        self.operations, self.notifier, self.queue = operations, notifier, queue
+        self.imports, self.import_queue = imports, import_queue  # Autopilot import jobs, and their queue
+        self.targets = Targets({name: TARGETS[name](graph, settings.cooldown_seconds(name), settings.exchange_sync_type, clock)
+                                for name in settings.sync_targets})
+        notices, memory = Notices(notifier, tenant), RefusalMemory()
+        self.recorder = Recorder(store, clock, tenant, notices.send, memory.remember)
+        # The one cycle: a pending sync fires through the pipeline, which defers to the pending syncs.
+        self.deferred = Deferrals(store, queue, clock, tenant, self.targets.named,
+                                  lambda *unit: self.pipeline.run(*unit), notices.send)
+        self.pipeline = SyncPipeline(settings, graph, store, clock, tenant, self.targets, self.recorder, self.deferred, memory)
+        self.retention = Retention(store, clock, settings.history_retention_days, tenant)
+        self.follower = Follower(settings, store, clock, tenant, self.targets, operations, self.pipeline.sync,
+                                 self.recorder, self.deferred, notices, self.repair_imports, self.retention.sweep)
         self.status_reader = StatusReader(settings, graph, store, self.targets, clock, tenant)
-        self.deferred = Deferrals(store, queue, clock, tenant, self.target, self._run, self._notify)
+        self._notices = notices
+        self._import_jobs: ImportJobs | None = None
+
+    def target(self, name: str) -> Target:
+        return self.targets.named(name)
+
+    # --- the pipeline -------------------------------------------------------------------------
+
+    def sync(self, request: SyncRequest) -> list[SyncResult]:
+        return self.pipeline.sync(request)
+
+    def sync_enabled(self, trigger: Trigger = Trigger.TIMER, caller: str = "timer", defer: bool = True) -> list[SyncResult]:
+        return self.pipeline.sync_enabled(trigger, caller, defer)
+
+    # --- deferred syncs -----------------------------------------------------------------------
 
     def sync_at(self, target_name: str, at: datetime, caller: str) -> SyncResult:
         return self.deferred.sync_at(target_name, at, caller)
@@ -76,11 +104,32 @@ class SyncService(SyncPipeline, Following, ServiceCore):
     def fire(self, fire: PendingFire) -> SyncResult | None:
         return self.deferred.fire(fire)
 
+    # --- the follower -------------------------------------------------------------------------
+
+    def sync_and_follow(self, request: SyncRequest) -> tuple[SyncResult, Operation | None, str | None]:
+        return self.follower.sync_and_follow(request)
+
+    def poll(self, operation_id: str, token: str) -> Operation | None:
+        return self.follower.poll(operation_id, token)
+
+    def watch(self) -> int:
+        return self.follower.watch()
+
+    def repair(self) -> list[UnitState]:
+        return self.follower.repair()
+
+    def sweep(self, limit: int = SWEEP_LIMIT) -> Swept:
+        return self.retention.sweep(limit)
+
+    # --- the status reader --------------------------------------------------------------------
+
     def status(self) -> dict[str, Any]:
         return self.status_reader.status()
 
     def report_health(self) -> dict[str, str]:
         return self.status_reader.report_health()
+
+    # --- the import jobs ----------------------------------------------------------------------
 
     def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
         return self.import_jobs().start_import(request, caller)
@@ -104,7 +153,7 @@ class SyncService(SyncPipeline, Following, ServiceCore):
             from .importjob import ImportJobs
 
             self._import_jobs = ImportJobs(self.settings, self.graph, self.store, lambda: self.imports, self.import_queue,
-                                           self.clock, self.target, self.sync_at, self._notify)
+                                           self.clock, self.targets.named, self.sync_at, self._notices.send)
         return self._import_jobs
 
 

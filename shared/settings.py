@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .cabundle import ca_bundle_problem
 from .errors import AppError
-from .graph import write_budget_seconds
 from .ids import is_guid
 from .redact import redact_text, redact_url
-from .transport import ca_bundle_problem
+from .timeouts import write_budget_seconds
 
 # Each sync target with its cooldown setting, default and minimum (seconds).
 TARGET_COOLDOWNS: dict[str, tuple[str, int, int]] = {

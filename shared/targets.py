@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .answers import parse_graph_time
-from .errors import GraphResourceNotFound, InvalidItemId, ItemNotFound, UpstreamError
+from .errors import GraphResourceNotFound, InvalidItemId, ItemNotFound, UnknownTarget, UpstreamError
 from .graph import GraphClient, GraphResponse
 from .ids import parse_guid
 from .model import Clock, utcnow
@@ -417,3 +417,13 @@ TARGETS: dict[str, type[Target]] = {
     t.name: t
     for t in (AutopilotTarget, ExchangeTarget, AppleAdeTarget, VppTarget, ManagedGooglePlayTarget, DriverInventoryTarget)
 }
+
+
+class Targets(dict[str, "Target"]):
+    """A service's enabled targets by name (SYNC_TARGETS, in its order)."""
+
+    def named(self, name: str) -> Target:
+        try:
+            return self[name]
+        except KeyError:
+            raise UnknownTarget(f"unknown or disabled target {name!r}; enabled: {', '.join(self)}") from None

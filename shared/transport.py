@@ -20,9 +20,8 @@ from typing import Any
 
 import requests
 
+from .cabundle import ca_bundle_problem_text, ca_bundle_setting
 from .errors import AppError
-
-CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 
 class CaBundleMissing(AppError, ValueError):
@@ -34,28 +33,6 @@ class CaBundleMissing(AppError, ValueError):
     def __init__(self, name: str, path: str):
         self.name, self.path = name, path
         super().__init__(f"{name}: {ca_bundle_problem_text(path)}")
-
-
-def ca_bundle_problem_text(path: str) -> str:
-    return f"names {path!r}, which does not exist; it must be a PEM file (or directory) of the CAs to trust"
-
-
-def ca_bundle_setting(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """(variable, path) of the CA bundle in use, or None for the default (certifi's)."""
-    env = os.environ if env is None else env
-    for name in CA_BUNDLE_VARIABLES:
-        value = (env.get(name) or "").strip()
-        if value:
-            return name, value
-    return None
-
-
-def ca_bundle_problem(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """(variable, what is wrong) when the CA bundle in use does not exist; None when fine."""
-    found = ca_bundle_setting(env)
-    if found and not os.path.exists(found[1]):
-        return found[0], ca_bundle_problem_text(found[1])
-    return None
 
 
 def verify(env: Mapping[str, str] | None = None) -> bool | str:

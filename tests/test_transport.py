@@ -16,7 +16,7 @@ from emulators.azurite import ACCOUNT, KEY
 from emulators.graph import AUTOPILOT, GraphEmulator
 from emulators.server import JsonHandler, Server
 from emulators.tls import CertificateAuthority, ServerCertificate, serve_tls
-from shared import transport
+from shared import cabundle, transport
 from shared.errors import GraphUnavailable
 from shared.graph import GraphClient
 from shared.identity import make_credential
@@ -24,7 +24,7 @@ from shared.notify import Notification, Notifier
 from shared.settings import Settings, SettingsError
 from shared.storage import queue_client, table_client
 
-CA_VARIABLES = transport.CA_BUNDLE_VARIABLES
+CA_VARIABLES = cabundle.CA_BUNDLE_VARIABLES
 
 
 @pytest.fixture(scope="module")
