@@ -1,10 +1,12 @@
-"""Azure Functions entry point (v2 programming model): triggers only (the HTTP mapping is shared/api.py).
+"""Azure Functions entry point (v2 programming model): triggers only (the HTTP mapping is shared/api/routes.py).
 
 The logic lives in ``shared/``: settings, Graph client, targets, state store, service.
 """
 import azure.functions as func
 
-from shared import api, handlers, runtime
+from shared.api import routes as api
+from shared.runtime import handlers
+from shared.runtime import process as runtime
 
 runtime.check_settings_at_startup()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

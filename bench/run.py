@@ -42,14 +42,14 @@ from bench import results
 from emulators.azurite import Azurite, free_port
 from emulators.graph import GraphEmulator
 from emulators.identity import IdentityEmulator
-from shared.graph import GraphClient, RetryPolicy
-from shared.identity import make_credential
-from shared.model import SyncRequest
-from shared.service import SyncService
-from shared.settings import Settings
-from shared.state import StateStore
-from shared.storage import table_client
-from shared.targets import EXCHANGE_CONNECTORS
+from shared.assembly.service import SyncService
+from shared.clients.graph import GraphClient, RetryPolicy
+from shared.clients.identity import make_credential
+from shared.clients.storage import table_client
+from shared.common.model import SyncRequest
+from shared.common.settings import Settings
+from shared.engine.state import StateStore
+from shared.engine.targets import EXCHANGE_CONNECTORS
 
 WORK = ROOT / "bench" / ".work"
 SDK_PACKAGES = ["msgraph-beta-sdk", "azure-identity==1.27.0", "azure-data-tables==12.7.0", "azure-functions==1.26.0"]

@@ -1,6 +1,6 @@
 """Telemetry without an SDK (issue #14): what Microsoft's OpenTelemetry distro for Azure Monitor
 (``azure-monitor-opentelemetry``) would add to the cold start and to each record, measured side by
-side with the app's own structured records (``shared.telemetry.emit``: ``IntuneSync {json}`` in a
+side with the app's own structured records (``shared.common.telemetry.emit``: ``IntuneSync {json}`` in a
 plain log record) in the same run, on this machine.
 
     python -m bench.telemetry                # full run; installs the distro in bench/.work/venv-otel, writes its section of RESULTS.md
@@ -126,8 +126,8 @@ def per_record(records: int, repeats: int, otel: bool) -> dict[str, float]:
         from azure.monitor.opentelemetry import configure_azure_monitor
 
         configure_azure_monitor(connection_string=CONNECTION_STRING)
-    from shared.model import Outcome, Trigger
-    from shared.telemetry import emit
+    from shared.common.model import Outcome, Trigger
+    from shared.common.telemetry import emit
 
     root = logging.getLogger()
     root.setLevel(logging.INFO)

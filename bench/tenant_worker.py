@@ -4,12 +4,12 @@ tenant queue, driven the way the host's queue trigger drives it.
 It loads the app (``function_app``, so ``azure.functions`` too, as the worker has it), then pulls
 messages from the tenant queue with up to ``--threads`` invocations in flight (the host fetches up
 to 32 messages at a time and keeps ``batchSize + newBatchThreshold`` in flight; the Python worker
-runs each sync invocation on a thread of its pool), calls ``shared.handlers.run_tenant`` with the
+runs each sync invocation on a thread of its pool), calls ``shared.runtime.handlers.run_tenant`` with the
 message text exactly as ``function_app.tenant_sync`` does, deletes the message when the invocation
 succeeds and makes it visible again when it raises (moved aside after five tries, like the host).
 
 Every Table Storage round trip of the app is counted, by what it is, through the table clients'
-``raw_request_hook`` (``shared.storage.table_service`` is wrapped before the app builds any
+``raw_request_hook`` (``shared.clients.storage.table_service`` is wrapped before the app builds any
 client; nothing in ``shared`` changes). Protocol with the parent, one line each:
 stdin ``go`` / ``stop``; stdout ``READY {json}``, ``P <tenants> <pages> <failures>`` (progress)
 and ``FINAL {json}`` (every figure, after ``stop``).
@@ -104,8 +104,10 @@ class Worker:
         self.threads, self.poll = threads, poll
         started, cpu0 = time.perf_counter(), cpu_seconds()
         import function_app  # noqa: F401  (what the Python worker loads: azure.functions and the app)
-        from shared import handlers, runtime, storage
-        from shared.identity import make_credential
+        from shared.clients import storage
+        from shared.clients.identity import make_credential
+        from shared.runtime import handlers
+        from shared.runtime import process as runtime
 
         settings = runtime.settings()
         self.tables = TableCounter(settings.state_table)

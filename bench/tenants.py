@@ -56,7 +56,7 @@ from emulators.azurite import Azurite, free_port
 from emulators.entra import DEFAULT_CLIENT_ID
 from emulators.identity import DEFAULT_SECRET, TOKEN_PATH
 from emulators.tokens import HOME_TENANT, principal_id
-from shared.tenants import PAGE_SIZE, Tenant, TenantStore
+from shared.tenancy.registry import PAGE_SIZE, Tenant, TenantStore
 
 WORK = ROOT / "bench" / ".work"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -361,7 +361,7 @@ def prepare(stack: Stack, spec: Spec) -> tuple[dict[str, str], list[str]]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda chunk: home.submit_transaction([("upsert", row) for row in chunk]), chunks))
         if spec.tables_ready:
-            from shared.tenancy import table_name_of
+            from shared.tenancy.customers import table_name_of
 
             list(pool.map(lambda t: service.create_table(table_name_of(table, t)), tenants))
     QueueClient.from_connection_string(stack.azurite.connection_string, env["TENANT_QUEUE"]).create_queue()
@@ -380,7 +380,7 @@ def queue_depth(stack: Stack, name: str) -> int:
 
 def fan_out(env: dict[str, str]) -> None:
     """The timer's part for the tenants: the first page's message (Tenancy.fan_out)."""
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     saved = dict(os.environ)
     os.environ.update(env)

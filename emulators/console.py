@@ -1,6 +1,6 @@
 """The local run's live log: one readable line per invocation and per telemetry event.
 
-In Azure the same events are traces in Application Insights (shared/telemetry.py); here they are
+In Azure the same events are traces in Application Insights (shared/common/telemetry.py); here they are
 printed as they happen, e.g.::
 
     22:14:03  POST /api/sync/autopilot -> 202 (41 ms)
@@ -88,7 +88,7 @@ def readable(e: dict[str, Any]) -> str:
 
 
 class EventPrinter(logging.Handler):
-    """Prints the app's telemetry records (shared/telemetry.py) readably."""
+    """Prints the app's telemetry records (shared/common/telemetry.py) readably."""
 
     def __init__(self, print_line: Callable[..., None] = line):
         super().__init__(logging.INFO)

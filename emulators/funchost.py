@@ -162,7 +162,7 @@ class QueuePoller(threading.Thread):
 
         connection = os.environ.get(self.function.connection, "")
         if "UseDevelopmentStorage=true" in connection.replace(" ", ""):
-            from shared.settings import AZURITE_CONNECTION_STRING
+            from shared.common.settings import AZURITE_CONNECTION_STRING
 
             connection = AZURITE_CONNECTION_STRING
         if "QueueEndpoint=" not in connection and "AccountName=" not in connection:

@@ -163,8 +163,8 @@ def reset(graph: GraphEmulator, tenants: list[str | None]) -> dict[str, object]:
     from azure.data.tables import TableClient
     from azure.storage.queue import QueueClient
 
-    from shared import runtime
-    from shared.settings import Settings
+    from shared.common.settings import Settings
+    from shared.runtime import process as runtime
 
     settings = Settings.from_env(dict(os.environ))
     connection = os.environ["AzureWebJobsStorage"]
@@ -261,7 +261,7 @@ def serve(args: argparse.Namespace, ports: dict[str, int], stack: contextlib.Exi
         os.environ.update({**entra.env(), "MULTI_TENANT_CLIENT_ID": DEFAULT_CLIENT_ID, "AZURE_CLIENT_ID": LOCAL_IDENTITY_CLIENT_ID})
     furnish(graph, tenants)
     sys.path.insert(0, str(ROOT))
-    from shared.telemetry import LOGGER
+    from shared.common.telemetry import LOGGER
 
     from .console import EventPrinter
 

@@ -1,7 +1,7 @@
 """TLS for the emulators and tests: a throwaway certificate authority and HTTPS servers.
 
 Real TLS on 127.0.0.1, signed by a CA that exists only for the test run, so that what the app
-trusts (REQUESTS_CA_BUNDLE / SSL_CERT_FILE, shared/transport.py) is exercised for real:
+trusts (REQUESTS_CA_BUNDLE / SSL_CERT_FILE, shared/clients/transport.py) is exercised for real:
 
     ca = CertificateAuthority.create(tmp_path)
     server = GraphEmulator()                 # any emulators.server.Server

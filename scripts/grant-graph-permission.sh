@@ -19,7 +19,7 @@ graph=$(az cloud show --query endpoints.microsoftGraphResourceId -o tsv)
 graph=${graph%/}
 # The roles of the enabled targets (shared/graph-roles.json), as the Bicep grants them.
 targets=${SYNC_TARGETS:-$(azd env get-value SYNC_TARGETS 2>/dev/null || echo autopilot)}
-roles=$(SYNC_TARGETS="$targets" python3 -c 'import os, sys; sys.path.insert(0, "."); from shared.permissions import roles_for; print(" ".join(roles_for(t.strip() for t in os.environ["SYNC_TARGETS"].split(",") if t.strip())))')
+roles=$(SYNC_TARGETS="$targets" python3 -c 'import os, sys; sys.path.insert(0, "."); from shared.common.permissions import roles_for; print(" ".join(roles_for(t.strip() for t in os.environ["SYNC_TARGETS"].split(",") if t.strip())))')
 graph_sp=$(az ad sp show --id "$graph_app_id" --query id -o tsv)
 
 for role in $roles; do

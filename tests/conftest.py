@@ -26,16 +26,16 @@ from emulators.funchost import load_routes
 from emulators.graph import GraphEmulator
 from emulators.identity import IdentityEmulator
 from emulators.tokens import ALL_ROLES
-from shared.deferred import PendingQueue
-from shared.graph import GraphClient, RetryPolicy
-from shared.identity import make_credential
-from shared.imports import ImportStore
-from shared.notify import Notifier
-from shared.operations import OperationStore
-from shared.service import SyncService
-from shared.settings import DEFAULTS, Settings
-from shared.state import StateStore
-from shared.storage import queue_client, table_client
+from shared.assembly.service import SyncService
+from shared.clients.graph import GraphClient, RetryPolicy
+from shared.clients.identity import make_credential
+from shared.clients.notify import Notifier
+from shared.clients.storage import queue_client, table_client
+from shared.common.settings import DEFAULTS, Settings
+from shared.engine.deferred import PendingQueue
+from shared.engine.operations import OperationStore
+from shared.engine.state import StateStore
+from shared.onboarding.imports import ImportStore
 
 FAST_RETRY = RetryPolicy(retries=3, backoff_factor=0.01, backoff_max=0.2)
 # A started Autopilot sync closes its unit for Graph's 10 minutes plus the margin kept for clocks
@@ -336,7 +336,7 @@ def queue_length(env: dict[str, str]) -> int:
 # --- calling the function app in-process, as the host does -----------------------------------
 
 import function_app
-from shared import runtime
+from shared.runtime import process as runtime
 
 # app.get_functions() once per process, as documented for testing v2 functions.
 APP_FUNCTIONS = function_app.app.get_functions()
@@ -393,7 +393,7 @@ def start_import(svc: SyncService, devices: list[dict[str, Any]], update_existin
     """Start an import job in-process, as POST /api/autopilot/devices does; its id."""
     import json
 
-    from shared.devices import parse_import
+    from shared.onboarding.devices import parse_import
 
     request = parse_import(json.dumps({"devices": devices, "updateExisting": update_existing}).encode(), "application/json")
     return svc.start_import(request, caller)[0].id
@@ -401,7 +401,7 @@ def start_import(svc: SyncService, devices: list[dict[str, Any]], update_existin
 
 def fire_due_sync(svc: SyncService) -> Any:
     """What the deferred-sync queue trigger does when the pending Autopilot sync is due."""
-    from shared.deferred import PendingFire
+    from shared.engine.deferred import PendingFire
 
     state = svc.store.read("autopilot")
     if state.pending_id and state.pending_at and state.pending_at <= svc.clock():
@@ -414,7 +414,7 @@ def run_imports(svc: SyncService, clock: FakeClock, graph: GraphEmulator, *impor
                 between: Callable[[], Any] | None = None) -> list[Any]:
     """Drive import jobs in-process as the queues would, time moving on to each next due step:
     the jobs' steps in turn, and the pending Autopilot sync when it is due. The finished jobs."""
-    from shared.importjob import ImportStep
+    from shared.onboarding.importjob import ImportStep
 
     assert svc.imports is not None
     for _ in range(steps):
@@ -479,11 +479,11 @@ def drain(env: dict[str, str], setting: str, run: Callable[[str], Any], limit: i
 
 
 def logged_events(caplog: pytest.LogCaptureFixture, event: str | None = None) -> list[dict[str, Any]]:
-    """The telemetry records logged so far (shared/telemetry.py), read back from each record's
+    """The telemetry records logged so far (shared/common/telemetry.py), read back from each record's
     message exactly as KQL does (``parse_json(substring(message, 11))``)."""
     import json
 
-    from shared.telemetry import LOGGER, PREFIX
+    from shared.common.telemetry import LOGGER, PREFIX
 
     found = []
     for record in caplog.records:

@@ -1,5 +1,5 @@
 """A separate app process for the import-job tests: it builds the service from its environment, as
-a Functions worker does (shared/runtime.py), and runs import steps. Each line it prints is JSON.
+a Functions worker does (shared/runtime/process.py), and runs import steps. Each line it prints is JSON.
 
     python tests/importworker.py steps MESSAGE...   print {"ready"}, wait for "go" on stdin, run
                                                     each step message, print {"outcome", "at"} each

@@ -1,10 +1,10 @@
-"""What Graph's answers mean (shared/answers.py): pure functions, no servers."""
+"""What Graph's answers mean (shared/common/answers.py): pure functions, no servers."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.answers import MAX_RETRY_AFTER_SECONDS, parse_graph_time, parse_http_date, parse_retry_after
-from shared.deferred import BACKOFF_MAX, deferred_backoff
+from shared.common.answers import MAX_RETRY_AFTER_SECONDS, parse_graph_time, parse_http_date, parse_retry_after
+from shared.engine.deferred import BACKOFF_MAX, deferred_backoff
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -13,12 +13,16 @@ from functools import cache
 
 from conftest import ROOT
 
-from shared import notify, telemetry
-from shared.settings import DEFAULTS
+from shared.clients import notify
+from shared.common import telemetry
+from shared.common.settings import DEFAULTS
 
 DOC = ROOT / "docs" / "architecture.md"
 SHARED = ROOT / "shared"
-MODULES = {path.stem for path in SHARED.glob("*.py") if path.stem != "__init__"}
+# Every module of the app by its name (names are unique across the packages): name -> dotted path
+# under shared ("engine.pipeline"), as the doc names a module by its name alone.
+MODULES = {path.stem: ".".join(path.relative_to(SHARED).with_suffix("").parts)
+           for path in SHARED.rglob("*.py") if path.stem != "__init__"}
 
 _CODE = re.compile(r"`([^`\n]+)`")
 _PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:py|json|bicep|md))\b")
@@ -36,7 +40,11 @@ _NOTIFICATIONS = (re.compile(rf"{_RUN}\s+notifications?\b"), re.compile(rf"\bnot
 
 @cache
 def _tree(module: str) -> ast.Module:
-    return ast.parse((SHARED / f"{module}.py").read_text())
+    return ast.parse(_source(module))
+
+
+def _source(module: str) -> str:
+    return (SHARED / f"{MODULES[module].replace('.', '/')}.py").read_text()
 
 
 @cache
@@ -65,7 +73,7 @@ def app_errors() -> set[str]:
 def app_settings() -> set[str]:
     """The settings the code reads (settings.DEFAULTS, and the names settings.py reads from the
     environment itself) and the app settings the Bicep sets (infra/main.bicep, infra/app/api.bicep)."""
-    read = set(re.findall(r"""["']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)["']""", (SHARED / "settings.py").read_text()))
+    read = set(re.findall(r"""["']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)["']""", _source("settings")))
     bicep = {name for path in (ROOT / "infra" / "main.bicep", ROOT / "infra" / "app" / "api.bicep")
              for name in re.findall(r"^\s*([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+):", path.read_text(), re.M)}
     return set(DEFAULTS) | read | bicep
@@ -89,7 +97,7 @@ def _resolve(owner: object, parts: list[str]) -> bool:
             # An instance attribute set in a dataclass or __init__ is no class attribute: look in its source.
             annotations = getattr(owner, "__annotations__", {})
             return part in annotations or bool(isinstance(owner, type) and re.search(
-                rf"\bself\.{re.escape(part)}\s*[:=]", (SHARED / f"{owner.__module__.split('.')[-1]}.py").read_text()))
+                rf"\bself\.{re.escape(part)}\s*[:=]", _source(owner.__module__.split('.')[-1])))
         owner = getattr(owner, part)
     return True
 
@@ -123,6 +131,8 @@ def references(text: str) -> dict[str, set[str]]:
 
 
 def _file_exists(path: str) -> bool:
+    if "/" not in path and path.endswith(".py") and path[:-3] in MODULES:
+        return True  # a module by its name (`pipeline.py`): names are unique across the packages
     return any((base / path).is_file() for base in (ROOT, SHARED, ROOT / "docs"))
 
 
@@ -135,8 +145,8 @@ def problems(text: str) -> list[str]:
     found += [f"unknown setting {s}" for s in sorted(refs["settings"]) if s not in app_settings()]
     for name in sorted(refs["attributes"]):
         head, *parts = name.split(".")
-        owner: object = (importlib.import_module(f"shared.{head}") if head in MODULES
-                         else getattr(importlib.import_module(f"shared.{classes()[head][0]}"), head))
+        owner: object = (importlib.import_module(f"shared.{MODULES[head]}") if head in MODULES
+                         else getattr(importlib.import_module(f"shared.{MODULES[classes()[head][0]]}"), head))
         if not _resolve(owner, parts):
             found.append(f"no {name}")
     found += [f"no class {c}" for c in sorted(refs["classes"]) if c not in classes()]
@@ -168,9 +178,25 @@ def test_the_diagram_draws_the_modules_a_call_goes_through():
     diagram = re.search(r"```mermaid\n(.*?)```", DOC.read_text(), re.S)
     assert diagram
     drawn = set(re.findall(r"(\w+)\.py", diagram.group(1)))
-    assert {"function_app", "api", "errors", "handlers", "messages", "runtime", "service", "pipeline", "decisions", "recording",
+    assert {"function_app", "routes", "errors", "handlers", "messages", "process", "service", "pipeline", "decisions", "recording",
             "deferred", "follow", "status", "importjob", "importclaim", "targets", "graph", "state", "storage",
-            "ids", "redact", "tenancy"} <= drawn
+            "ids", "redact", "customers", "registry", "retention"} <= drawn
+
+
+def test_the_collaborators_table_gives_each_collaborator_what_its_constructor_takes():
+    """The table of the service's collaborators is drawn from the code: each row's class takes
+    exactly the arguments the row names, in that order; and the service builds every one of them."""
+    import inspect
+
+    rows = re.findall(r"^\| `([\w()]+)` \| `(\w+)\.(\w+)` \| (.+) \|$", _section("The service and its collaborators"), re.M)
+    assert len(rows) >= 7
+    service = _source("service")
+    for attribute, module, name, given in rows:
+        cls = getattr(importlib.import_module(f"shared.{MODULES[module]}"), name)
+        taken = list(inspect.signature(cls.__init__).parameters)[1:]
+        assert re.findall(r"`(\w+)`", given) == taken, name
+        assert f"{name}(" in service, f"SyncService does not build {name}"
+        assert attribute.endswith("()") or f"self.{attribute} = {name}(" in service, attribute
 
 
 def test_the_error_list_names_every_app_error():
@@ -194,5 +220,5 @@ def test_the_check_reports_a_made_up_name_of_every_kind():
         "no decisions.no_such_rule", "no pipeline.SyncPipeline._no_such_step", "no class NoSuchError",
         "unknown telemetry event 'debug'", "unknown telemetry field 'accessToken'", "unknown notification 'syncExploded'",
     ]
-    real = "`shared/ids.py`, `IMPORT_STEP_CLAIM_SECONDS`, `storage.read_change_write`, `StepLost`, the `sync` event"
+    real = "`shared/common/ids.py`, `IMPORT_STEP_CLAIM_SECONDS`, `storage.read_change_write`, `StepLost`, the `sync` event"
     assert problems(real) == []

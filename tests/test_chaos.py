@@ -24,12 +24,12 @@ from conftest import PAST_WINDOW, configure, faults, queue_length, sync_posts, w
 
 from emulators.azurite import ACCOUNT, KEY
 from emulators.faultproxy import FaultProxy
-from shared.answers import MAX_RETRY_AFTER_SECONDS
-from shared.identity import make_credential
-from shared.model import Outcome, SyncRequest
-from shared.settings import Settings
-from shared.state import Attempt, StateStore
-from shared.storage import table_client
+from shared.clients.identity import make_credential
+from shared.clients.storage import table_client
+from shared.common.answers import MAX_RETRY_AFTER_SECONDS
+from shared.common.model import Outcome, SyncRequest
+from shared.common.settings import Settings
+from shared.engine.state import Attempt, StateStore
 
 AUTOPILOT = SyncRequest("autopilot", caller="chaos")
 LEASE = 180  # the default SYNC_LEASE_SECONDS the hosts run with
@@ -257,7 +257,7 @@ def test_a_deferred_sync_of_a_deleted_connector_ends_as_skipped_not_in_the_poiso
     state = service.store.read(f"exchange-{CONNECTORS[0]}")
     configure(graph, connectors=[])
     clock.advance(601)
-    from shared.deferred import PendingFire
+    from shared.engine.deferred import PendingFire
 
     result = service.fire(PendingFire(state.key, "exchange", CONNECTORS[0], state.pending_id, state.pending_at))
     assert result.outcome is Outcome.SKIPPED

@@ -16,8 +16,8 @@ import requests
 from conftest import SKEW_MARGIN_SECONDS, FakeClock, configure, faults, one, sync_posts
 
 from emulators.graph import GraphEmulator
-from shared.model import Outcome, SyncRequest
-from shared.settings import DEFAULTS
+from shared.common.model import Outcome, SyncRequest
+from shared.common.settings import DEFAULTS
 
 AUTOPILOT = SyncRequest("autopilot", caller="test")
 MARGIN = SKEW_MARGIN_SECONDS

@@ -14,10 +14,10 @@ import pytest
 import requests
 from conftest import sync_posts
 
-from shared.identity import make_credential
-from shared.settings import Settings
-from shared.state import Attempt, StateStore
-from shared.storage import table_client
+from shared.clients.identity import make_credential
+from shared.clients.storage import table_client
+from shared.common.settings import Settings
+from shared.engine.state import Attempt, StateStore
 
 PROCESSES = 4
 CALLERS_PER_PROCESS = 25

@@ -15,7 +15,7 @@ import requests
 from conftest import APP_FUNCTIONS, ROOT
 from openapi_spec_validator import validate
 
-from shared.targets import TARGETS
+from shared.engine.targets import TARGETS
 
 CONNECTOR = ROOT / "connector"
 # A copy inside the project (its SOURCE.md and LICENSE): a fresh clone has nothing beside it.

@@ -1,7 +1,9 @@
-"""The service's decisions (shared/decisions.py): pure functions, no servers, milliseconds."""
+"""The service's decisions (shared/engine/decisions.py): pure functions, no servers, milliseconds."""
 from datetime import UTC, datetime, timedelta
 
-from shared.decisions import (
+from shared.common.errors import GraphUnavailable
+from shared.common.model import Outcome
+from shared.engine.decisions import (
     IN_FLIGHT_RETRY_AFTER,
     IN_PROGRESS_BACKOFF,
     MAX_GRAPH_CLOCK_AHEAD,
@@ -18,9 +20,7 @@ from shared.decisions import (
     refusal_for,
     seconds_until,
 )
-from shared.errors import GraphUnavailable
-from shared.model import Outcome
-from shared.state import UnitState
+from shared.engine.state import UnitState
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 TEN_MINUTES = timedelta(minutes=10)
@@ -181,7 +181,7 @@ def test_a_graph_date_absurdly_far_ahead_moves_the_window_at_most_a_day():
 
 
 def test_a_graph_date_at_the_calendars_end_is_the_most_we_believe_not_an_overflow():
-    from shared.answers import parse_http_date
+    from shared.common.answers import parse_http_date
 
     assert graph_clock_ahead(parse_http_date("Fri, 31 Dec 9999 23:59:59 -1200"), NOW, MARGIN) == MAX_GRAPH_CLOCK_AHEAD
 
@@ -211,7 +211,7 @@ def test_caller_names_are_distinct_and_bounded():
 
 
 def test_a_request_refused_before_sending_is_a_failure_not_an_ambiguous_start():
-    from shared.errors import UnsafeGraphPath
+    from shared.common.errors import UnsafeGraphPath
 
     verdict = no_answer("autopilot", UnsafeGraphPath("refusing an unsafe path"), NOW, TEN_MINUTES, None)
     assert verdict.outcome is Outcome.FAILED and not verdict.ambiguous

@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 import requests
 from conftest import PAST_WINDOW, SKEW_MARGIN_SECONDS, advance, configure, one, queue_length, sync_posts
 
-from shared.deferred import BACKOFF_MAX, PendingFire
-from shared.identity import make_credential
-from shared.model import Outcome, SyncRequest, Trigger
-from shared.settings import Settings
-from shared.state import Attempt, StateStore
-from shared.storage import table_client
+from shared.clients.identity import make_credential
+from shared.clients.storage import table_client
+from shared.common.model import Outcome, SyncRequest, Trigger
+from shared.common.settings import Settings
+from shared.engine.deferred import BACKOFF_MAX, PendingFire
+from shared.engine.state import Attempt, StateStore
 
 DEFER = SyncRequest("autopilot", caller="flow-1", defer=True)
 

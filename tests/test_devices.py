@@ -1,4 +1,4 @@
-"""Autopilot import requests (shared/devices.py): every row validated before anything reaches
+"""Autopilot import requests (shared/onboarding/devices.py): every row validated before anything reaches
 Graph. Pure: no servers."""
 import base64
 import codecs
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from shared.devices import MAX_BODY_BYTES, MAX_DEVICES, MAX_SHOWN, MAX_TEXT_CHARS, InvalidDevices, parse_import
+from shared.onboarding.devices import MAX_BODY_BYTES, MAX_DEVICES, MAX_SHOWN, MAX_TEXT_CHARS, InvalidDevices, parse_import
 
 HASH = base64.b64encode(bytes(range(256)) * 16).decode()  # 4 KB, the size of a real 4K hash
 HEADER = "Device Serial Number,Windows Product ID,Hardware Hash"

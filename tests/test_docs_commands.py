@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from conftest import ROOT
 
-from shared.model import Outcome, SyncResult
+from shared.common.model import Outcome, SyncResult
 
 README = (ROOT / "README.md").read_text()
 DOCS = {str(path.relative_to(ROOT)): path.read_text() for path in [*(ROOT / "docs").glob("*.md"), ROOT / "connector" / "README.md"]}

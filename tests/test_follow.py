@@ -13,7 +13,7 @@ import requests
 from conftest import FUNCTIONS, advance, call, configure, sync_posts
 
 from emulators.azurite import free_port
-from shared.model import Outcome, SyncRequest
+from shared.common.model import Outcome, SyncRequest
 
 AUTOPILOT = SyncRequest("autopilot", caller="test")
 CONNECTED = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
@@ -214,7 +214,7 @@ def test_an_endpoint_that_is_down_neither_blocks_nor_fails_the_sync(make_service
     dead = f"http://127.0.0.1:{free_port()}/notify?sig=secret-signature"
     service = make_service(NOTIFY_URL=dead)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="shared.notify"):
+    with caplog.at_level(logging.WARNING, logger="shared.clients.notify"):
         result = service.sync(AUTOPILOT)[0]
         assert result.outcome is Outcome.STARTED
         assert time.monotonic() - started < 2  # delivery happens beside the sync
@@ -225,7 +225,7 @@ def test_an_endpoint_that_is_down_neither_blocks_nor_fails_the_sync(make_service
 
 
 def test_a_notify_url_that_is_not_https_is_refused_without_echoing_it():
-    from shared.settings import Settings, SettingsError
+    from shared.common.settings import Settings, SettingsError
 
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "NOTIFY_URL": "http://example.com/x?sig=abc"})

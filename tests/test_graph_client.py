@@ -8,9 +8,9 @@ from conftest import FAST_RETRY, faults, graph_calls, wait_until
 
 from emulators.azurite import free_port
 from emulators.graph import AUTOPILOT
-from shared.errors import GraphAccessDenied, GraphUnavailable, TokenUnavailable
-from shared.graph import PERMISSION, GraphClient, RetryPolicy, WriteLimiter
-from shared.identity import make_credential
+from shared.clients.graph import PERMISSION, GraphClient, RetryPolicy, WriteLimiter
+from shared.clients.identity import make_credential
+from shared.common.errors import GraphAccessDenied, GraphUnavailable, TokenUnavailable
 
 SYNC = AUTOPILOT + "/sync"
 
@@ -146,7 +146,7 @@ def test_without_a_deadline_the_same_faults_are_retried(client, graph):
 
 
 def test_a_401_with_no_time_left_for_a_new_token_and_a_resend_stands(client, graph, identity_server):
-    from shared.graph import TOKEN_WORST_CASE_SECONDS
+    from shared.clients.graph import TOKEN_WORST_CASE_SECONDS
 
     assert client.get(AUTOPILOT).status == 200
     requests.post(f"{graph.base_url}/_emulator/config", json={"revokeTokens": True}, timeout=5)
@@ -156,7 +156,7 @@ def test_a_401_with_no_time_left_for_a_new_token_and_a_resend_stands(client, gra
 
 
 def test_a_401_with_time_left_gets_a_new_token_and_is_resent(client, graph, identity_server):
-    from shared.graph import TOKEN_WORST_CASE_SECONDS
+    from shared.clients.graph import TOKEN_WORST_CASE_SECONDS
 
     assert client.get(AUTOPILOT).status == 200
     requests.post(f"{graph.base_url}/_emulator/config", json={"revokeTokens": True}, timeout=5)
@@ -165,7 +165,7 @@ def test_a_401_with_time_left_gets_a_new_token_and_is_resent(client, graph, iden
 
 
 def test_a_token_request_to_a_hanging_identity_endpoint_ends_in_bounded_time(graph, identity_server):
-    from shared.graph import TOKEN_WORST_CASE_SECONDS
+    from shared.clients.graph import TOKEN_WORST_CASE_SECONDS
 
     identity_server.configure(hangSeconds=12, hangTimes=2)  # longer than the 10 s read timeout, twice
     fresh = GraphClient(graph.base_url, make_credential(None), f"{graph.base_url}/.default", retry=FAST_RETRY)

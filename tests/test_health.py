@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.health import rate, worst
-from shared.targets import GraphView
+from shared.engine.health import rate, worst
+from shared.engine.targets import GraphView
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -5,7 +5,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from shared.importclaim import RENEW_FOR
+from shared.onboarding.importclaim import RENEW_FOR
 
 HOST = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
 QUEUES = HOST["extensions"]["queues"]
@@ -36,7 +36,7 @@ def test_an_import_step_stops_renewing_its_claim_before_the_host_cuts_its_invoca
 
 
 def test_traces_are_not_sampled_so_no_telemetry_record_is_dropped():
-    """The app's telemetry (shared/telemetry.py) is traces; the failure alert and the workbook
+    """The app's telemetry (shared/common/telemetry.py) is traces; the failure alert and the workbook
     count them, so Application Insights' adaptive sampling must not drop any (docs/monitoring.md
     has the volume this costs)."""
     sampling = HOST["logging"]["applicationInsights"]["samplingSettings"]

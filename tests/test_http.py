@@ -10,7 +10,7 @@ import requests
 from azure.functions.timer import TimerRequest
 from conftest import AUTOPILOT_CLOSED_SECONDS, FUNCTIONS, call, graph_calls, logged_events, sync_posts, unreachable_storage
 
-from shared.graph import PERMISSION
+from shared.clients.graph import PERMISSION
 
 CONNECTED = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
 RESULT_KEYS = {"target", "outcome", "nextAllowedAt", "lastAttemptAt", "graphRequestId", "clientRequestId", "message", "errorCode", "scheduledAt"}

@@ -10,7 +10,7 @@ import requests
 from conftest import graph_calls
 from test_devices import ENCODINGS, realistic_csv
 
-from shared.devices import MAX_DEVICES, MAX_SHOWN
+from shared.onboarding.devices import MAX_DEVICES, MAX_SHOWN
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Autopilot import jobs (shared/importjob.py) against Azurite and the Graph emulator: import,
+"""Autopilot import jobs (shared/onboarding/importjob.py) against Azurite and the Graph emulator: import,
 one shared sync, follow each device to its profile, delete its import record; every phase
 survives a restart, and a duplicated message does nothing twice.
 
@@ -26,8 +26,8 @@ from conftest import (
     sync_posts,
 )
 
-from shared.importjob import ImportStep
-from shared.onboarding import FAILED, PROFILE_ASSIGNED, REGISTERED, TIMED_OUT, WAITING_FOR_SYNC
+from shared.onboarding.importjob import ImportStep
+from shared.onboarding.rules import FAILED, PROFILE_ASSIGNED, REGISTERED, TIMED_OUT, WAITING_FOR_SYNC
 
 IMPORTS = "/importedWindowsAutopilotDeviceIdentities"
 IMPORTS_PATH = "/v1.0/deviceManagement" + IMPORTS
@@ -340,7 +340,7 @@ def test_a_serial_reserved_by_a_job_that_stopped_is_imported_by_another_job_afte
 def test_a_steps_takeover_message_does_nothing_and_logs_nothing_once_the_step_has_ended(make_service, graph, env, caplog):
     from conftest import drain, logged_events
 
-    from shared.telemetry import LOGGER
+    from shared.common.telemetry import LOGGER
 
     caplog.set_level(logging.INFO, logger=LOGGER)
     service = make_service(IMPORT_STEP_CLAIM_SECONDS="2", IMPORT_STEP_HEARTBEAT_SECONDS="1")

@@ -13,9 +13,9 @@ from conftest import autopilot_devices, faults, graph_calls, import_stats, run_i
 
 from emulators.azurite import ACCOUNT, KEY, free_port
 from emulators.faultproxy import FaultProxy
-from shared.errors import StateStoreUnavailable
-from shared.importjob import OVERDUE, ImportStep
-from shared.onboarding import PROFILE_ASSIGNED
+from shared.common.errors import StateStoreUnavailable
+from shared.onboarding.importjob import OVERDUE, ImportStep
+from shared.onboarding.rules import PROFILE_ASSIGNED
 
 IMPORT = "/importedWindowsAutopilotDeviceIdentities/import"
 

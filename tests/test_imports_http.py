@@ -11,7 +11,7 @@ import pytest
 import requests
 from conftest import HARDWARE_HASH, autopilot_devices, call, configure, graph_calls, import_stats, sync_posts
 
-from shared.devices import MAX_DEVICES
+from shared.onboarding.devices import MAX_DEVICES
 
 CSV_HEADER = "Device Serial Number,Windows Product ID,Hardware Hash"
 CSV = "text/csv"
@@ -69,7 +69,7 @@ def test_the_import_status_answers_202_while_running_and_404_for_a_wrong_token(a
 
 
 def test_the_import_route_is_refused_when_the_autopilot_target_is_off(app_env, graph, monkeypatch):
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     monkeypatch.setenv("SYNC_TARGETS", "exchange")
     runtime.reload()
@@ -81,7 +81,7 @@ def test_the_import_route_is_refused_when_the_autopilot_target_is_off(app_env, g
 def test_a_storage_outage_at_the_start_is_a_503_and_calls_graph_nothing(app_env, graph, monkeypatch):
     from conftest import unreachable_storage
 
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     monkeypatch.setenv("AzureWebJobsStorage", unreachable_storage())
     runtime.reload()
@@ -94,10 +94,10 @@ def test_a_storage_outage_at_the_start_is_a_503_and_calls_graph_nothing(app_env,
 
 
 def import_store(env):
-    from shared.identity import make_credential
-    from shared.imports import ImportStore
-    from shared.settings import Settings
-    from shared.storage import table_client
+    from shared.clients.identity import make_credential
+    from shared.clients.storage import table_client
+    from shared.common.settings import Settings
+    from shared.onboarding.imports import ImportStore
 
     settings = Settings.from_env(env)
     return ImportStore(table_client(settings.storage, settings.state_table, make_credential))

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, autopilot_devices, configure, faults, graph_calls, import_stats, run_imports, start_import
 
-from shared.importjob import ImportStep
-from shared.onboarding import FAILED, PROFILE_ASSIGNED
+from shared.onboarding.importjob import ImportStep
+from shared.onboarding.rules import FAILED, PROFILE_ASSIGNED
 
 WORKER = str(ROOT / "tests" / "importworker.py")
 IMPORT = "/importedWindowsAutopilotDeviceIdentities/import"

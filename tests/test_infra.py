@@ -14,10 +14,10 @@ import pytest
 from conftest import ROOT
 from pycep import BicepParser
 
-from shared import permissions
-from shared.graph import PERMISSION
-from shared.identity import EXCHANGE_AUDIENCE, EXCHANGE_AUDIENCES
-from shared.settings import DEFAULTS, Settings
+from shared.clients.graph import PERMISSION
+from shared.clients.identity import EXCHANGE_AUDIENCE, EXCHANGE_AUDIENCES
+from shared.common import permissions
+from shared.common.settings import DEFAULTS, Settings
 
 INFRA = ROOT / "infra"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
@@ -134,7 +134,7 @@ def test_the_storage_roles_granted_are_exactly_those_the_code_needs():
 
 def test_the_queue_role_is_granted_because_the_code_uses_a_queue():
     queue_contributor = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
-    assert "azure.storage.queue" in (ROOT / "shared" / "storage.py").read_text()  # the client deferred syncs use
+    assert "azure.storage.queue" in (ROOT / "shared" / "clients" / "storage.py").read_text()  # the client deferred syncs use
     assert queue_contributor in permissions.STORAGE_ROLES
     storage = parse(INFRA / "app" / "storage.bicep")
     assert storage["resources"]["deferredQueue"]["config"]["name"] == "deferredQueueName"
@@ -194,7 +194,7 @@ def test_shell_scripts_are_valid_bash(script):
 
 def test_the_grant_script_grants_the_roles_the_code_names():
     text = (ROOT / "scripts" / "grant-graph-permission.sh").read_text()
-    assert "from shared.permissions import roles_for" in text and "appRoleAssignments" in text
+    assert "from shared.common.permissions import roles_for" in text and "appRoleAssignments" in text
     assert "00000003-0000-0000-c000-000000000000" in text
 
 

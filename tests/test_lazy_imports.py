@@ -15,8 +15,8 @@ from conftest import ROOT
 
 # Autopilot onboarding (import jobs, their steps and store, the Autopilot API, the body parser) and
 # many tenants (the registry and the fan-out).
-ONBOARDING_AND_TENANTS = ("shared.onboarding", "shared.devices", "shared.imports", "shared.importjob", "shared.importsteps",
-                          "shared.importclaim", "shared.autopilotapi", "shared.tenants", "shared.tenancy")
+ONBOARDING_AND_TENANTS = ("shared.onboarding.rules", "shared.onboarding.devices", "shared.onboarding.imports", "shared.onboarding.importjob", "shared.onboarding.importsteps",
+                          "shared.onboarding.importclaim", "shared.onboarding.autopilotapi", "shared.tenancy.registry", "shared.tenancy.customers")
 
 CHILD = r"""
 import json, sys
@@ -56,10 +56,10 @@ def run_child(env: dict[str, str]) -> dict[str, Any]:
 def test_loading_the_app_and_a_first_sync_import_nothing_of_onboarding_or_tenants(env, graph):
     result = run_child(env)
     assert (result["status"], result["outcome"]) == (202, "started")  # a real, granted first sync
-    assert "shared.api" in result["loaded"] and "shared.service" in result["loaded"]
+    assert "shared.api.routes" in result["loaded"] and "shared.assembly.service" in result["loaded"]
     for phase in ("loaded", "synced"):
         assert [m for m in ONBOARDING_AND_TENANTS if m in result[phase]] == [], phase
     # Their first request imports them, and the service it was built for runs the job.
     assert (result["importStatus"], result["importState"]) == (202, "running")
-    assert {"shared.importjob", "shared.imports", "shared.devices", "shared.onboarding"} <= set(result["afterImport"])
-    assert "shared.tenancy" not in result["afterImport"]  # not even then: multi-tenant mode is off
+    assert {"shared.onboarding.importjob", "shared.onboarding.imports", "shared.onboarding.devices", "shared.onboarding.rules"} <= set(result["afterImport"])
+    assert "shared.tenancy.customers" not in result["afterImport"]  # not even then: multi-tenant mode is off

@@ -194,7 +194,7 @@ def first_status(stdout: str) -> dict:
 def test_the_first_screen_rates_the_local_tenant_healthy_for_every_target():
     import os
 
-    from shared.targets import TARGETS
+    from shared.engine.targets import TARGETS
 
     run = subprocess.run([sys.executable, "-m", "emulators.local", "--once", "--random-ports"], cwd=ROOT,
                          env={**os.environ, "SYNC_TARGETS": ",".join(TARGETS)}, capture_output=True, text=True, timeout=120)

@@ -1,6 +1,6 @@
 """The monitoring deployed with the app (issue 14): an Azure Monitor workbook and log search alerts
 over the app's own telemetry. Every query reads the `IntuneSync {json}` traces exactly as
-shared/telemetry.py writes them and names only its fields and events; the workbook is on unless
+shared/common/telemetry.py writes them and names only its fields and events; the workbook is on unless
 switched off; the alerts exist only with an e-mail address to send to, and they query as a managed
 identity of their own, through RBAC, never with a key."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from test_infra import INFRA, accessor, deployed_resources, parse
 
-from shared import telemetry
-from shared.settings import DEFAULTS
+from shared.common import telemetry
+from shared.common.settings import DEFAULTS
 
 WORKBOOK_JSON = INFRA / "app" / "workbook.json"
 WORKBOOK_BICEP = INFRA / "app" / "workbook.bicep"

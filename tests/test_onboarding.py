@@ -1,4 +1,4 @@
-"""The pure decisions of Autopilot onboarding (shared/onboarding.py): what Graph's answers mean."""
+"""The pure decisions of Autopilot onboarding (shared/onboarding/rules.py): what Graph's answers mean."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.errors import AppError
-from shared.importjob import ImportStep, import_notification
-from shared.imports import DeviceRow, ImportJob
-from shared.onboarding import (
+from shared.common.errors import AppError
+from shared.onboarding.importjob import ImportStep, import_notification
+from shared.onboarding.imports import DeviceRow, ImportJob
+from shared.onboarding.rules import (
     FAILED,
     FOLLOW,
     IMPORTED,

@@ -2,7 +2,7 @@
 - one optimistic-concurrency loop (storage.read_change_write); a lost conditional write is found
   by exception type (storage.CONFLICTS), never by matching the service's error text;
 - no module reaches into another object's private attributes (``store._table``);
-- GUIDs are parsed in shared/ids.py only."""
+- GUIDs are parsed in shared/common/ids.py only."""
 from __future__ import annotations
 
 import ast
@@ -20,15 +20,15 @@ def _modules() -> dict[str, str]:
 
 def test_conflicts_are_told_by_type_not_by_text() -> None:
     offenders = [name for name, text in _modules().items()
-                 if "UpdateConditionNotSatisfied" in text and name != "storage.py"]
+                 if "UpdateConditionNotSatisfied" in text and name != "clients/storage.py"]
     assert offenders == []
-    storage = _modules()["storage.py"]
+    storage = _modules()["clients/storage.py"]
     assert "def read_change_write(" in storage and "CONFLICTS" in storage
 
 
 def test_one_retry_loop_around_conditional_writes() -> None:
     """No module but storage.py loops over attempts of a conditional write ("for _ in range(5)")."""
-    offenders = [name for name, text in _modules().items() if name != "storage.py"
+    offenders = [name for name, text in _modules().items() if name != "clients/storage.py"
                  and re.search(r"for _ in range\((5|attempts)\)", text)]
     assert offenders == []
 
@@ -48,6 +48,6 @@ def test_no_private_attribute_of_another_object() -> None:
 
 
 def test_guids_are_parsed_in_ids_only() -> None:
-    offenders = [name for name, text in _modules().items() if name != "ids.py"
+    offenders = [name for name, text in _modules().items() if name != "common/ids.py"
                  and ("uuid.UUID(" in text or "{8}-" in text)]
     assert offenders == []

@@ -22,7 +22,7 @@ from conftest import FUNCTIONS, call, graph_calls, logged_events
 from test_tenants import TENANTS, mt_env, register  # noqa: F401  (mt_env: the multi-tenant fixture)
 
 from emulators.funchost import QueueFunction, QueuePoller
-from shared import runtime
+from shared.runtime import process as runtime
 
 TICK = "2026-11-25T00:00:00Z"
 LONG = "7" * 40_000  # a 40 KB field: within a queue message's 64 KB, far beyond any id
@@ -184,7 +184,7 @@ def test_a_valid_message_after_malformed_ones_still_does_its_work(with_state, gr
 
 
 def _pending_fire() -> str:
-    from shared.deferred import PendingFire
+    from shared.engine.deferred import PendingFire
 
     state = runtime.service().store.read("autopilot")
     return PendingFire("autopilot", "autopilot", None, state.pending_id or "", state.pending_at or datetime.now(UTC)).to_json()
@@ -200,10 +200,10 @@ def test_a_message_that_is_not_utf8_is_acknowledged_not_retried(mt_env, name, ca
 
 
 def test_each_kind_of_message_the_app_writes_is_read_back_as_it_was():
-    from shared.deferred import PendingFire
-    from shared.importjob import ImportStep
-    from shared.tenancy import TenantMessage
-    from shared.tenants import _token_text
+    from shared.engine.deferred import PendingFire
+    from shared.onboarding.importjob import ImportStep
+    from shared.tenancy.customers import TenantMessage
+    from shared.tenancy.registry import _token_text
 
     at = datetime(2026, 11, 25, 8, 30, tzinfo=UTC)
     written = [

@@ -1,4 +1,4 @@
-"""No credential of a URL in a log record, a history row or an HTTP answer (shared/redact.py).
+"""No credential of a URL in a log record, a history row or an HTTP answer (shared/common/redact.py).
 
 A URL's user-info (``https://user:password@host``) and its query (a signature) are credentials.
 Through the real servers: a notification sink that fails, Table Storage where nothing listens,
@@ -14,11 +14,11 @@ import pytest
 from conftest import NotificationSink, call, one
 
 from emulators.azurite import ACCOUNT, KEY, free_port
-from shared import telemetry
-from shared.errors import StateStoreUnavailable
-from shared.model import Outcome, SyncRequest
-from shared.redact import redact_text, redact_url
-from shared.settings import Settings, SettingsError
+from shared.common import telemetry
+from shared.common.errors import StateStoreUnavailable
+from shared.common.model import Outcome, SyncRequest
+from shared.common.redact import redact_text, redact_url
+from shared.common.settings import Settings, SettingsError
 
 AUTOPILOT = SyncRequest("autopilot", caller="test")
 PASSWORD, SIGNATURE = "hunter2-pass", "secret-signature"
@@ -108,7 +108,7 @@ def _no_secret(text: str) -> bool:
 @pytest.mark.parametrize("url", BAD_URLS)
 def test_a_url_setting_with_user_info_or_a_port_not_in_digits_is_refused_and_named_without_its_secret(
         app_env, graph, monkeypatch, caplog, setting, url):
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     caplog.set_level(logging.INFO)
     monkeypatch.setenv(setting, url.removesuffix(f"/x?sig={SIGNATURE}").removesuffix("/x") if setting == "GRAPH_BASE_URL" else url)
@@ -146,7 +146,7 @@ def test_a_path_parameter_is_dropped_with_the_rest_of_the_path():
 
 
 def test_sync_routes_answer_a_settings_problem_without_a_urls_credentials(app_env, graph, monkeypatch, caplog):
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     monkeypatch.setenv("GRAPH_BASE_URL", f"https://bob:{PASSWORD}@graph.example.com/v1.0?sig={SIGNATURE}")
     runtime.reload()  # a new process: its settings problems are logged at start
@@ -210,7 +210,7 @@ def test_a_logged_exception_is_redacted_in_its_traceback_too(caplog):
     try:
         raise ValueError(f"bad https://u:{PASSWORD}@h.example/p?sig={SIGNATURE}")
     except ValueError:
-        logging.getLogger("shared.pipeline").exception("failed")
+        logging.getLogger("shared.engine.pipeline").exception("failed")
     assert "Traceback" in caplog.text and "https://h.example/p" in caplog.text
     assert PASSWORD not in caplog.text and SIGNATURE not in caplog.text
     assert sys.exc_info()[0] is None

@@ -1,4 +1,4 @@
-"""The sweep (shared/retention.py) against real Azurite: expired history, asks and operations go,
+"""The sweep (shared/assembly/retention.py) against real Azurite: expired history, asks and operations go,
 live rows stay, a sweep's work is bounded, and status does not read what it does not need."""
 import uuid
 from dataclasses import replace
@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import autopilot_devices, start_import, unreachable_storage
 
-from shared.retention import history_key_before
-from shared.settings import Settings, SettingsError
-from shared.state import Attempt, UnitState
+from shared.assembly.retention import history_key_before
+from shared.common.settings import Settings, SettingsError
+from shared.engine.state import Attempt, UnitState
 
 LIVE, OLD = uuid.uuid4().hex, uuid.uuid4().hex  # pending ids: the unit's current one, and one long gone
 CONNECTOR = "exchange-6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"

@@ -21,10 +21,10 @@ from conftest import (
 )
 
 from emulators.azurite import Azurite
-from shared.graph import PERMISSION
-from shared.model import Outcome, SyncRequest, Trigger
-from shared.state import Attempt
-from shared.targets import ItemNotFound
+from shared.clients.graph import PERMISSION
+from shared.common.model import Outcome, SyncRequest, Trigger
+from shared.engine.state import Attempt
+from shared.engine.targets import ItemNotFound
 
 AUTOPILOT = SyncRequest("autopilot", trigger=Trigger.HTTP, caller="test")
 CONNECTED = "6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"
@@ -131,7 +131,7 @@ import os, sys
 from datetime import datetime, timezone
 sys.path.insert(0, {root!r})
 from azure.data.tables import TableClient
-from shared.state import StateStore
+from shared.engine.state import StateStore
 store = StateStore(TableClient.from_connection_string({conn!r}, {table!r}))
 lease = store.claim(store.read("autopilot"), datetime.now(timezone.utc), 180, target="autopilot")
 assert lease is not None

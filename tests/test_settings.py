@@ -1,7 +1,7 @@
 """Settings: defaults, national clouds, storage forms, and errors that name the setting."""
 import pytest
 
-from shared.settings import AZURITE_CONNECTION_STRING, Settings, SettingsError
+from shared.common.settings import AZURITE_CONNECTION_STRING, Settings, SettingsError
 
 STORAGE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
 
@@ -103,7 +103,7 @@ def test_a_lease_shorter_than_the_slowest_graph_call_is_refused():
 
 # --- upper bounds (issue #10, item 11): every numeric setting has a documented maximum ---------
 
-from shared.settings import DEFAULTS, NUMERIC_SETTINGS
+from shared.common.settings import DEFAULTS, NUMERIC_SETTINGS
 
 
 def too_big(name: str) -> str:
@@ -216,7 +216,7 @@ def test_queue_settings_naming_one_queue_are_refused_naming_both(queues, clashin
 
 
 def test_equal_queue_names_are_compared_as_azure_does_without_case():
-    from shared.settings import queue_clashes
+    from shared.common.settings import queue_clashes
 
     assert [(a, b) for a, b, _ in queue_clashes({"SYNC_QUEUE": "Jobs", "IMPORT_QUEUE": "jobs"})] == [("SYNC_QUEUE", "IMPORT_QUEUE")]
     assert queue_clashes({"SYNC_QUEUE": "jobs", "IMPORT_QUEUE": "jobs-2", "TENANT_QUEUE": "poison"}) == []

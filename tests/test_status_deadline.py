@@ -6,9 +6,9 @@ import time
 import pytest
 from conftest import call, faults, graph_calls
 
-from shared import runtime
-from shared.settings import Settings, SettingsError
-from shared.status import READS, Reads, Unavailable
+from shared.common.settings import Settings, SettingsError
+from shared.engine.status import READS, Reads, Unavailable
+from shared.runtime import process as runtime
 
 MARGIN = 1.0  # table reads and scheduling on a busy test machine
 

@@ -1,5 +1,5 @@
 """Each rule in one place (issue 20): "when may a unit sync" (its window, its lease in flight) is
-decided in shared/decisions.py only. Everywhere else asks that module (refusal_for, in_cooldown,
+decided in shared/engine/decisions.py only. Everywhere else asks that module (refusal_for, in_cooldown,
 in_flight, orphaned_claim, closed_until, not_before) instead of comparing the fields with a time.
 
 The check is syntactic (the AST of every module under shared/, sub-packages included): an
@@ -94,7 +94,7 @@ def test_no_module_but_decisions_compares_a_units_window_or_lease_with_a_time():
     found = [f"{path.relative_to(ROOT)}:{line}: {code}"
              for path, source in modules.items() if path.stem != "decisions"
              for line, code in rule_uses(source, writer=path.stem in WRITERS)]
-    assert found == [], "ask shared/decisions.py (in_cooldown, in_flight, closed_until, ...) instead:\n" + "\n".join(found)
+    assert found == [], "ask shared/engine/decisions.py (in_cooldown, in_flight, closed_until, ...) instead:\n" + "\n".join(found)
 
 
 def test_the_rule_is_written_in_the_decisions_module():

@@ -10,8 +10,8 @@ from conftest import configure, graph_calls, one
 
 import function_app
 from emulators.graph import CONFIGURATION, SERVICE_CONFIG
-from shared.model import Outcome, SyncRequest
-from shared.targets import TARGETS, ItemNotFound, parse_guid
+from shared.common.model import Outcome, SyncRequest
+from shared.engine.targets import TARGETS, ItemNotFound, parse_guid
 
 ALL = "autopilot,exchange,appleAde,vpp,managedGooglePlay,driverInventory"
 ADE_GOOD, ADE_EXPIRED = "2f0a8b6e-6c3d-4f5e-9a1b-7c2d3e4f5a01", "2f0a8b6e-6c3d-4f5e-9a1b-7c2d3e4f5a02"
@@ -112,7 +112,7 @@ def test_an_unknown_item_is_not_found(service, graph):
 
 
 def test_a_disabled_target_is_unknown(make_service):
-    from shared.service import UnknownTarget
+    from shared.assembly.service import UnknownTarget
 
     with pytest.raises(UnknownTarget):
         make_service().sync(SyncRequest("vpp"))

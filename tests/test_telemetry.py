@@ -1,5 +1,5 @@
 """Telemetry: each attempt, refusal, deferred firing, watcher finding, onboarding step and timer
-tick is logged once with named fields (shared/telemetry.py), and no record carries a secret.
+tick is logged once with named fields (shared/common/telemetry.py), and no record carries a secret.
 
 Against Azurite and the Graph and identity emulators; the records are read back from their
 messages as Application Insights' KQL reads them.
@@ -24,8 +24,8 @@ from conftest import (
     start_import,
 )
 
-from shared import telemetry
-from shared.model import SyncRequest, Trigger
+from shared.common import telemetry
+from shared.common.model import SyncRequest, Trigger
 
 AUTOPILOT = SyncRequest("autopilot", caller="tester")
 
@@ -122,7 +122,7 @@ def test_a_stale_deferred_message_is_one_record_saying_so(service, graph, clock,
     state = service.store.read("autopilot")
     fire_due_sync(service)
     capture.clear()
-    from shared.deferred import PendingFire
+    from shared.engine.deferred import PendingFire
 
     service.fire(PendingFire("autopilot", "autopilot", None, state.pending_id or "", state.pending_at or clock(), 0))
     assert [(r["event"], r["outcome"]) for r in logged_events(capture)] == [("deferred", "stale")]
@@ -168,7 +168,7 @@ def test_a_timer_tick_logs_each_units_sync_and_health_and_one_tally(app_env, gra
 
 
 def test_no_record_carries_a_token_a_key_or_a_signed_url(app_env, graph, sink, monkeypatch, capture):
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     monkeypatch.setenv("NOTIFY_URL", sink.url)
     runtime.reload()
@@ -203,7 +203,7 @@ def test_trigger_values_are_the_documented_ones():
 
 
 def test_enabling_exchange_logs_a_notice_at_start_up_that_the_connector_is_out_of_support(app_env, capture):
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     runtime.check_settings_at_startup()
     [notice] = logged_events(capture, "notice")
@@ -214,7 +214,7 @@ def test_enabling_exchange_logs_a_notice_at_start_up_that_the_connector_is_out_o
 def test_a_deferred_sync_given_up_at_its_deadline_is_logged_as_given_up_not_rescheduled(service, graph, clock, capture):
     from datetime import timedelta
 
-    from shared.deferred import BACKOFF_MAX, PendingFire
+    from shared.engine.deferred import BACKOFF_MAX, PendingFire
 
     service.sync(AUTOPILOT)
     service.sync(SyncRequest("autopilot", defer=True))
@@ -257,8 +257,8 @@ def test_a_claim_whose_holder_never_recorded_graphs_answer_is_one_unknown_attemp
 
 
 def test_an_import_step_storage_fails_under_is_logged_before_the_host_retries_it(service, graph, clock, capture):
-    from shared.errors import StateStoreUnavailable
-    from shared.importjob import ImportStep
+    from shared.common.errors import StateStoreUnavailable
+    from shared.onboarding.importjob import ImportStep
 
     import_id = start_import(service, autopilot_devices(1))
     job = service.imports.job(import_id)

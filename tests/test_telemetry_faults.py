@@ -24,8 +24,8 @@ from conftest import (
     sync_posts,
 )
 
-from shared import telemetry
-from shared.model import Outcome, SyncRequest
+from shared.common import telemetry
+from shared.common.model import Outcome, SyncRequest
 
 AUTOPILOT = SyncRequest("autopilot", caller="tester")
 
@@ -95,7 +95,7 @@ def test_a_target_graph_could_not_list_is_rated_under_the_same_unit_names_as_usu
 def test_graph_failing_the_timers_health_reads_leaves_its_sync_recorded_and_the_cooldown_kept(app_env, graph, capture):
     """Graph answers the status reads 503 (or not at all): the tick's syncs stand as recorded,
     the units are rated unhealthy, and the next tick sends no second sync POST."""
-    from shared import runtime
+    from shared.runtime import process as runtime
 
     faults(graph, {"method": "GET", "pathContains": "/deviceManagement/", "status": 503, "times": 1000})
     FUNCTIONS["sync_timer"](_timer())
@@ -142,7 +142,7 @@ def test_the_watcher_stops_following_a_sync_graph_never_reports_finished(service
 
 def test_a_deferred_sync_given_up_after_an_hour_of_409s_is_not_information(service, graph, clock, capture):
     """A deferred sync given up (an hour of 409s) is logged at warning or error: its askers were told "scheduled"."""
-    from shared.deferred import BACKOFF_MAX, PendingFire
+    from shared.engine.deferred import BACKOFF_MAX, PendingFire
 
     service.sync(AUTOPILOT)
     service.sync(SyncRequest("autopilot", defer=True))
@@ -235,7 +235,7 @@ def test_the_local_console_prints_an_http_call_before_its_events(app_env, graph,
 
 def test_a_timer_tick_with_a_health_bug_still_tallies_and_fans_out(app_env, graph, monkeypatch, capture):
     """A bug in the health ratings never costs the timer tick its tally (nor the tenants' fan-out)."""
-    from shared import status
+    from shared.engine import status
 
     def broken(self):
         raise TypeError("'NoneType' object is not subscriptable")

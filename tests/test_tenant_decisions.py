@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.identity import EXCHANGE_AUDIENCE, exchange_audience
-from shared.messages import InvalidMessage
-from shared.model import Outcome, SyncResult
-from shared.tenancy import TenantMessage, table_name_of
-from shared.tenants import (
+from shared.clients.identity import EXCHANGE_AUDIENCE, exchange_audience
+from shared.common.messages import InvalidMessage
+from shared.common.model import Outcome, SyncResult
+from shared.tenancy.customers import TenantMessage, table_name_of
+from shared.tenancy.registry import (
     FAILED,
     MISSING_ROLE,
     NOT_CONSENTED,

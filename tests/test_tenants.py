@@ -12,9 +12,10 @@ from conftest import call, drain, faults, sync_posts
 
 from emulators.entra import DEFAULT_CLIENT_ID
 from emulators.tokens import HOME_TENANT
-from shared import handlers, runtime
-from shared.deferred import PendingFire
-from shared.tenancy import TenantMessage
+from shared.engine.deferred import PendingFire
+from shared.runtime import handlers
+from shared.runtime import process as runtime
+from shared.tenancy.customers import TenantMessage
 
 MI_CLIENT_ID = "3b8f0c2e-6d4a-4f1b-9e7c-2a5d8f1e0c93"  # the app's user-assigned identity
 ROLE = "DeviceManagementServiceConfig.ReadWrite.All"
@@ -187,14 +188,15 @@ def test_without_multi_tenant_mode_the_tenant_routes_say_so(app_env):
 def test_no_secret_is_in_the_settings_the_code_or_the_bicep():
     from pathlib import Path
 
-    from shared.settings import DEFAULTS
+    from shared.common.settings import DEFAULTS
 
     root = Path(__file__).resolve().parent.parent
     words = ("client_secret", "ClientSecretCredential", "CertificateCredential", "passwordCredentials", "secretText",
              "keyCredentials")
-    files = [*root.glob("shared/*.py"), root / "function_app.py", *root.glob("infra/**/*.bicep"), root / "infra/main.parameters.json",
+    files = [*root.glob("shared/**/*.py"), root / "function_app.py", *root.glob("infra/**/*.bicep"), root / "infra/main.parameters.json",
              root / "local.settings.example.json"]
     assert [(f.name, w) for f in files for w in words if w in f.read_text()] == []
+    assert len(files) > 40  # every module of the app is read
     assert not [name for name in DEFAULTS if "SECRET" in name or "PASSWORD" in name]
 
 
@@ -302,7 +304,7 @@ def test_a_registry_entry_for_the_apps_own_tenant_is_not_synced_a_second_time_in
 
     from conftest import logged_events
 
-    from shared.tenants import Tenant
+    from shared.tenancy.registry import Tenant
 
     registry = runtime.tenancy()
     registry.registry.put(Tenant(HOME_TENANT, "us"), datetime.now(UTC))  # written before the guard, say
@@ -316,7 +318,7 @@ def test_a_registry_entry_for_the_apps_own_tenant_is_not_synced_a_second_time_in
 
 
 def test_the_tenant_routes_refuse_a_registry_entry_for_the_apps_own_tenant(mt_env, graph):
-    from shared.tenants import Tenant
+    from shared.tenancy.registry import Tenant
 
     runtime.tenancy().registry.put(Tenant(HOME_TENANT, "us"), datetime.now(UTC))
     assert call("POST", "sync/autopilot")[0] == 202
@@ -339,11 +341,11 @@ def test_a_pending_sync_left_in_a_registry_entry_for_the_apps_own_tenant_is_drop
     from dataclasses import replace
     from datetime import timedelta
 
-    from shared.identity import make_credential
-    from shared.state import StateStore
-    from shared.storage import table_client
-    from shared.tenancy import table_name_of
-    from shared.tenants import Tenant
+    from shared.clients.identity import make_credential
+    from shared.clients.storage import table_client
+    from shared.engine.state import StateStore
+    from shared.tenancy.customers import table_name_of
+    from shared.tenancy.registry import Tenant
 
     runtime.tenancy().registry.put(Tenant(HOME_TENANT, "us"), datetime.now(UTC))  # both written before the guard
     settings, now = runtime.settings(), datetime.now(UTC)

@@ -16,13 +16,14 @@ from emulators.azurite import ACCOUNT, KEY
 from emulators.graph import AUTOPILOT, GraphEmulator
 from emulators.server import JsonHandler, Server
 from emulators.tls import CertificateAuthority, ServerCertificate, serve_tls
-from shared import cabundle, transport
-from shared.errors import GraphUnavailable
-from shared.graph import GraphClient
-from shared.identity import make_credential
-from shared.notify import Notification, Notifier
-from shared.settings import Settings, SettingsError
-from shared.storage import queue_client, table_client
+from shared.clients import transport
+from shared.clients.graph import GraphClient
+from shared.clients.identity import make_credential
+from shared.clients.notify import Notification, Notifier
+from shared.clients.storage import queue_client, table_client
+from shared.common import cabundle
+from shared.common.errors import GraphUnavailable
+from shared.common.settings import Settings, SettingsError
 
 CA_VARIABLES = cabundle.CA_BUNDLE_VARIABLES
 
@@ -185,7 +186,7 @@ def test_a_notification_over_https_arrives_when_the_bundle_holds_its_ca(tls_serv
 def test_a_notification_to_an_untrusted_certificate_fails_with_a_clear_log(tls_server, no_ca_env, caplog):
     handler, url = tls_server
     notifier = Notifier((url + "/notify?sig=secret",), retries=2)
-    with caplog.at_level(logging.WARNING, logger="shared.notify"):
+    with caplog.at_level(logging.WARNING, logger="shared.clients.notify"):
         assert [f.result(timeout=10) for f in notifier.send(notification())] == [False]
     assert handler.received == []
     assert "SSLError" in caplog.text and "REQUESTS_CA_BUNDLE" in caplog.text

@@ -1,0 +1,516 @@
+"""HTTP mapping: validate what callers send, call the service, shape the answer.
+
+Bad input is refused here with a 4xx JSON error before anything reaches the service, so a
+caller can never make us call Graph with a path piece of its choosing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, urlencode, urlsplit
+
+import azure.functions as func
+
+from ..assembly import SyncService
+from ..common import (
+    SYNC_TYPES,
+    AppError,
+    InvalidItemId,
+    Outcome,
+    SettingsError,
+    SyncRequest,
+    SyncResult,
+    Trigger,
+    host_name,
+    is_loopback,
+    iso,
+    nesting_exceeds,
+    notices,
+    parse_guid,
+    valid_host,
+)
+from ..runtime import service, settings, tenancy
+
+if TYPE_CHECKING:  # onboarding and many tenants are imported on their first request, not by a sync's cold start
+    from ..tenancy import Tenancy, Tenant
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4096
+MAX_JSON_DEPTH = 32  # the only body is {"syncType": ...}: depth 1
+POLL_SECONDS = 30  # Retry-After for "sync and wait" polls; an Autopilot sync takes minutes
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+_STATUS_BY_OUTCOME = {
+    Outcome.STARTED: 202,
+    Outcome.COOLDOWN: 429,
+    Outcome.IN_PROGRESS: 409,
+    Outcome.SKIPPED: 200,
+    Outcome.SCHEDULED: 202,
+}
+
+
+class ApiError(AppError):
+    """Bad input, refused before anything reaches the service (a 4xx of its own code)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message, headers=headers)
+        self.http_status, self.code = status, code
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body),
+        status_code=status,
+        mimetype="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, details: dict[str, Any] | None = None,
+) -> func.HttpResponse:
+    return json_response({"error": {"code": code, "message": message, **(details or {})}}, status, headers)
+
+
+def result_response(results: list[SyncResult], single: bool) -> func.HttpResponse:
+    if not single:
+        return json_response({"results": [r.to_json() for r in results]}, 200)
+    result = results[0]
+    status = _STATUS_BY_OUTCOME.get(result.outcome) or result.failure_status or 502
+    headers = {}
+    if result.outcome in (Outcome.COOLDOWN, Outcome.IN_PROGRESS) and result.retry_after_seconds:
+        headers["Retry-After"] = str(result.retry_after_seconds)
+    return json_response(result.to_json(), status, headers)
+
+
+def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpRequest], func.HttpResponse]) -> func.HttpResponse:
+    """Run one route: method check, then the action; every failure becomes a JSON answer."""
+    return handle_methods(req, {method: action})
+
+
+def handle_methods(req: func.HttpRequest, actions: dict[str, Callable[[func.HttpRequest], func.HttpResponse]]) -> func.HttpResponse:
+    """A route with an action per method (the registry's PUT, GET and DELETE)."""
+    try:
+        _request_url(req)  # a Host that cannot be parsed is a 400 on every route, as Kestrel answers
+        action = actions.get(req.method.upper())
+        if action is None:
+            allowed = ", ".join(actions)
+            return error_response(405, "MethodNotAllowed", f"use {' or '.join(actions)} for this route", {"Allow": allowed})
+        return action(req)
+    except AppError as exc:  # the one error model (shared/common/errors.py)
+        return error_response(exc.http_status, exc.code, exc.message, exc.headers, exc.details)
+    except Exception:  # a bug: log it with its trace, answer without leaking internals
+        # The path only: the query may hold an operation token or a function key.
+        log.exception("unhandled error in %s %s", req.method, _path_for_log(req.url))
+        return error_response(500, "InternalError", "unexpected error; see the function's logs")
+
+
+def _request_url(req: func.HttpRequest) -> SplitResult:
+    """``req.url`` split; a 400 unless the request's Host header and the URL's host are each a bare
+    ``host[:port]`` (DNS name, IPv4 or [IPv6], a port in digits; settings.valid_host) or empty.
+    The Host header is checked itself: the URL is built from it, so ``Host: host/path`` (or
+    ``host?x``, ``user@host``) makes a URL whose host looks fine and whose path or query carries
+    the rest into every absolute URL built from it. ``urlsplit`` raises on an unbalanced ``[``."""
+    invalid = ApiError(400, "InvalidHost", "the request's Host header is not a valid host[:port]")
+    try:
+        parts = urlsplit(str(req.url))
+    except ValueError:
+        raise invalid from None
+    for host in (req.headers.get("host"), parts.netloc):
+        if host and not valid_host(host):
+            raise invalid
+    return parts
+
+
+def _path_for_log(url: str) -> str:
+    """The URL's path, never an exception (this runs in the error path)."""
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return "(unparseable URL)"
+
+
+# --- actions -----------------------------------------------------------------------------
+
+
+def sync(req: func.HttpRequest) -> func.HttpResponse:
+    return _sync(req, service())
+
+
+def _sync(req: func.HttpRequest, svc: SyncService) -> func.HttpResponse:
+    target = req.route_params.get("target", "")
+    item_id = req.route_params.get("itemId")
+    kind = svc.target(target)  # UnknownTarget -> 404 before the body is read
+    per_item = kind.per_item
+    wait = _flag(req, "wait")
+    if wait and per_item and item_id is None:
+        path = _request_url(req).path.rstrip("/")
+        raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST {path}/{{id}})")
+    sync_type = _read_body(req, allow_sync_type=kind.takes_sync_type)
+    request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP,
+                          caller=caller_of(req), defer=_flag(req, "defer"))
+    if wait:
+        _public_origin(req)  # no valid host for the poll URL: refused before anything starts
+        result, operation, token = svc.sync_and_follow(request)
+        if operation is None:
+            return result_response([result], single=True)
+        location = _operation_url(req, operation.id, token or "")
+        return json_response(result.to_json(), 202, {"Location": location, "Retry-After": str(POLL_SECONDS)})
+    results = svc.sync(request)
+    # One unit answers with its own status; a fan-out answers 200 with every unit's result,
+    # unless the fan-out itself failed (e.g. listing the connectors), which answers as one.
+    single = item_id is not None or not per_item or [r.target for r in results] == [target]
+    return result_response(results, single)
+
+
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    return json_response(service().status())
+
+
+def operation(req: func.HttpRequest) -> func.HttpResponse:
+    """Poll a "sync and wait" operation: 202 while the sync runs, 200 with the final status.
+
+    Anonymous at the host: the token in the URL is the credential (see shared/engine/operations.py).
+    Any mismatch answers the same 404, so the route reveals nothing about other operations.
+    """
+    not_found = ApiError(404, "OperationNotFound", "no such operation, or the token does not match")
+    try:
+        operation_id = parse_guid(req.route_params.get("operationId", ""))
+    except InvalidItemId:
+        raise not_found from None
+    token = req.params.get("token") or ""
+    if not token or len(token) > 100:
+        raise not_found
+    svc = service()
+    found = svc.operations.get(operation_id) if svc.operations is not None else None
+    if found is not None and found.tenant_id:  # a customer tenant's sync: its service follows it
+        svc = _tenant_service(found.tenant_id)
+    current = svc.poll(operation_id, token)
+    if current is None:
+        raise not_found
+    if current.done:
+        return json_response(current.to_json(), 200)
+    return json_response(
+        current.to_json(), 202, {"Location": _operation_url(req, current.id, token), "Retry-After": str(POLL_SECONDS)}
+    )
+
+
+def import_devices(req: func.HttpRequest) -> func.HttpResponse:
+    """Start an Autopilot import job (shared/onboarding/importjob.py): 202 with the job and the absolute
+    Location of its status, which carries its own token like a "sync and wait" operation (Power
+    Automate follows it to the end: "Import Autopilot devices and wait")."""
+    return _start_import(req, wait=True)
+
+
+def start_import(req: func.HttpRequest) -> func.HttpResponse:
+    """The same job, answered 201 with its status URL in the body and Location: a 201 is not
+    followed by Power Automate, so the flow goes on at once ("Start an Autopilot import")."""
+    return _start_import(req, wait=False)
+
+
+def _start_import(req: func.HttpRequest, wait: bool) -> func.HttpResponse:
+    from ..onboarding import MAX_BODY_BYTES as MAX_IMPORT_BYTES
+    from ..onboarding import SIZE_LIMIT as IMPORT_SIZE_LIMIT
+    from ..onboarding import parse_import
+
+    svc = service()
+    svc.target("autopilot")  # the job ends in an Autopilot sync: 404 when that target is off
+    declared = req.headers.get("content-length")
+    # The limit that counts is devices (shared/onboarding/devices.py); bytes only cap what is read.
+    if declared and declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
+        raise ApiError(413, "PayloadTooLarge", IMPORT_SIZE_LIMIT)
+    body = req.get_body() or b""
+    if len(body) > MAX_IMPORT_BYTES:
+        raise ApiError(413, "PayloadTooLarge", IMPORT_SIZE_LIMIT)
+    content_type = req.headers.get("content-type") or ""
+    if content_type.split(";")[0].strip().lower() not in ("application/json", "text/csv"):
+        raise ApiError(415, "UnsupportedMediaType",
+                       "send the devices as application/json or as text/csv (the CSV of Get-WindowsAutopilotInfo)")
+    request = parse_import(body, content_type)  # every bad row named (400) before anything is stored
+    _public_origin(req)  # no valid host for the status URL: refused before anything starts
+    job, devices, token = svc.start_import(request, caller_of(req))
+    location = _import_url(req, job.id, token)
+    answer = {"importId": job.id, "status": job.status, "deadline": iso(job.deadline), "statusUrl": location,
+              "devices": [{"serialNumber": d.serial_number, "state": d.state} for d in devices]}
+    return json_response(answer, 202 if wait else 201, {"Location": location, "Retry-After": _import_poll_seconds()})
+
+
+def import_status(req: func.HttpRequest) -> func.HttpResponse:
+    """Poll an import job: 202 while any device is on its way, 200 when every one is final.
+    Anonymous at the host, like operations: the token is the credential; any mismatch is 404."""
+    not_found = ApiError(404, "ImportNotFound", "no such import job, or the token does not match")
+    try:
+        import_id = parse_guid(req.route_params.get("importId", ""))
+    except InvalidItemId:
+        raise not_found from None
+    token = req.params.get("token") or ""
+    if not token or len(token) > 100:
+        raise not_found
+    found = service().import_status(import_id, token)
+    if found is None:
+        raise not_found
+    job, devices = found
+    if job.done:
+        return json_response(job.to_json(devices), 200)
+    return json_response(job.to_json(devices), 202,
+                         {"Location": _import_url(req, job.id, token), "Retry-After": _import_poll_seconds()})
+
+
+def _import_url(req: func.HttpRequest, import_id: str, token: str) -> str:
+    origin, prefix = _public_origin(req)
+    return f"{origin}{prefix}/autopilot/imports/{import_id}?{urlencode({'token': token})}"
+
+
+def _import_poll_seconds() -> str:
+    return str(min(POLL_SECONDS * 2, settings().import_poll_seconds))
+
+
+# --- many tenants (shared/tenancy/customers.py) ----------------------------------------------------------
+
+
+def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    continuation = req.params.get("continuation") or None
+    if continuation is not None and (len(continuation) > 1000 or not re.fullmatch(r"[A-Za-z0-9_-]+=*", continuation)):
+        raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned")
+    try:
+        tenants, following = registry.registry.page(continuation)
+    except ValueError:
+        raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned") from None
+    return json_response({"tenants": [t.to_json() for t in tenants], "continuation": following})
+
+
+def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant_id = _tenant_id(req)
+    data = _json_object(req, {"displayName", "targets", "enabled"})
+    name = data.get("displayName")
+    if not isinstance(name, str) or not name.strip() or len(name) > 256:
+        raise ApiError(400, "InvalidBody", "displayName is required: 1-256 characters")
+    targets = data.get("targets")
+    enabled_targets = registry.settings.sync_targets
+    if targets is not None and (not isinstance(targets, list) or not targets or
+                                not all(isinstance(t, str) and t in enabled_targets for t in targets)):
+        raise ApiError(400, "InvalidBody", f"targets must be a non-empty list of enabled targets: {', '.join(enabled_targets)}")
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ApiError(400, "InvalidBody", "enabled must be true or false")
+    registry.refuse_home(tenant_id)  # 409 HomeTenant; 503 TokenUnavailable while the home tenant cannot be told
+    from ..tenancy import Tenant
+
+    tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled)
+    saved, created = registry.registry.put(tenant, registry.home.clock())
+    answer = saved.to_json() | {"consentUrl": registry.credentials.consent_url(tenant_id)}
+    return json_response(answer, 201 if created else 200)
+
+
+def tenant_get(req: func.HttpRequest) -> func.HttpResponse:
+    """The tenant, with its consent checked for real (a token and one Graph read)."""
+    registry = _tenancy()
+    tenant = _registered(registry, _tenant_id(req))
+    state, reason = registry.check(tenant)
+    checked = registry.registry.get(tenant.id) or tenant  # with the check just recorded
+    answer = checked.to_json() | {"state": state, "reason": reason, "consentUrl": registry.credentials.consent_url(tenant.id)}
+    return json_response(answer)
+
+
+def tenant_delete(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant_id = _tenant_id(req)
+    if not registry.registry.delete(tenant_id):
+        raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered")
+    return json_response({"tenantId": tenant_id, "deleted": True})
+
+
+def tenant_sync(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant = _registered(registry, _tenant_id(req))
+    if not tenant.enabled:
+        raise ApiError(409, "TenantDisabled", f"tenant {tenant.id} is disabled; enable it with PUT /api/tenants/{tenant.id}")
+    return _sync(req, registry.service(tenant))
+
+
+def tenant_status(req: func.HttpRequest) -> func.HttpResponse:
+    registry = _tenancy()
+    tenant = _registered(registry, _tenant_id(req))
+    return json_response(registry.service(tenant).status() | {"tenantId": tenant.id})
+
+
+def _tenancy() -> Tenancy:
+    registry = tenancy()
+    if registry is None:
+        raise ApiError(404, "MultiTenantOff", "many tenants are not enabled: set MULTI_TENANT_CLIENT_ID (see docs/msp.md)")
+    return registry
+
+
+def _tenant_id(req: func.HttpRequest) -> str:
+    try:
+        return parse_guid(req.route_params.get("tenantId", ""))
+    except InvalidItemId:
+        raise ApiError(400, "InvalidTenantId", "the tenant id must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)") from None
+
+
+def _registered(registry: Tenancy, tenant_id: str) -> Tenant:
+    tenant = registry.registry.get(tenant_id)
+    if tenant is None:
+        raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered; PUT /api/tenants/{tenant_id} first")
+    return tenant
+
+
+def _tenant_service(tenant_id: str) -> SyncService:
+    registry = tenancy()
+    tenant = registry.registry.get(tenant_id) if registry else None
+    if registry is None or tenant is None:
+        raise ApiError(404, "OperationNotFound", "no such operation, or the token does not match")
+    return registry.service(tenant)
+
+
+def _json_object(req: func.HttpRequest, allowed: set[str]) -> dict[str, Any]:
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if (req.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
+    if nesting_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "InvalidBody", "the body must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(400, "InvalidBody", f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return data
+
+
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        current = settings()
+    except SettingsError as exc:
+        return json_response({"status": "unhealthy", "settingsValid": False, "problems": exc.problems}, 503)
+    return json_response(
+        {
+            "status": "healthy",
+            "settingsValid": True,
+            "targets": list(current.sync_targets),
+            "graphBaseUrl": current.graph_base_url,
+            "stateStore": current.storage.description,
+            "stateTable": current.state_table,
+            "schedule": current.sync_schedule,
+            "notices": [n.to_json() for n in notices(current)],
+        }
+    )
+
+
+# --- input -------------------------------------------------------------------------------
+
+
+def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
+    """The optional JSON body ``{"syncType": ...}``; empty is fine, anything odd is a 4xx."""
+    declared = req.headers.get("content-length")
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES or (declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES):
+        raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if not body:  # no body at all; whitespace is a body, and not valid JSON
+        return None
+    media_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json (or send no body)")
+    if nesting_exceeds(body, MAX_JSON_DEPTH):
+        # json.loads recurses per level: ~1,000 "[" (well under the size limit) is a RecursionError.
+        raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "InvalidBody", "the body must be a JSON object")
+    allowed = {"syncType"} if allow_sync_type else set()
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            "InvalidBody",
+            f"unknown field(s) {', '.join(unknown)}" + ("; allowed: syncType" if allowed else "; this route takes no body"),
+        )
+    sync_type = data.get("syncType")
+    if "syncType" in data and (not isinstance(sync_type, str) or sync_type not in SYNC_TYPES):
+        raise ApiError(400, "InvalidSyncType", f"syncType must be one of {', '.join(SYNC_TYPES)}")
+    return sync_type
+
+
+def _flag(req: func.HttpRequest, name: str) -> bool:
+    raw = req.params.get(name)
+    if raw is None:
+        return False
+    value = raw.lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ApiError(400, "InvalidQuery", f"{name} must be true or false")
+    return value in ("true", "1")
+
+
+def _operation_url(req: func.HttpRequest, operation_id: str, token: str) -> str:
+    """Absolute, as the async pattern requires; the token carries the poller's authority."""
+    origin, prefix = _public_origin(req)
+    return f"{origin}{prefix}/operations/{operation_id}?{urlencode({'token': token})}"
+
+
+def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
+    """(``scheme://host``, path prefix such as ``/api``) under which callers reach this app.
+
+    The poll URL carries its operation's token, so its host must be ours, never one a caller
+    chose: X-Forwarded-Host (and -Proto) count only when TRUSTED_FORWARDED_HOSTS lists that host
+    (a front end such as Front Door or APIM that sets them); else the app's WEBSITE_HOSTNAME,
+    else the request's own host. Each must be a bare host[:port] (no user-info, path or other
+    characters); anything but loopback is https, so the token never travels in clear. With no
+    valid host at all the call is refused (400) before anything is started."""
+    parts = _request_url(req)
+    trusted = settings().trusted_forwarded_hosts
+    forwarded = (req.headers.get("x-forwarded-host") or "").split(",")[0].strip()
+    proto = (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
+    website = settings().website_hostname or ""
+    if forwarded and valid_host(forwarded) and (forwarded.lower() in trusted or host_name(forwarded) in trusted):
+        host, scheme = forwarded, proto if proto in ("http", "https") else parts.scheme
+    elif website and valid_host(website):
+        host, scheme = website, parts.scheme
+    elif parts.netloc and valid_host(parts.netloc):
+        host, scheme = parts.netloc, parts.scheme
+    else:
+        raise ApiError(400, "InvalidHost", "the request's host is not a valid host name; no poll URL can be built")
+    if not is_loopback(host_name(host).strip("[]")):
+        scheme = "https"
+    # The route's prefix (/api by default); anything odd in it falls back to the default.
+    prefix = _route_prefix(parts.path)
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)*", prefix) or "/../" in prefix + "/" or "/./" in prefix + "/":
+        prefix = "/api"
+    return f"{scheme}://{host}", prefix
+
+
+def _route_prefix(path: str) -> str:
+    """The part of a request's path before our routes (``/api`` unless host.json changes it)."""
+    found = [path.find(marker) for marker in ("/sync/", "/operations/", "/autopilot/", "/tenants/") if marker in path]
+    return path[:min(found)] if found else "/api"
+
+
+def caller_of(req: func.HttpRequest) -> str:
+    """Who asked, for the history and the log: an Easy Auth principal, a Logic App / flow run, or
+    the client; at most 200 characters (the headers are the caller's to fill)."""
+    return _caller(req)[:200]
+
+
+def _caller(req: func.HttpRequest) -> str:
+    h = req.headers
+    if h.get("x-ms-client-principal-name"):
+        return f"user:{h['x-ms-client-principal-name']}"
+    if h.get("x-ms-workflow-name"):
+        return f"flow:{h['x-ms-workflow-name']}/{h.get('x-ms-workflow-run-id', '')}"
+    forwarded = (h.get("x-forwarded-for") or "").split(",")[0].strip()
+    return f"http:{forwarded}" if forwarded else "http"

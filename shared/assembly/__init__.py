@@ -1,0 +1,12 @@
+"""The service assembled: ``SyncService`` holds the engine's collaborators and the import jobs,
+``build_service`` wires the real clients, and the retention sweep spans the rows of both.
+Depends on ``common``, ``clients``, ``engine`` (and ``onboarding``, loaded on first use).
+"""
+from __future__ import annotations
+
+from .service import SyncService, build_service
+
+__all__ = [
+    "SyncService",
+    "build_service",
+]

@@ -1,0 +1,41 @@
+"""The sync engine: the pipeline (gate, claim, call, verdict), the recorder, deferred syncs, the
+follower (sync and wait, watcher), the status reader, the targets, the state rows and the pure
+decisions. Depends on ``common`` and ``clients``.
+"""
+from __future__ import annotations
+
+from .decisions import in_flight
+from .deferred import Deferrals, PendingFire, PendingQueue
+from .follow import Follower
+from .operations import OPERATION_ROW, Operation, OperationStore, new_token, token_matches
+from .pipeline import RefusalMemory, SyncPipeline
+from .recording import Recorder
+from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW, StateStore, UnitState
+from .status import StatusReader
+from .targets import TARGETS, Target, Targets
+
+__all__ = [
+    "ASK_PREFIX",
+    "Deferrals",
+    "Follower",
+    "HISTORY_PREFIX",
+    "MAX_TICKS",
+    "OPERATION_ROW",
+    "Operation",
+    "OperationStore",
+    "PendingFire",
+    "PendingQueue",
+    "Recorder",
+    "RefusalMemory",
+    "STATE_ROW",
+    "StateStore",
+    "StatusReader",
+    "SyncPipeline",
+    "TARGETS",
+    "Target",
+    "Targets",
+    "UnitState",
+    "in_flight",
+    "new_token",
+    "token_matches",
+]

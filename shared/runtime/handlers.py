@@ -1,0 +1,104 @@
+"""The timer and queue handlers: what function_app's non-HTTP triggers run."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from ..assembly import SyncService
+from ..common import AppError, HomeTenant, InvalidMessage, Outcome, SyncResult, Trigger, log_invalid, telemetry
+from ..engine import PendingFire
+from .process import service, tenancy
+
+log = logging.getLogger(__name__)
+
+
+def run_deferred(message: str) -> SyncResult | None:
+    """A pending sync's queue message became visible: fire it. A storage fault raises, so that
+    the host retries the message (and moves it to the poison queue after five tries); a message
+    that is not one of ours is logged once and acknowledged (retrying it could never help)."""
+    try:
+        fire = PendingFire.from_json(message)
+    except InvalidMessage as exc:
+        log_invalid("deferred", "SYNC_QUEUE", exc)
+        return None
+    svc = service() if not fire.tenant else _tenant_service(fire)
+    if svc is None:
+        return None
+    result = svc.fire(fire)  # logs the firing (shared/common/telemetry.py)
+    _flush(svc)
+    return result
+
+
+def _tenant_service(fire: PendingFire) -> SyncService | None:
+    """The service of the customer tenant a pending sync names; None (logged) when there is none
+    to fire it in: not registered, disabled, multi-tenant mode off, or the app's own tenant."""
+    registry = tenancy()
+    tenant = registry.registry.get(fire.tenant or "") if registry else None
+    why = "not registered, disabled, or multi-tenant mode is off"
+    if registry is not None and tenant is not None and tenant.enabled:
+        try:
+            return registry.service(tenant)
+        except HomeTenant as exc:  # TokenUnavailable raises: the host retries the message
+            why = exc.message
+    telemetry.emit("deferred", logging.WARNING, trigger=Trigger.DEFERRED, target=fire.target, tenant=fire.tenant,
+                   outcome="dropped", message=f"the pending sync was not fired: {why}")
+    return None
+
+
+def run_import_step(message: str) -> str:
+    """A step of an Autopilot import job (shared/onboarding/importjob.py). A storage fault raises, so that
+    the host retries the message; the watcher resends a step whose message was lost."""
+    svc = service()
+    what = svc.run_import_step(message)  # logs the step (an ``import`` event)
+    _flush(svc)
+    return what
+
+
+def run_watch() -> int:
+    """The watcher tick; each finding is logged once where it is made (shared/engine/follow.py)."""
+    return service().watch()
+
+
+def run_timer(past_due: bool) -> list[SyncResult]:
+    """The sync timer: every enabled target (each unit's result is a ``sync`` event), then each
+    unit's health from Graph (``health`` events), one ``timer`` event with the tally, and the
+    tenants' fan-out."""
+    svc = service()
+    results = svc.sync_enabled(Trigger.TIMER, caller="timer")
+    try:
+        svc.report_health()
+    except Exception:  # Table Storage down, or a bug: the syncs above stand, the next tick rates
+        log.exception("timer: health not rated")
+    tally = Counter(r.outcome.value for r in results)
+    failed = tally.get(Outcome.FAILED.value, 0)
+    telemetry.emit("timer", logging.ERROR if failed else logging.INFO, trigger=Trigger.TIMER, counts=dict(tally),
+                   message="past due; synced now" if past_due else None)
+    registry = tenancy()
+    if registry is not None:  # many tenants: the registry's pages go out on the tenant queue
+        try:
+            registry.fan_out(svc.clock())
+        except AppError as exc:  # the next tick sends it again; the home tenant's syncs stand
+            log.error("timer: the tenants' fan-out was not sent: %s", exc.message)
+    _flush(svc)
+    return results
+
+
+def run_tenant(message: str) -> str:
+    """A fan-out message of the tenant queue (shared/tenancy/customers.py): a page of the registry, or one
+    tenant to sync. A storage fault raises, so that the host retries the message."""
+    registry = tenancy()
+    if registry is None:
+        log.warning("tenant queue: multi-tenant mode is off (MULTI_TENANT_CLIENT_ID); message dropped")
+        return "off"
+    what = registry.run(message)  # a tenant's message logs a ``tenant`` event
+    if what.startswith("page"):
+        log.info("tenant fan-out: %s", what)
+    if registry.home.notifier is not None:  # briefly: one tenant's slow endpoint must not hold the others' messages
+        registry.home.notifier.flush(timeout=2)
+    return what
+
+
+def _flush(svc: SyncService) -> None:
+    # Deliver queued notifications before the invocation ends: an idle instance may be reclaimed.
+    if svc.notifier is not None:
+        svc.notifier.flush(timeout=20)

@@ -1,0 +1,13 @@
+"""Many tenants from one deployment: the registry of customer tenants, a service per tenant,
+the fan-out and the consent check. Loaded only in multi-tenant mode. Depends on the packages
+above and ``assembly``.
+"""
+from __future__ import annotations
+
+from .customers import Tenancy
+from .registry import Tenant
+
+__all__ = [
+    "Tenancy",
+    "Tenant",
+]
