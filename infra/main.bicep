@@ -13,7 +13,7 @@ param location string
 @description('Grant the managed identity the Graph application role DeviceManagementServiceConfig.ReadWrite.All during deployment. Needs AppRoleAssignment.ReadWrite.All for the deployer; set false and run scripts/grant-graph-permission.sh later otherwise.')
 param grantGraphPermission bool = true
 
-// App settings the code reads (shared/settings.py). Same names and defaults as the code:
+// App settings the code reads (shared/common/settings.py). Same names and defaults as the code:
 // tests/test_infra.py fails if the two drift apart.
 @description('Microsoft Graph host; change for national clouds.')
 param graphBaseUrl string = 'https://graph.microsoft.com'
@@ -272,7 +272,7 @@ module rbac 'app/rbac.bicep' = {
   }
 }
 
-// The workbook and the alerts read the app's telemetry (shared/telemetry.py) through Entra ID:
+// The workbook and the alerts read the app's telemetry (shared/common/telemetry.py) through Entra ID:
 // the workbook as whoever opens it, the alert rules as a user-assigned identity of their own with
 // read-only roles on the component and its workspace (app/alerts.bicep says why). Without an
 // alert e-mail nothing of the alerts is deployed.

@@ -1,6 +1,6 @@
 // Log search alerts e-mailed to an operator (main.bicep deploys this module only when alertEmail is
 // set): failed syncs, and units rated unhealthy. The queries read the app's own telemetry
-// (shared/telemetry.py) and name only its fields and events (tests/test_monitoring.py checks).
+// (shared/common/telemetry.py) and name only its fields and events (tests/test_monitoring.py checks).
 //
 // Two rules, not one combined: the two signals need different windows and cadences. A failed sync is
 // an event, worth knowing within minutes, so its rule looks at the last 15 minutes every 15 minutes.

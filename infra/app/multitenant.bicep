@@ -2,7 +2,7 @@
 // credential is the app's user-assigned managed identity (a federated identity credential), so no
 // secret or certificate exists anywhere. Customer tenants consent to this app; the function asks
 // for a token of tenant T as this app, asserting with the identity's token for the exchange
-// audience (shared/identity.py, TenantCredentials).
+// audience (shared/clients/identity.py, TenantCredentials).
 //
 // Deploying it needs, for the deployer, the right to create applications (Application Developer
 // or more, or the default user right if the tenant has not turned it off) and to read the
@@ -25,7 +25,7 @@ param appRoles array
 var microsoftGraphAppId = '00000003-0000-0000-c000-000000000000'
 
 // The audience of the identity's token that Entra ID exchanges, per cloud (environment().name);
-// the same table as shared/identity.py (EXCHANGE_AUDIENCES).
+// the same table as shared/clients/identity.py (EXCHANGE_AUDIENCES).
 var exchangeAudiences = {
   AzureCloud: 'api://AzureADTokenExchange'
   AzureUSGovernment: 'api://AzureADTokenExchangeUSGov'

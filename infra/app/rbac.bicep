@@ -1,5 +1,5 @@
 // Least-privilege data roles for the app's identity. The list must match what the code needs
-// (shared/permissions.py); tests/test_infra.py checks that they are the same set.
+// (shared/common/permissions.py); tests/test_infra.py checks that they are the same set.
 param storageAccountName string
 param applicationInsightsName string
 param principalId string

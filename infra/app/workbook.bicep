@@ -1,4 +1,4 @@
-// An Azure Monitor workbook over the app's own telemetry (shared/telemetry.py: one `IntuneSync {json}`
+// An Azure Monitor workbook over the app's own telemetry (shared/common/telemetry.py: one `IntuneSync {json}`
 // trace per sync, deferred firing, watcher finding, import step, tenant outcome, timer tick, health
 // rating): syncs over time by outcome and target, failures with their reasons and Graph request ids,
 // every unit's last good sync and health, deferred syncs, Autopilot import jobs, and tenants when
