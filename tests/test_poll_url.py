@@ -9,7 +9,8 @@ import azure.functions as func
 import pytest
 from conftest import FUNCTIONS, call, sync_posts
 
-from shared.common.settings import Settings, SettingsError, valid_host
+from shared.common.hosts import valid_host
+from shared.common.settings import Settings, SettingsError
 
 EVIL = {"X-Forwarded-Host": "127.0.0.1:80@evil.example", "X-Forwarded-Proto": "http"}
 

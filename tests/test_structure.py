@@ -124,3 +124,37 @@ def test_the_checker_finds_each_restatement_this_rule_replaced():
     merge = "def f(a, b):\n    return max((t for t in (a.next_allowed_at, b.next_allowed_at) if t), default=None)\n"
     assert rule_uses(merge) and not rule_uses(merge, writer=True)  # a writer may merge windows
     assert rule_uses("def f(s, now):\n    return s.next_allowed_at > now\n", writer=True)  # but not compare them
+
+
+# --- sizes and bases (issue 20: parts are objects given their collaborators, not mixins) ----------
+
+CLASS_LINES, FUNCTION_LINES = 200, 50
+
+
+def _definitions() -> list[tuple[str, ast.AST]]:
+    return [(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}", node)
+            for path, source in _modules().items() for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_no_class_over_200_lines_and_no_function_over_50():
+    long = [f"{where}: {node.end_lineno - node.lineno + 1} lines" for where, node in _definitions()  # type: ignore[attr-defined]
+            if node.end_lineno - node.lineno + 1 > (CLASS_LINES if isinstance(node, ast.ClassDef) else FUNCTION_LINES)]  # type: ignore[attr-defined]
+    assert long == []
+
+
+def test_only_exceptions_have_more_than_one_base():
+    """A class of the app has one base at most: an exception may also name the built-in kind it
+    is (``AppError, ValueError``), nothing else mixes classes together."""
+    import importlib
+
+    mixed = []
+    for path in _modules():
+        if path.name == "__init__.py":
+            continue
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and len(node.bases) > 1 and not issubclass(getattr(module, node.name), BaseException):
+                mixed.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert mixed == []
+    assert len(_definitions()) > 500  # the checks read the whole app

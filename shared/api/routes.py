@@ -113,7 +113,7 @@ def handle_methods(req: func.HttpRequest, actions: dict[str, Callable[[func.Http
 
 def _request_url(req: func.HttpRequest) -> SplitResult:
     """``req.url`` split; a 400 unless the request's Host header and the URL's host are each a bare
-    ``host[:port]`` (DNS name, IPv4 or [IPv6], a port in digits; settings.valid_host) or empty.
+    ``host[:port]`` (DNS name, IPv4 or [IPv6], a port in digits; hosts.valid_host) or empty.
     The Host header is checked itself: the URL is built from it, so ``Host: host/path`` (or
     ``host?x``, ``user@host``) makes a URL whose host looks fine and whose path or query carries
     the rest into every absolute URL built from it. ``urlsplit`` raises on an unbalanced ``[``."""

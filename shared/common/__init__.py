@@ -23,6 +23,7 @@ from .errors import (
     UnsafeGraphPath,
     UpstreamError,
 )
+from .hosts import host_name, is_loopback, valid_host
 from .ids import new_guid, new_hex_id, parse_guid
 from .jsonbody import nesting_exceeds
 from .messages import InvalidMessage, log_invalid
@@ -37,9 +38,6 @@ from .settings import (
     SYNC_TYPES,
     Settings,
     SettingsError,
-    host_name,
-    is_loopback,
-    valid_host,
 )
 from .timeouts import (
     CONNECT_TIMEOUT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 Clock = Callable[[], datetime]
@@ -20,7 +20,7 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     STARTED = "started"
     COOLDOWN = "cooldown"
     IN_PROGRESS = "inProgress"
@@ -29,7 +29,7 @@ class Outcome(str, Enum):
     SCHEDULED = "scheduled"  # deferred: one pending sync will run when the window ends
 
 
-class Trigger(str, Enum):
+class Trigger(StrEnum):
     TIMER = "timer"
     HTTP = "http"
     DEFERRED = "deferred"

@@ -5,7 +5,6 @@ start-up (and in ``GET /api/health``) instead of at 3 a.m. on the first timer ti
 """
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 from .cabundle import ca_bundle_problem
 from .errors import AppError
+from .hosts import is_loopback, url_form_problem, valid_host
 from .ids import is_guid
 from .redact import redact_text, redact_url
 from .timeouts import write_budget_seconds
@@ -117,40 +117,6 @@ NUMERIC_SETTINGS: dict[str, Bounds] = {
     "IMPORT_STEP_CLAIM_SECONDS": Bounds(2, 300, "seconds", why="the function timeout: a dead step must not hold its job longer"),
     "IMPORT_STEP_HEARTBEAT_SECONDS": Bounds(1, 150, "seconds", why="half the longest claim"),
 }
-
-# A host as it may appear in an absolute URL we hand out: DNS labels or an IPv4 address, or an
-# IPv6 address in brackets, then an optional port. No user-info, path, query or other characters.
-_HOST_PORT = re.compile(
-    r"(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<port>[0-9]{1,5}))?"
-)
-
-
-def valid_host(value: str) -> bool:
-    """Whether ``value`` is ``host`` or ``host:port`` and nothing else (see _HOST_PORT)."""
-    match = _HOST_PORT.fullmatch(value)
-    if not match or len(value) > 260:
-        return False
-    host, port = match.group("host"), match.group("port")
-    if port is not None and (not 0 < int(port) <= 65535 or port.startswith("0")):
-        return False
-    try:
-        if host.startswith("["):
-            ipaddress.IPv6Address(host[1:-1])
-        elif re.fullmatch(r"[0-9.]+", host):
-            ipaddress.IPv4Address(host)  # all digits: an IPv4 address, and a valid one
-        elif re.fullmatch(r"[0-9]+|0x[0-9a-f]*", host.rsplit(".", 1)[-1].lower()):
-            return False  # no DNS name ends in a number; 0x7f.1 is 127.0.0.1 to inet_aton
-    except ValueError:
-        return False
-    return True
-
-
-def host_name(value: str) -> str:
-    """The host of ``host[:port]`` (brackets kept for IPv6), lower-case."""
-    match = _HOST_PORT.fullmatch(value)
-    return (match.group("host") if match else value).lower()
-
 
 def number(name: str, raw: str, problems: dict[str, str]) -> float | None:
     """``raw`` checked against NUMERIC_SETTINGS[name]; None (and a problem named ``name``) if bad."""
@@ -370,7 +336,7 @@ def _notify_urls(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ..
     for url in urls:
         # Named only as redact_url shows it: Power Automate trigger URLs carry their signature in
         # the query, and a URL may carry a password.
-        why = _url_form_problem(url)
+        why = url_form_problem(url)
         if why:
             problems[name] = f"every URL {why}, got {redact_url(url)!r}"
             continue
@@ -535,24 +501,6 @@ def _health_thresholds(get: Callable[[str], str], problems: dict[str, str]) -> t
     return tuple(table)
 
 
-def _url_form_problem(url: str) -> str | None:
-    """What keeps ``url`` from being a plain ``scheme://host[:port]...`` URL, or None. Any ``@`` is
-    refused: a password holding ``/ ? #`` (``https://u:sec/ret@host``) is not user-info to a URL
-    parser, which reads ``u`` as the host instead; and the request libraries would send
-    user-info as a password that every log of the URL must then hide."""
-    if "@" in url:
-        return "must not carry a user name or password (nor an @: write it as %40)"
-    if re.search(r"[\s\x00-\x1f\x7f\\]", url):
-        return "must not contain spaces, control characters or backslashes"
-    try:
-        netloc = urlsplit(url).netloc
-    except ValueError:  # an unclosed [ of an IPv6 address
-        netloc = ""
-    if not valid_host(netloc):
-        return "must name its host as host or host:port (a port in digits, 1-65535)"
-    return None
-
-
 def _check_base_url(url: str) -> str | None:
     shown = redact_url(url)
     if "@" in url:
@@ -563,7 +511,7 @@ def _check_base_url(url: str) -> str | None:
         return f"must be an absolute URL such as {DEFAULTS['GRAPH_BASE_URL']}, got {shown!r}"
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return f"must be an absolute URL such as {DEFAULTS['GRAPH_BASE_URL']}, got {shown!r}"
-    why = _url_form_problem(url)
+    why = url_form_problem(url)
     if why:
         return f"{why}, got {shown!r}"
     if parts.path or parts.query or parts.fragment:
@@ -571,15 +519,6 @@ def _check_base_url(url: str) -> str | None:
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         return "must use https (plain http is allowed only for a local emulator on loopback)"
     return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _storage_settings(env: Mapping[str, str], problems: dict[str, str]) -> StorageSettings:
