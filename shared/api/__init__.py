@@ -2,8 +2,17 @@
 """
 from __future__ import annotations
 
-from . import routes
+from typing import TYPE_CHECKING
+
+from ..common import face
+
+if TYPE_CHECKING:
+    from . import routes
 
 __all__ = [
     "routes",
 ]
+
+__getattr__ = face(__name__, {
+    "routes": "routes",
+})

@@ -24,11 +24,11 @@ from ..common import (
     SyncRequest,
     SyncResult,
     Trigger,
+    configuration_notices,
     host_name,
     is_loopback,
     iso,
     nesting_exceeds,
-    notices,
     parse_guid,
     valid_host,
 )
@@ -375,16 +375,7 @@ def _json_object(req: func.HttpRequest, allowed: set[str]) -> dict[str, Any]:
     body = req.get_body() or b""
     if len(body) > MAX_BODY_BYTES:
         raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_BODY_BYTES} bytes")
-    if (req.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
-    if nesting_exceeds(body, MAX_JSON_DEPTH):
-        raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "InvalidBody", "the body must be a JSON object")
+    data = _decoded_object(req, body)
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ApiError(400, "InvalidBody", f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -405,12 +396,28 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
             "stateStore": current.storage.description,
             "stateTable": current.state_table,
             "schedule": current.sync_schedule,
-            "notices": [n.to_json() for n in notices(current)],
+            "notices": [n.to_json() for n in configuration_notices(current)],
         }
     )
 
 
 # --- input -------------------------------------------------------------------------------
+
+
+def _decoded_object(req: func.HttpRequest, body: bytes, or_else: str = "") -> dict[str, Any]:
+    """``body`` as a JSON object (sent as application/json, not nested too deep, valid); else a 4xx."""
+    if (req.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "UnsupportedMediaType", f"send the body as application/json{or_else}")
+    if nesting_exceeds(body, MAX_JSON_DEPTH):
+        # json.loads recurses per level: ~1,000 "[" (well under the size limit) is a RecursionError.
+        raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "InvalidBody", "the body must be a JSON object")
+    return data
 
 
 def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
@@ -421,18 +428,7 @@ def _read_body(req: func.HttpRequest, allow_sync_type: bool) -> str | None:
         raise ApiError(413, "PayloadTooLarge", f"the body may be at most {MAX_BODY_BYTES} bytes")
     if not body:  # no body at all; whitespace is a body, and not valid JSON
         return None
-    media_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json (or send no body)")
-    if nesting_exceeds(body, MAX_JSON_DEPTH):
-        # json.loads recurses per level: ~1,000 "[" (well under the size limit) is a RecursionError.
-        raise ApiError(400, "InvalidJson", f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "InvalidJson", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "InvalidBody", "the body must be a JSON object")
+    data = _decoded_object(req, body, " (or send no body)")
     allowed = {"syncType"} if allow_sync_type else set()
     unknown = sorted(set(data) - allowed)
     if unknown:

@@ -4,9 +4,19 @@ Depends on ``common``, ``clients``, ``engine`` (and ``onboarding``, loaded on fi
 """
 from __future__ import annotations
 
-from .service import SyncService, build_service
+from typing import TYPE_CHECKING
+
+from ..common import face
+
+if TYPE_CHECKING:
+    from .service import SyncService, build_service
 
 __all__ = [
     "SyncService",
     "build_service",
 ]
+
+__getattr__ = face(__name__, {
+    "SyncService": "service",
+    "build_service": "service",
+})

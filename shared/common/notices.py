@@ -19,7 +19,7 @@ class Notice:
         return {"code": self.code, "target": self.target, "message": self.message}
 
 
-def notices(settings: Settings) -> list[Notice]:
+def configuration_notices(settings: Settings) -> list[Notice]:
     found = []
     if "exchange" in settings.sync_targets:
         found.append(Notice(

@@ -4,15 +4,20 @@ decisions. Depends on ``common`` and ``clients``.
 """
 from __future__ import annotations
 
-from .decisions import in_flight
-from .deferred import Deferrals, PendingFire, PendingQueue
-from .follow import Follower
-from .operations import OPERATION_ROW, Operation, OperationStore, new_token, token_matches
-from .pipeline import RefusalMemory, SyncPipeline
-from .recording import Recorder
-from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW, StateStore, UnitState
-from .status import StatusReader
-from .targets import TARGETS, Target, Targets
+from typing import TYPE_CHECKING
+
+from ..common import face
+
+if TYPE_CHECKING:
+    from .decisions import in_flight
+    from .deferred import Deferrals, PendingFire, PendingQueue
+    from .follow import Follower
+    from .operations import OPERATION_ROW, Operation, OperationStore, new_token, token_matches
+    from .pipeline import RefusalMemory, SyncPipeline
+    from .recording import Recorder
+    from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW, StateStore, UnitState
+    from .status import StatusReader
+    from .targets import TARGETS, Target, Targets
 
 __all__ = [
     "ASK_PREFIX",
@@ -39,3 +44,29 @@ __all__ = [
     "new_token",
     "token_matches",
 ]
+
+__getattr__ = face(__name__, {
+    "ASK_PREFIX": "state",
+    "Deferrals": "deferred",
+    "Follower": "follow",
+    "HISTORY_PREFIX": "state",
+    "MAX_TICKS": "state",
+    "OPERATION_ROW": "operations",
+    "Operation": "operations",
+    "OperationStore": "operations",
+    "PendingFire": "deferred",
+    "PendingQueue": "deferred",
+    "Recorder": "recording",
+    "RefusalMemory": "pipeline",
+    "STATE_ROW": "state",
+    "StateStore": "state",
+    "StatusReader": "status",
+    "SyncPipeline": "pipeline",
+    "TARGETS": "targets",
+    "Target": "targets",
+    "Targets": "targets",
+    "UnitState": "state",
+    "in_flight": "decisions",
+    "new_token": "operations",
+    "token_matches": "operations",
+})

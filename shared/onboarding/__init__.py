@@ -4,9 +4,14 @@ start does not load it). Depends on ``common``, ``clients`` and ``engine``.
 """
 from __future__ import annotations
 
-from .devices import MAX_BODY_BYTES, SIZE_LIMIT, ImportRequest, parse_import
-from .importjob import ImportJobs
-from .imports import CREATING, JOB_ROW, DeviceRow, ImportJob, ImportStore
+from typing import TYPE_CHECKING
+
+from ..common import face
+
+if TYPE_CHECKING:
+    from .devices import MAX_BODY_BYTES, SIZE_LIMIT, ImportRequest, parse_import
+    from .importjob import ImportJobs
+    from .imports import CREATING, JOB_ROW, DeviceRow, ImportJob, ImportStore
 
 __all__ = [
     "CREATING",
@@ -20,3 +25,16 @@ __all__ = [
     "SIZE_LIMIT",
     "parse_import",
 ]
+
+__getattr__ = face(__name__, {
+    "CREATING": "imports",
+    "DeviceRow": "imports",
+    "ImportJob": "imports",
+    "ImportJobs": "importjob",
+    "ImportRequest": "devices",
+    "ImportStore": "imports",
+    "JOB_ROW": "imports",
+    "MAX_BODY_BYTES": "devices",
+    "SIZE_LIMIT": "devices",
+    "parse_import": "devices",
+})

@@ -3,8 +3,13 @@ handlers. Depends on every package above.
 """
 from __future__ import annotations
 
-from . import handlers, process
-from .process import service, settings, tenancy
+from typing import TYPE_CHECKING
+
+from ..common import face
+
+if TYPE_CHECKING:
+    from . import handlers, process
+    from .process import service, settings, tenancy
 
 __all__ = [
     "handlers",
@@ -13,3 +18,11 @@ __all__ = [
     "settings",
     "tenancy",
 ]
+
+__getattr__ = face(__name__, {
+    "handlers": "handlers",
+    "process": "process",
+    "service": "process",
+    "settings": "process",
+    "tenancy": "process",
+})

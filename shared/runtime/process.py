@@ -11,7 +11,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from ..assembly import SyncService, build_service
-from ..common import DEFAULTS, Settings, SettingsError, notices, telemetry
+from ..common import DEFAULTS, Settings, SettingsError, configuration_notices, telemetry
 
 if TYPE_CHECKING:
     from ..tenancy import Tenancy
@@ -80,7 +80,7 @@ def check_settings_at_startup() -> None:
     except SettingsError as exc:
         log.error("invalid app settings: %s", exc)
         return
-    for notice in notices(current):
+    for notice in configuration_notices(current):
         telemetry.emit("notice", logging.WARNING, code=notice.code, target=notice.target, message=notice.message)
 
 

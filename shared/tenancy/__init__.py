@@ -4,10 +4,20 @@ above and ``assembly``.
 """
 from __future__ import annotations
 
-from .customers import Tenancy
-from .registry import Tenant
+from typing import TYPE_CHECKING
+
+from ..common import face
+
+if TYPE_CHECKING:
+    from .customers import Tenancy
+    from .registry import Tenant
 
 __all__ = [
     "Tenancy",
     "Tenant",
 ]
+
+__getattr__ = face(__name__, {
+    "Tenancy": "customers",
+    "Tenant": "registry",
+})
