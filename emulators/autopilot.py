@@ -38,8 +38,9 @@ Config keys (``/_emulator/config``): ``autopilotDevices`` (replaces all devices:
 "deploymentProfileAssignmentStatus"? (default "assignedInSync")}, ...]``; any other device property overrides the default;
 visible at once, with new ids unless given), ``importErrors`` (``{"<serial>": {"deviceErrorCode": 808, "deviceErrorName": "ZtdDeviceAssignedToOtherTenant"}}``),
 ``importProcessingSeconds``, ``profileAssignmentSeconds``, and ``writeLimit`` (``{"limit": N, "windowSeconds": S}`` or null):
-more than N writes (POST/PUT/PATCH/DELETE under ``/{ver}/deviceManagement``) in any S real seconds → 429 ``TooManyRequests``
-with an integer ``Retry-After`` (seconds until a slot frees, at least 1); refused writes do not use up slots.
+more than N writes (POST/PUT/PATCH/DELETE under ``/{ver}/deviceManagement``, managed devices aside) in any S real seconds
+→ 429 ``TooManyRequests`` with an integer ``Retry-After`` (seconds until a slot frees, at least 1); refused writes do not use
+up slots. ``deviceWriteLimit`` does the same for writes under ``/{ver}/deviceManagement/managedDevices`` (see WriteLimit).
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ _IMPORTED = re.compile(r"^/(v1\.0|beta)/deviceManagement/importedWindowsAutopilo
 _DEVICES = re.compile(r"^/(v1\.0|beta)/deviceManagement/windowsAutopilotDeviceIdentities(?:/([^/]+)(?:/([^/]+))?)?$")
 _CONTAINS = re.compile(r"^\s*contains\(\s*serialNumber\s*,\s*'((?:[^']|'')*)'\s*\)\s*$")
 _WRITE_PATH = re.compile(r"^/(v1\.0|beta)/deviceManagement(/|$)")
+_DEVICE_WRITE_PATH = re.compile(r"^/(v1\.0|beta)/deviceManagement/managedDevices(/|$)")
+DEFAULT_WINDOW_SECONDS = 20.0  # Intune's throttling window, for maxWritesInAnyWindow when no limit is set
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 MAX_IMPORT = 500
@@ -434,35 +437,88 @@ def _check_element(element: Any, index: int) -> str | None:
     return None
 
 
-class WriteLimit:
-    """A sliding-window limit on writes under ``/{ver}/deviceManagement`` (real seconds: it models a rate)."""
+class _Window:
+    """One area's sliding-window write limit, and the arrival times of the writes it accepted."""
 
     def __init__(self) -> None:
         self.limit: int | None = None
         self.window = 0.0
-        self.accepted: deque[float] = deque()
+        self.accepted: deque[float] = deque()  # within the current window
+        self.history: list[float] = []  # every accepted write since the area was configured
         self.throttled = 0
 
-    def configure(self, config: dict[str, Any]) -> None:
-        if "writeLimit" not in config:
-            return
-        setting = config["writeLimit"]
+    def configure(self, setting: dict[str, Any] | None) -> None:
         self.accepted.clear()
+        self.history.clear()
         if setting is None:
             self.limit = None
         else:
             self.limit, self.window = int(setting["limit"]), float(setting["windowSeconds"])
 
-    def check(self, method: str, path: str) -> Result | None:
-        """None when the request may go on; a 429 answer when it is a write beyond the limit."""
-        if self.limit is None or method not in WRITE_METHODS or not _WRITE_PATH.match(path):
+    def check(self, now: float) -> Result | None:
+        if self.limit is None:
+            self.history.append(now)
             return None
-        now = time.monotonic()
         while self.accepted and self.accepted[0] <= now - self.window:
             self.accepted.popleft()
         if len(self.accepted) < self.limit:
             self.accepted.append(now)
+            self.history.append(now)
             return None
         self.throttled += 1
         wait = (self.accepted[len(self.accepted) - self.limit] + self.window - now) if self.limit else self.window
         return 429, _error("TooManyRequests", "Please retry again later."), {"Retry-After": str(max(1, math.ceil(wait)))}
+
+    def max_in_any_window(self, window: float) -> int:
+        """The most accepted writes whose arrivals lie within less than ``window`` seconds of each other."""
+        best, start = 0, 0
+        for end, at in enumerate(self.history):
+            while at - self.history[start] >= window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    def stats(self) -> dict[str, Any]:
+        window = self.window if self.limit is not None else DEFAULT_WINDOW_SECONDS
+        return {"limit": self.limit, "windowSeconds": window, "accepted": len(self.history), "throttled": self.throttled,
+                "maxWritesInAnyWindow": self.max_in_any_window(window)}
+
+
+class WriteLimit:
+    """Sliding-window limits on writes (POST/PUT/PATCH/DELETE; real seconds: they model a rate), one per area, as Intune's
+    throttling tables set them: ``devices`` for writes under ``/{ver}/deviceManagement/managedDevices`` (config
+    ``deviceWriteLimit``), ``intune`` for every other write under ``/{ver}/deviceManagement`` (config ``writeLimit``). Each
+    is ``{"limit": N, "windowSeconds": S}`` or null (off, the default). Every accepted write's arrival is recorded (limit
+    or not) for ``stats()``: per area ``limit``, ``windowSeconds`` (20, Intune's window, when off), ``accepted``,
+    ``throttled`` and ``maxWritesInAnyWindow`` (the most accepted writes within any span shorter than the window)."""
+
+    CONFIG = {"writeLimit": "intune", "deviceWriteLimit": "devices"}
+
+    def __init__(self) -> None:
+        self.areas = {"intune": _Window(), "devices": _Window()}
+
+    @property
+    def throttled(self) -> int:
+        return sum(area.throttled for area in self.areas.values())
+
+    def configure(self, config: dict[str, Any]) -> None:
+        for key, area in self.CONFIG.items():
+            if key in config:
+                self.areas[area].configure(config[key])
+
+    @staticmethod
+    def area(method: str, path: str) -> str | None:
+        """Which area's limit a request counts against (None: not a limited write)."""
+        if method not in WRITE_METHODS or not _WRITE_PATH.match(path):
+            return None
+        return "devices" if _DEVICE_WRITE_PATH.match(path) else "intune"
+
+    def check(self, method: str, path: str) -> Result | None:
+        """None when the request may go on; a 429 answer when it is a write beyond its area's limit."""
+        area = self.area(method, path)
+        if area is None:
+            return None
+        return self.areas[area].check(time.monotonic())
+
+    def stats(self) -> dict[str, Any]:
+        return {name: area.stats() for name, area in self.areas.items()}

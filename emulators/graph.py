@@ -14,6 +14,15 @@
   .../importedWindowsAutopilotDeviceIdentities[/{id}]`` (state settles on the emulated clock), ``GET
   /{ver}/deviceManagement/windowsAutopilotDeviceIdentities[/{id}]`` (``$filter=contains(serialNumber,'...')`` only; devices
   appear through an Autopilot sync), ``POST .../windowsAutopilotDeviceIdentities/{id}/updateDeviceProperties``.
+- Managed devices and group device members (``emulators/devices.py`` documents them): ``GET
+  /{ver}/deviceManagement/managedDevices[/{id}]`` (``$select``, ``$filter`` on ``eq`` clauses, ``$top``, ``@odata.nextLink``),
+  ``POST .../managedDevices/{id}/syncDevice``, ``GET /{ver}/groups/{id}/transitiveMembers/microsoft.graph.device``; each
+  path needs the role ``required_role`` names.
+- JSON batching: ``POST /{ver}/$batch`` ``{"requests": [{"id", "method", "url" (relative to the version), "headers"?,
+  "body"?}]}`` (1 to 20, unique ids, else 400) → 200 ``{"responses": [{"id", "status", "headers", "body"?}]}`` in the order
+  sent. Each inner request goes through the fault list, its role check, the write limits and the routing on its own (a
+  throttled one answers 429 with its own ``Retry-After``) and is logged as its own request (with ``batch`` and
+  ``batchRequestId``); the batch itself needs a valid token but no role.
 
 Tenants: the state behind these endpoints (the Autopilot sync window, last trigger and running sync,
 the connectors, the Apple/VPP/driver items, Managed Google Play, the Autopilot devices and imports,
@@ -29,12 +38,14 @@ negative advance puts it back), ``faults`` (a list of ``{"method"?,
 requests with a status, a delay, a Retry-After; with ``"tenant"`` only requests whose token's tenant is
 that one match, the home tenant's id also matching tokens without ``tid``), ``config`` (connectors,
 sync duration and outcome, Retry-After on 429; Autopilot devices, import errors and timings, a
-write limit: see emulators/autopilot.py; all for the home tenant, or for ``"tenant": "<tid>"``;
+write limit per area (``writeLimit``, ``deviceWriteLimit``): see emulators/autopilot.py ``WriteLimit``; managed devices and
+groups: see emulators/devices.py; all for the home tenant, or for ``"tenant": "<tid>"``;
 ``latencySeconds`` and ``revokeTokens`` act server-wide whatever the tenant), ``stats`` (the request log,
 each entry with the token's ``"tenant"`` (``tid``, or null without one), ``counts`` over all tenants,
-the home tenant's ``autopilotImports``, ``throttled`` over all tenants, and ``tenants``: per tenant id,
-its request ``counts``, ``throttled`` and ``autopilot`` settings; ``?tenant=<tid>`` gives that tenant's
-``autopilotImports`` instead of the home tenant's).
+the home tenant's ``autopilotImports``, ``managedDevices`` and ``writeLimits`` (per area: ``limit``, ``windowSeconds``,
+``accepted``, ``throttled``, ``maxWritesInAnyWindow``), ``throttled`` and ``deviceSyncs`` over all tenants, and ``tenants``:
+per tenant id, its request ``counts``, ``throttled``, ``autopilot`` settings, ``writeLimits`` and ``managedDevices``;
+``?tenant=<tid>`` gives that tenant's ``autopilotImports``, ``managedDevices`` and ``writeLimits`` instead of the home tenant's).
 """
 from __future__ import annotations
 
@@ -49,9 +60,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .autopilot import AutopilotDevices, WriteLimit
+from .devices import GROUP_MEMBER_ROLE, MANAGED_DEVICES, PRIVILEGED_ROLE, READ_ROLE, ManagedDevices
 from .server import JsonHandler, Server
 from .tokens import HOME_TENANT, decode
 
@@ -68,12 +80,21 @@ COLLECTIONS = {
 SERVICE_CONFIG = "DeviceManagementServiceConfig.ReadWrite.All"
 CONFIGURATION = "DeviceManagementConfiguration.ReadWrite.All"
 APPLE_SYNC_WINDOW = timedelta(minutes=15)
+BATCH = re.compile(r"^/(v1\.0|beta)/\$batch$")
+MAX_BATCH = 20
+_GROUPS = re.compile(r"^/(v1\.0|beta)/groups(/|$)")
+Result = tuple[int, Any, dict[str, str]]
 
 
 def required_role(path: str) -> str:
     """The application permission Graph demands for a path (as documented per action)."""
     if "androidManagedStoreAccountEnterpriseSettings" in path or "windowsDriverUpdateProfiles" in path:
         return CONFIGURATION
+    devices = MANAGED_DEVICES.match(path)
+    if devices:
+        return PRIVILEGED_ROLE if devices.group(3) else READ_ROLE  # an action on a device, or reading
+    if _GROUPS.match(path):
+        return GROUP_MEMBER_ROLE
     return SERVICE_CONFIG
 WINDOW = timedelta(minutes=10)
 DEFAULT_CONNECTORS = [
@@ -134,6 +155,7 @@ class TenantState:
         self.managed_google_play = default_managed_google_play(now)
         self.autopilot_devices = AutopilotDevices(clock)
         self.write_limit = WriteLimit()
+        self.managed_devices = ManagedDevices(clock)
 
     def autopilot_settings(self) -> dict[str, Any]:
         now = self.clock()
@@ -186,6 +208,7 @@ class TenantState:
             self.autopilot_devices.on_sync(when, self.running_until)
         self.autopilot_devices.configure(config)
         self.write_limit.configure(config)
+        self.managed_devices.configure(config)
 
     def sync_item(self, key: str, item: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """A bound sync action on one item, as Graph answers it."""
@@ -298,19 +321,45 @@ class GraphEmulator(Server):
                 mine[key] = mine.get(key, 0) + 1
             tenants = {
                 key: {"counts": per_tenant.get(key, {}), "throttled": state.write_limit.throttled,
-                      "autopilot": state.autopilot_settings()}
+                      "autopilot": state.autopilot_settings(), "writeLimits": state.write_limit.stats(),
+                      "managedDevices": state.managed_devices.stats()}
                 for key, state in self.tenants.items()
             }
             for key, tenant_counts in per_tenant.items():  # tenants seen only in refused requests
                 tenants.setdefault(key, {"counts": tenant_counts, "throttled": 0})
+            mine = self.tenant(tid)
             return {"requests": list(self.requests), "counts": counts, "now": _iso(self.now()),
-                    "autopilotImports": self.tenant(tid).autopilot_devices.stats(),
+                    "autopilotImports": mine.autopilot_devices.stats(),
+                    "managedDevices": mine.managed_devices.stats(), "writeLimits": mine.write_limit.stats(),
                     "throttled": sum(state.write_limit.throttled for state in self.tenants.values()),
+                    "deviceSyncs": sum(sum(state.managed_devices.syncs.values()) for state in self.tenants.values()),
                     "tenants": tenants}
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "innerError": {}}}
+
+
+def _unauthorized() -> Result:
+    return 401, _error("InvalidAuthenticationToken", "Access token is empty."), {}
+
+
+def _role_denied(claims: dict[str, Any], path: str) -> Result | None:
+    """403 when the token lacks the role the path needs (required_role), else None."""
+    role = required_role(path)
+    if role in (claims.get("roles") or []):
+        return None
+    return 403, _error(
+        "Forbidden",
+        f"Application is not authorized to perform this operation. Application must have one of the "
+        f"following scopes: {role}",
+    ), {}
+
+
+def _stamp(body: Any, date: str, request_id: str, client_request_id: str) -> None:
+    """Fill an OData error body's ``innerError`` as Graph does."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body["error"]["innerError"] = {"date": date, "request-id": request_id, "client-request-id": client_request_id}
 
 
 def default_items(now: datetime) -> dict[str, dict[str, dict[str, Any]]]:
@@ -362,26 +411,28 @@ class _Handler(JsonHandler):
     def answer(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         request_id = str(uuid.uuid4())
         client_request_id = self.headers.get("client-request-id") or request_id
-        if isinstance(body, dict) and "error" in body:
-            body["error"]["innerError"] = {
-                "date": _iso(self.server.now()),
-                "request-id": request_id,
-                "client-request-id": client_request_id,
-            }
+        _stamp(body, _iso(self.server.now()), request_id, client_request_id)
+        self.log(self.command, self.path_only, urlsplit(self.path).query, getattr(self, "body", b""), status,
+                 client_request_id)
+        self.send_json(status, body, {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})})
+
+    def log(self, method: str, path: str, query: str, body: bytes, status: int, client_request_id: str,
+            **extra: Any) -> None:
+        """One entry of the request log (``/_emulator/stats`` ``requests``)."""
         with self.server.lock:
             self.server.requests.append(
                 {
-                    "method": self.command,
-                    "path": self.path_only,
+                    "method": method,
+                    "path": path,
                     "status": status,
                     "clientRequestId": client_request_id,
                     "at": _iso(self.server.now()),
-                    "body": getattr(self, "body", b"").decode(errors="replace")[:500],
-                    "query": urlsplit(self.path).query,
+                    "body": body.decode(errors="replace")[:500],
+                    "query": query,
                     "tenant": self.tid,
+                    **extra,
                 }
             )
-        self.send_json(status, body, {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})})
 
     def dispatch(self) -> None:
         if self.path_only.startswith("/_emulator/"):
@@ -392,25 +443,97 @@ class _Handler(JsonHandler):
         self.tid = self.token_tenant()
         if em.latency:
             time.sleep(em.latency)
-        fault = em.take_fault(self.command, self.path_only, self.tid)
-        if fault:
-            if fault.delay:
-                time.sleep(fault.delay)
-                if em.generation != generation:
-                    self.close_connection = True
-                    return
-            if fault.status:
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                return self.answer(fault.status, _error("ServiceUnavailable" if fault.status >= 500 else "Fault", "emulated fault"), headers)
-        denied = self.check_token()
+        faulted = self.fault(self.command, self.path_only, generation)
+        if faulted == "gone":
+            self.close_connection = True
+            return
+        if faulted:
+            return self.answer(*faulted)
+        claims, denied = self.check_token()
+        if denied or claims is None:
+            return self.answer(*(denied or _unauthorized()))
+        if BATCH.match(self.path_only):
+            return self.answer(*self.batch(claims, body, generation))
+        denied = _role_denied(claims, self.path_only)
         if denied:
             return self.answer(*denied)
         with em.lock:
-            tenant = em.tenant(self.tid)
-            throttled = tenant.write_limit.check(self.command, self.path_only)
-            if throttled:
-                return self.answer(*throttled)
-            self.route(tenant, body)
+            self.answer(*self.limited(self.command, self.path_only, self.query, body))
+
+    def fault(self, method: str, path: str, generation: int) -> Result | str | None:
+        """The answer of an injected fault matching this request (after its delay), "gone" when the emulator was
+        reset during the delay, or None."""
+        em = self.server
+        fault = em.take_fault(method, path, self.tid)
+        if not fault:
+            return None
+        if fault.delay:
+            time.sleep(fault.delay)
+            if em.generation != generation:
+                return "gone"
+        if fault.status:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return fault.status, _error("ServiceUnavailable" if fault.status >= 500 else "Fault", "emulated fault"), headers
+        return None
+
+    def limited(self, method: str, path: str, query: dict[str, str], body: bytes) -> Result:
+        """Under the lock: a write over its area's limit is refused, anything else is routed."""
+        tenant = self.server.tenant(self.tid)
+        throttled = tenant.write_limit.check(method, path)
+        if throttled:
+            return throttled
+        return self.route(tenant, method, path, query, body)
+
+    def batch(self, claims: dict[str, Any], body: bytes, generation: int) -> Result:
+        """``POST /{ver}/$batch``: each inner request goes through faults, roles, the write limits and routing on its
+        own, in the order sent; 200 with their answers."""
+        if self.command != "POST":
+            return 405, _error("BadRequest", "The $batch endpoint only accepts POST."), {}
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            payload = None
+        inner = payload.get("requests") if isinstance(payload, dict) else None
+        if not isinstance(inner, list) or not inner:
+            return 400, _error("BadRequest", "Invalid batch payload format."), {}
+        if len(inner) > MAX_BATCH:
+            return 400, _error("BadRequest", f"Number of included requests in the batch exceeds the limit of {MAX_BATCH}."), {}
+        ids = set()
+        for request in inner:
+            if (not isinstance(request, dict) or not all(isinstance(request.get(k), str) and request.get(k)
+                                                         for k in ("id", "method", "url"))):
+                return 400, _error("BadRequest", "Each request in a batch needs an id, a method and a url."), {}
+            if request["id"] in ids:
+                return 400, _error("BadRequest", f"Request id {request['id']} is used more than once in the batch."), {}
+            ids.add(request["id"])
+        version = self.path_only.split("/")[1]
+        return 200, {"responses": [self.inner(claims, version, r, generation) for r in inner]}, {}
+
+    def inner(self, claims: dict[str, Any], version: str, request: dict[str, Any], generation: int) -> dict[str, Any]:
+        """One request of a batch, answered as Graph answers it inside the batch response."""
+        method, url = request["method"].upper(), urlsplit(request["url"])
+        path = f"/{version}/{url.path.lstrip('/')}"
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        body = request.get("body")
+        raw = b"" if body is None else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
+        faulted = self.fault(method, path, generation)
+        if faulted == "gone":
+            faulted = 503, _error("ServiceUnavailable", "emulated fault"), {}
+        result = faulted or _role_denied(claims, path)
+        if not result:
+            with self.server.lock:
+                status, answer, headers = self.limited(method, path, query, raw)
+                result = status, json.loads(json.dumps(answer)) if answer is not None else None, headers
+        assert isinstance(result, tuple)
+        status, answer, headers = result
+        request_id = str(uuid.uuid4())
+        _stamp(answer, _iso(self.server.now()), request_id, request_id)
+        self.log(method, path, url.query, raw, status, request_id, batch=self.path_only, batchRequestId=request["id"])
+        response: dict[str, Any] = {"id": request["id"], "status": status,
+                                    "headers": ({"Content-Type": "application/json"} if answer is not None else {}) | headers}
+        if answer is not None:
+            response["body"] = answer
+        return response
 
     def token_tenant(self) -> str | None:
         """The ``tid`` claim of the bearer token, if any (the token is checked later)."""
@@ -419,87 +542,82 @@ class _Handler(JsonHandler):
         tid = claims.get("tid") if claims else None
         return tid if isinstance(tid, str) and tid else None
 
-    def check_token(self) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    def check_token(self) -> tuple[dict[str, Any] | None, Result | None]:
+        """The bearer token's claims when it is valid for this Graph, else the 401 answer (roles are checked per path)."""
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return 401, _error("InvalidAuthenticationToken", "Access token is empty."), {}
+            return None, _unauthorized()
         claims = decode(auth[7:].strip())
         if claims is None:
-            return 401, _error("InvalidAuthenticationToken", "IDX14100: JWT is not well formed."), {}
+            return None, (401, _error("InvalidAuthenticationToken", "IDX14100: JWT is not well formed."), {})
         if str(claims.get("aud", "")).rstrip("/") != self.server.base_url:
-            return 401, _error("InvalidAuthenticationToken", "Access token validation failure. Invalid audience."), {}
+            return None, (401, _error("InvalidAuthenticationToken", "Access token validation failure. Invalid audience."), {})
         if float(claims.get("exp", 0)) <= time.time():
-            return 401, _error("InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."), {}
+            return None, (401, _error("InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."), {})
         if float(claims.get("iat", 0)) < self.server.revoked_before:
             # Continuous access evaluation: a revoked token gets a claims challenge.
             challenge = 'Bearer realm="", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZX19fQ=="'
-            return 401, _error("InvalidAuthenticationToken", "Access token has been revoked."), {"WWW-Authenticate": challenge}
-        role = required_role(self.path_only)
-        if role not in (claims.get("roles") or []):
-            return 403, _error(
-                "Forbidden",
-                f"Application is not authorized to perform this operation. Application must have one of the "
-                f"following scopes: {role}",
-            ), {}
-        return None
+            return None, (401, _error("InvalidAuthenticationToken", "Access token has been revoked."), {"WWW-Authenticate": challenge})
+        return claims, None
 
-    def route(self, em: TenantState, body: bytes) -> None:
-        path, method = self.path_only, self.command
+    def route(self, em: TenantState, method: str, path: str, query: dict[str, str], body: bytes) -> Result:
+        """The answer to one request (direct or inside a $batch) on a tenant's state."""
         if path == AUTOPILOT and method == "GET":
-            return self.answer(200, em.autopilot_settings())
+            return 200, em.autopilot_settings(), {}
         if path == AUTOPILOT + "/sync" and method == "POST":
             if body.strip():
-                return self.answer(400, _error("BadRequest", "This action takes no request body."))
-            return self.answer(*em.trigger_autopilot())
+                return 400, _error("BadRequest", "This action takes no request body."), {}
+            return em.trigger_autopilot()
         if path == CONNECTOR_STATUS and method == "GET":
-            return self.answer(200, {"value": [
+            return 200, {"value": [
                 {"connectorName": "applePushNotificationServiceExpirationDateTime", "status": "healthy", "eventDateTime": _iso(em.clock())},
                 {"connectorName": "vppTokenExpirationDateTime", "status": "warning", "eventDateTime": _iso(em.clock())},
-            ]})
+            ]}, {}
         if path == MANAGED_GOOGLE_PLAY and method == "GET":
-            return self.answer(200, em.managed_google_play)
+            return 200, em.managed_google_play, {}
         if path == MANAGED_GOOGLE_PLAY + "/syncApps" and method == "POST":
             if em.managed_google_play.get("bindStatus") not in ("bound", "boundAndValidated"):
-                return self.answer(400, _error("BadRequest", "The Managed Google Play account is not bound."))
+                return 400, _error("BadRequest", "The Managed Google Play account is not bound."), {}
             em.managed_google_play.update(lastAppSyncDateTime=_iso(em.clock()), lastAppSyncStatus="success")
-            return self.answer(204)
+            return 204, None, {}
         for collection, (key, action) in COLLECTIONS.items():
             if path == collection and method == "GET":
-                return self.answer(200, {"value": list(em.items[key].values())})
+                return 200, {"value": list(em.items[key].values())}, {}
             if path.startswith(collection + "/"):
                 item_id, _, rest = path[len(collection) + 1:].partition("/")
                 item = em.items[key].get(item_id)
                 if item is None:
-                    return self.answer(404, _error("ResourceNotFound", f"Resource not found: {item_id}"))
+                    return 404, _error("ResourceNotFound", f"Resource not found: {item_id}"), {}
                 if not rest and method == "GET":
-                    return self.answer(200, item)
+                    return 200, item, {}
                 if rest == action and method == "POST":
-                    return self.answer(*em.sync_item(key, item))
+                    return em.sync_item(key, item)
         match = _EXCHANGE.match(path)
         if match:
             version, connector_id, sync = match.groups()
             if connector_id is None and method == "GET":
-                return self.answer(200, {"@odata.context": f"https://graph.microsoft.com/{version}/$metadata#deviceManagement/exchangeConnectors", "value": list(em.connectors.values())})
+                return 200, {"@odata.context": f"https://graph.microsoft.com/{version}/$metadata#deviceManagement/exchangeConnectors", "value": list(em.connectors.values())}, {}
             connector = em.connectors.get(connector_id or "")
             if connector is None:
-                return self.answer(404, _error("ResourceNotFound", f"Resource not found: {connector_id}"))
+                return 404, _error("ResourceNotFound", f"Resource not found: {connector_id}"), {}
             if not sync and method == "GET":
-                return self.answer(200, connector)
+                return 200, connector, {}
             if sync and method == "POST":
                 try:
                     payload = json.loads(body or b"null")
                 except ValueError:
                     payload = None
                 if not isinstance(payload, dict) or payload.get("syncType") not in ("fullSync", "deltaSync"):
-                    return self.answer(400, _error("BadRequest", "syncType must be fullSync or deltaSync."))
+                    return 400, _error("BadRequest", "syncType must be fullSync or deltaSync."), {}
                 connector["lastSyncDateTime"] = _iso(em.clock())
-                return self.answer(204)
-        answer = em.autopilot_devices.route(method, path, self.query, body, self.server.base_url)
-        if answer:
-            return self.answer(*answer)
+                return 204, None, {}
+        for routed in (em.autopilot_devices, em.managed_devices):
+            answer = routed.route(method, path, query, body, self.server.base_url)
+            if answer:
+                return answer
         if path.startswith(("/v1.0/", "/beta/")):
-            return self.answer(405 if method not in ("GET", "POST") else 400, _error("BadRequest", f"Resource not found for the segment in {path}."))
-        return self.answer(404, _error("NotFound", path))
+            return (405 if method not in ("GET", "POST") else 400), _error("BadRequest", f"Resource not found for the segment in {path}."), {}
+        return 404, _error("NotFound", path), {}
 
     def admin(self) -> None:
         em, path = self.server, self.path_only

@@ -15,7 +15,8 @@ from typing import Any
 
 PERMISSION = "DeviceManagementServiceConfig.ReadWrite.All"
 # What the emulated app registration is granted unless a test says otherwise.
-ALL_ROLES = (PERMISSION, "DeviceManagementConfiguration.ReadWrite.All")
+ALL_ROLES = (PERMISSION, "DeviceManagementConfiguration.ReadWrite.All", "DeviceManagementManagedDevices.Read.All",
+             "DeviceManagementManagedDevices.PrivilegedOperations.All", "GroupMember.Read.All")
 # The tenant that owns the app, its managed identity and the multi-tenant app registration.
 HOME_TENANT = "8f3c2a1e-5b7d-4e6f-9a0b-1c2d3e4f5a6b"
 # The audience of a managed identity's token that Entra exchanges (global cloud).

@@ -10,7 +10,7 @@ param environmentName string
 @description('Azure region for every resource (one where Flex Consumption is available).')
 param location string
 
-@description('Grant the managed identity the Graph application role DeviceManagementServiceConfig.ReadWrite.All during deployment. Needs AppRoleAssignment.ReadWrite.All for the deployer; set false and run scripts/grant-graph-permission.sh later otherwise.')
+@description('Grant the managed identity the Graph application roles of the enabled targets (shared/graph-roles.json; DeviceManagementServiceConfig.ReadWrite.All for the default autopilot) during deployment. Needs AppRoleAssignment.ReadWrite.All for the deployer; set false and run scripts/grant-graph-permission.sh later otherwise.')
 param grantGraphPermission bool = true
 
 // App settings the code reads (shared/common/settings.py). Same names and defaults as the code:
@@ -18,7 +18,7 @@ param grantGraphPermission bool = true
 @description('Microsoft Graph host; change for national clouds.')
 param graphBaseUrl string = 'https://graph.microsoft.com'
 
-@description('Comma list of targets: autopilot, exchange.')
+@description('Comma list of targets: autopilot, exchange, appleAde, vpp, managedGooglePlay, driverInventory; add devices to switch bulk device sync on (POST /api/devices/sync; never run by the timer), which also grants its Graph roles.')
 param syncTargets string = 'autopilot'
 
 @description('NCRONTAB schedule of the timer (six fields).')
@@ -111,6 +111,39 @@ param importStepClaimSeconds int = 60
 @maxValue(150)
 param importStepHeartbeatSeconds int = 20
 
+@description('Intune writes per app per tenant per window for managed devices (syncDevice...), shared by every instance (Table Storage); Intune allows 200 per 20 s. The app grants 3 % less.')
+@minValue(1)
+@maxValue(400)
+param deviceWriteLimit int = 200
+
+@description('Intune writes per app per tenant per window for every other area the app writes (sync actions, Autopilot imports, group tags, deletes); Intune allows 100 per 20 s. 10 of them are kept for sync actions.')
+@minValue(1)
+@maxValue(200)
+param intuneWriteLimit int = 100
+
+@description('Seconds over which Intune counts those writes (20). Shorten only against an emulator.')
+@minValue(1)
+@maxValue(300)
+param writeLimitWindowSeconds int = 20
+
+@description('Queue whose messages drive bulk device sync jobs (POST /api/devices/sync).')
+param deviceSyncQueueName string = 'intunesync-devices'
+
+@description('Most devices one device sync request may name (its deviceIds, serialNumbers, filter or group).')
+@minValue(1)
+@maxValue(200000)
+param deviceSyncMaxDevices int = 50000
+
+@description('Devices handled by one step (queue message) of a device sync job.')
+@minValue(20)
+@maxValue(1000)
+param deviceSyncStepDevices int = 200
+
+@description('Default of skipSyncedWithinMinutes: a device whose last sync is this recent is skipped (skippedRecent).')
+@minValue(0)
+@maxValue(10080)
+param deviceSyncSkipMinutes int = 60
+
 @description('Many tenants from one deployment: create a multi-tenant app registration (sign-in audience AzureADMultipleOrgs, the Graph application permissions of the enabled targets) whose only credential is a federated identity credential trusting the app\'s user-assigned identity, and set MULTI_TENANT_CLIENT_ID to its client id. Needs the right to create applications (e.g. Application Developer); public cloud only. false (default): one tenant, the app\'s own, as before.')
 param multiTenant bool = false
 
@@ -177,7 +210,8 @@ var tags = { 'azd-env-name': environmentName }
 var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 
-// The Graph application roles the enabled targets need, from the same table the code uses.
+// The Graph application roles the enabled targets need, from the same table the code uses. Its
+// `devices` entry (bulk device sync) is granted only when SYNC_TARGETS names devices.
 var targetRoles = loadJsonContent('../shared/graph-roles.json')
 var rolesPerTarget = [for target in split(syncTargets, ','): targetRoles[trim(target)]]
 var graphAppRoles = union(flatten(rolesPerTarget), []) // union() drops duplicates
@@ -208,6 +242,13 @@ var syncSettings = {
   IMPORT_WAIT_TIMEOUT_SECONDS: string(importWaitTimeoutSeconds)
   IMPORT_STEP_CLAIM_SECONDS: string(importStepClaimSeconds)
   IMPORT_STEP_HEARTBEAT_SECONDS: string(importStepHeartbeatSeconds)
+  DEVICE_WRITE_LIMIT: string(deviceWriteLimit)
+  INTUNE_WRITE_LIMIT: string(intuneWriteLimit)
+  WRITE_LIMIT_WINDOW_SECONDS: string(writeLimitWindowSeconds)
+  DEVICE_SYNC_QUEUE: deviceSyncQueueName
+  DEVICE_SYNC_MAX_DEVICES: string(deviceSyncMaxDevices)
+  DEVICE_SYNC_STEP_DEVICES: string(deviceSyncStepDevices)
+  DEVICE_SYNC_SKIP_MINUTES: string(deviceSyncSkipMinutes)
   MULTI_TENANT_CLIENT_ID: multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
   TENANT_QUEUE: tenantQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
@@ -247,6 +288,7 @@ module storage 'app/storage.bicep' = {
     deferredQueueName: deferredQueueName
     importQueueName: importQueueName
     tenantQueueName: tenantQueueName
+    deviceSyncQueueName: deviceSyncQueueName
     skuName: storageSku
   }
 }

@@ -30,9 +30,9 @@ from shared.assembly.service import SyncService
 from shared.clients.graph import GraphClient, RetryPolicy
 from shared.clients.identity import make_credential
 from shared.clients.notify import Notifier
+from shared.clients.queue import PendingQueue
 from shared.clients.storage import queue_client, table_client
 from shared.common.settings import DEFAULTS, Settings
-from shared.engine.deferred import PendingQueue
 from shared.engine.operations import OperationStore
 from shared.engine.state import StateStore
 from shared.onboarding.imports import ImportStore

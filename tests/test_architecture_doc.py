@@ -190,13 +190,39 @@ def test_the_collaborators_table_gives_each_collaborator_what_its_constructor_ta
 
     rows = re.findall(r"^\| `([\w()]+)` \| `(\w+)\.(\w+)` \| (.+) \|$", _section("The service and its collaborators"), re.M)
     assert len(rows) >= 7
-    service = _source("service")
+    assembly = _source("service") + _source("ondemand")
     for attribute, module, name, given in rows:
         cls = getattr(importlib.import_module(f"shared.{MODULES[module]}"), name)
         taken = list(inspect.signature(cls.__init__).parameters)[1:]
         assert re.findall(r"`(\w+)`", given) == taken, name
-        assert f"{name}(" in service, f"SyncService does not build {name}"
-        assert attribute.endswith("()") or f"self.{attribute} = {name}(" in service, attribute
+        assert f"{name}(" in assembly, f"the assembly does not build {name}"
+        assert attribute.endswith("()") or f"self.{attribute} = {name}(" in assembly, attribute
+
+
+def test_the_callables_the_doc_names_are_the_ones_the_service_gives(make_service):
+    """The doc's "the callables among them" is what a built service holds: each callable a
+    collaborator was given is the named method of the named collaborator."""
+    svc = make_service()
+    given = {
+        "Recorder notify": (svc.recorder._notify, svc.notices.send),
+        "Recorder remember": (svc.recorder._remember, svc.pipeline.memory.remember),
+        "Deferrals target": (svc.deferred.target, svc.targets.named),
+        "Deferrals notify": (svc.deferred.moves._notify, svc.notices.send),
+        "Follower sync": (svc.follower.sync, svc.pipeline.sync),
+        "Follower repair_jobs": (svc.follower.repair_jobs, svc.jobs.repair),
+        "JobRepairs": (svc.jobs.repairs, (svc.onboarding.repair, svc.devices.repair)),
+        "Follower sweep": (svc.follower.sweep, svc.retention.sweep),
+        "onboarding sync_at": (svc.onboarding.sync_at, svc.deferred.sync_at),
+        "onboarding target": (svc.onboarding.target, svc.targets.named),
+    }
+    assert {what: held == expected for what, (held, expected) in given.items()} == dict.fromkeys(given, True)
+    assert svc.pipeline.recorder is svc.recorder and svc.pipeline.deferred is svc.deferred
+    assert svc.follower.recorder is svc.recorder and svc.follower.deferred is svc.deferred
+    text = _section("The service and its collaborators")
+    for named in ("`notify` is `notify.ServiceNotifier.send`", "`remember` is\n`pipeline.RefusalMemory.remember`",
+                  "`target` is `targets.Targets.named`", "`sync` is `SyncPipeline.sync`", "`sync_at` is `Deferrals.sync_at`",
+                  "`sweep` is `Retention.sweep`", "`repair_jobs` is `JobRepairs.repair`"):
+        assert named in text, named
 
 
 def test_the_error_list_names_every_app_error():

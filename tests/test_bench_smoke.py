@@ -53,3 +53,12 @@ def test_the_telemetry_bench_smoke_run_writes_its_section_and_the_main_bench_kee
     kept = kept_sections(results)
     assert kept.count("<!-- bench.tenants: begin -->") == 1 and kept.count("<!-- bench/telemetry.py: end -->") == 1
     assert kept.index("bench.tenants: end") < kept.index("bench/telemetry.py: begin")
+
+
+def test_the_device_sync_bench_smoke_run_finishes_its_jobs_with_no_429_on_the_shared_budget():
+    run = subprocess.run([sys.executable, "-m", "bench.devices", "--smoke", "--no-baseline", "--out", "-"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line.split("|") for line in run.stdout.splitlines() if line.startswith("| one job") or line.startswith("| four jobs")]
+    assert [(r[1].strip(), r[2].strip(), r[4].strip(), r[8].strip(), r[9].strip()) for r in rows] == [
+        ("one job", "shared", "1 of 1", "0", "0"), ("four jobs", "shared", "4 of 4", "0", "0")]

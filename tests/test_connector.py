@@ -15,6 +15,7 @@ import requests
 from conftest import APP_FUNCTIONS, ROOT
 from openapi_spec_validator import validate
 
+from shared.common.settings import DEVICES
 from shared.engine.targets import TARGETS
 
 CONNECTOR = ROOT / "connector"
@@ -31,8 +32,8 @@ OPERATIONS = [(path, method, op) for path, ops in SWAGGER["paths"].items() for m
 @pytest.fixture
 def host(start_app_hosts, env):
     """The app behind a real HTTP server that enforces a function key, as in Azure, with every
-    target enabled."""
-    settings = {**env, "SYNC_TARGETS": ",".join(TARGETS)}
+    target enabled, and bulk device sync (``devices``) too."""
+    settings = {**env, "SYNC_TARGETS": ",".join([*TARGETS, DEVICES])}
     url = start_app_hosts(1, settings, function_key=KEY)[0]
     return url + SWAGGER["basePath"]
 
@@ -135,6 +136,8 @@ def test_power_automate_can_follow_the_location_without_the_key(host, graph):
     assert done.status_code == 200 and done.json()["status"] == "completed"
 
 
+# What the device sync operations' schema cannot say: exactly one selector, and a filter in the app's
+# grammar (shared/devicesync/selector.py); those fields are set right in a valid generated body.
 # What the import operations' schema cannot say (cheaply): each serial number once per request, and a
 # hash that decodes to 512-16,384 bytes (a pattern spelling that makes generation minutes slower). A
 # valid import generated from the schema is completed here, and only those two fields; the app must
@@ -155,8 +158,26 @@ def _valid_hash(value):
         return False
 
 
+SELECTORS = ("deviceIds", "serialNumbers", "filter", "groupId")
+
+
+def _one_selector(body):
+    # Exactly one selector (what Swagger 2.0 cannot say) and a filter in the app's grammar.
+    given = [name for name in SELECTORS if name in body]
+    for name in given[1:]:
+        del body[name]
+    if not given:
+        body["deviceIds"] = ["6a1c2f8e-2b1d-4d7e-9a55-3c1f0e6b9d01"]
+    elif given[0] == "filter":
+        body["filter"] = "operatingSystem eq 'Windows'"
+
+
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
+    if case.operation.path.endswith("/devices/sync"):
+        if case.meta is not None and case.meta.generation.mode.is_positive and isinstance(case.body, dict):
+            _one_selector(case.body)
+        return
     if case.operation.path not in ("/autopilot/devices", "/autopilot/imports"):
         return
     if case.meta is None or not case.meta.generation.mode.is_positive or not isinstance(case.body, dict):

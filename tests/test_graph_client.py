@@ -8,7 +8,8 @@ from conftest import FAST_RETRY, faults, graph_calls, wait_until
 
 from emulators.azurite import free_port
 from emulators.graph import AUTOPILOT
-from shared.clients.graph import PERMISSION, GraphClient, RetryPolicy, WriteLimiter
+from shared.clients.budget import INTUNE, Limits, LocalBudget
+from shared.clients.graph import PERMISSION, GraphClient, RetryPolicy
 from shared.clients.identity import make_credential
 from shared.common.errors import GraphAccessDenied, GraphUnavailable, TokenUnavailable
 
@@ -221,17 +222,17 @@ def test_a_path_with_caller_pieces_is_refused_before_any_call(client, graph):
     assert graph_calls(graph) == []
 
 
-def test_the_write_limiter_holds_writes_to_the_window():
-    limiter = WriteLimiter(limit=3, window=0.5)
+def test_the_write_budget_holds_writes_to_the_window():
+    budget = LocalBudget(Limits(intune=4, window=0.5))  # 3 granted per window: the margin keeps one back
     started = time.monotonic()
     for _ in range(7):
-        limiter.acquire()
+        budget.acquire(INTUNE)
     assert 0.95 <= time.monotonic() - started < 1.5  # 3 now, 3 after 0.5 s, 1 after 1 s
 
 
 def test_reads_do_not_count_against_the_write_limit(graph):
     limited = GraphClient(graph.base_url, make_credential(None), f"{graph.base_url}/.default", retry=FAST_RETRY,
-                          write_limiter=WriteLimiter(limit=1, window=60))
+                          budget=LocalBudget(Limits(intune=1, window=60)))
     started = time.monotonic()
     for _ in range(5):
         limited.get(AUTOPILOT)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,85 @@ def test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets():
 def test_the_default_targets_need_only_the_service_config_role():
     assert permissions.roles_for(["autopilot"]) == (PERMISSION,)
     assert set(permissions.roles_for(permissions.TARGET_ROLES)) == set(permissions.GRAPH_APP_ROLES)
+
+
+def bicep_graph_app_roles(sync_targets: str) -> list[str]:
+    """What main.bicep's graphAppRoles evaluates to for ``sync_targets``: union(flatten([for target
+    in split(syncTargets, ','): targetRoles[trim(target)]]), []), the roles of each name once, in order
+    (the shape is checked in test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets)."""
+    table = json.loads((INFRA / "../shared/graph-roles.json").read_text())
+    return list(dict.fromkeys(role for target in sync_targets.split(",") for role in table[target.strip()]))
+
+
+DEVICE_ROLES = {
+    "DeviceManagementManagedDevices.PrivilegedOperations.All",  # managedDevices/{id}/syncDevice
+    "DeviceManagementManagedDevices.Read.All",  # list / get managedDevices
+    "GroupMember.Read.All",  # groups/{id}/transitiveMembers
+    "Device.Read.All",  # the device members' deviceId (else "limited information")
+}
+
+
+def test_devices_in_sync_targets_is_a_capability_with_its_own_roles_and_no_sync_target():
+    from shared.common.settings import DEVICES, TARGET_COOLDOWNS
+    from shared.engine.targets import TARGETS
+
+    assert permissions.DEVICES_CAPABILITY == DEVICES == "devices"
+    # Every entry of the table is a sync target or the devices capability, and devices is no target.
+    assert set(permissions.TARGET_ROLES) == set(TARGET_COOLDOWNS) | {DEVICES} == set(TARGETS) | {DEVICES}
+    assert DEVICES not in TARGETS and DEVICES not in TARGET_COOLDOWNS
+    assert set(permissions.TARGET_ROLES[DEVICES]) == DEVICE_ROLES
+    assert set(permissions.GRAPH_APP_ROLES) >= DEVICE_ROLES
+    assert permissions.GRAPH_APP_ROLES[0] == PERMISSION  # the role a 403 of the default target names
+    # Read-only apart from the sync action itself: no ReadWrite, no Directory.* or Group.Read.All.
+    assert not [r for r in DEVICE_ROLES if "ReadWrite" in r or r.startswith("Directory.") or r == "Group.Read.All"]
+    # The settings read devices as the switch, not as a target.
+    env = DEFAULTS | {"SYNC_TARGETS": "autopilot,devices", "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    settings = Settings.from_env(env)
+    assert settings.sync_targets == ("autopilot",) and settings.device_sync is True
+    assert Settings.from_env(env | {"SYNC_TARGETS": "autopilot"}).device_sync is False
+
+
+@pytest.mark.parametrize("sync_targets", ["autopilot", "autopilot,devices", "autopilot, devices,vpp", "devices,exchange",
+                                          "autopilot,exchange,appleAde,vpp,managedGooglePlay,driverInventory,devices"])
+def test_the_bicep_grants_the_device_roles_only_when_sync_targets_names_devices(sync_targets):
+    granted = bicep_graph_app_roles(sync_targets)
+    names = [t.strip() for t in sync_targets.split(",")]
+    assert granted == list(permissions.roles_for(names))  # the same roles the code names, in the same order
+    assert len(granted) == len(set(granted))  # union() drops duplicates
+    if "devices" in names:
+        assert set(granted) >= DEVICE_ROLES
+    else:
+        assert not DEVICE_ROLES & set(granted)
+    # The identity's grant and the multi-tenant app's required roles are the same variable.
+    main = parse(INFRA / "main.bicep")
+    assert main["modules"]["graphPermission"]["config"]["config"]["params"]["appRoles"] == "graphAppRoles"
+    assert main["modules"]["multiTenantApp"]["config"]["config"]["params"]["appRoles"] == "graphAppRoles"
+
+
+@pytest.mark.parametrize("sync_targets", ["autopilot", "autopilot,devices", " devices , vpp "])
+def test_the_grant_script_grants_the_roles_the_bicep_grants(sync_targets):
+    text = (ROOT / "scripts" / "grant-graph-permission.sh").read_text()
+    [program] = re.findall(r"python3 -c '([^']+)'", text)
+    run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "SYNC_TARGETS": sync_targets}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == bicep_graph_app_roles(sync_targets)
+
+
+def test_every_queue_the_code_reads_is_created_by_the_bicep_with_its_setting():
+    from shared.common.settings import QUEUE_SETTINGS
+
+    main = parse(INFRA / "main.bicep")
+    sync_settings = main["variables"]["syncSettings"]["value"]
+    storage_params = main["modules"]["storage"]["config"]["params"]
+    storage = parse(INFRA / "app" / "storage.bicep")
+    queues = {body["config"]["name"] for body in storage["resources"].values()
+              if body["type"] == "Microsoft.Storage/storageAccounts/queueServices/queues"}
+    assert "DEVICE_SYNC_QUEUE" in QUEUE_SETTINGS
+    for setting in QUEUE_SETTINGS:
+        param = sync_settings[setting]  # the main.bicep parameter the setting comes from
+        assert storage_params[param] == param and param in queues, setting
+        assert main["parameters"][param]["default"] == DEFAULTS[setting], setting
 
 
 def test_the_graph_grant_is_behind_a_parameter_that_defaults_on():

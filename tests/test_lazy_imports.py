@@ -13,10 +13,12 @@ from typing import Any
 
 from conftest import ROOT
 
-# Autopilot onboarding (import jobs, their steps and store, the Autopilot API, the body parser) and
-# many tenants (the registry and the fan-out).
+# Autopilot onboarding (import jobs, their steps and store, the Autopilot API, the body parser),
+# many tenants (the registry and the fan-out) and bulk device sync (its jobs, steps, store and parser).
 ONBOARDING_AND_TENANTS = ("shared.onboarding.rules", "shared.onboarding.devices", "shared.onboarding.imports", "shared.onboarding.importjob", "shared.onboarding.importsteps",
-                          "shared.onboarding.importclaim", "shared.onboarding.autopilotapi", "shared.tenancy.registry", "shared.tenancy.customers")
+                          "shared.onboarding.importclaim", "shared.onboarding.autopilotapi", "shared.tenancy.registry", "shared.tenancy.customers",
+                          "shared.devicesync", "shared.devicesync.selector", "shared.devicesync.syncjobs",
+                          "shared.devicesync.syncsteps", "shared.devicesync.syncstore")
 
 CHILD = r"""
 import json, sys

@@ -13,7 +13,7 @@ from conftest import ROOT
 
 SHARED = Path(ROOT) / "shared"
 # Lowest first: a package may import only packages before it (docs/architecture.md, Packages).
-LAYERS = ("common", "clients", "engine", "onboarding", "assembly", "tenancy", "runtime", "api")
+LAYERS = ("common", "clients", "engine", "onboarding", "devicesync", "assembly", "tenancy", "runtime", "api")
 
 
 def modules() -> dict[str, ast.Module]:
@@ -159,4 +159,4 @@ def test_a_package_face_loads_only_the_module_of_the_name_asked_for():
             "print(sorted(m for m in sys.modules if m.startswith('shared.clients') or m.startswith('azure.identity')))")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "['shared.clients', 'shared.clients.graph', 'shared.clients.transport']"
+    assert run.stdout.strip() == "['shared.clients', 'shared.clients.budget', 'shared.clients.graph', 'shared.clients.safety', 'shared.clients.transport']"

@@ -28,7 +28,7 @@ TICK = "2026-11-25T00:00:00Z"
 LONG = "7" * 40_000  # a 40 KB field: within a queue message's 64 KB, far beyond any id
 GUID = str(uuid.uuid4())
 # Times no message of ours holds: at the calendar's edges (no UTC form: OverflowError), and beyond
-# the years a message's time may fall in (shared/messages.TIME_YEARS).
+# the years a message's time may fall in (shared/common/messages.py, TIME_YEARS).
 FAR_TIMES = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z",
              "9999-12-31T23:59:59Z", "1999-12-31T23:59:59Z", "2100-12-31T23:30:00-01:00"]
 

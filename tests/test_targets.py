@@ -112,7 +112,7 @@ def test_an_unknown_item_is_not_found(service, graph):
 
 
 def test_a_disabled_target_is_unknown(make_service):
-    from shared.assembly.service import UnknownTarget
+    from shared.common import UnknownTarget
 
     with pytest.raises(UnknownTarget):
         make_service().sync(SyncRequest("vpp"))

@@ -8,6 +8,7 @@ param stateTableName string
 param deferredQueueName string
 param importQueueName string
 param tenantQueueName string
+param deviceSyncQueueName string
 @description('Redundancy (SKU) of the account; chosen in main.bicep (storageSku).')
 param skuName string
 
@@ -91,6 +92,12 @@ resource importQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
 resource tenantQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: tenantQueueName
+}
+
+// Steps of bulk device sync jobs (POST /api/devices/sync); the host's queue trigger runs them.
+resource deviceSyncQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: deviceSyncQueueName
 }
 
 output name string = storage.name

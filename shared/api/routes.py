@@ -271,82 +271,209 @@ def _import_poll_seconds() -> str:
     return str(min(POLL_SECONDS * 2, settings().import_poll_seconds))
 
 
+# --- bulk device sync (shared/devicesync) ------------------------------------------------------------
+
+# Bytes read at most from a device-sync body: room for DEVICE_SYNC_MAX_DEVICES entries at their
+# longest (a 128-character serial in UTF-16, its quotes and separator), plus MAX_BODY_BYTES for the
+# rest. The selector's own limits (checked by parse_device_sync, each bad entry named) are what
+# count; this only caps what is read.
+DEVICE_SYNC_ENTRY_BYTES = 300
+MAX_PAGE = 100_000
+
+
+def device_sync(req: func.HttpRequest) -> func.HttpResponse:
+    """Start a bulk device-sync job: 202 with its counts and the absolute Location of its status,
+    which carries its own token (Power Automate follows it without the key)."""
+    _device_sync_on()
+    return _start_device_sync(req, service(), None)
+
+
+def tenant_device_sync(req: func.HttpRequest) -> func.HttpResponse:
+    """A registered customer tenant's bulk device-sync job, run by that tenant's service."""
+    _device_sync_on()
+    customers = _tenancy()
+    tenant = _registered(customers, _tenant_id(req))
+    if not tenant.enabled:
+        raise ApiError(409, "TenantDisabled", f"tenant {tenant.id} is disabled; enable it with PUT /api/tenants/{tenant.id}")
+    return _start_device_sync(req, customers.service(tenant), tenant.id)
+
+
+def device_sync_status(req: func.HttpRequest) -> func.HttpResponse:
+    """Poll a device-sync job: 202 while it runs, 200 when it is done; ``page`` pages the devices.
+    Anonymous at the host: the token is the credential (never logged); any mismatch is the same 404."""
+    job_id, page, token = _device_sync_poll(req)
+    return _device_sync_answer(req, service(), None, job_id, page, token)
+
+
+def tenant_device_sync_status(req: func.HttpRequest) -> func.HttpResponse:
+    """A customer tenant's job, polled like the home tenant's; an unregistered tenant is the same 404."""
+    tenant_id = _tenant_id(req)
+    job_id, page, token = _device_sync_poll(req)
+    customers = tenancy()
+    tenant = customers.registry.get(tenant_id) if customers is not None else None
+    if customers is None or tenant is None:
+        raise _device_sync_not_found()
+    return _device_sync_answer(req, customers.service(tenant), tenant.id, job_id, page, token)
+
+
+def _device_sync_on() -> None:
+    if not settings().device_sync:
+        raise ApiError(404, "DeviceSyncOff", "bulk device sync is off: add devices to SYNC_TARGETS (e.g. autopilot,devices)")
+
+
+def _start_device_sync(req: func.HttpRequest, svc: SyncService, tenant_id: str | None) -> func.HttpResponse:
+    from ..devicesync import parse_device_sync
+
+    if not svc.devices.enabled:
+        _device_sync_on()  # settings first; else this service has no device-sync queue
+        raise ApiError(404, "DeviceSyncOff", "bulk device sync is not available for this service")
+    current = settings()
+    limit = device_sync_max_bytes(current.device_sync_max_devices)
+    too_large = ApiError(413, "PayloadTooLarge", f"the body may be at most {limit:,} bytes "
+                         f"({current.device_sync_max_devices:,} devices, DEVICE_SYNC_MAX_DEVICES)")
+    declared = req.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = req.get_body() or b""
+    if len(body) > limit:
+        raise too_large
+    # Every bad entry named (InvalidSelector: 400, its ``errors`` in the answer through AppError.details)
+    # before anything is stored or Graph is called.
+    request = parse_device_sync(body, req.headers.get("content-type") or "", max_devices=current.device_sync_max_devices,
+                                default_skip_minutes=current.device_sync_skip_minutes)
+    _public_origin(req)  # no valid host for the status URL: refused before anything starts
+    jobs = svc.device_sync()
+    job, token = jobs.start(request, caller_of(req))
+    started = jobs.status(job.id, token)  # the counts as every poll gives them (its first page is at most PAGE_SIZE rows)
+    answer = {"jobId": job.id, "status": job.status} | ({"counts": started.counts} if started else {})
+    location = _device_sync_url(req, tenant_id, job.id, token, 0)
+    return json_response(answer, 202, {"Location": location, "Retry-After": str(POLL_SECONDS)})
+
+
+def device_sync_max_bytes(max_devices: int) -> int:
+    return max_devices * DEVICE_SYNC_ENTRY_BYTES + MAX_BODY_BYTES
+
+
+def _device_sync_not_found() -> ApiError:
+    return ApiError(404, "DeviceSyncNotFound", "no such device-sync job, or the token does not match")
+
+
+def _device_sync_poll(req: func.HttpRequest) -> tuple[str, int, str]:
+    """(job id, page, token) of a poll: a job id that is no GUID or a bad page is a 400; a missing
+    or oversized token is the 404 of every mismatch."""
+    try:
+        job_id = parse_guid(req.route_params.get("jobId", ""))
+    except InvalidItemId:
+        raise ApiError(400, "InvalidJobId", "the job id must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)") from None
+    raw = req.params.get("page") or "0"
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6 or int(raw) > MAX_PAGE:
+        raise ApiError(400, "InvalidQuery", f"page must be a whole number from 0 to {MAX_PAGE}")
+    token = req.params.get("token") or ""
+    if not token or len(token) > 100:
+        raise _device_sync_not_found()
+    return job_id, int(raw), token
+
+
+def _device_sync_answer(req: func.HttpRequest, svc: SyncService, tenant_id: str | None, job_id: str, page: int,
+                        token: str) -> func.HttpResponse:
+    if not svc.devices.enabled:  # turned off since: no job to tell of, as for any unknown one
+        raise _device_sync_not_found()
+    found = svc.device_sync().status(job_id, token, page)
+    if found is None:
+        raise _device_sync_not_found()
+    answer = found.to_json()
+    following = answer.get("nextPage")
+    if isinstance(following, int):  # the next page's absolute URL (docs/devices.md), like Location
+        answer["nextPage"] = _device_sync_url(req, tenant_id, job_id, token, following)
+    if found.done:
+        return json_response(answer, 200)
+    location = _device_sync_url(req, tenant_id, job_id, token, page)
+    return json_response(answer, 202, {"Location": location, "Retry-After": str(POLL_SECONDS)})
+
+
+def _device_sync_url(req: func.HttpRequest, tenant_id: str | None, job_id: str, token: str, page: int) -> str:
+    origin, prefix = _public_origin(req)
+    scope = f"/tenants/{tenant_id}" if tenant_id else ""
+    query = {"token": token} | ({"page": str(page)} if page else {})
+    return f"{origin}{prefix}{scope}/devices/sync/{job_id}?{urlencode(query)}"
+
+
 # --- many tenants (shared/tenancy/customers.py) ----------------------------------------------------------
 
 
 def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
-    registry = _tenancy()
+    customers = _tenancy()
     continuation = req.params.get("continuation") or None
     if continuation is not None and (len(continuation) > 1000 or not re.fullmatch(r"[A-Za-z0-9_-]+=*", continuation)):
         raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned")
     try:
-        tenants, following = registry.registry.page(continuation)
+        tenants, following = customers.registry.page(continuation)
     except ValueError:
         raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned") from None
     return json_response({"tenants": [t.to_json() for t in tenants], "continuation": following})
 
 
 def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
-    registry = _tenancy()
+    customers = _tenancy()
     tenant_id = _tenant_id(req)
     data = _json_object(req, {"displayName", "targets", "enabled"})
     name = data.get("displayName")
     if not isinstance(name, str) or not name.strip() or len(name) > 256:
         raise ApiError(400, "InvalidBody", "displayName is required: 1-256 characters")
     targets = data.get("targets")
-    enabled_targets = registry.settings.sync_targets
+    enabled_targets = customers.settings.sync_targets
     if targets is not None and (not isinstance(targets, list) or not targets or
                                 not all(isinstance(t, str) and t in enabled_targets for t in targets)):
         raise ApiError(400, "InvalidBody", f"targets must be a non-empty list of enabled targets: {', '.join(enabled_targets)}")
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ApiError(400, "InvalidBody", "enabled must be true or false")
-    registry.refuse_home(tenant_id)  # 409 HomeTenant; 503 TokenUnavailable while the home tenant cannot be told
+    customers.refuse_home(tenant_id)  # 409 HomeTenant; 503 TokenUnavailable while the home tenant cannot be told
     from ..tenancy import Tenant
 
     tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled)
-    saved, created = registry.registry.put(tenant, registry.home.clock())
-    answer = saved.to_json() | {"consentUrl": registry.credentials.consent_url(tenant_id)}
+    saved, created = customers.registry.put(tenant, customers.home.clock())
+    answer = saved.to_json() | {"consentUrl": customers.credentials.consent_url(tenant_id)}
     return json_response(answer, 201 if created else 200)
 
 
 def tenant_get(req: func.HttpRequest) -> func.HttpResponse:
     """The tenant, with its consent checked for real (a token and one Graph read)."""
-    registry = _tenancy()
-    tenant = _registered(registry, _tenant_id(req))
-    state, reason = registry.check(tenant)
-    checked = registry.registry.get(tenant.id) or tenant  # with the check just recorded
-    answer = checked.to_json() | {"state": state, "reason": reason, "consentUrl": registry.credentials.consent_url(tenant.id)}
+    customers = _tenancy()
+    tenant = _registered(customers, _tenant_id(req))
+    state, reason = customers.check(tenant)
+    checked = customers.registry.get(tenant.id) or tenant  # with the check just recorded
+    answer = checked.to_json() | {"state": state, "reason": reason, "consentUrl": customers.credentials.consent_url(tenant.id)}
     return json_response(answer)
 
 
 def tenant_delete(req: func.HttpRequest) -> func.HttpResponse:
-    registry = _tenancy()
+    customers = _tenancy()
     tenant_id = _tenant_id(req)
-    if not registry.registry.delete(tenant_id):
+    if not customers.registry.delete(tenant_id):
         raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered")
     return json_response({"tenantId": tenant_id, "deleted": True})
 
 
 def tenant_sync(req: func.HttpRequest) -> func.HttpResponse:
-    registry = _tenancy()
-    tenant = _registered(registry, _tenant_id(req))
+    customers = _tenancy()
+    tenant = _registered(customers, _tenant_id(req))
     if not tenant.enabled:
         raise ApiError(409, "TenantDisabled", f"tenant {tenant.id} is disabled; enable it with PUT /api/tenants/{tenant.id}")
-    return _sync(req, registry.service(tenant))
+    return _sync(req, customers.service(tenant))
 
 
 def tenant_status(req: func.HttpRequest) -> func.HttpResponse:
-    registry = _tenancy()
-    tenant = _registered(registry, _tenant_id(req))
-    return json_response(registry.service(tenant).status() | {"tenantId": tenant.id})
+    customers = _tenancy()
+    tenant = _registered(customers, _tenant_id(req))
+    return json_response(customers.service(tenant).status() | {"tenantId": tenant.id})
 
 
 def _tenancy() -> Tenancy:
-    registry = tenancy()
-    if registry is None:
+    customers = tenancy()
+    if customers is None:
         raise ApiError(404, "MultiTenantOff", "many tenants are not enabled: set MULTI_TENANT_CLIENT_ID (see docs/msp.md)")
-    return registry
+    return customers
 
 
 def _tenant_id(req: func.HttpRequest) -> str:
@@ -356,19 +483,19 @@ def _tenant_id(req: func.HttpRequest) -> str:
         raise ApiError(400, "InvalidTenantId", "the tenant id must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)") from None
 
 
-def _registered(registry: Tenancy, tenant_id: str) -> Tenant:
-    tenant = registry.registry.get(tenant_id)
+def _registered(customers: Tenancy, tenant_id: str) -> Tenant:
+    tenant = customers.registry.get(tenant_id)
     if tenant is None:
         raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered; PUT /api/tenants/{tenant_id} first")
     return tenant
 
 
 def _tenant_service(tenant_id: str) -> SyncService:
-    registry = tenancy()
-    tenant = registry.registry.get(tenant_id) if registry else None
-    if registry is None or tenant is None:
+    customers = tenancy()
+    tenant = customers.registry.get(tenant_id) if customers else None
+    if customers is None or tenant is None:
         raise ApiError(404, "OperationNotFound", "no such operation, or the token does not match")
-    return registry.service(tenant)
+    return customers.service(tenant)
 
 
 def _json_object(req: func.HttpRequest, allowed: set[str]) -> dict[str, Any]:
@@ -492,7 +619,7 @@ def _public_origin(req: func.HttpRequest) -> tuple[str, str]:
 
 def _route_prefix(path: str) -> str:
     """The part of a request's path before our routes (``/api`` unless host.json changes it)."""
-    found = [path.find(marker) for marker in ("/sync/", "/operations/", "/autopilot/", "/tenants/") if marker in path]
+    found = [path.find(marker) for marker in ("/sync/", "/operations/", "/autopilot/", "/tenants/", "/devices/") if marker in path]
     return path[:min(found)] if found else "/api"
 
 

@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 from ..common import face
 
 if TYPE_CHECKING:
-    from .service import SyncService, build_service
+    from .service import SyncService, build_service, write_budget
 
 __all__ = [
     "SyncService",
     "build_service",
+    "write_budget",
 ]
 
 __getattr__ = face(__name__, {
     "SyncService": "service",
     "build_service": "service",
+    "write_budget": "service",
 })

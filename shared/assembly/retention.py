@@ -1,6 +1,6 @@
 """Retention: the sweep that keeps the state table from growing forever.
 
-Three kinds of rows would otherwise stay for good:
+Four kinds of rows would otherwise stay for good:
 
 - history rows (``history-<inverted ticks>-…`` in a unit's partition): deleted once older than
   ``HISTORY_RETENTION_DAYS``;

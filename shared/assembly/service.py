@@ -9,11 +9,12 @@
            retention Retention       the watcher's sweep of old rows    (shared/assembly/retention.py)
            status_reader StatusReader status document, health ratings  (shared/engine/status.py)
            import_jobs() ImportJobs  Autopilot onboarding, built on first use (shared/onboarding/importjob.py)
+           device_sync() DeviceSyncJobs  bulk device sync, built on first use (shared/devicesync)
 
 Who calls whom is in the constructors below: the pipeline calls the recorder and the deferred
 syncs; the deferred syncs fire through the pipeline's ``run``; the follower calls the pipeline's
 ``sync``, the recorder and the deferred syncs; the import jobs call the deferred syncs'
-``sync_at``. The decisions themselves are pure functions in shared/engine/decisions.py.
+``sync_at``; the follower's repair of import jobs repairs the device-sync jobs too. The decisions themselves are pure functions in shared/engine/decisions.py.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..clients import GraphClient, Notices, Notifier
-from ..common import Clock, Settings, SyncRequest, SyncResult, Trigger, UnknownTarget, utcnow
+from ..clients import GraphClient, Limits, Notifier, PendingQueue, ServiceNotifier, WriteBudget
+from ..common import Clock, Settings, SyncRequest, SyncResult, Trigger, utcnow
 from ..engine import (
     TARGETS,
     Deferrals,
@@ -30,7 +31,6 @@ from ..engine import (
     Operation,
     OperationStore,
     PendingFire,
-    PendingQueue,
     Recorder,
     RefusalMemory,
     StateStore,
@@ -40,12 +40,14 @@ from ..engine import (
     Targets,
     UnitState,
 )
+from .ondemand import DeviceSyncOnDemand, ImportJobsOnDemand, JobRepairs
 from .retention import SWEEP_LIMIT, Retention, Swept
 
 if TYPE_CHECKING:
+    from ..devicesync import DeviceSyncJobs
     from ..onboarding import DeviceRow, ImportJob, ImportJobs, ImportRequest, ImportStore
 
-__all__ = ["SyncService", "UnknownTarget", "build_service"]
+__all__ = ["SyncService", "build_service", "write_budget"]
 
 
 class SyncService:
@@ -54,9 +56,9 @@ class SyncService:
     The Autopilot import jobs (shared/onboarding/importjob.py, and with it the device rows, the import steps,
     the Autopilot API and the body parser) are imported and built on their first use, not when a
     trigger loads the app: a sync never needs them, and a cold start that only syncs does not pay
-    for them (tests/test_lazy_imports.py)."""
-
-    import_store_factory: Callable[[], ImportStore] | None = None  # ``imports`` made on first use (build_service)
+    for them (tests/test_lazy_imports.py): ``onboarding`` holds how to build them
+    (shared/assembly/ondemand.py). The bulk device-sync jobs (shared/devicesync) likewise: ``devices``
+    builds them on the first device sync, given ``device_queue`` (DEVICE_SYNC_QUEUE)."""
 
     def __init__(
         self,
@@ -67,27 +69,41 @@ class SyncService:
         operations: OperationStore | None = None,
         notifier: Notifier | None = None,
         queue: PendingQueue | None = None,
-        imports: ImportStore | None = None,
+        imports: ImportStore | Callable[[], ImportStore] | None = None,
         import_queue: PendingQueue | None = None,
         tenant: str | None = None,
+        device_queue: PendingQueue | None = None,
     ):
         self.settings, self.graph, self.store, self.clock, self.tenant = settings, graph, store, clock, tenant
         self.operations, self.notifier, self.queue = operations, notifier, queue
-        self.imports, self.import_queue = imports, import_queue  # Autopilot import jobs, and their queue
+        self.import_queue, self.device_queue = import_queue, device_queue
         self.targets = Targets({name: TARGETS[name](graph, settings.cooldown_seconds(name), settings.exchange_sync_type, clock)
                                 for name in settings.sync_targets})
-        notices, memory = Notices(notifier, tenant), RefusalMemory()
+        notices, memory = ServiceNotifier(notifier, tenant), RefusalMemory()
         self.recorder = Recorder(store, clock, tenant, notices.send, memory.remember)
-        # The one cycle: a pending sync fires through the pipeline, which defers to the pending syncs.
+        # The one cycle: a pending sync fires through the pipeline, which defers to the pending
+        # syncs. The pipeline is built with them; they get its ``run`` late-bound.
         self.deferred = Deferrals(store, queue, clock, tenant, self.targets.named,
                                   lambda *unit: self.pipeline.run(*unit), notices.send)
         self.pipeline = SyncPipeline(settings, graph, store, clock, tenant, self.targets, self.recorder, self.deferred, memory)
+        self.devices = DeviceSyncOnDemand(settings, graph, store, device_queue, clock, notices.send, tenant)
+        self.onboarding = ImportJobsOnDemand(settings, graph, store, imports, import_queue, clock, self.targets.named,
+                                             self.deferred.sync_at, notices.send)
+        self.jobs = JobRepairs(self.onboarding.repair, self.devices.repair)  # the watcher repairs both kinds of job
         self.retention = Retention(store, clock, settings.history_retention_days, tenant)
         self.follower = Follower(settings, store, clock, tenant, self.targets, operations, self.pipeline.sync,
-                                 self.recorder, self.deferred, notices, self.repair_imports, self.retention.sweep)
+                                 self.recorder, self.deferred, notices, self.jobs.repair, self.retention.sweep)
         self.status_reader = StatusReader(settings, graph, store, self.targets, clock, tenant)
-        self._notices = notices
-        self._import_jobs: ImportJobs | None = None
+        self.notices = notices
+
+    @property
+    def imports(self) -> ImportStore | None:
+        """The Autopilot import store (made now if it was not yet)."""
+        return self.onboarding.store
+
+    @imports.setter
+    def imports(self, imports: ImportStore | None) -> None:
+        self.onboarding.store = imports
 
     def target(self, name: str) -> Target:
         return self.targets.named(name)
@@ -145,44 +161,58 @@ class SyncService:
         return self.import_jobs().run_import_step(text)
 
     def repair_imports(self) -> int:
-        if self.import_queue is None or (self.imports is None and self.import_store_factory is None):
-            return 0  # no import jobs here (a tenant's service): nothing to import either
-        return self.import_jobs().repair_imports()
+        return self.onboarding.repair()
+
+    def repair_jobs(self) -> int:
+        """The watcher's repair of import and device-sync jobs (a customer tenant's: its device syncs)."""
+        return self.jobs.repair()
 
     def import_jobs(self) -> ImportJobs:
         """The import jobs' collaborator, imported and built now if it was not yet."""
-        if self.imports is None and self.import_store_factory is not None:
-            self.imports = self.import_store_factory()
-        if self._import_jobs is None:
-            from ..onboarding import ImportJobs
+        return self.onboarding.get()
 
-            self._import_jobs = ImportJobs(self.settings, self.graph, self.store, lambda: self.imports, self.import_queue,
-                                           self.clock, self.targets.named, self.sync_at, self._notices.send)
-        return self._import_jobs
+    # --- the device-sync jobs -----------------------------------------------------------------
+
+    def device_sync(self) -> DeviceSyncJobs:
+        """The bulk device-sync jobs' collaborator, imported and built now if it was not yet."""
+        return self.devices.get()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait (at most ``timeout`` seconds) for the notifications this service sent: an idle
+        instance may be reclaimed once its invocation ends."""
+        self.notices.flush(timeout)
+
+
+def write_budget(table: Any, settings: Settings) -> WriteBudget:
+    """The tenant's Intune write budget, kept in its state table and shared by every instance."""
+    from ..clients import SharedBudget
+
+    return SharedBudget(table, Limits(settings.device_write_limit, settings.intune_write_limit,
+                                      settings.write_limit_window_seconds))
 
 
 def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: Any) -> SyncService:
     """Wire the real clients from settings (one credential, one Graph client, one table client)."""
     from ..clients import make_credential, queue_client, table_client
 
+    table = table_client(settings.storage, settings.state_table, make_credential)
     graph = GraphClient(
         settings.graph_base_url,
         make_credential(settings.azure_client_id),
         settings.graph_scope,
         timeout=settings.graph_timeout_seconds,
+        budget=write_budget(table, settings),
         **graph_options,
     )
-    table = table_client(settings.storage, settings.state_table, make_credential)
     notifier = Notifier(settings.notify_urls, settings.notify_format, settings.site_name)
     queue = PendingQueue(lambda: queue_client(settings.storage, settings.queue_name, make_credential))
     import_queue = PendingQueue(lambda: queue_client(settings.storage, settings.import_queue, make_credential))
-    service = SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier, queue,
-                          None, import_queue)
+    device_queue = PendingQueue(lambda: queue_client(settings.storage, settings.device_sync_queue, make_credential))
 
     def import_store() -> ImportStore:
         from ..onboarding import ImportStore
 
         return ImportStore(table)
 
-    service.import_store_factory = import_store
-    return service
+    return SyncService(settings, graph, StateStore(table), clock, OperationStore(table), notifier, queue,
+                       import_store, import_queue, device_queue=device_queue)

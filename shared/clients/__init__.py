@@ -9,9 +9,13 @@ from typing import TYPE_CHECKING
 from ..common import face
 
 if TYPE_CHECKING:
+    from .batch import MAX_BATCH, BatchAnswer, BatchRequest, send_batch
+    from .budget import DEVICES, Limits, WriteBudget
     from .graph import GraphClient, GraphResponse
     from .identity import TenantCredentials, make_credential
-    from .notify import Notices, Notification, Notifier
+    from .notify import Notification, Notifier, ServiceNotifier
+    from .queue import PendingQueue
+    from .sharedbudget import SharedBudget
     from .storage import (
         CHANGED_OR_GONE,
         CONFLICTS,
@@ -27,19 +31,28 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "BatchAnswer",
+    "BatchRequest",
     "CHANGED_OR_GONE",
     "CONFLICTS",
+    "DEVICES",
     "GraphClient",
     "GraphResponse",
-    "Notices",
+    "Limits",
+    "MAX_BATCH",
     "Notification",
     "Notifier",
+    "PendingQueue",
+    "ServiceNotifier",
+    "SharedBudget",
     "TableStore",
     "TenantCredentials",
+    "WriteBudget",
     "from_row",
     "make_credential",
     "queue_client",
     "read_change_write",
+    "send_batch",
     "store_errors",
     "table_client",
     "table_missing",
@@ -48,19 +61,28 @@ __all__ = [
 ]
 
 __getattr__ = face(__name__, {
+    "BatchAnswer": "batch",
+    "BatchRequest": "batch",
     "CHANGED_OR_GONE": "storage",
     "CONFLICTS": "storage",
+    "DEVICES": "budget",
     "GraphClient": "graph",
     "GraphResponse": "graph",
-    "Notices": "notify",
+    "Limits": "budget",
+    "MAX_BATCH": "batch",
     "Notification": "notify",
     "Notifier": "notify",
+    "PendingQueue": "queue",
+    "ServiceNotifier": "notify",
+    "SharedBudget": "sharedbudget",
     "TableStore": "storage",
     "TenantCredentials": "identity",
+    "WriteBudget": "budget",
     "from_row": "storage",
     "make_credential": "identity",
     "queue_client": "storage",
     "read_change_write": "storage",
+    "send_batch": "batch",
     "store_errors": "storage",
     "table_client": "storage",
     "table_missing": "storage",

@@ -8,11 +8,11 @@ retries" in the scripts this service replaces.
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -33,26 +33,21 @@ from ..common import (
     GraphRequestRejected,
     GraphResourceNotFound,
     GraphUnavailable,
+    StateStoreUnavailable,
     TokenUnavailable,
     UnsafeGraphPath,
-    UpstreamError,
     parse_http_date,
     parse_retry_after,
     utcnow,
 )
+from .budget import BudgetExhausted, LocalBudget, WriteBudget, area_of
+from .safety import SAFE_PATH, safe_query
 from .transport import configure_session
 
+log = logging.getLogger(__name__)
 PERMISSION = GRAPH_APP_ROLES[0]
 USER_AGENT = "intune-sync/1.0"
 _READ_METHODS = frozenset({"GET", "HEAD"})
-# Paths are built from constants and validated GUIDs only; this is the last line of defence.
-_SAFE_PATH = re.compile(r"^/(v1\.0|beta)(/[A-Za-z0-9\-]+)+$")
-# Query options our code may send, with values built from validated input only (a serial number
-# is letters, digits and " ._/-", see shared/onboarding/devices.py): no quote can end an OData string early.
-_SAFE_QUERY = {"$filter": re.compile(r"^contains\(serialNumber,'[A-Za-z0-9 ._/-]{1,128}'\)$"),
-               "$select": re.compile(r"^[A-Za-z,]{1,400}$"),
-               # a nextLink's paging options, echoed back to Graph as it gave them
-               "$skiptoken": re.compile(r"^[A-Za-z0-9%=_.+/-]{1,2048}$"), "$top": re.compile(r"^[0-9]{1,4}$")}
 # Entra's answers that waiting will not change: the app is not consented in (or not known to)
 # the tenant (../shared/reference entra/...). Answered 502 like Graph's 403, not 503.
 _TOKEN_REFUSED = re.compile(r"AADSTS(700016|65001|90094|500011|650057|7000112|90002|90038)\b")
@@ -81,33 +76,6 @@ class RequestContext:
 
 
 _NO_CONTEXT = RequestContext()
-
-
-class WriteLimiter:
-    """At most ``limit`` writes per ``window`` seconds in this process (a sliding window).
-
-    Intune allows an app 100 writes per 20 s per tenant; a fan-out over many connectors and an
-    import job's clean-up must stay under it. The default keeps a margin (90), because Graph
-    counts a request when it arrives, and arrivals jitter against our send times. Written by
-    hand: the standard library has no rate limiter and this is a dozen lines.
-    """
-
-    def __init__(self, limit: int = 90, window: float = 20.0):
-        self.limit, self.window = limit, window
-        self._sent: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                while self._sent and now - self._sent[0] >= self.window:
-                    self._sent.popleft()
-                if len(self._sent) < self.limit:
-                    self._sent.append(now)
-                    return
-                wait = self.window - (now - self._sent[0])
-            time.sleep(wait)
 
 
 class _GraphRetry(Retry):
@@ -246,6 +214,14 @@ def _odata_error(body: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _draw(budget: WriteBudget, area: str, bulk: bool, deadline: float | None, what: str) -> None:
+    try:
+        budget.acquire(area, 1, bulk=bulk, deadline=deadline)
+    except BudgetExhausted as exc:
+        raise GraphUnavailable(f"Intune's write budget for {area} had no room for {what} before the deadline ({exc})",
+                               maybe_sent=False) from None
+
+
 class GraphClient:
     def __init__(
         self,
@@ -256,7 +232,7 @@ class GraphClient:
         timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
         pool_size: int = 32,  # at least the fan-out's workers, so connections are reused
-        write_limiter: WriteLimiter | None = None,
+        budget: WriteBudget | None = None,  # Intune's write budget (shared/clients/budget.py); in-process if None
         token_source: str = "the identity endpoint",  # named in a token error
     ):
         self.base_url = base_url.rstrip("/")
@@ -265,7 +241,7 @@ class GraphClient:
         self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)  # (connect, read)
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
-        self._writes = write_limiter or WriteLimiter()
+        self.budget: WriteBudget = budget or LocalBudget()
         self._token_source = token_source
         self._session = requests.Session()
         adapter = _GraphAdapter(
@@ -296,36 +272,54 @@ class GraphClient:
     def get(self, path: str, params: Mapping[str, str] | None = None) -> GraphResponse:
         return self.request("GET", path, params=params)
 
-    def delete(self, path: str) -> GraphResponse:
-        return self.request("DELETE", path)
+    def delete(self, path: str, *, bulk: bool = False) -> GraphResponse:
+        return self.request("DELETE", path, bulk=bulk)
 
     def post(self, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None,
-             once: bool = False) -> GraphResponse:
+             once: bool = False, *, bulk: bool = False) -> GraphResponse:
         """``once``: a 5xx answer is not retried (an import that a gateway answered 502 may have
-        been carried out; sending it again would import twice). Connect errors still are."""
-        return self.request("POST", path, json=json, deadline=deadline, once=once)
+        been carried out; sending it again would import twice). Connect errors still are.
+        ``bulk``: a job's write (imports, clean-up), drawn from the tenant's shared write budget;
+        otherwise a sync action, drawn from its reserve (shared/clients/budget.py)."""
+        return self.request("POST", path, json=json, deadline=deadline, once=once, bulk=bulk)
 
     def request(
         self, method: str, path: str, json: Mapping[str, Any] | None = None, deadline: float | None = None,
-        params: Mapping[str, str] | None = None, once: bool = False,
+        params: Mapping[str, str] | None = None, once: bool = False, *, bulk: bool = False, claimed: bool = False,
     ) -> GraphResponse:
         """Send one logical request; any HTTP status comes back, transport faults raise.
 
         A 401 gets one retry with a fresh token (using Graph's claims challenge when it sends one).
         ``deadline`` (time.monotonic()) bounds the whole request, retries, token and resend
         included: no attempt starts that could not end before it.
+
+        A write draws on the write budget first (``claimed``: the caller already took it): a sync
+        action on the reserve, a ``bulk`` write on the tenant's shared budget. A bulk write answered
+        429 pauses its area for every instance (a sync action's 429 is its unit's own window).
         """
-        if not _SAFE_PATH.match(path):
+        if not SAFE_PATH.match(path):
             raise UnsafeGraphPath(f"refusing to call Graph with an unsafe path: {path!r}")
         for name, value in (params or {}).items():
-            if name not in _SAFE_QUERY or not _SAFE_QUERY[name].match(value):
+            if not safe_query(name, value):
                 raise UnsafeGraphPath(f"refusing to call Graph with an unsafe query option: {name}={value!r}")
-        if method not in _READ_METHODS:
-            self._writes.acquire()
+        write = method not in _READ_METHODS
+        if write and not claimed:
+            _draw(self.budget, area_of(path), bulk, deadline, f"{method} {path}")
         # One client-request-id for the logical request, its transport retries and a resend after
         # a 401, so that history names every request Graph saw.
         client_request_id = str(uuid.uuid4())
-        return self._request(method, path, json, RequestContext(deadline, send_once=once), params, client_request_id)
+        response = self._request(method, path, json, RequestContext(deadline, send_once=once), params, client_request_id)
+        if write and bulk and response.status == 429:
+            self.throttled(area_of(path), response.retry_after_seconds)
+        return response
+
+    def throttled(self, area: str, retry_after: float | None) -> None:
+        """Graph answered a write 429: pause the area (for every instance when the budget is
+        shared). A storage fault here is logged: the answer itself still stands."""
+        try:
+            self.budget.pause(area, retry_after or 1.0)
+        except StateStoreUnavailable as exc:
+            log.warning("could not record Graph's 429 for %s writes: %s", area, exc.message)
 
     def _request(self, method: str, path: str, json: Mapping[str, Any] | None, context: RequestContext,
                  params: Mapping[str, str] | None, client_request_id: str) -> GraphResponse:
@@ -442,4 +436,4 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, requests.Timeout) or "Timeout" in text or "timed out" in text
 
 
-__all__ = ["GraphClient", "GraphResponse", "RetryPolicy", "PERMISSION", "UpstreamError"]
+__all__ = ["GraphClient", "GraphResponse", "RetryPolicy", "PERMISSION"]

@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_BACKOFF, RETRY_BACKOFF_MAX = 0.5, 5.0
-EVENTS = ("syncStarted", "syncCompleted", "syncFailed", "importCompleted")
+EVENTS = ("syncStarted", "syncCompleted", "syncFailed", "importCompleted", "deviceSyncCompleted")
 TITLES = {"syncStarted": "Intune sync started", "syncCompleted": "Intune sync completed", "syncFailed": "Intune sync failed",
-          "importCompleted": "Autopilot import finished"}
+          "importCompleted": "Autopilot import finished", "deviceSyncCompleted": "Device sync finished"}
+# Where a job's summary goes in the JSON body, by event (importCompleted's under "import").
+DETAILS_KEY = {"deviceSyncCompleted": "deviceSync"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Notification:
             "clientRequestId": self.client_request_id,
             "lastSyncDateTime": self.last_sync_date_time,
             "syncStatus": self.sync_status,
-            **({"import": self.details} if self.details is not None else {}),
+            **({DETAILS_KEY.get(self.event, "import"): self.details} if self.details is not None else {}),
             **({"tenantId": self.tenant} if self.tenant else {}),
         }
 
@@ -111,7 +113,8 @@ class Notification:
         facts = [{"title": state, "value": str(n)} for state, n in (self.details.get("counts") or {}).items() if n]
         for device in self.details.get("failedDevices") or []:
             reason = device.get("errorName") or device.get("state")
-            facts.append({"title": str(device.get("serialNumber")), "value": f"{reason}: {device.get('hint') or ''}"})
+            facts.append({"title": str(device.get("serialNumber") or device.get("deviceId")),
+                          "value": f"{reason}: {device.get('hint') or ''}"})
         return facts
 
 
@@ -178,7 +181,7 @@ class Notifier:
         return False
 
 
-class Notices:
+class ServiceNotifier:
     """What one service sends: nothing without NOTIFY_URL; a customer tenant's notifications name
     the tenant, and its ``syncStarted`` is not sent (thousands of tenants each hour: only what
     needs someone's attention)."""
@@ -196,6 +199,6 @@ class Notices:
             notification = replace(notification, tenant=self.tenant)
         self.notifier.send(notification)
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 30.0) -> None:
         if self.notifier is not None:
-            self.notifier.flush()
+            self.notifier.flush(timeout)

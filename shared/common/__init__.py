@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         TOKEN_RETRIES,
         TOKEN_WORST_CASE_SECONDS,
     )
+    from .tokens import new_token, token_matches
 
 __all__ = [
     "AppError",
@@ -96,6 +97,7 @@ __all__ = [
     "nesting_exceeds",
     "new_guid",
     "new_hex_id",
+    "new_token",
     "parse_graph_time",
     "parse_guid",
     "parse_http_date",
@@ -103,6 +105,7 @@ __all__ = [
     "redact_text",
     "redact_url",
     "telemetry",
+    "token_matches",
     "utcnow",
     "valid_host",
 ]
@@ -156,6 +159,7 @@ __getattr__ = face(__name__, {
     "nesting_exceeds": "jsonbody",
     "new_guid": "ids",
     "new_hex_id": "ids",
+    "new_token": "tokens",
     "parse_graph_time": "answers",
     "parse_guid": "ids",
     "parse_http_date": "answers",
@@ -163,6 +167,7 @@ __getattr__ = face(__name__, {
     "redact_text": "redact",
     "redact_url": "redact",
     "telemetry": "telemetry",
+    "token_matches": "tokens",
     "utcnow": "model",
     "valid_host": "hosts",
 })

@@ -6,17 +6,32 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-# Microsoft Graph application roles each sync target needs. A JSON file, so that
-# infra/main.bicep reads the very same table (loadJsonContent) to grant them.
+# Microsoft Graph application roles each name in SYNC_TARGETS needs. A JSON file, so that
+# infra/main.bicep reads the very same table (loadJsonContent) to grant them. Its keys are the sync
+# targets plus ``devices`` (DEVICES_CAPABILITY), which is no sync target: naming it switches bulk
+# device sync on (POST /api/devices/sync), and the timer never syncs devices. Its roles, least
+# privileged for what it calls (Graph's permission tables):
+# - DeviceManagementManagedDevices.PrivilegedOperations.All: managedDevices/{id}/syncDevice;
+# - DeviceManagementManagedDevices.Read.All: list / get managedDevices ($filter, serial numbers,
+#   lastSyncDateTime) -- read-only, not ReadWrite;
+# - GroupMember.Read.All: groups/{id}/transitiveMembers (not Group.Read.All, which reads every group
+#   property, nor Directory.Read.All);
+# - Device.Read.All: without it Graph returns a group's device members "with limited information"
+#   (id and @odata.type only, deviceId null), and deviceId is what matches a managedDevice's
+#   azureADDeviceId. Read-only, device objects only.
 TARGET_ROLES: dict[str, tuple[str, ...]] = {
     target: tuple(roles) for target, roles in json.loads((Path(__file__).parent.parent / "graph-roles.json").read_text()).items()
 }
+
+# The entry of TARGET_ROLES that is a capability, not a sync target (shared/common/settings.py DEVICES).
+DEVICES_CAPABILITY = "devices"
 
 # Every Graph role any target needs (the Bicep grants those of the enabled targets).
 GRAPH_APP_ROLES: tuple[str, ...] = tuple(dict.fromkeys(r for roles in TARGET_ROLES.values() for r in roles))
 
 
 def roles_for(targets: Iterable[str]) -> tuple[str, ...]:
+    """The roles of the names in SYNC_TARGETS (sync targets and ``devices``), each once, in order."""
     return tuple(dict.fromkeys(r for t in targets for r in TARGET_ROLES[t]))
 
 

@@ -66,6 +66,18 @@ DEFAULTS: dict[str, str] = {
     # renews it: a step that dies is taken over within the claim (shared/onboarding/importclaim.py).
     "IMPORT_STEP_CLAIM_SECONDS": "60",
     "IMPORT_STEP_HEARTBEAT_SECONDS": "20",
+    # Intune's write limits per app per tenant (shared/clients/budget.py): managed devices, every
+    # other area this app writes, and the window they are counted over. Shared by every instance.
+    "DEVICE_WRITE_LIMIT": "200",
+    "INTUNE_WRITE_LIMIT": "100",
+    "WRITE_LIMIT_WINDOW_SECONDS": "20",
+    # Bulk device sync (on when SYNC_TARGETS names ``devices``; the timer never syncs devices):
+    # its queue of job steps, the most devices one job may name, devices per step, and how
+    # recent a device's last sync may be for it to be skipped (a request may say otherwise).
+    "DEVICE_SYNC_QUEUE": "intunesync-devices",
+    "DEVICE_SYNC_MAX_DEVICES": "50000",
+    "DEVICE_SYNC_STEP_DEVICES": "200",
+    "DEVICE_SYNC_SKIP_MINUTES": "60",
     # Many tenants (shared/tenancy/registry.py): the multi-tenant app whose federated credential is the
     # app's identity (empty: one tenant, the app's own), and the queue of per-tenant syncs.
     "MULTI_TENANT_CLIENT_ID": "",
@@ -73,6 +85,7 @@ DEFAULTS: dict[str, str] = {
 }
 
 KNOWN_TARGETS = tuple(TARGET_COOLDOWNS)
+DEVICES = "devices"  # in SYNC_TARGETS: bulk device sync on (POST /api/devices/sync); never synced by the timer
 SYNC_TYPES = ("deltaSync", "fullSync")
 NOTIFY_FORMATS = ("json", "adaptiveCard")
 MIN_LEASE_SECONDS = 60
@@ -116,6 +129,12 @@ NUMERIC_SETTINGS: dict[str, Bounds] = {
     "IMPORT_WAIT_TIMEOUT_SECONDS": Bounds(600, 7 * 86400, "seconds", why="7 days, the longest a queue message can wait"),
     "IMPORT_STEP_CLAIM_SECONDS": Bounds(2, 300, "seconds", why="the function timeout: a dead step must not hold its job longer"),
     "IMPORT_STEP_HEARTBEAT_SECONDS": Bounds(1, 150, "seconds", why="half the longest claim"),
+    "DEVICE_WRITE_LIMIT": Bounds(1, 400, "writes", why="Intune's limit for all apps of a tenant"),
+    "INTUNE_WRITE_LIMIT": Bounds(1, 200, "writes", why="Intune's limit for all apps of a tenant"),
+    "WRITE_LIMIT_WINDOW_SECONDS": Bounds(1, 300, "seconds"),
+    "DEVICE_SYNC_MAX_DEVICES": Bounds(1, 200_000, "devices"),
+    "DEVICE_SYNC_STEP_DEVICES": Bounds(20, 1000, "devices", why="a step must end well inside the function timeout"),
+    "DEVICE_SYNC_SKIP_MINUTES": Bounds(0, 7 * 24 * 60, "minutes"),
 }
 
 def number(name: str, raw: str, problems: dict[str, str]) -> float | None:
@@ -233,6 +252,14 @@ class Settings:
     import_wait_timeout_seconds: int = int(DEFAULTS["IMPORT_WAIT_TIMEOUT_SECONDS"])
     import_step_claim_seconds: int = int(DEFAULTS["IMPORT_STEP_CLAIM_SECONDS"])
     import_step_heartbeat_seconds: int = int(DEFAULTS["IMPORT_STEP_HEARTBEAT_SECONDS"])
+    device_write_limit: int = int(DEFAULTS["DEVICE_WRITE_LIMIT"])
+    intune_write_limit: int = int(DEFAULTS["INTUNE_WRITE_LIMIT"])
+    write_limit_window_seconds: float = float(DEFAULTS["WRITE_LIMIT_WINDOW_SECONDS"])
+    device_sync: bool = False  # SYNC_TARGETS names ``devices`` (not a sync target: a capability)
+    device_sync_queue: str = DEFAULTS["DEVICE_SYNC_QUEUE"]
+    device_sync_max_devices: int = int(DEFAULTS["DEVICE_SYNC_MAX_DEVICES"])
+    device_sync_step_devices: int = int(DEFAULTS["DEVICE_SYNC_STEP_DEVICES"])
+    device_sync_skip_minutes: int = int(DEFAULTS["DEVICE_SYNC_SKIP_MINUTES"])
     multi_tenant_client_id: str | None = None
     tenant_queue: str = DEFAULTS["TENANT_QUEUE"]
     # Set by the platform, not by operators: the app's public host name and its name.
@@ -264,6 +291,7 @@ class Settings:
         values: dict[str, Any] = {field: read(name, get(name), problems) for name, (field, read) in SETTINGS.items()}
         values["cooldowns"] = tuple((target, _whole(name, get(name), problems)) for target, (name, _, _) in TARGET_COOLDOWNS.items())
         values["health_thresholds"] = _health_thresholds(get, problems)
+        values["device_sync"] = DEVICES in (t.strip() for t in get("SYNC_TARGETS").split(","))
         values["azure_client_id"] = _client_id(env, problems)
         values["storage"] = _storage_settings(env, problems)
         values["website_hostname"] = (env.get("WEBSITE_HOSTNAME") or "").strip() or None
@@ -305,7 +333,8 @@ def _base_url(name: str, raw: str, problems: dict[str, str]) -> str:
 
 
 def _targets(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ...]:
-    targets = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    """The sync targets named; ``devices`` (bulk device sync, a capability) is read by ``_device_sync``."""
+    targets = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip() and t.strip() != DEVICES))
     unknown = [t for t in targets if t not in KNOWN_TARGETS]
     if not targets:
         problems[name] = f"must name at least one of {', '.join(KNOWN_TARGETS)}"
@@ -402,6 +431,13 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     "IMPORT_WAIT_TIMEOUT_SECONDS": ("import_wait_timeout_seconds", _whole),
     "IMPORT_STEP_CLAIM_SECONDS": ("import_step_claim_seconds", _whole),
     "IMPORT_STEP_HEARTBEAT_SECONDS": ("import_step_heartbeat_seconds", _whole),
+    "DEVICE_WRITE_LIMIT": ("device_write_limit", _whole),
+    "INTUNE_WRITE_LIMIT": ("intune_write_limit", _whole),
+    "WRITE_LIMIT_WINDOW_SECONDS": ("write_limit_window_seconds", _seconds),
+    "DEVICE_SYNC_QUEUE": ("device_sync_queue", _queue_name),
+    "DEVICE_SYNC_MAX_DEVICES": ("device_sync_max_devices", _whole),
+    "DEVICE_SYNC_STEP_DEVICES": ("device_sync_step_devices", _whole),
+    "DEVICE_SYNC_SKIP_MINUTES": ("device_sync_skip_minutes", _whole),
     "MULTI_TENANT_CLIENT_ID": ("multi_tenant_client_id", _optional_guid),
     "TENANT_QUEUE": ("tenant_queue", _queue_name),
 }
@@ -443,7 +479,8 @@ def _check_multi_tenant(values: dict[str, Any], problems: dict[str, str]) -> Non
 # other's messages; and the host parks a failed message in ``<queue>-poison``, so no queue may be
 # named after another's poison queue either. The tenant queue's trigger listens even with
 # MULTI_TENANT_CLIENT_ID empty (function_app.py), so all three are checked.
-QUEUE_SETTINGS = {"SYNC_QUEUE": "queue_name", "IMPORT_QUEUE": "import_queue", "TENANT_QUEUE": "tenant_queue"}
+QUEUE_SETTINGS = {"SYNC_QUEUE": "queue_name", "IMPORT_QUEUE": "import_queue", "TENANT_QUEUE": "tenant_queue",
+                  "DEVICE_SYNC_QUEUE": "device_sync_queue"}
 
 
 def queue_clashes(names: Mapping[str, str]) -> list[tuple[str, str, str]]:

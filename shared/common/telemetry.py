@@ -35,6 +35,7 @@ EVENTS = {
     "deferred": "a pending sync's queue message arrived: what it did (its sync is a sync event too)",
     "watch": "a watcher finding: a sync Graph reports finished, an overdue message sent again, a sweep",
     "import": "an Autopilot import job started, ran a step, or finished",
+    "devices": "a bulk device sync job started, ran a step, or finished",
     "tenant": "a registered customer tenant's outcome in the timer's fan-out",
     "timer": "a timer tick: how many units it synced, by outcome",
     "health": "a unit's health, rated from Graph's own account after each timer tick",
@@ -67,6 +68,9 @@ FIELDS = {
     "health": "a unit's rating from Graph's own account: healthy, warning, unhealthy (health events)",
     "lastSyncAt": "the last good sync Graph reports for the unit (health events)",
     "code": "a notice's code",
+    "jobId": "the bulk device sync job",
+    "waitedSeconds": "how long a device sync step put off the next one (write budget or Graph's Retry-After)",
+    "throttled": "device syncs Graph answered 429 in a device sync step (sent again later)",
 }
 
 MAX_TEXT = 500

@@ -10,9 +10,9 @@ from ..common import face
 
 if TYPE_CHECKING:
     from .decisions import in_flight
-    from .deferred import Deferrals, PendingFire, PendingQueue
+    from .deferred import Deferrals, PendingFire
     from .follow import Follower
-    from .operations import OPERATION_ROW, Operation, OperationStore, new_token, token_matches
+    from .operations import OPERATION_ROW, Operation, OperationStore
     from .pipeline import RefusalMemory, SyncPipeline
     from .recording import Recorder
     from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW, StateStore, UnitState
@@ -29,7 +29,6 @@ __all__ = [
     "Operation",
     "OperationStore",
     "PendingFire",
-    "PendingQueue",
     "Recorder",
     "RefusalMemory",
     "STATE_ROW",
@@ -41,8 +40,6 @@ __all__ = [
     "Targets",
     "UnitState",
     "in_flight",
-    "new_token",
-    "token_matches",
 ]
 
 __getattr__ = face(__name__, {
@@ -55,7 +52,6 @@ __getattr__ = face(__name__, {
     "Operation": "operations",
     "OperationStore": "operations",
     "PendingFire": "deferred",
-    "PendingQueue": "deferred",
     "Recorder": "recording",
     "RefusalMemory": "pipeline",
     "STATE_ROW": "state",
@@ -67,6 +63,4 @@ __getattr__ = face(__name__, {
     "Targets": "targets",
     "UnitState": "state",
     "in_flight": "decisions",
-    "new_token": "operations",
-    "token_matches": "operations",
 })

@@ -14,23 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-
-from ..clients import Notification, read_change_write
+from ..clients import Notification, PendingQueue, read_change_write
 from ..common import (
     KNOWN_TARGETS,
     AppError,
     Clock,
     ItemNotFound,
     Outcome,
-    StateStoreUnavailable,
     SyncRequest,
     SyncResult,
     Trigger,
@@ -61,7 +55,6 @@ BACKOFF_FIRST, BACKOFF_MAX = timedelta(seconds=10), timedelta(minutes=5)
 # poison queue, say) is replaced by the next ask rather than joined.
 STALE_PENDING = timedelta(minutes=5)
 log = logging.getLogger(__name__)
-MAX_VISIBILITY = timedelta(days=7)  # the queue service's limit
 
 
 def deferred_backoff(refusals: int, retry_after_seconds: float | None = None) -> timedelta:
@@ -106,56 +99,10 @@ class PendingFire:
                    messages.guid(data, "tenantId", required=False))
 
 
-class Message(Protocol):
-    """A queue message: its body, and when it should become visible."""
-
-    @property
-    def scheduled_at(self) -> datetime: ...
-
-    def to_json(self) -> str: ...
-
-
-class PendingQueue:
-    """A queue of delayed messages (pending syncs, import job steps). Its client is made on first use: most invocations never defer,
-    and azure-storage-queue is a noticeable share of a cold start."""
-
-    def __init__(self, make_client: Callable[[], Any]):
-        self._make_client = make_client
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def _queue(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
-    def schedule(self, fire: Message, now: datetime) -> None:
-        """Send the message, invisible until ``fire.scheduled_at`` (creating the queue on first use)."""
-        delay = min(MAX_VISIBILITY, max(timedelta(0), fire.scheduled_at - now))
-        try:
-            try:
-                self._send(fire, delay)
-            except ResourceNotFoundError:
-                try:
-                    self._queue.create_queue()
-                except ResourceExistsError:
-                    pass
-                self._send(fire, delay)
-        except AzureError as exc:
-            raise StateStoreUnavailable(
-                f"Queue Storage ({self._queue.queue_name}) is unavailable: {type(exc).__name__}"
-            ) from exc
-
-    def _send(self, fire: Message, delay: timedelta) -> None:
-        self._queue.send_message(fire.to_json(), visibility_timeout=math.ceil(delay.total_seconds()))
-
-
 class Deferrals:
     """Turns refused asks into one pending sync and fires it: a collaborator of the sync service
     (shared/assembly/service.py), given what it uses: the state store, the queue, the clock, the tenant,
-    the target lookup, and two callbacks into the service (run one unit through the pipeline;
+    the target lookup (``Targets.named``), and two callables (the pipeline's ``run`` for one unit;
     send a notification, which its PendingMoves does for a sync it gives up)."""
 
     def __init__(
@@ -230,13 +177,21 @@ class Deferrals:
         telemetry.sync_result(result, request, self.tenant)
         return result
 
+    @property
+    def can_send(self) -> bool:
+        """Whether this service has a queue for pending syncs' messages."""
+        return self.queue is not None
+
     def send_fire(self, state: UnitState, at: datetime) -> bool:
         """Send the pending sync's message; False (logged) if the queue is unavailable: the row
         holds the pending sync, and the watcher sends a message for one that is overdue."""
+        if self.queue is None:  # a service without a queue defers nothing: nothing to send
+            log.error("deferred sync of %s recorded, but this service has no queue to send its message", state.key)
+            return False
         fire = PendingFire(state.key, state.target or state.key, state.item_id, state.pending_id or "", at,
                            state.pending_reschedules or 0, self.tenant)
         try:
-            self.queue.schedule(fire, self.clock())  # type: ignore[union-attr]
+            self.queue.schedule(fire, self.clock())
             return True
         except AppError as exc:  # the queue unavailable, or its client not buildable (CA bundle)
             log.error("deferred sync of %s recorded, but its message was not sent: %s", state.key, exc.message)

@@ -1,11 +1,11 @@
 """Following a sync to its end: "sync and wait" operations, the watcher tick (which also keeps
-every unit's row honest), notifications, and the retention sweep.
+every unit's row honest, and calls the retention sweep), and the notification of a finished sync.
 
 ``Follower`` is a collaborator of the service (shared/assembly/service.py), given what it uses: the
 settings, the state store, the clock, the tenant, the targets, the operations store, the
 pipeline's ``sync`` (sync and wait starts with a sync), the recorder (attempts to record again,
-orphaned claims), the deferred syncs (an overdue pending sync's message), the notices, and the
-import jobs' repair (a callable: the import jobs are built on first use) and the retention sweep.
+orphaned claims), the deferred syncs (an overdue pending sync's message), the ServiceNotifier, and
+two callables: the jobs' repair (import and device-sync jobs, built on first use) and the retention sweep.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from ..clients import Notices, Notification
+from ..clients import Notification, ServiceNotifier
 from ..common import Clock, ItemNotFound, Outcome, Settings, SyncRequest, SyncResult, UpstreamError, iso, telemetry
 from .decisions import orphaned_claim
 from .operations import Operation, OperationStore
@@ -33,11 +33,11 @@ MISSING_MESSAGE_GRACE = timedelta(minutes=2)
 
 
 class Follower:
-    """Sync and wait, the watcher tick, the notification of a finished sync, the sweep."""
+    """Sync and wait, the watcher tick, the notification of a finished sync."""
 
     def __init__(self, settings: Settings, store: StateStore, clock: Clock, tenant: str | None, targets: Targets,
                  operations: OperationStore | None, sync: Callable[[SyncRequest], list[SyncResult]], recorder: Recorder,
-                 deferred: Deferrals, notices: Notices, repair_imports: Callable[[], int], sweep: Callable[[], object]):
+                 deferred: Deferrals, notices: ServiceNotifier, repair_jobs: Callable[[], int], sweep: Callable[[], object]):
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -48,7 +48,7 @@ class Follower:
         self.recorder = recorder
         self.deferred = deferred
         self.notices = notices
-        self.repair_imports = repair_imports
+        self.repair_jobs = repair_jobs
         self.sweep = sweep  # the retention sweep (shared/assembly/retention.py)
 
     def sync_and_follow(self, request: SyncRequest) -> tuple[SyncResult, Operation | None, str | None]:
@@ -120,9 +120,9 @@ class Follower:
         One table query when there is nothing to do."""
         states = self.repair()
         try:
-            self.repair_imports()  # import jobs whose next step's message was lost
+            self.repair_jobs()  # import and device-sync jobs whose next step's message was lost
         except UpstreamError as exc:
-            log.warning("watch: could not look at the import jobs: %s", exc.message)
+            log.warning("watch: could not look at the import or device-sync jobs: %s", exc.message)
         self.sweep()  # bounded: old history, asks and operations
         finished = 0
         # Followed with or without NOTIFY_URL: a sync Graph reports failed is a telemetry finding
@@ -151,7 +151,7 @@ class Follower:
     def _repair(self, state: UnitState, now: datetime) -> None:
         if orphaned_claim(state, now):
             self.recorder.record_orphan(state, now)
-        elif self.deferred.queue is not None and state.pending_id and state.pending_at and \
+        elif self.deferred.can_send and state.pending_id and state.pending_at and \
                 state.pending_at < now - MISSING_MESSAGE_GRACE:
             # Overdue: its message was never sent (or was lost). A duplicate is harmless: the
             # message's pendingId and generation must match, and the claim allows one sync.

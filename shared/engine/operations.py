@@ -8,9 +8,6 @@ reading this one operation's status and nothing else, and it expires with the op
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -19,7 +16,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from ..clients import TableStore, from_row, store_errors, table_missing, to_row
-from ..common import iso
+from ..common import iso, new_token, token_matches
 
 OPERATION_ROW = "operation"
 
@@ -61,20 +58,6 @@ class Operation:
 
     def matches(self, token: str) -> bool:
         return token_matches(self.token_hash, token)
-
-
-def new_token() -> tuple[str, str]:
-    """A fresh valet token and the SHA-256 that is stored in its place."""
-    token = secrets.token_urlsafe(32)
-    return token, _hash(token)
-
-
-def token_matches(stored_hash: str, token: str) -> bool:
-    return hmac.compare_digest(stored_hash, _hash(token))
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class OperationStore(TableStore):

@@ -2,8 +2,8 @@
 the process while storage is down; and claims whose holder never recorded them.
 
 ``Recorder`` is a collaborator of the sync service (shared/assembly/service.py), given what it uses: the
-state store, the clock, the tenant it records for, and two callbacks into the service (send a
-notification; remember a refusal this process may answer from memory).
+state store, the clock, the tenant it records for, and two callables (``ServiceNotifier.send``;
+``RefusalMemory.remember``, which keeps a refusal this process may answer from memory).
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ class AutopilotApi:
     def import_devices(self, import_id: str, devices: list[DeviceRow]) -> GraphResponse:
         """One import call; the answer (200 with the created records) is the caller's to read."""
         body = {"importedWindowsAutopilotDeviceIdentities": [_import_body(import_id, d) for d in devices]}
-        return self.graph.post(f"{IMPORTED}/import", json=body, once=True)  # never twice: see GraphClient.post
+        return self.graph.post(f"{IMPORTED}/import", json=body, once=True, bulk=True)  # never twice: see GraphClient.post
 
     def records(self) -> list[dict[str, Any]]:
         """Every import record in the tenant (to find those an unanswered import call created)."""
@@ -62,13 +62,13 @@ class AutopilotApi:
     def delete_record(self, record_id: str) -> None:
         """Delete an import record; one that is already gone counts as deleted."""
         try:
-            self.graph.delete(f"{IMPORTED}/{parse_guid(record_id)}").raise_for_status("deleting an Autopilot import record")
+            self.graph.delete(f"{IMPORTED}/{parse_guid(record_id)}", bulk=True).raise_for_status("deleting an Autopilot import record")
         except GraphResourceNotFound:
             pass
 
     def set_group_tag(self, device_id: str, group_tag: str) -> None:
         self.graph.post(f"{DEVICES}/{parse_guid(device_id)}/updateDeviceProperties",
-                        json={"groupTag": group_tag}).raise_for_status("updating an Autopilot device's group tag")
+                        json={"groupTag": group_tag}, bulk=True).raise_for_status("updating an Autopilot device's group tag")
 
     def _pages(self, path: str, params: dict[str, str] | None, what: str) -> Iterator[dict[str, Any]]:
         """A collection's pages, following ``@odata.nextLink`` only to the same Graph host and a

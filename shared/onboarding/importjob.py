@@ -28,8 +28,19 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ..clients import Notification
-from ..common import AppError, Clock, Outcome, StateStoreUnavailable, SyncResult, iso, messages, telemetry
-from ..engine import in_flight, new_token, token_matches
+from ..common import (
+    AppError,
+    Clock,
+    Outcome,
+    StateStoreUnavailable,
+    SyncResult,
+    iso,
+    messages,
+    new_token,
+    telemetry,
+    token_matches,
+)
+from ..engine import in_flight
 from .autopilotapi import AutopilotApi
 from .devices import ImportRequest
 from .importclaim import StepClaim
@@ -38,9 +49,9 @@ from .importsteps import ImportRun, StepLost, StepResult, imported_devices
 from .rules import FAILED, PROFILE_ASSIGNED, TIMED_OUT, WAITING_FOR_SYNC, all_final, counts, hint_for
 
 if TYPE_CHECKING:
-    from ..clients import GraphClient
+    from ..clients import GraphClient, PendingQueue
     from ..common import Settings
-    from ..engine import PendingQueue, StateStore, Target
+    from ..engine import StateStore, Target
 
 log = logging.getLogger(__name__)
 

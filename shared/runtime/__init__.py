@@ -1,5 +1,5 @@
 """The process's runtime: its settings and its service, built once, and the timer and queue
-handlers. Depends on every package above.
+handlers. Depends on the packages below it (all but ``api``).
 """
 from __future__ import annotations
 

@@ -5,11 +5,12 @@ import logging
 from collections import Counter
 
 from ..assembly import SyncService
-from ..common import AppError, HomeTenant, InvalidMessage, Outcome, SyncResult, Trigger, log_invalid, telemetry
+from ..common import AppError, HomeTenant, InvalidMessage, Outcome, SyncResult, Trigger, log_invalid, messages, telemetry
 from ..engine import PendingFire
 from .process import service, tenancy
 
 log = logging.getLogger(__name__)
+DEVICE_SYNC_EVENT = "devices"  # the telemetry event of device-sync jobs (shared/common/telemetry.py)
 
 
 def run_deferred(message: str) -> SyncResult | None:
@@ -32,12 +33,12 @@ def run_deferred(message: str) -> SyncResult | None:
 def _tenant_service(fire: PendingFire) -> SyncService | None:
     """The service of the customer tenant a pending sync names; None (logged) when there is none
     to fire it in: not registered, disabled, multi-tenant mode off, or the app's own tenant."""
-    registry = tenancy()
-    tenant = registry.registry.get(fire.tenant or "") if registry else None
+    customers = tenancy()
+    tenant = customers.registry.get(fire.tenant or "") if customers else None
     why = "not registered, disabled, or multi-tenant mode is off"
-    if registry is not None and tenant is not None and tenant.enabled:
+    if customers is not None and tenant is not None and tenant.enabled:
         try:
-            return registry.service(tenant)
+            return customers.service(tenant)
         except HomeTenant as exc:  # TokenUnavailable raises: the host retries the message
             why = exc.message
     telemetry.emit("deferred", logging.WARNING, trigger=Trigger.DEFERRED, target=fire.target, tenant=fire.tenant,
@@ -52,6 +53,43 @@ def run_import_step(message: str) -> str:
     what = svc.run_import_step(message)  # logs the step (an ``import`` event)
     _flush(svc)
     return what
+
+
+def run_device_sync_step(message: str) -> str:
+    """A step of a bulk device-sync job (shared/devicesync), run in the service of the tenant its
+    message names (none: the app's own). A message that is not one of ours is logged once and
+    acknowledged; a storage fault raises, so that the host retries the message."""
+    try:
+        tenant_id = messages.guid(messages.message_object(message), "tenantId", required=False)
+    except InvalidMessage as exc:
+        log_invalid(DEVICE_SYNC_EVENT, "DEVICE_SYNC_QUEUE", exc)
+        return "invalid"
+    svc = service() if tenant_id is None else _device_sync_tenant(tenant_id)
+    if svc is None:
+        return "dropped"
+    if not svc.devices.enabled:
+        telemetry.emit(DEVICE_SYNC_EVENT, logging.WARNING, trigger=DEVICE_SYNC_EVENT, tenant=tenant_id, outcome="dropped",
+                       message="the step was not run: bulk device sync is off (SYNC_TARGETS names no devices)")
+        return "off"
+    what: str = svc.device_sync().run_step(message)  # logs the step (a ``devices`` event), or the message as invalid
+    _flush(svc)
+    return what
+
+
+def _device_sync_tenant(tenant_id: str) -> SyncService | None:
+    """The service of the customer tenant a device-sync step names; None (logged) when there is
+    none to run it in: not registered, disabled, multi-tenant mode off, or the app's own tenant."""
+    customers = tenancy()
+    tenant = customers.registry.get(tenant_id) if customers else None
+    why = "not registered, disabled, or multi-tenant mode is off"
+    if customers is not None and tenant is not None and tenant.enabled:
+        try:
+            return customers.service(tenant)
+        except HomeTenant as exc:  # TokenUnavailable raises: the host retries the message
+            why = exc.message
+    telemetry.emit(DEVICE_SYNC_EVENT, logging.WARNING, trigger=DEVICE_SYNC_EVENT, tenant=tenant_id, outcome="dropped",
+                   message=f"the step was not run: {why}")
+    return None
 
 
 def run_watch() -> int:
@@ -73,10 +111,10 @@ def run_timer(past_due: bool) -> list[SyncResult]:
     failed = tally.get(Outcome.FAILED.value, 0)
     telemetry.emit("timer", logging.ERROR if failed else logging.INFO, trigger=Trigger.TIMER, counts=dict(tally),
                    message="past due; synced now" if past_due else None)
-    registry = tenancy()
-    if registry is not None:  # many tenants: the registry's pages go out on the tenant queue
+    customers = tenancy()
+    if customers is not None:  # many tenants: the registry's pages go out on the tenant queue
         try:
-            registry.fan_out(svc.clock())
+            customers.fan_out(svc.clock())
         except AppError as exc:  # the next tick sends it again; the home tenant's syncs stand
             log.error("timer: the tenants' fan-out was not sent: %s", exc.message)
     _flush(svc)
@@ -86,19 +124,16 @@ def run_timer(past_due: bool) -> list[SyncResult]:
 def run_tenant(message: str) -> str:
     """A fan-out message of the tenant queue (shared/tenancy/customers.py): a page of the registry, or one
     tenant to sync. A storage fault raises, so that the host retries the message."""
-    registry = tenancy()
-    if registry is None:
+    customers = tenancy()
+    if customers is None:
         log.warning("tenant queue: multi-tenant mode is off (MULTI_TENANT_CLIENT_ID); message dropped")
         return "off"
-    what = registry.run(message)  # a tenant's message logs a ``tenant`` event
+    what = customers.run(message)  # a tenant's message logs a ``tenant`` event
     if what.startswith("page"):
         log.info("tenant fan-out: %s", what)
-    if registry.home.notifier is not None:  # briefly: one tenant's slow endpoint must not hold the others' messages
-        registry.home.notifier.flush(timeout=2)
+    customers.home.flush(timeout=2)  # briefly: one tenant's slow endpoint must not hold the others' messages
     return what
 
 
 def _flush(svc: SyncService) -> None:
-    # Deliver queued notifications before the invocation ends: an idle instance may be reclaimed.
-    if svc.notifier is not None:
-        svc.notifier.flush(timeout=20)
+    svc.flush(timeout=20)

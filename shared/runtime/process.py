@@ -58,8 +58,7 @@ def _tenancy() -> Tenancy | None:
     current = settings()
     if not current.multi_tenant_client_id:
         return None
-    from ..clients import TenantCredentials, make_credential, queue_client
-    from ..engine import PendingQueue
+    from ..clients import PendingQueue, TenantCredentials, make_credential, queue_client
     from ..tenancy import Tenancy
 
     queue = PendingQueue(lambda: queue_client(current.storage, current.tenant_queue, make_credential))

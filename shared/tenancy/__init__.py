@@ -1,6 +1,6 @@
 """Many tenants from one deployment: the registry of customer tenants, a service per tenant,
-the fan-out and the consent check. Loaded only in multi-tenant mode. Depends on the packages
-above and ``assembly``.
+the fan-out and the consent check. Loaded only in multi-tenant mode. Depends on ``common``,
+``clients``, ``engine`` and ``assembly`` (the layers below it).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 customer tenant, the timer's fan-out over the registry, and the consent check.
 
 Each tenant's service is the single-tenant service unchanged, given the tenant's own Graph
-client (a token from shared/identity.TenantCredentials: one credential and one cached token per
+client (a token from shared/clients/identity.py's TenantCredentials: one credential and one cached token per
 tenant per process) and the tenant's own state table (``<SYNC_STATE_TABLE><tenant id hex>``), so
 no tenant's cooldown, lease, history or pending sync can touch another's. Deferred syncs share
 the one queue (their messages name the tenant); "sync and wait" operations live in the home table
@@ -25,10 +25,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from ..assembly import SyncService
-from ..clients import GraphClient, TenantCredentials, make_credential, table_client
+from ..assembly import SyncService, write_budget
+from ..clients import GraphClient, PendingQueue, TenantCredentials, make_credential, table_client
 from ..common import AppError, GraphAccessDenied, HomeTenant, TokenUnavailable, Trigger, UpstreamError, iso, messages, telemetry
-from ..engine import PendingQueue, StateStore
+from ..engine import StateStore
 from .registry import (
     CONSENTED,
     HOME_TENANT,
@@ -111,15 +111,16 @@ class Tenancy:
                 self._services.move_to_end(key)
                 return found
         settings = replace(self.settings, sync_targets=targets)
-        graph = GraphClient(settings.graph_base_url, self.credentials.for_tenant(tenant.id), settings.graph_scope,
-                            timeout=settings.graph_timeout_seconds, pool_size=4,
-                            token_source=f"Microsoft Entra ID for tenant {tenant.id} (asserting with the app's identity)")
         # A table client of its own: clients made from one service client share its policy objects,
         # and building one while another sends a request re-links them under it (azure-core's
         # "_SansIOHTTPPolicyRunner has no attribute next", seen in the 10,000-tenant benchmark).
         table = table_client(self.settings.storage, table_name_of(self.settings.state_table, tenant.id), make_credential)
+        # Its own write budget too, in its own table: Intune counts writes per app per tenant.
+        graph = GraphClient(settings.graph_base_url, self.credentials.for_tenant(tenant.id), settings.graph_scope,
+                            timeout=settings.graph_timeout_seconds, pool_size=4, budget=write_budget(table, settings),
+                            token_source=f"Microsoft Entra ID for tenant {tenant.id} (asserting with the app's identity)")
         built = SyncService(settings, graph, StateStore(table), self.home.clock, self.home.operations, self.home.notifier,
-                            self.home.queue, tenant=tenant.id)
+                            self.home.queue, tenant=tenant.id, device_queue=self.home.device_queue)
         with self._lock:
             built = self._services.setdefault(key, built)  # a concurrent build of the same tenant: one wins
             while len(self._services) > MAX_SERVICES:
@@ -172,6 +173,7 @@ class Tenancy:
         # No defer: a duplicated (or retried) message finds the unit in its window and does nothing.
         results = svc.sync_enabled(Trigger.TIMER, caller=f"timer (tick {iso(message.tick)})", defer=False)
         svc.repair()  # what the watcher does for the home tenant, once per tick for each tenant
+        svc.repair_jobs()  # its device-sync jobs whose step message was lost
         now = self.home.clock()
         swept = tenant.last_swept_at is None or now - tenant.last_swept_at >= SWEEP_EVERY
         if swept:  # the tenant's old history and asks: bounded, and once a day (four queries)

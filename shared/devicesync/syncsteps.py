@@ -1,0 +1,240 @@
+"""The work of one device sync step on a claimed job (shared/devicesync/syncjobs.py claims it):
+
+1. rows left ``sending`` by an earlier step (it died during or after its call) become ``queued``,
+   never sent again;
+2. a filter or group job first lists one page of its devices per step (the resolve phase);
+3. then up to DEVICE_SYNC_STEP_DEVICES ``pending`` rows: each not yet looked up is looked up
+   through $batch (not found, or synced within the job's minutes: final), and the rest are sent
+   ``syncDevice`` in $batches of 20, budget taken first (never waited for: the step ends and the
+   next one comes when the budget says), each row written ``sending`` before its batch goes.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ..clients import DEVICES, MAX_BATCH, BatchAnswer, BatchRequest, send_batch
+from ..common import AppError, GraphUnavailable, parse_graph_time
+from .selector import DEVICE_IDS, FILTER, SERIAL_NUMBERS
+from .syncstore import (
+    FAILED,
+    NOT_FOUND,
+    NOT_SUPPORTED,
+    PENDING,
+    QUEUED,
+    SENDING,
+    SKIPPED_RECENT,
+    SYNC,
+    DeviceRow,
+    DeviceSyncJob,
+    DeviceSyncStore,
+)
+
+if TYPE_CHECKING:
+    from ..clients import GraphClient
+
+SELECT = "id,deviceName,serialNumber,azureADDeviceId,lastSyncDateTime,operatingSystem"
+MANAGED = "/deviceManagement/managedDevices"
+PAGE = "999"
+CHUNK = MAX_BATCH  # writes asked of the budget at once: one $batch, sent as soon as it is granted
+STEP_SECONDS = 20.0  # a step stops starting new work after this long (the host allows minutes)
+
+
+# Graph's answers to a listing that no retry can change: a filter it refuses, a group it does not know.
+REFUSED_SELECTOR = frozenset({400, 404})
+
+
+@dataclass
+class StepOutcome:
+    """What one step did: devices per new state, how long until the next step, 429s seen."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    wait: float = 0.0
+    throttled: int = 0
+
+    def later(self, seconds: float) -> None:
+        self.wait = max(self.wait, seconds)
+
+
+class DeviceStep:
+    """One step's work on job ``job`` (claimed by the caller), reading only the rows it works on."""
+
+    def __init__(self, graph: GraphClient, store: DeviceSyncStore, job: DeviceSyncJob, now: datetime, step_devices: int):
+        self.graph, self.store, self.job, self.now = graph, store, job, now
+        self.step_devices = step_devices
+        self.outcome = StepOutcome()
+        self.started = time.monotonic()
+
+    def run(self) -> DeviceSyncJob:
+        """Do the step's share; the job as it should be saved (its phase, next page, count)."""
+        self.recover()
+        if self.job.phase != SYNC:
+            return self.resolve()
+        rows = self.store.in_state(self.job.id, PENDING, self.step_devices)
+        ready = self.look_up(rows)
+        self.send(ready)
+        return self.job
+
+    def recover(self) -> None:
+        """Rows an earlier step marked ``sending``: their call may have reached Graph; never again."""
+        left = self.store.in_state(self.job.id, SENDING, self.step_devices)
+        if left:
+            self.save([replace(r, state=QUEUED, error_code=None, error_message=None) for r in left])
+
+    def time_left(self) -> bool:
+        return time.monotonic() - self.started < STEP_SECONDS
+
+    def save(self, rows: list[DeviceRow]) -> None:
+        if rows:
+            rows = [replace(r, updated_at=self.now) for r in rows]
+            self.store.save_devices(self.job.id, rows)
+            self.outcome.counts.update(r.state for r in rows if r.state not in (PENDING, SENDING))
+
+    # --- the resolve phase ---------------------------------------------------------------------
+
+    def resolve(self) -> DeviceSyncJob:
+        """One page of the filter's devices or the group's members, as device rows."""
+        job = self.job
+        params = dict(parse_qsl(urlsplit(job.next_link).query)) if job.next_link else None
+        if job.kind == FILTER:
+            query = params or {"$filter": str(job.filter), "$select": SELECT, "$top": PAGE}
+            response = self.graph.request("GET", "/v1.0" + MANAGED, params=query)
+            if response.status in REFUSED_SELECTOR:  # Graph refuses the filter: retrying cannot help
+                return self.selector_refused(response.status, response.error_code, response.error_message)
+            body = response.raise_for_status("listing managed devices").body
+            body = body if isinstance(body, dict) else {}
+            rows = [self.listed(job.device_count + i, d) for i, d in enumerate(body.get("value") or [])]
+        else:
+            query = params or {"$select": "deviceId", "$top": PAGE}
+            path = f"/groups/{job.group_id}/transitiveMembers/microsoft.graph.device"
+            [answer] = send_batch(self.graph, [BatchRequest("1", "GET", path, query)])
+            if answer.status in REFUSED_SELECTOR:  # no such group (or Graph refuses the query): retrying cannot help
+                return self.selector_refused(answer.status, answer.error_code, answer.error_message)
+            if not answer.ok:
+                raise GraphUnavailable(f"listing the group's devices: Graph answered {answer.status} "
+                                       f"{answer.error_code}: {answer.error_message}", graph_status=answer.status)
+            body = answer.body if isinstance(answer.body, dict) else {}
+            rows = [DeviceRow(job.device_count + i, azure_ad_device_id=str(m.get("deviceId")))
+                    for i, m in enumerate(m for m in body.get("value") or [] if m.get("deviceId"))]
+        self.save(rows)
+        link = body.get("@odata.nextLink")
+        return replace(job, device_count=job.device_count + len(rows), next_link=link if isinstance(link, str) else None,
+                       phase=job.phase if isinstance(link, str) else SYNC)
+
+    def selector_refused(self, status: int, code: str | None, message: str | None) -> DeviceSyncJob:
+        """Graph refused the job's filter or group: no more devices to list. The job goes on with
+        the devices listed so far (none, if it was the first page) and says why in its message."""
+        what = f"the filter {self.job.filter!r}" if self.job.kind == FILTER else f"the group {self.job.group_id}"
+        return replace(self.job, next_link=None, phase=SYNC,
+                       refused=f"Graph refused {what}: {status} {code or ''}: {(message or '')[:200]}".strip())
+
+    def listed(self, index: int, device: dict[str, Any]) -> DeviceRow:
+        row = DeviceRow(index, device_id=str(device.get("id")), resolved=True)
+        return self.found(row, device)
+
+    def found(self, row: DeviceRow, device: dict[str, Any]) -> DeviceRow:
+        """The row with what Graph says of its device: skippedRecent if it synced within the job's minutes."""
+        last = device.get("lastSyncDateTime")
+        row = replace(row, device_id=str(device.get("id")), serial_number=device.get("serialNumber") or row.serial_number,
+                      device_name=device.get("deviceName"), last_sync=last if isinstance(last, str) else None, resolved=True)
+        synced = parse_graph_time(last)
+        if self.job.skip_minutes and synced and synced >= self.now - timedelta(minutes=self.job.skip_minutes):
+            return replace(row, state=SKIPPED_RECENT)
+        return row
+
+    # --- the sync phase: looking devices up ----------------------------------------------------
+
+    def look_up(self, rows: list[DeviceRow]) -> list[DeviceRow]:
+        """Each row not yet looked up, looked up (20 per $batch); those still to sync."""
+        ready = [r for r in rows if r.resolved and r.state == PENDING]
+        unresolved = [r for r in rows if not r.resolved]
+        for start in range(0, len(unresolved), MAX_BATCH):
+            chunk = unresolved[start:start + MAX_BATCH]
+            answers = send_batch(self.graph, [self.lookup_request(str(i), r) for i, r in enumerate(chunk)])
+            looked = [self.looked_up(r, a) for r, a in zip(chunk, answers, strict=True)]
+            self.save([r for r in looked if r.resolved or r.state != PENDING])
+            ready += [r for r in looked if r.resolved and r.state == PENDING]
+        return ready
+
+    def lookup_request(self, request_id: str, row: DeviceRow) -> BatchRequest:
+        if self.job.kind == DEVICE_IDS:
+            return BatchRequest(request_id, "GET", f"{MANAGED}/{row.device_id}", {"$select": SELECT})
+        clause = (f"serialNumber eq '{row.serial_number}'" if self.job.kind == SERIAL_NUMBERS
+                  else f"azureADDeviceId eq '{row.azure_ad_device_id}'")
+        return BatchRequest(request_id, "GET", MANAGED, {"$filter": clause, "$select": SELECT, "$top": "1"})
+
+    def looked_up(self, row: DeviceRow, answer: BatchAnswer) -> DeviceRow:
+        if answer.status == 404:
+            return replace(row, state=NOT_FOUND, error_code=answer.error_code, error_message=answer.error_message)
+        if answer.status == 429 or answer.status >= 500:
+            self.outcome.later(answer.retry_after_seconds or 1.0)
+            return row  # looked up again by a later step
+        if not answer.ok:
+            return replace(row, state=FAILED, error_code=answer.error_code or str(answer.status),
+                           error_message=answer.error_message)
+        body = answer.body if isinstance(answer.body, dict) else {}
+        device = body if "value" not in body else next(iter(body.get("value") or []), None)
+        if not isinstance(device, dict) or not device.get("id"):
+            return replace(row, state=NOT_FOUND, error_code="NotFound", error_message="no such managed device")
+        return self.found(row, device)
+
+    # --- the sync phase: sending ---------------------------------------------------------------
+
+    def send(self, ready: list[DeviceRow]) -> None:
+        """syncDevice for each row, budget first, in chunks of CHUNK; stops at a 429 or no budget."""
+        start = 0
+        while start < len(ready) and self.time_left():
+            grant = self.graph.budget.take(DEVICES, min(CHUNK, len(ready) - start), bulk=True)
+            if grant.count <= 0:
+                self.outcome.later(max(grant.wait_seconds, 0.2))
+                return
+            chunk = ready[start:start + grant.count]
+            start += len(chunk)
+            if not self.send_chunk(chunk):
+                return
+
+    def send_chunk(self, chunk: list[DeviceRow]) -> bool:
+        """Mark the rows ``sending``, then send them; False when Graph said to wait."""
+        sending = [replace(r, state=SENDING) for r in chunk]
+        self.save(sending)
+        for start in range(0, len(sending), MAX_BATCH):
+            batch = sending[start:start + MAX_BATCH]
+            try:
+                answers = send_batch(self.graph, [BatchRequest(str(i), "POST", f"{MANAGED}/{r.device_id}/syncDevice")
+                                                  for i, r in enumerate(batch)], claimed=True, once=True)
+            except AppError as exc:
+                return self.batch_failed(exc, sending[start:])
+            self.save([self.synced(r, a) for r, a in zip(batch, answers, strict=True)])
+            if self.outcome.wait:  # an inner 429: the rest waits for the next step
+                self.save([replace(r, state=PENDING) for r in sending[start + MAX_BATCH:]])
+                return False
+        return True
+
+    def batch_failed(self, exc: AppError, unsent: list[DeviceRow]) -> bool:
+        """A $batch without answers. Its rows stay ``sending`` (it may have been carried out) unless
+        Graph refused the batch itself (429: nothing was done), the later batches' rows go back."""
+        first, rest = unsent[:MAX_BATCH], unsent[MAX_BATCH:]
+        refused = exc if isinstance(exc, GraphUnavailable) and exc.graph_status == 429 else None
+        self.save([replace(r, state=PENDING) for r in (unsent if refused else rest)])
+        if refused is None:
+            raise exc
+        self.outcome.throttled += len(first)
+        self.graph.throttled(DEVICES, refused.retry_after_seconds)
+        self.outcome.later(refused.retry_after_seconds or 1.0)
+        return False
+
+    def synced(self, row: DeviceRow, answer: BatchAnswer) -> DeviceRow:
+        if answer.ok:
+            return replace(row, state=QUEUED)
+        if answer.status == 429:
+            self.outcome.throttled += 1
+            self.graph.throttled(DEVICES, answer.retry_after_seconds)
+            self.outcome.later(answer.retry_after_seconds or 1.0)
+            return replace(row, state=PENDING)
+        state = NOT_FOUND if answer.status == 404 else NOT_SUPPORTED if answer.status == 400 else FAILED
+        return replace(row, state=state, error_code=answer.error_code or str(answer.status),
+                       error_message=answer.error_message)
