@@ -139,6 +139,11 @@ param deviceSyncMaxDevices int = 50000
 @maxValue(1000)
 param deviceSyncStepDevices int = 200
 
+@description('Seconds a device sync step holds its job; a step that dies is taken over once they have passed.')
+@minValue(5)
+@maxValue(300)
+param deviceSyncStepClaimSeconds int = 60
+
 @description('Default of skipSyncedWithinMinutes: a device whose last sync is this recent is skipped (skippedRecent).')
 @minValue(0)
 @maxValue(10080)
@@ -248,6 +253,7 @@ var syncSettings = {
   DEVICE_SYNC_QUEUE: deviceSyncQueueName
   DEVICE_SYNC_MAX_DEVICES: string(deviceSyncMaxDevices)
   DEVICE_SYNC_STEP_DEVICES: string(deviceSyncStepDevices)
+  DEVICE_SYNC_STEP_CLAIM_SECONDS: string(deviceSyncStepClaimSeconds)
   DEVICE_SYNC_SKIP_MINUTES: string(deviceSyncSkipMinutes)
   MULTI_TENANT_CLIENT_ID: multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
   TENANT_QUEUE: tenantQueueName

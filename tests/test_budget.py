@@ -11,6 +11,7 @@ from azure.data.tables import TableClient
 
 from shared.clients.budget import DEVICES, INTUNE, MARGIN, BudgetRow, Limits, decide, paused
 from shared.clients.sharedbudget import SharedBudget
+from shared.common import StateStoreUnavailable
 
 LIMITS = Limits(devices=200, intune=100, window=20.0)
 
@@ -90,7 +91,10 @@ def test_instances_never_grant_more_than_the_limit_together(table):
 
     def claim(budget: SharedBudget) -> None:
         while time.monotonic() < stop:
-            grant = budget.take(DEVICES, 7)
+            try:
+                grant = budget.take(DEVICES, 7)
+            except StateStoreUnavailable:  # the row kept changing under heavy contention: a step's host retries
+                continue
             if grant.count:
                 with lock:
                     granted.append((decided.at, grant.count))

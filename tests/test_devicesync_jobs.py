@@ -5,6 +5,7 @@ the shared write budget is never throttled. Steps are driven in-process on a tes
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from conftest import FAST_RETRY, configure, graph_calls
@@ -228,3 +229,46 @@ def test_a_group_graph_does_not_know_ends_the_job_with_no_device_and_says_why(en
     assert answer["devices"] == [] and sum(answer["counts"].values()) == 0
     assert "Graph refused the group 0b8e0c1d-6a4f-4c8e-9d7a-2f1e3c4b5a69: 404" in answer["message"]
     assert device_stats(graph)["deviceSyncs"] == 0
+
+
+def test_a_step_whose_instance_died_is_taken_over_once_its_claim_lapses(env, clock, graph):
+    """A step claims its job for DEVICE_SYNC_STEP_CLAIM_SECONDS and sends a takeover message due
+    just after; if its instance dies, that message runs the step then, not minutes later. A
+    delivery that finds the job claimed sends itself again for the claim's end."""
+    from dataclasses import replace
+
+    from azure.storage.queue import QueueClient
+
+    from shared.clients import PendingQueue, queue_client
+
+    configure(graph, managedDevices={"count": 3})
+    jobs, _ = make_jobs(env, clock, DEVICE_SYNC_STEP_CLAIM_SECONDS="30")
+    name = "d" + env["SYNC_STATE_TABLE"][1:]
+    jobs.queue = PendingQueue(lambda: queue_client(jobs.settings.storage, name, make_credential))
+    job, _ = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(3)), skip_minutes=0), "tech")
+    step = message(jobs, job.id)
+    # The instance that claimed the step died: its claim stands, the job has not moved on.
+    dead = jobs.store.update(replace(jobs.store.job(job.id), step_owner="dead", step_until=clock() + timedelta(seconds=30)))
+    assert dead is not None
+    count = QueueClient.from_connection_string(env["AzureWebJobsStorage"], name).get_queue_properties
+    before = count().approximate_message_count
+    assert jobs.run_step(step) == "busy"
+    assert count().approximate_message_count == before + 1  # itself again, for the claim's end
+    assert device_stats(graph)["deviceSyncs"] == 0
+    clock.advance(31)
+    assert jobs.run_step(step) in ("stepped", "completed")  # the claim lapsed: taken over
+    assert device_stats(graph)["deviceSyncs"] == 3
+
+
+def test_a_step_that_ends_leaves_its_takeover_message_nothing_to_do(env, clock, graph):
+    from shared.clients import PendingQueue, queue_client
+
+    configure(graph, managedDevices={"count": 3})
+    jobs, _ = make_jobs(env, clock)
+    jobs.queue = PendingQueue(lambda: queue_client(jobs.settings.storage, "d" + env["SYNC_STATE_TABLE"][1:], make_credential))
+    job, _ = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(3)), skip_minutes=0), "tech")
+    step = message(jobs, job.id)
+    assert jobs.run_step(step) in ("stepped", "completed")
+    clock.advance(120)
+    assert jobs.run_step(step) == "stale"  # the takeover of a step that ended
+    assert device_stats(graph)["devicesSyncedMoreThanOnce"] == 0

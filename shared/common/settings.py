@@ -78,6 +78,9 @@ DEFAULTS: dict[str, str] = {
     "DEVICE_SYNC_MAX_DEVICES": "50000",
     "DEVICE_SYNC_STEP_DEVICES": "200",
     "DEVICE_SYNC_SKIP_MINUTES": "60",
+    # How long a device-sync step holds its job: a step that dies is taken over by its takeover
+    # message once this has passed (a step stops starting new work after 20 s).
+    "DEVICE_SYNC_STEP_CLAIM_SECONDS": "60",
     # Many tenants (shared/tenancy/registry.py): the multi-tenant app whose federated credential is the
     # app's identity (empty: one tenant, the app's own), and the queue of per-tenant syncs.
     "MULTI_TENANT_CLIENT_ID": "",
@@ -135,6 +138,7 @@ NUMERIC_SETTINGS: dict[str, Bounds] = {
     "DEVICE_SYNC_MAX_DEVICES": Bounds(1, 200_000, "devices"),
     "DEVICE_SYNC_STEP_DEVICES": Bounds(20, 1000, "devices", why="a step must end well inside the function timeout"),
     "DEVICE_SYNC_SKIP_MINUTES": Bounds(0, 7 * 24 * 60, "minutes"),
+    "DEVICE_SYNC_STEP_CLAIM_SECONDS": Bounds(5, 300, "seconds", why="the function timeout: a dead step must not hold its job longer"),
 }
 
 def number(name: str, raw: str, problems: dict[str, str]) -> float | None:
@@ -260,6 +264,7 @@ class Settings:
     device_sync_max_devices: int = int(DEFAULTS["DEVICE_SYNC_MAX_DEVICES"])
     device_sync_step_devices: int = int(DEFAULTS["DEVICE_SYNC_STEP_DEVICES"])
     device_sync_skip_minutes: int = int(DEFAULTS["DEVICE_SYNC_SKIP_MINUTES"])
+    device_sync_step_claim_seconds: int = int(DEFAULTS["DEVICE_SYNC_STEP_CLAIM_SECONDS"])
     multi_tenant_client_id: str | None = None
     tenant_queue: str = DEFAULTS["TENANT_QUEUE"]
     # Set by the platform, not by operators: the app's public host name and its name.
@@ -438,6 +443,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     "DEVICE_SYNC_MAX_DEVICES": ("device_sync_max_devices", _whole),
     "DEVICE_SYNC_STEP_DEVICES": ("device_sync_step_devices", _whole),
     "DEVICE_SYNC_SKIP_MINUTES": ("device_sync_skip_minutes", _whole),
+    "DEVICE_SYNC_STEP_CLAIM_SECONDS": ("device_sync_step_claim_seconds", _whole),
     "MULTI_TENANT_CLIENT_ID": ("multi_tenant_client_id", _optional_guid),
     "TENANT_QUEUE": ("tenant_queue", _queue_name),
 }

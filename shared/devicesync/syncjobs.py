@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500  # devices per status page
-CLAIM = timedelta(seconds=120)  # a step's hold on its job (steps end within STEP_SECONDS)
+TAKEOVER_AFTER = timedelta(seconds=2)  # past the claim's end: its takeover message is due then (visibility is whole seconds)
 OVERDUE = timedelta(minutes=2)  # a step this late lost its message: the watcher sends it again
 EARLY = timedelta(seconds=2)
 TARGET = "devices"
@@ -181,14 +181,19 @@ class DeviceSyncJobs:
         job, now = self.store.job(step.job_id), self.clock()
         if job is None or job.done or job.step != step.step:
             return "stale"
-        if job.claimed(now):
+        if job.claimed(now):  # another delivery works on it; if that one dies, this one takes over
+            self.send_step(replace(job, step_at=(job.step_until or now) + TAKEOVER_AFTER))
             return "busy"
         if job.step_at and job.step_at > now + EARLY:
             self.send_step(job)
             return "early"
-        claimed = self.store.update(replace(job, step_owner=uuid.uuid4().hex, step_until=now + CLAIM))
+        until = now + timedelta(seconds=self.settings.device_sync_step_claim_seconds)
+        claimed = self.store.update(replace(job, step_owner=uuid.uuid4().hex, step_until=until))
         if claimed is None:
             return "stale"  # another delivery claimed it first
+        # The takeover: if this step dies, this message runs it again once the claim has lapsed (a
+        # step that ends moves the job to the next step number, and the message finds it stale).
+        self.send_step(replace(claimed, step_at=until + TAKEOVER_AFTER))
         work = DeviceStep(self.graph, self.store, claimed, now, self.settings.device_sync_step_devices)
         try:
             worked = work.run()
