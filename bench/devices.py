@@ -57,6 +57,7 @@ class Run:
     completed: int = 0
     jobs: int = 0
     table_calls: int = 0
+    writing_seconds: float = 0.0
     peak_mb: list[float] = field(default_factory=list)
     failures: int = 0
 
@@ -155,6 +156,7 @@ def run(stack: Stack, scenario: str, budget: str, devices: int, limit: int, wind
     # From the first job's start to the last job's end (the workers then wait out their idle time).
     result.seconds = max(ended) - min(created) if ended and len(ended) == len(answers) else time.monotonic() - started
     result.accepted, result.throttled, result.max_in_window = area["accepted"], area["throttled"], area["maxWritesInAnyWindow"]
+    result.writing_seconds = area["writingSeconds"]
     result.synced_twice = stats["managedDevices"]["devicesSyncedMoreThanOnce"]
     result.queued = sum(a.get("counts", {}).get("queued", 0) for a in answers)
     result.completed = sum(1 for a in answers if a.get("status") == "completed")
@@ -175,19 +177,22 @@ def section(runs: list[Run], args: argparse.Namespace, seconds: float) -> str:
              f"is 20 s: this one is {20 / args.window:g}x shorter so that a run takes minutes, for both sides alike. "
              f"Device syncs go out in $batch requests of 20; {args.step_devices} devices per step.", "",
              "| Scenario | Budget | Devices | Jobs completed | Device syncs accepted | Writes per window, mean / limit | "
-             "Busiest window / limit | 429s | Devices synced twice | Table round trips per 100 devices | "
-             "Peak memory per process | Time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "Sustained (first to last write) / limit | Busiest window / limit | 429s | Devices synced twice | "
+             "Table round trips per 100 devices | Peak memory per process | Time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         per_window = r.accepted * args.window / r.seconds if r.seconds else 0.0
+        sustained = (r.accepted - 1) * args.window / r.writing_seconds if r.writing_seconds else 0.0
         lines.append(
             f"| {r.scenario} | {r.budget} | {r.devices:,} | {r.completed} of {r.jobs} | {r.accepted:,} | "
-            f"{per_window:.0f} / {args.limit} ({per_window / args.limit:.0%}) | {r.max_in_window} / {args.limit} | "
+            f"{per_window:.0f} / {args.limit} ({per_window / args.limit:.0%}) | "
+            f"{sustained:.0f} / {args.limit} ({sustained / args.limit:.0%}) | {r.max_in_window} / {args.limit} | "
             f"{r.throttled:,} | {r.synced_twice} | {100 * r.table_calls / max(1, r.devices):.1f} | "
             f"{max(r.peak_mb):.0f} MB (median {statistics.median(r.peak_mb):.0f}) | {r.seconds:.0f} s |")
     lines += ["", "Writes per window, mean: device syncs Graph accepted, per window of the run's length (from the "
               "jobs' start to the last job's end, which includes listing the devices and the last step's save), "
-              "against the limit. Busiest window: the most writes the emulator accepted within any window-length "
+              "against the limit. Sustained: the same from the first device sync Graph accepted to the last (the "
+              "rate while the jobs are sending; the budget's ceiling is (1 - 3 %) / (1 + 2.5 %) = 94.6 %). Busiest window: the most writes the emulator accepted within any window-length "
               "span. Table round trips: every request the workers sent to Table Storage (job and device rows, claims, "
               "budget), per 100 devices. A 429 puts the device back to pending: it is synced later, never twice.", END, ""]
     return "\n".join(lines)

@@ -481,7 +481,8 @@ class _Window:
     def stats(self) -> dict[str, Any]:
         window = self.window if self.limit is not None else DEFAULT_WINDOW_SECONDS
         return {"limit": self.limit, "windowSeconds": window, "accepted": len(self.history), "throttled": self.throttled,
-                "maxWritesInAnyWindow": self.max_in_any_window(window)}
+                "maxWritesInAnyWindow": self.max_in_any_window(window),
+                "writingSeconds": round(self.history[-1] - self.history[0], 3) if self.history else 0.0}
 
 
 class WriteLimit:
@@ -490,7 +491,8 @@ class WriteLimit:
     ``deviceWriteLimit``), ``intune`` for every other write under ``/{ver}/deviceManagement`` (config ``writeLimit``). Each
     is ``{"limit": N, "windowSeconds": S}`` or null (off, the default). Every accepted write's arrival is recorded (limit
     or not) for ``stats()``: per area ``limit``, ``windowSeconds`` (20, Intune's window, when off), ``accepted``,
-    ``throttled`` and ``maxWritesInAnyWindow`` (the most accepted writes within any span shorter than the window)."""
+    ``throttled``, ``maxWritesInAnyWindow`` (the most accepted writes within any span shorter than the window) and
+    ``writingSeconds`` (from the first accepted write's arrival to the last's)."""
 
     CONFIG = {"writeLimit": "intune", "deviceWriteLimit": "devices"}
 

@@ -39,7 +39,7 @@ def test_a_full_window_answers_how_long_to_wait_and_writes_nothing():
 
 def test_a_grant_counts_for_the_window_and_the_time_to_send_it():
     row = BudgetRow([(1000.0, 194)])
-    assert decide(row, LIMITS, DEVICES, 1, bulk=True, now=1000.0 + 20.5)[0].count == 0  # past 20 s, still counted
+    assert decide(row, LIMITS, DEVICES, 1, bulk=True, now=1000.0 + 20.4)[0].count == 0  # past 20 s, still counted
     assert decide(row, LIMITS, DEVICES, 1, bulk=True, now=1000.0 + LIMITS.lookback + 0.01)[0].count == 1
 
 

@@ -272,3 +272,32 @@ def test_a_step_that_ends_leaves_its_takeover_message_nothing_to_do(env, clock, 
     clock.advance(120)
     assert jobs.run_step(step) == "stale"  # the takeover of a step that ended
     assert device_stats(graph)["devicesSyncedMoreThanOnce"] == 0
+
+
+def test_a_budget_wait_under_a_second_is_slept_within_the_step(env, clock, graph):
+    configure(graph, managedDevices={"count": 100}, deviceWriteLimit={"limit": 40, "windowSeconds": 1})
+    jobs, _ = make_jobs(env, clock, limits=Limits(devices=40, window=1))
+    job, token = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(100)), skip_minutes=0), "tech")
+    jobs.run_step(message(jobs, job.id))  # 38 a window (the margin off): three windows' worth in one step
+    assert jobs.status(job.id, token).to_json()["counts"]["queued"] == 100
+    assert graph.stats()["writeLimits"]["devices"]["throttled"] == 0
+
+
+def test_a_budget_wait_over_a_second_ends_the_step_and_schedules_the_next_for_then(env, clock, graph):
+    configure(graph, managedDevices={"count": 100}, deviceWriteLimit={"limit": 40, "windowSeconds": 5})
+    jobs, _ = make_jobs(env, clock, limits=Limits(devices=40, window=5))
+    job, token = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(100)), skip_minutes=0), "tech")
+    jobs.run_step(message(jobs, job.id))
+    assert jobs.status(job.id, token).to_json()["counts"]["queued"] == 38
+    following = jobs.store.job(job.id)
+    assert 3.0 < (following.step_at - clock()).total_seconds() <= 5 * 1.025
+
+
+def test_a_filter_job_lists_every_page_it_can_in_one_step_and_syncs_from_the_next(env, clock, graph):
+    configure(graph, managedDevices={"count": 2100})
+    jobs, _ = make_jobs(env, clock)
+    job, token = jobs.start(DeviceSyncRequest("filter", filter="managementAgent eq 'mdm'", skip_minutes=0), "tech")
+    jobs.run_step(message(jobs, job.id))  # three pages of 999
+    listed = jobs.store.job(job.id)
+    assert (listed.phase, listed.device_count, listed.next_link) == ("sync", 2100, None)
+    assert device_stats(graph)["deviceSyncs"] == 0  # a retried listing step could not reset a row already sent

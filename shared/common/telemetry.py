@@ -70,6 +70,7 @@ FIELDS = {
     "code": "a notice's code",
     "jobId": "the bulk device sync job",
     "waitedSeconds": "how long a device sync step put off the next one (write budget or Graph's Retry-After)",
+    "pacedSeconds": "how long a device sync step slept within itself for the write budget (waits under a second)",
     "throttled": "device syncs Graph answered 429 in a device sync step (sent again later)",
 }
 

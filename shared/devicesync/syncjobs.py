@@ -222,8 +222,8 @@ class DeviceSyncJobs:
             raise StateStoreUnavailable(f"device sync {job.id}: the job row changed under its step")
         self.send_step(written)
         telemetry.emit("devices", trigger="devices", target=TARGET, tenant=self.tenant, jobId=job.id, step=job.step,
-                       counts=dict(outcome.counts), waitedSeconds=round(outcome.wait, 3), throttled=outcome.throttled,
-                       outcome="stepped")
+                       counts=dict(outcome.counts), waitedSeconds=round(outcome.wait, 3), pacedSeconds=round(outcome.paced, 3),
+                       throttled=outcome.throttled, outcome="stepped")
         return "stepped"
 
     def _finish(self, job: DeviceSyncJob, work: DeviceStep) -> str:
@@ -236,7 +236,8 @@ class DeviceSyncJobs:
         problems = counts[FAILED]
         telemetry.emit("devices", logging.WARNING if problems else logging.INFO, trigger="devices", target=TARGET,
                        tenant=self.tenant, jobId=job.id, step=job.step, counts=dict(work.outcome.counts),
-                       waitedSeconds=0.0, throttled=work.outcome.throttled, devices=job.device_count,
+                       waitedSeconds=0.0, pacedSeconds=round(work.outcome.paced, 3), throttled=work.outcome.throttled,
+                       devices=job.device_count,
                        outcome="completedWithFailures" if problems else "completed")
         return "completed"
 

@@ -2,11 +2,14 @@
 
 1. rows left ``sending`` by an earlier step (it died during or after its call) become ``queued``,
    never sent again;
-2. a filter or group job first lists one page of its devices per step (the resolve phase);
+2. a filter or group job first lists its devices, page by page, as many pages as the step's time
+   allows (the resolve phase; the job row saved after the step names the next page);
 3. then up to DEVICE_SYNC_STEP_DEVICES ``pending`` rows: each not yet looked up is looked up
    through $batch (not found, or synced within the job's minutes: final), and the rest are sent
-   ``syncDevice`` in $batches of 20, budget taken first (never waited for: the step ends and the
-   next one comes when the budget says), each row written ``sending`` before its batch goes.
+   ``syncDevice`` in $batches of 20, budget taken first, each row written ``sending`` before its
+   batch goes. A step waits for the budget only when the wait is shorter than ``PACE_SECONDS``
+   (less than a message's re-delivery costs: visibility counts whole seconds and the host polls
+   an idle queue every two); a longer wait ends the step and the next one comes when the budget says.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ MANAGED = "/deviceManagement/managedDevices"
 PAGE = "999"
 CHUNK = MAX_BATCH  # writes asked of the budget at once: one $batch, sent as soon as it is granted
 STEP_SECONDS = 20.0  # a step stops starting new work after this long (the host allows minutes)
+PACE_SECONDS = 1.0  # a shorter wait for the budget is slept within the step; a longer one ends it
 
 
 # Graph's answers to a listing that no retry can change: a filter it refuses, a group it does not know.
@@ -55,6 +59,7 @@ class StepOutcome:
     counts: Counter[str] = field(default_factory=Counter)
     wait: float = 0.0
     throttled: int = 0
+    paced: float = 0.0  # seconds slept within the step waiting for the budget
 
     def later(self, seconds: float) -> None:
         self.wait = max(self.wait, seconds)
@@ -73,7 +78,12 @@ class DeviceStep:
         """Do the step's share; the job as it should be saved (its phase, next page, count)."""
         self.recover()
         if self.job.phase != SYNC:
-            return self.resolve()
+            # As many pages as the step's time allows. The sync waits for the next step: only the
+            # job row saved with phase ``sync`` keeps a retried step from listing (and so resetting)
+            # rows again.
+            while self.job.phase != SYNC and self.time_left():
+                self.job = self.resolve()
+            return self.job
         rows = self.store.in_state(self.job.id, PENDING, self.step_devices)
         ready = self.look_up(rows)
         self.send(ready)
@@ -85,8 +95,8 @@ class DeviceStep:
         if left:
             self.save([replace(r, state=QUEUED, error_code=None, error_message=None) for r in left])
 
-    def time_left(self) -> bool:
-        return time.monotonic() - self.started < STEP_SECONDS
+    def time_left(self, after: float = 0.0) -> bool:
+        return time.monotonic() + after - self.started < STEP_SECONDS
 
     def save(self, rows: list[DeviceRow]) -> None:
         if rows:
@@ -190,6 +200,10 @@ class DeviceStep:
         while start < len(ready) and self.time_left():
             grant = self.graph.budget.take(DEVICES, min(CHUNK, len(ready) - start), bulk=True)
             if grant.count <= 0:
+                if grant.wait_seconds <= PACE_SECONDS and self.time_left(after=grant.wait_seconds):
+                    time.sleep(grant.wait_seconds)
+                    self.outcome.paced += grant.wait_seconds
+                    continue
                 self.outcome.later(max(grant.wait_seconds, 0.2))
                 return
             chunk = ready[start:start + grant.count]
