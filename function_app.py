@@ -112,6 +112,11 @@ def device_sync(req: func.HttpRequest) -> func.HttpResponse:
     return routes.handle(req, "POST", routes.device_sync)
 
 
+@app.route(route="devices/syncJobs", methods=routes.ALL_METHODS)
+def device_sync_start(req: func.HttpRequest) -> func.HttpResponse:
+    return routes.handle(req, "POST", routes.start_device_sync)
+
+
 @app.route(route="devices/sync/{jobId}", methods=routes.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
 def device_sync_status(req: func.HttpRequest) -> func.HttpResponse:
     return routes.handle(req, "GET", routes.device_sync_status)
@@ -120,6 +125,11 @@ def device_sync_status(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="tenants/{tenantId}/devices/sync", methods=routes.ALL_METHODS)
 def tenant_device_sync(req: func.HttpRequest) -> func.HttpResponse:
     return routes.handle(req, "POST", routes.tenant_device_sync)
+
+
+@app.route(route="tenants/{tenantId}/devices/syncJobs", methods=routes.ALL_METHODS)
+def tenant_device_sync_start(req: func.HttpRequest) -> func.HttpResponse:
+    return routes.handle(req, "POST", routes.start_tenant_device_sync)
 
 
 @app.route(route="tenants/{tenantId}/devices/sync/{jobId}", methods=routes.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)

@@ -174,7 +174,7 @@ def _one_selector(body):
 
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
-    if case.operation.path.endswith("/devices/sync"):
+    if case.operation.path.endswith(("/devices/sync", "/devices/syncJobs")):
         if case.meta is not None and case.meta.generation.mode.is_positive and isinstance(case.body, dict):
             _one_selector(case.body)
         return

@@ -139,6 +139,15 @@ def test_a_job_answers_202_with_a_location_that_polls_202_then_200_with_its_coun
     assert len(final["devices"]) == DEVICES
 
 
+def test_starting_a_job_without_waiting_answers_201_with_its_status_url(devices_env, graph):
+    code, headers, started = call("POST", "devices/syncJobs", {"serialNumbers": serials(5), "skipSyncedWithinMinutes": 0})
+    assert code == 201, started
+    assert started["statusUrl"] == headers["Location"]
+    assert urlsplit(started["statusUrl"]).path == f"/api/devices/sync/{started['jobId']}"
+    code, final = run_steps(devices_env, started["statusUrl"])
+    assert code == 200 and final["counts"]["queued"] == 5
+
+
 def test_device_ids_from_csv_serials_and_paging(devices_env, graph):
     body = "Serial Number\r\n" + "\r\n".join(serials(3)) + "\r\n"
     code, headers, started = call("POST", "devices/sync", body, {"Content-Type": "text/csv"})
@@ -254,6 +263,15 @@ def test_a_tenants_job_runs_in_that_tenant_and_is_polled_under_its_route(tenant_
     assert runtime.service().device_sync().status(started["jobId"], token) is None
     assert call("GET", f"devices/sync/{started['jobId']}?token={token}")[0] == 404
     assert call("GET", f"tenants/{uuid.uuid4()}/devices/sync/{started['jobId']}?token={token}")[0] == 404
+
+
+def test_a_tenants_job_started_without_waiting_answers_201_under_its_route(tenant_env, graph):
+    code, headers, started = call("POST", f"tenants/{TENANT}/devices/syncJobs", {"serialNumbers": ["CU000001"],
+                                                                               "skipSyncedWithinMinutes": 0})
+    assert code == 201, started
+    assert urlsplit(started["statusUrl"]).path == f"/api/tenants/{TENANT}/devices/sync/{started['jobId']}"
+    code, final = run_steps(tenant_env, started["statusUrl"])
+    assert code == 200 and final["counts"]["queued"] == 1
 
 
 def test_an_unregistered_tenants_job_is_refused(tenant_env, graph):

@@ -283,19 +283,34 @@ MAX_PAGE = 100_000
 
 def device_sync(req: func.HttpRequest) -> func.HttpResponse:
     """Start a bulk device-sync job: 202 with its counts and the absolute Location of its status,
-    which carries its own token (Power Automate follows it without the key)."""
+    which carries its own token (Power Automate follows it without the key: "Sync devices and wait")."""
     _device_sync_on()
-    return _start_device_sync(req, service(), None)
+    return _start_device_sync(req, service(), None, wait=True)
+
+
+def start_device_sync(req: func.HttpRequest) -> func.HttpResponse:
+    """The same job, answered 201 with its status URL in the body and Location: a 201 is not
+    followed by Power Automate, so the flow goes on at once ("Start a device sync")."""
+    _device_sync_on()
+    return _start_device_sync(req, service(), None, wait=False)
 
 
 def tenant_device_sync(req: func.HttpRequest) -> func.HttpResponse:
     """A registered customer tenant's bulk device-sync job, run by that tenant's service."""
+    return _start_tenant_device_sync(req, wait=True)
+
+
+def start_tenant_device_sync(req: func.HttpRequest) -> func.HttpResponse:
+    return _start_tenant_device_sync(req, wait=False)
+
+
+def _start_tenant_device_sync(req: func.HttpRequest, wait: bool) -> func.HttpResponse:
     _device_sync_on()
     customers = _tenancy()
     tenant = _registered(customers, _tenant_id(req))
     if not tenant.enabled:
         raise ApiError(409, "TenantDisabled", f"tenant {tenant.id} is disabled; enable it with PUT /api/tenants/{tenant.id}")
-    return _start_device_sync(req, customers.service(tenant), tenant.id)
+    return _start_device_sync(req, customers.service(tenant), tenant.id, wait)
 
 
 def device_sync_status(req: func.HttpRequest) -> func.HttpResponse:
@@ -321,7 +336,7 @@ def _device_sync_on() -> None:
         raise ApiError(404, "DeviceSyncOff", "bulk device sync is off: add devices to SYNC_TARGETS (e.g. autopilot,devices)")
 
 
-def _start_device_sync(req: func.HttpRequest, svc: SyncService, tenant_id: str | None) -> func.HttpResponse:
+def _start_device_sync(req: func.HttpRequest, svc: SyncService, tenant_id: str | None, wait: bool) -> func.HttpResponse:
     from ..devicesync import parse_device_sync
 
     if not svc.devices.enabled:
@@ -345,9 +360,10 @@ def _start_device_sync(req: func.HttpRequest, svc: SyncService, tenant_id: str |
     jobs = svc.device_sync()
     job, token = jobs.start(request, caller_of(req))
     started = jobs.status(job.id, token)  # the counts as every poll gives them (its first page is at most PAGE_SIZE rows)
-    answer = {"jobId": job.id, "status": job.status} | ({"counts": started.counts} if started else {})
     location = _device_sync_url(req, tenant_id, job.id, token, 0)
-    return json_response(answer, 202, {"Location": location, "Retry-After": str(POLL_SECONDS)})
+    answer = {"jobId": job.id, "status": job.status} | ({"counts": started.counts} if started else {}) \
+        | ({} if wait else {"statusUrl": location})
+    return json_response(answer, 202 if wait else 201, {"Location": location, "Retry-After": str(POLL_SECONDS)})
 
 
 def device_sync_max_bytes(max_devices: int) -> int:
