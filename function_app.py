@@ -8,7 +8,9 @@ from shared.api import routes
 from shared.runtime import handlers, process
 
 process.check_settings_at_startup()
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+# The function key at the host, unless callers bring Entra ID tokens (CALLER_AUTH=entra), which the
+# app checks itself on every route (shared/api/callerauth.py).
+app = func.FunctionApp(http_auth_level=process.http_auth_level())
 
 
 @app.timer_trigger(arg_name="timer", schedule=process.binding_expression("SYNC_SCHEDULE"), run_on_startup=False, use_monitor=True)

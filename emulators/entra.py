@@ -24,7 +24,8 @@ Endpoints:
 - ``GET /{tenant}/v2.0/.well-known/openid-configuration``: the tenant's OIDC metadata (issuer
   ``{base}/{tenant}/v2.0``, ``token_endpoint`` ``{base}/{tenant}/oauth2/v2.0/token``...); an unknown
   tenant: 400 ``invalid_tenant`` AADSTS90002, as Entra answers. ``GET /{tenant}/discovery/v2.0/keys``:
-  no keys (the emulators' tokens are unsigned).
+  the RSA keys that sign callers' tokens for the app's API (emulators/signing.py); the tokens the
+  token endpoint issues for Graph stay unsigned (only the Graph emulator reads them).
 - ``POST /{tenant}/oauth2/v2.0/token``, checked in this order, each refusal with Entra's error body
   (``error``, ``error_description`` "AADSTSnnnnn: ... Trace ID: ... Correlation ID: ... Timestamp: ...",
   ``error_codes``, ``timestamp``, ``trace_id``, ``correlation_id`` (the request's ``client-request-id``
@@ -80,7 +81,14 @@ Controls under ``/_emulator/`` (same HTTPS port, no client certificate):
   large as the run: ``tokenRequests``, ``discoveryRequests``, ``tenants`` (per requested tenant:
   ``tokenRequests``, ``issued``, ``outcomes``), ``requests`` (each token request: ``tenant``,
   ``clientId``, ``scope``, ``subject``, ``status``, ``outcome``, ``correlationId``, ``at``).
-- ``POST reset``: the defaults above, stats cleared.
+- ``POST callerToken``: a signed access token for the app's own API (CALLER_AUTH=entra), body the
+  options of ``SigningKeys.caller_token``: ``tenant`` (default the home tenant), ``roles``, ``upn``,
+  ``app_only``, ``groups``, ``groups_overage``, ``audience`` (default ``API_CLIENT_ID``), ``lifetime``,
+  ``not_before_in``, ``issuer``, ``sign`` (``current`` | ``unknown`` | ``none`` | ``hs256-public``).
+  Answer ``{"access_token", "token_type"}``.
+- ``POST rotateKeys`` (``{"keepOld": true}``): a new signing key, published beside the old one
+  (or alone); answer ``{"kid"}``.
+- ``POST reset``: the defaults above, stats cleared (the signing keys stay).
 
 A connection idle for ``idle_seconds`` (default 15, ``--idle-seconds``) is closed, as real front
 ends close idle keep-alive connections. Each tenant's credential keeps its own connection, so
@@ -103,6 +111,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .server import JsonHandler, Server
+from .signing import SigningKeys
 from .tls import CertificateAuthority, serve_tls
 from .tokens import ALL_ROLES, EXCHANGE_AUDIENCE, HOME_TENANT, decode, issue, issuer
 
@@ -181,6 +190,7 @@ class EntraEmulator(Server):
         self.lock = threading.Lock()
         self.https_url: str | None = None
         self.ca_file: Path | None = None
+        self.signing = SigningKeys()  # kept across reset(): a reset does not roll the keys over
         self.reset()
 
     # --- serving -------------------------------------------------------------------------
@@ -450,7 +460,11 @@ class _Handler(JsonHandler):
             status, body = em.openid_configuration(tenant, self.correlation_id())
             return self.send_json(status, body)
         if rest == "discovery/v2.0/keys" and self.command == "GET":
-            return self.send_json(200, {"keys": []})
+            with em.lock:
+                known = tenant.lower() in em.tenants
+            if not known:
+                return self.send_json(400, aad_error("invalid_tenant", 90002, _unknown_tenant(tenant), self.correlation_id()))
+            return self.send_json(200, em.signing.jwks())
         if rest == "oauth2/v2.0/token":
             correlation_id = self.correlation_id()
             if self.command != "POST":
@@ -477,6 +491,14 @@ class _Handler(JsonHandler):
             if query.get("tenant"):
                 return self.send_json(200, em.tenant_stats(query["tenant"]))
             return self.send_json(200, em.stats() if query.get("detail") not in (None, "", "0", "false") else em.summary())
+        if path == "/_emulator/callerToken" and self.command == "POST":
+            options = self.read_json() or {}
+            tenant = str(options.pop("tenant", HOME_TENANT))
+            return self.send_json(200, {"access_token": em.signing.caller_token(em.base_url, tenant=tenant, **options),
+                                        "token_type": "Bearer"})
+        if path == "/_emulator/rotateKeys" and self.command == "POST":
+            options = self.read_json() or {}
+            return self.send_json(200, {"kid": em.signing.rotate(keep_old=bool(options.get("keepOld", True)))})
         if path == "/_emulator/reset" and self.command == "POST":
             em.reset()
             return self.send_json(204)

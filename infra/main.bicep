@@ -160,6 +160,23 @@ param multiTenantClientId string = ''
 @maxLength(256)
 param multiTenantAppDisplayName string = 'intune-sync'
 
+@description('How callers sign in: key (a function key per route, as before) or entra (an Entra ID access token for the API\'s app registration, created here, with an app role per route; docs/security.md). entra needs the right to create applications; public cloud only.')
+@allowed(['key', 'entra'])
+param callerAuth string = 'key'
+
+@description('Comma list of more Entra tenant ids whose users and apps may call (callerAuth=entra), e.g. an MSP\'s own tenant when the app runs in a customer\'s; non-empty makes the API\'s registration multi-tenant. The home tenant always may.')
+param callerTenants string = ''
+
+@description('Seconds between refetches of the tenant\'s signing keys when a token names an unknown key (callerAuth=entra).')
+@minValue(1)
+@maxValue(3600)
+param callerKeysRefreshSeconds int = 60
+
+@description('Display name of the API\'s app registration (callerAuth=entra): what administrators see under Enterprise applications when they assign roles.')
+@minLength(1)
+@maxLength(256)
+param callerApiDisplayName string = 'intune-sync API'
+
 @description('Queue of per-tenant syncs (many tenants).')
 param tenantQueueName string = 'intunesync-tenants'
 
@@ -213,6 +230,8 @@ var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
+// Callers sign in with Entra ID (callerAuth=entra): the API's app registration exists and the app checks tokens.
+var entraCallers = callerAuth == 'entra'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 
 // The Graph application roles the enabled targets need, from the same table the code uses. Its
@@ -256,6 +275,10 @@ var syncSettings = {
   DEVICE_SYNC_STEP_CLAIM_SECONDS: string(deviceSyncStepClaimSeconds)
   DEVICE_SYNC_SKIP_MINUTES: string(deviceSyncSkipMinutes)
   MULTI_TENANT_CLIENT_ID: multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
+  CALLER_AUTH: callerAuth
+  API_CLIENT_ID: entraCallers ? callerApi!.outputs.appId : ''
+  CALLER_TENANTS: callerTenants
+  CALLER_KEYS_REFRESH_SECONDS: string(callerKeysRefreshSeconds)
   TENANT_QUEUE: tenantQueueName
   SYNC_LEASE_SECONDS: string(leaseSeconds)
   CLOCK_SKEW_MARGIN_SECONDS: string(clockSkewMarginSeconds)
@@ -366,6 +389,20 @@ module multiTenantApp 'app/multitenant.bicep' = if (multiTenant) {
   }
 }
 
+// Entra ID sign-in for callers (callerAuth=entra): the API's app registration with the app roles
+// the routes require, and its service principal, on which roles are assigned (docs/security.md).
+// Like the multi-tenant app above, it is created before the function app, which takes its client
+// id (API_CLIENT_ID), and read only under `entraCallers ?`.
+module callerApi 'app/callerapi.bicep' = if (entraCallers) {
+  name: 'caller-api'
+  scope: rg
+  params: {
+    uniqueName: 'intune-sync-api-${resourceToken}'
+    displayName: callerApiDisplayName
+    callerTenants: callerTenants
+  }
+}
+
 module api 'app/api.bicep' = {
   name: 'api'
   scope: rg
@@ -410,6 +447,8 @@ output AZURE_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output GRAPH_PERMISSION_GRANTED bool = grantGraphPermission
 output GRAPH_APP_ROLES array = graphAppRoles
+output CALLER_AUTH string = callerAuth
+output API_CLIENT_ID string = entraCallers ? callerApi!.outputs.appId : ''
 output MULTI_TENANT_CLIENT_ID string = multiTenant ? multiTenantApp!.outputs.appId : multiTenantClientId
 output AZURE_WORKBOOK_ID string = deployWorkbook ? workbook!.outputs.id : ''
 output ALERTS_ENABLED bool = !empty(alertEmail)

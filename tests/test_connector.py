@@ -207,3 +207,128 @@ def test_schemathesis_finds_no_server_error_and_no_response_outside_the_contract
     tested = re.search(r"(\d+) generated", run.stdout)
     assert tested and int(tested.group(1)) >= 100, run.stdout[-2000:]
     assert "Coverage" in run.stdout and "Fuzzing" in run.stdout  # negative and positive data both ran
+
+
+# --- the connector for CALLER_AUTH=entra (issue 22): the same operations, signed in with Entra ID ---
+
+try:
+    from shared.api.callerauth import ROLES as CALLER_ROLES
+except ImportError:  # TODO(issue 22): drop once shared/api/callerauth.py exposes ROLES
+    CALLER_ROLES = ("Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read")
+
+ENTRA = CONNECTOR / "entra"
+ENTRA_SWAGGER = json.loads((ENTRA / "apiDefinition.swagger.json").read_text())
+ENTRA_PROPERTIES = json.loads((ENTRA / "apiProperties.json").read_text())
+# What Power Automate requires of OAuth connectors since 2024 (a redirect URI per connector); the
+# copy of Microsoft's paconn schema in tests/fixtures predates it and lists only Global and Direct.
+PER_CONNECTOR_REDIRECT = "GlobalPerConnector"
+
+
+def entra_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("connector_entra_generate", ENTRA / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def without_security(swagger: dict) -> dict:
+    """The swagger less what signing in changes: security, the title and description, and each
+    operation's description, 401 and 403."""
+    rest = {key: value for key, value in swagger.items() if key not in ("securityDefinitions", "security", "info")}
+    rest["paths"] = {
+        path: {method: {key: value for key, value in op.items() if key != "description"}
+               | {"responses": {s: r for s, r in op["responses"].items() if s not in ("401", "403")}}
+               for method, op in ops.items()}
+        for path, ops in swagger["paths"].items()
+    }
+    return rest
+
+
+def test_the_entra_swagger_is_what_the_generator_writes_from_the_key_swagger():
+    generator = entra_generator()
+    assert generator.KEY_SWAGGER == CONNECTOR / "apiDefinition.swagger.json"
+    expected = generator.render(generator.entra_variant(SWAGGER))
+    assert (ENTRA / "apiDefinition.swagger.json").read_text() == expected, "run: python connector/entra/generate.py"
+
+
+def test_the_entra_swagger_has_the_same_operations_and_differs_only_in_security():
+    assert without_security(ENTRA_SWAGGER) == without_security(SWAGGER)
+    key_ops = {(p, m, op["operationId"], op.get("security") == []) for p, m, op in OPERATIONS}
+    entra_ops = {(p, m, op["operationId"], op.get("security") == []) for p, ops in ENTRA_SWAGGER["paths"].items()
+                 for m, op in ops.items()}
+    assert key_ops == entra_ops  # the same anonymous operations: health and the valet-token polls
+
+
+def test_the_entra_swagger_validates_against_the_power_platform_schema_and_openapi_2():
+    schema = json5.loads((SCHEMAS / "apiDefinition.swagger.schema.json").read_text())
+    assert [e.message for e in jsonschema.Draft4Validator(schema).iter_errors(ENTRA_SWAGGER)] == []
+    validate(ENTRA_SWAGGER)
+
+
+def test_the_entra_swagger_signs_in_with_oauth2_and_nothing_sends_a_function_key():
+    assert ENTRA_SWAGGER["securityDefinitions"] == {"oauth2_auth": {
+        "type": "oauth2", "flow": "accessCode",
+        "authorizationUrl": "https://login.microsoftonline.com/common/oauth2/authorize",
+        "tokenUrl": "https://login.microsoftonline.com/common/oauth2/token", "scopes": {}}}
+    assert ENTRA_SWAGGER["security"] == [{"oauth2_auth": []}]
+    text = json.dumps(ENTRA_SWAGGER)
+    assert "api_key" not in text and "x-functions-key" not in text and "function key" not in text.lower()
+
+
+def test_every_signed_in_entra_operation_answers_401_and_403_naming_the_role_it_needs():
+    generator = entra_generator()
+    seen = set()
+    for path, ops in ENTRA_SWAGGER["paths"].items():
+        for method, op in ops.items():
+            if op.get("security") == []:
+                assert "403" not in op["responses"], (method, path)
+                continue
+            role = generator.role_of(path)
+            assert role in CALLER_ROLES, role
+            seen.add(role)
+            assert "Bearer" in op["responses"]["401"]["description"]
+            refused = op["responses"]["403"]
+            assert f"app role {role} " in refused["description"] and refused["schema"] == {"$ref": "#/definitions/Error"}
+    assert seen == set(CALLER_ROLES)  # every role guards some operation
+    # The routes the issue names, each with its role.
+    assert generator.role_of("/sync/autopilot") == generator.role_of("/tenants/{tenantId}/sync/{target}") == "Sync.Run"
+    assert generator.role_of("/sync/status") == generator.role_of("/tenants/{tenantId}/sync/status") == "Status.Read"
+    assert generator.role_of("/autopilot/imports") == "Devices.Import"
+    assert generator.role_of("/devices/syncJobs") == generator.role_of("/tenants/{tenantId}/devices/sync") == "Devices.Sync"
+    assert generator.role_of("/tenants") == generator.role_of("/tenants/{tenantId}") == "Tenants.Manage"
+
+
+def test_the_entra_api_properties_validate_against_the_paconn_schema():
+    schema = json5.loads((SCHEMAS / "paconn-apiProperties.schema.json").read_text())
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(ENTRA_PROPERTIES))
+    # Against the schema as copied, the one complaint is the per-connector redirect mode...
+    causes = [c for e in errors for c in e.context if c.validator == "enum" and list(c.absolute_path)[-1:] == ["redirectMode"]]
+    assert len(errors) == 1 and [c.instance for c in causes] == [PER_CONNECTOR_REDIRECT]
+    # ...and with that mode allowed it validates entirely.
+    modes = schema["definitions"]["oAuthSettings"]["properties"]["redirectMode"]["enum"]
+    assert PER_CONNECTOR_REDIRECT not in modes
+    modes.append(PER_CONNECTOR_REDIRECT)
+    assert [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(ENTRA_PROPERTIES)] == []
+
+
+def test_the_entra_connection_signs_in_to_the_api_registration_and_keeps_the_host_name():
+    key_properties = json.loads((CONNECTOR / "apiProperties.json").read_text())["properties"]
+    properties = ENTRA_PROPERTIES["properties"]
+    parameters = properties["connectionParameters"]
+    assert set(parameters) == {"hostName", "token"}
+    assert parameters["hostName"] == key_properties["connectionParameters"]["hostName"]
+    assert properties["policyTemplateInstances"] == key_properties["policyTemplateInstances"]  # the host name routes it
+    token = parameters["token"]
+    assert token["type"] == "oauthSetting"
+    settings = token["oAuthSettings"]
+    assert settings["identityProvider"] == "aad" and settings["scopes"] == [] and settings["redirectMode"] == PER_CONNECTOR_REDIRECT
+    assert settings["clientId"] == "<CONNECTOR_CLIENT_ID>" and "clientSecret" not in settings  # given to paconn, never stored
+    custom = {name: value["value"] for name, value in settings["customParameters"].items()}
+    assert custom == {"loginUri": "https://login.microsoftonline.com", "tenantId": "<AZURE_TENANT_ID>",
+                      "resourceUri": "api://<API_CLIENT_ID>"}
+    assert settings["properties"]["AzureActiveDirectoryResourceId"] == custom["resourceUri"]
+    readme = (CONNECTOR / "README.md").read_text()
+    for placeholder in ("<CONNECTOR_CLIENT_ID>", "<AZURE_TENANT_ID>", "<API_CLIENT_ID>"):
+        assert placeholder in readme, placeholder  # the README says what to put there

@@ -31,14 +31,28 @@ def parse(path: Path) -> dict[str, Any]:
     return BicepParser().parse(file_path=path)
 
 
+def condition_default(template: dict[str, Any], name: str) -> bool:
+    """What a condition evaluates to with the parameters' defaults: a bool parameter, or a variable
+    `param == 'literal'` (e.g. entraCallers = callerAuth == 'entra')."""
+    if name in template["parameters"]:
+        condition = template["parameters"][name]
+        assert condition["type"] == "bool", name
+        return condition["default"]
+    comparison = template["variables"][name]["value"]["operator"]
+    assert comparison["type"] == "equals", comparison
+    operands = comparison["operands"]
+    return template["parameters"][operands["operand_1"]]["default"] == operands["operand_2"]
+
+
 def param_default(template: dict[str, Any], expression: Any) -> Any:
-    """The default behind an app-setting value: a parameter, string(parameter), or
-    `flag ? x : y` on a bool parameter (the branch its default picks)."""
+    """The default behind an app-setting value: a parameter, string(parameter), a literal '' or
+    `flag ? x : y` on a condition (the branch its default picks, see condition_default)."""
     if isinstance(expression, dict) and expression.get("operator", {}).get("type") == "conditional":
         operands = expression["operator"]["operands"]
-        condition = template["parameters"][operands["condition"]]
-        assert condition["type"] == "bool", expression
-        return param_default(template, operands["true_value" if condition["default"] else "false_value"])
+        chosen = condition_default(template, operands["condition"])
+        return param_default(template, operands["true_value" if chosen else "false_value"])
+    if expression == "":
+        return ""
     if isinstance(expression, dict):
         function = expression["function"]
         assert function["type"] == "string", expression
@@ -77,7 +91,7 @@ def test_checkov_finds_no_failed_check_and_no_parsing_error():
 
 
 def test_only_modules_with_an_extension_are_left_out_of_checkov():
-    assert [p.name for p in EXTENSION_MODULES] == ["graph-permission.bicep", "multitenant.bicep"]
+    assert [p.name for p in EXTENSION_MODULES] == ["callerapi.bicep", "graph-permission.bicep", "multitenant.bicep"]
 
 
 def test_every_checkov_suppression_carries_a_justification():
@@ -114,6 +128,8 @@ def test_the_function_app_gets_identity_based_storage_and_its_client_id():
     fixed = union["parameters"]["arg_2"]
     assert fixed["AzureWebJobsStorage__credential"] == "managedidentity"
     assert fixed["AZURE_CLIENT_ID"] == fixed["AzureWebJobsStorage__clientId"] == "identityClientId"
+    assert accessor(fixed["AZURE_TENANT_ID"]) == [{"function": {"type": "tenant"}}, "tenantId"]  # the home tenant
+    assert fixed["AZURE_AUTHORITY_HOST"] == "authorityHost"
     assert "AzureWebJobsStorage" not in fixed and "FUNCTIONS_WORKER_RUNTIME" not in fixed
     # The code accepts exactly this shape (placeholder values for what Azure fills in).
     env = {name: "x" for name in fixed} | DEFAULTS | {
@@ -122,6 +138,8 @@ def test_the_function_app_gets_identity_based_storage_and_its_client_id():
         "AzureWebJobsStorage__credential": "managedidentity",
         "AzureWebJobsStorage__accountName": "stexample",
         "AzureWebJobsStorage__tableServiceUri": "https://stexample.table.core.windows.net/",
+        "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com",
     }
     settings = Settings.from_env(env)
     assert settings.storage.use_managed_identity and settings.storage.table_service_uri.endswith(".windows.net")
@@ -320,6 +338,17 @@ BICEP_TYPES = {
     "Microsoft.Graph/appRoleAssignedTo@v1.0": {
         "": "appRoleId principalId resourceDisplayName resourceId",
     },
+    "Microsoft.Graph/servicePrincipals@v1.0": {
+        "": (
+            "accountEnabled addIns alternativeNames appDescription appDisplayName appId "
+            "appRoleAssignmentRequired appRoles customSecurityAttributes description "
+            "disabledByMicrosoftStatus displayName homepage info keyCredentials loginUrl logoutUrl notes "
+            "notificationEmailAddresses oauth2PermissionScopes owners passwordCredentials "
+            "preferredSingleSignOnMode preferredTokenSigningKeyThumbprint replyUrls "
+            "samlSingleSignOnSettings servicePrincipalNames servicePrincipalType tags "
+            "tokenEncryptionKeyId verifiedPublisher"
+        ),
+    },
     "Microsoft.Graph/applications@v1.0": {
         "": (
             "addIns api appRoles authenticationBehaviors defaultRedirectUri description "
@@ -332,6 +361,15 @@ BICEP_TYPES = {
         ),
         "requiredResourceAccess[]": "resourceAccess resourceAppId",
         "requiredResourceAccess[].resourceAccess[]": "id type",
+        "appRoles[]": "allowedMemberTypes description displayName id isEnabled value",
+        "api": (
+            "acceptMappedClaims knownClientApplications oauth2PermissionScopes preAuthorizedApplications "
+            "requestedAccessTokenVersion"
+        ),
+        "api.oauth2PermissionScopes[]": (
+            "adminConsentDescription adminConsentDisplayName id isEnabled type userConsentDescription "
+            "userConsentDisplayName value"
+        ),
     },
     "Microsoft.Graph/applications/federatedIdentityCredentials@v1.0": {
         "": "audiences description issuer name subject",
@@ -518,6 +556,8 @@ BICEP_TYPE_VALUES = {
             "AzureADMultipleOrgs", "AzureADMyOrg", "AzureADandPersonalMicrosoftAccount", "PersonalMicrosoftAccount",
         ),
         "requiredResourceAccess[].resourceAccess[].type": ("Role", "Scope"),
+        "appRoles[].allowedMemberTypes[]": ("Application", "User"),
+        "api.oauth2PermissionScopes[].type": ("Admin", "User"),
     },
     "Microsoft.Authorization/roleAssignments@2022-04-01": {
         "properties.principalType": (
@@ -730,7 +770,7 @@ def test_every_property_and_sku_set_exists_in_microsofts_bicep_types_for_its_api
     assert not problems, "\n".join(problems)
     assert {"Microsoft.Web/sites@2024-04-01", "Microsoft.Storage/storageAccounts@2023-05-01"} <= checked
     # The Microsoft Graph resources are checked too, against the msgraph-bicep-types definitions.
-    assert {GRAPH_APPLICATION, GRAPH_FIC, "Microsoft.Graph/appRoleAssignedTo@v1.0"} <= checked
+    assert {GRAPH_APPLICATION, GRAPH_FIC, GRAPH_SERVICE_PRINCIPAL, "Microsoft.Graph/appRoleAssignedTo@v1.0"} <= checked
 
 
 def test_the_type_check_catches_a_property_microsoft_does_not_define():
@@ -751,6 +791,7 @@ def test_the_type_check_catches_a_wrong_sign_in_audience_and_a_graph_property_mi
 
 GRAPH_APPLICATION = "Microsoft.Graph/applications@v1.0"
 GRAPH_FIC = "Microsoft.Graph/applications/federatedIdentityCredentials@v1.0"
+GRAPH_SERVICE_PRINCIPAL = "Microsoft.Graph/servicePrincipals@v1.0"
 MICROSOFT_GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 
 
@@ -848,3 +889,138 @@ def test_no_secret_or_certificate_credential_anywhere_in_the_bicep():
     module, _, _ = multi_tenant_resources()
     for name in module["outputs"]:
         assert not re.search(r"key|secret|password|certificate", name, re.I), name
+
+
+# --- callers sign in with Entra ID (issue 22): the API's app registration, its roles, the settings ---
+
+try:
+    from shared.api.callerauth import ROLES as CALLER_ROLES
+except ImportError:  # TODO(issue 22): drop once shared/api/callerauth.py exposes ROLES
+    CALLER_ROLES = ("Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read")
+
+
+def caller_api_resources() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The module, its registration, the registration's second declaration (identifier URI) and its
+    service principal (bodies)."""
+    module = parse(INFRA / "app" / "callerapi.bicep")
+    resources = deployed_resources(module)
+    assert sorted(kind for kind, _ in resources.values()) == [GRAPH_APPLICATION, GRAPH_APPLICATION, GRAPH_SERVICE_PRINCIPAL]
+    return module, resources["callerApi"][1], resources["callerApiUri"][1], resources["callerApiPrincipal"][1]
+
+
+def test_caller_auth_defaults_to_key_and_then_api_client_id_is_empty():
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["callerAuth"]["default"] == "key" == DEFAULTS["CALLER_AUTH"]
+    assert allowed_values(main, "callerAuth") == ["key", "entra"]
+    settings = main["variables"]["syncSettings"]["value"]
+    assert settings["CALLER_AUTH"] == "callerAuth"
+    # API_CLIENT_ID: the created registration's client id with entra, '' (as the code's default) otherwise.
+    conditional = settings["API_CLIENT_ID"]["operator"]
+    assert conditional["type"] == "conditional" and conditional["operands"]["condition"] == "entraCallers"
+    assert main["variables"]["entraCallers"]["value"]["operator"] == {
+        "type": "equals", "operands": {"operand_1": "callerAuth", "operand_2": "entra"}}
+    assert accessor(conditional["operands"]["true_value"]) == ["callerApi", "outputs", "appId"]
+    assert conditional["operands"]["false_value"] == ""
+    assert param_default(main, settings["API_CLIENT_ID"]) == "" == DEFAULTS["API_CLIENT_ID"]
+    assert settings["CALLER_TENANTS"] == "callerTenants" and main["parameters"]["callerTenants"]["default"] == ""
+    assert param_default(main, settings["CALLER_KEYS_REFRESH_SECONDS"]) == 60
+    # The registration exists only with entra; the output says which client id the app has.
+    module = main["modules"]["callerApi"]
+    assert module["detail"]["path"] == "app/callerapi.bicep" and module["config"]["condition"] == "entraCallers"
+    params = module["config"]["config"]["params"]
+    assert "resourceToken" in params["uniqueName"] and params["callerTenants"] == "callerTenants"
+    assert main["outputs"]["API_CLIENT_ID"]["value"] == settings["API_CLIENT_ID"]
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["callerAuth"]["value"] == "${CALLER_AUTH=key}" and azd["callerTenants"]["value"] == "${CALLER_TENANTS=}"
+
+
+def test_the_api_registration_has_exactly_the_roles_the_code_checks_for_users_and_apps():
+    module, app, _, _ = caller_api_resources()
+    assert len(CALLER_ROLES) == 5 and len(set(CALLER_ROLES)) == 5
+    roles = module["variables"]["roles"]["value"]
+    assert [role["value"] for role in roles] == list(CALLER_ROLES)  # the same names, in the same order
+    for role in roles:
+        assert role["displayName"] and len(role["description"]) >= 40, role["value"]
+        assert len(role["value"]) <= 120 and " " not in role["value"]  # Entra's rule for a role's value
+    app_roles = app["appRoles"]
+    assert app_roles["loop_type"]["detail"] == {"item_name": "role", "array_name": "roles"}  # one per role
+    body = app_roles["config"]
+    assert body["allowedMemberTypes"] == ["User", "Application"] and body["isEnabled"] is True
+    assert accessor(body["value"]) == ["role", "value"]
+    # Stable ids: guid() of the registration's unique name and the role's value, so a rerun keeps them.
+    assert body["id"]["function"]["type"] == "guid"
+    assert body["id"]["function"]["parameters"] == {"base_string": "uniqueName", "extra_string_1": body["value"]}
+    assert module["outputs"]["roles"]["value"]["loop_type"]["detail"]["array_name"] == "roles"
+
+
+def test_the_api_registration_asks_for_v2_tokens_and_names_itself_api_app_id():
+    _, app, uri, principal = caller_api_resources()
+    for declaration in (app, uri):
+        assert declaration["api"]["requestedAccessTokenVersion"] == 2  # issuer .../v2.0, audience the client id
+        assert declaration["uniqueName"] == "uniqueName" and declaration["signInAudience"] == "signInAudience"
+    # The identifier URI is api://<appId>: the second declaration reads the first's appId.
+    assert uri["identifierUris"] == ["api://${callerApi.appId}"]
+    assert accessor(uri["appRoles"]) == ["callerApi", "appRoles"]  # repeats the roles, removes none
+    assert accessor(uri["api"]["oauth2PermissionScopes"]) == ["callerApi", "api", "oauth2PermissionScopes"]
+    assert "identifierUris" not in app
+    # The one delegated permission lets the connector ask for a token; it grants no role.
+    [scope] = app["api"]["oauth2PermissionScopes"]
+    assert scope["value"] == "user_impersonation" and scope["type"] == "User" and scope["isEnabled"] is True
+    assert scope["id"]["function"]["type"] == "guid"
+    assert accessor(principal["appId"]) == ["callerApiUri", "appId"] and principal["appRoleAssignmentRequired"] is True
+
+
+def test_the_api_registration_is_single_tenant_unless_caller_tenants_are_listed():
+    module, _, _, _ = caller_api_resources()
+    audience = module["variables"]["signInAudience"]["value"]["operator"]
+    assert audience["type"] == "conditional"
+    assert json.dumps(audience["operands"]["condition"]).count("callerTenants") == 1
+    assert audience["operands"]["condition"]["function"]["type"] == "empty"
+    assert audience["operands"]["true_value"] == "AzureADMyOrg" and audience["operands"]["false_value"] == "AzureADMultipleOrgs"
+    listed = BICEP_TYPE_VALUES[GRAPH_APPLICATION]["signInAudience"]
+    assert {"AzureADMyOrg", "AzureADMultipleOrgs"} <= set(listed)
+    assert module["parameters"]["callerTenants"]["default"] == ""
+
+
+def test_the_api_registration_has_no_credential_and_outputs_no_secret():
+    module, app, uri, principal = caller_api_resources()
+    for body in (app, uri, principal):
+        assert not {"passwordCredentials", "keyCredentials", "tokenEncryptionKeyId"} & set(body)
+    assert not {"requiredResourceAccess", "web", "spa", "publicClient"} & set(app)  # it calls nothing, signs nobody in
+    for name in module["outputs"]:
+        assert not re.search(r"key|secret|password|certificate", name, re.I), name
+
+
+def bicep_authority_host(login_endpoint: str) -> str:
+    """What api.bicep's authorityHost evaluates to: endsWith(x, '/') ? substring(x, 0, length(x) - 1) : x
+    (the shape is checked in the test below)."""
+    return login_endpoint[:-1] if login_endpoint.endswith("/") else login_endpoint
+
+
+def test_the_app_gets_its_home_tenant_and_authority_host_in_a_form_the_code_accepts():
+    api = parse(INFRA / "app" / "api.bicep")
+    variables = api["variables"]
+    assert accessor(variables["loginEndpoint"]["value"]) == [
+        {"function": {"type": "environment"}}, "authentication", "loginEndpoint"]
+    chosen = variables["authorityHost"]["value"]["operator"]["operands"]
+    assert chosen["condition"]["function"] == {
+        "type": "ends_with", "parameters": {"string_to_search": "loginEndpoint", "string_to_find": "/"}}
+    assert chosen["true_value"]["function"]["type"] == "substring" and chosen["false_value"] == "loginEndpoint"
+    cut = chosen["true_value"]["function"]["parameters"]
+    assert cut["string_to_parse"] == "loginEndpoint" and cut["start_index"] == 0
+    assert cut["length"]["operator"]["operands"]["operand_2"] == 1
+    # environment().authentication.loginEndpoint is https://login.microsoftonline.com/ in the public cloud.
+    host = bicep_authority_host("https://login.microsoftonline.com/")
+    assert host == "https://login.microsoftonline.com"
+    env = DEFAULTS | {
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "CALLER_AUTH": "entra",
+        "API_CLIENT_ID": "0d6f3c4e-8a1b-4c2d-9e3f-5a6b7c8d9e01",
+        "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "AZURE_AUTHORITY_HOST": host,
+    }
+    settings = Settings.from_env(env)
+    assert settings.caller_auth == "entra" and settings.authority_host == host
+    # entra without the registration's id is refused, as /api/health reports it.
+    with pytest.raises(ValueError, match="API_CLIENT_ID"):
+        Settings.from_env(env | {"API_CLIENT_ID": ""})

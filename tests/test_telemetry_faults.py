@@ -56,7 +56,7 @@ def test_a_console_handler_that_cannot_write_does_not_break_a_sync(service, grap
 
 def test_a_long_caller_header_is_cut_before_it_is_scrubbed(app_env, graph, capture, monkeypatch):
     """A 60 KB flow name in x-ms-workflow-name is cut before any pattern runs over it (the
-    patterns' cost grows with the text), and the caller is kept to 200 characters."""
+    patterns' cost grows with the text), and what it claims is kept to 200 characters."""
     seen: list[int] = []
     scrub = telemetry.scrub
     monkeypatch.setattr(telemetry, "scrub", lambda text: seen.append(len(text)) or scrub(text))
@@ -64,7 +64,8 @@ def test_a_long_caller_header_is_cut_before_it_is_scrubbed(app_env, graph, captu
     assert status == 202
     assert seen and max(seen) <= 2 * telemetry.MAX_TEXT
     [record] = logged_events(capture, "sync")
-    assert record["caller"].startswith("flow:&token") and len(record["caller"]) <= 200
+    assert record["caller"] == "key"  # a key holder's headers are what it claimed, never the identity
+    assert record["claimedCaller"].startswith("flow:&token") and len(record["claimedCaller"]) <= 200
 
 
 # --- the timer's health ratings ------------------------------------------------------------------

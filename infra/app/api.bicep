@@ -21,10 +21,18 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
+// Entra's authority host without its trailing slash (https://login.microsoftonline.com in the
+// public cloud), as azure-identity and the app's token validation read AZURE_AUTHORITY_HOST.
+var loginEndpoint = environment().authentication.loginEndpoint
+var authorityHost = endsWith(loginEndpoint, '/') ? substring(loginEndpoint, 0, length(loginEndpoint) - 1) : loginEndpoint
+
 // Everything the code and the host read: the sync settings plus identity-based storage,
-// the managed identity's client id, and Entra-authenticated Application Insights.
+// the managed identity's client id, the home tenant and its authority (callers' tokens with
+// CALLER_AUTH=entra), and Entra-authenticated Application Insights.
 var allSettings = union(appSettings, {
   AZURE_CLIENT_ID: identityClientId
+  AZURE_TENANT_ID: tenant().tenantId
+  AZURE_AUTHORITY_HOST: authorityHost
   AzureWebJobsStorage__accountName: storage.name
   AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
   AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
@@ -59,7 +67,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     type: 'UserAssigned'
     userAssignedIdentities: { '${identityId}': {} }
   }
-  // checkov:skip=CKV_AZURE_222: the HTTP API is a webhook for Power Automate and scripts, so it must be reachable; every route but /api/health needs a function key
+  // checkov:skip=CKV_AZURE_222: the HTTP API is a webhook for Power Automate and scripts, so it must be reachable; every route but /api/health and the valet-token polls needs a function key or, with CALLER_AUTH=entra, an Entra ID token the app validates
   // checkov:skip=CKV_AZURE_17: callers (Power Automate connectors, webhooks) authenticate with function keys or Entra ID; they cannot present client certificates
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero by design; an always-on minimum would cost money at idle for an hourly timer
   // checkov:skip=CKV_AZURE_213: App Service health check is not available on Flex Consumption; /api/health serves external probes instead

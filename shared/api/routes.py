@@ -32,7 +32,20 @@ from ..common import (
     parse_guid,
     valid_host,
 )
-from ..runtime import service, settings, tenancy
+from ..runtime import service, settings, signing_keys, tenancy
+from .callerauth import (
+    DEVICES_IMPORT,
+    DEVICES_SYNC,
+    STATUS_READ,
+    SYNC_RUN,
+    TENANTS_MANAGE,
+    Caller,
+    bearer_token,
+    claimed_by_headers,
+    require_operator,
+    require_role,
+    validate,
+)
 
 if TYPE_CHECKING:  # onboarding and many tenants are imported on their first request, not by a sync's cold start
     from ..tenancy import Tenancy, Tenant
@@ -89,12 +102,17 @@ def result_response(results: list[SyncResult], single: bool) -> func.HttpRespons
     return json_response(result.to_json(), status, headers)
 
 
-def handle(req: func.HttpRequest, method: str, action: Callable[[func.HttpRequest], func.HttpResponse]) -> func.HttpResponse:
-    """Run one route: method check, then the action; every failure becomes a JSON answer."""
+Action = Callable[[func.HttpRequest, Caller], func.HttpResponse]
+ANONYMOUS = Caller("anonymous", "anonymous")
+
+
+def handle(req: func.HttpRequest, method: str, action: Action) -> func.HttpResponse:
+    """Run one route: method check, the caller (and its role), then the action; every failure
+    becomes a JSON answer."""
     return handle_methods(req, {method: action})
 
 
-def handle_methods(req: func.HttpRequest, actions: dict[str, Callable[[func.HttpRequest], func.HttpResponse]]) -> func.HttpResponse:
+def handle_methods(req: func.HttpRequest, actions: dict[str, Action]) -> func.HttpResponse:
     """A route with an action per method (the registry's PUT, GET and DELETE)."""
     try:
         _request_url(req)  # a Host that cannot be parsed is a 400 on every route, as Kestrel answers
@@ -102,7 +120,7 @@ def handle_methods(req: func.HttpRequest, actions: dict[str, Callable[[func.Http
         if action is None:
             allowed = ", ".join(actions)
             return error_response(405, "MethodNotAllowed", f"use {' or '.join(actions)} for this route", {"Allow": allowed})
-        return action(req)
+        return action(req, authenticate(req, ROLE_OF[action]))
     except AppError as exc:  # the one error model (shared/common/errors.py)
         return error_response(exc.http_status, exc.code, exc.message, exc.headers, exc.details)
     except Exception:  # a bug: log it with its trace, answer without leaking internals
@@ -139,11 +157,11 @@ def _path_for_log(url: str) -> str:
 # --- actions -----------------------------------------------------------------------------
 
 
-def sync(req: func.HttpRequest) -> func.HttpResponse:
-    return _sync(req, service())
+def sync(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
+    return _sync(req, service(), caller)
 
 
-def _sync(req: func.HttpRequest, svc: SyncService) -> func.HttpResponse:
+def _sync(req: func.HttpRequest, svc: SyncService, caller: Caller) -> func.HttpResponse:
     target = req.route_params.get("target", "")
     item_id = req.route_params.get("itemId")
     kind = svc.target(target)  # UnknownTarget -> 404 before the body is read
@@ -154,7 +172,7 @@ def _sync(req: func.HttpRequest, svc: SyncService) -> func.HttpResponse:
         raise ApiError(400, "WaitNeedsOneUnit", f"wait=true follows one sync: name one item (POST {path}/{{id}})")
     sync_type = _read_body(req, allow_sync_type=kind.takes_sync_type)
     request = SyncRequest(target=target, item_id=item_id, sync_type=sync_type, trigger=Trigger.HTTP,
-                          caller=caller_of(req), defer=_flag(req, "defer"))
+                          caller=caller.label, claimed_caller=caller.claimed, defer=_flag(req, "defer"))
     if wait:
         _public_origin(req)  # no valid host for the poll URL: refused before anything starts
         result, operation, token = svc.sync_and_follow(request)
@@ -169,11 +187,11 @@ def _sync(req: func.HttpRequest, svc: SyncService) -> func.HttpResponse:
     return result_response(results, single)
 
 
-def status(req: func.HttpRequest) -> func.HttpResponse:
+def status(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     return json_response(service().status())
 
 
-def operation(req: func.HttpRequest) -> func.HttpResponse:
+def operation(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """Poll a "sync and wait" operation: 202 while the sync runs, 200 with the final status.
 
     Anonymous at the host: the token in the URL is the credential (see shared/engine/operations.py).
@@ -201,20 +219,20 @@ def operation(req: func.HttpRequest) -> func.HttpResponse:
     )
 
 
-def import_devices(req: func.HttpRequest) -> func.HttpResponse:
+def import_devices(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """Start an Autopilot import job (shared/onboarding/importjob.py): 202 with the job and the absolute
     Location of its status, which carries its own token like a "sync and wait" operation (Power
     Automate follows it to the end: "Import Autopilot devices and wait")."""
-    return _start_import(req, wait=True)
+    return _start_import(req, caller, wait=True)
 
 
-def start_import(req: func.HttpRequest) -> func.HttpResponse:
+def start_import(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """The same job, answered 201 with its status URL in the body and Location: a 201 is not
     followed by Power Automate, so the flow goes on at once ("Start an Autopilot import")."""
-    return _start_import(req, wait=False)
+    return _start_import(req, caller, wait=False)
 
 
-def _start_import(req: func.HttpRequest, wait: bool) -> func.HttpResponse:
+def _start_import(req: func.HttpRequest, caller: Caller, wait: bool) -> func.HttpResponse:
     from ..onboarding import MAX_BODY_BYTES as MAX_IMPORT_BYTES
     from ..onboarding import SIZE_LIMIT as IMPORT_SIZE_LIMIT
     from ..onboarding import parse_import
@@ -234,14 +252,14 @@ def _start_import(req: func.HttpRequest, wait: bool) -> func.HttpResponse:
                        "send the devices as application/json or as text/csv (the CSV of Get-WindowsAutopilotInfo)")
     request = parse_import(body, content_type)  # every bad row named (400) before anything is stored
     _public_origin(req)  # no valid host for the status URL: refused before anything starts
-    job, devices, token = svc.start_import(request, caller_of(req))
+    job, devices, token = svc.start_import(request, caller.label, caller.claimed)
     location = _import_url(req, job.id, token)
     answer = {"importId": job.id, "status": job.status, "deadline": iso(job.deadline), "statusUrl": location,
               "devices": [{"serialNumber": d.serial_number, "state": d.state} for d in devices]}
     return json_response(answer, 202 if wait else 201, {"Location": location, "Retry-After": _import_poll_seconds()})
 
 
-def import_status(req: func.HttpRequest) -> func.HttpResponse:
+def import_status(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """Poll an import job: 202 while any device is on its way, 200 when every one is final.
     Anonymous at the host, like operations: the token is the credential; any mismatch is 404."""
     not_found = ApiError(404, "ImportNotFound", "no such import job, or the token does not match")
@@ -281,46 +299,46 @@ DEVICE_SYNC_ENTRY_BYTES = 300
 MAX_PAGE = 100_000
 
 
-def device_sync(req: func.HttpRequest) -> func.HttpResponse:
+def device_sync(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """Start a bulk device-sync job: 202 with its counts and the absolute Location of its status,
     which carries its own token (Power Automate follows it without the key: "Sync devices and wait")."""
     _device_sync_on()
-    return _start_device_sync(req, service(), None, wait=True)
+    return _start_device_sync(req, service(), None, caller, wait=True)
 
 
-def start_device_sync(req: func.HttpRequest) -> func.HttpResponse:
+def start_device_sync(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """The same job, answered 201 with its status URL in the body and Location: a 201 is not
     followed by Power Automate, so the flow goes on at once ("Start a device sync")."""
     _device_sync_on()
-    return _start_device_sync(req, service(), None, wait=False)
+    return _start_device_sync(req, service(), None, caller, wait=False)
 
 
-def tenant_device_sync(req: func.HttpRequest) -> func.HttpResponse:
+def tenant_device_sync(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """A registered customer tenant's bulk device-sync job, run by that tenant's service."""
-    return _start_tenant_device_sync(req, wait=True)
+    return _start_tenant_device_sync(req, caller, wait=True)
 
 
-def start_tenant_device_sync(req: func.HttpRequest) -> func.HttpResponse:
-    return _start_tenant_device_sync(req, wait=False)
+def start_tenant_device_sync(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
+    return _start_tenant_device_sync(req, caller, wait=False)
 
 
-def _start_tenant_device_sync(req: func.HttpRequest, wait: bool) -> func.HttpResponse:
+def _start_tenant_device_sync(req: func.HttpRequest, caller: Caller, wait: bool) -> func.HttpResponse:
     _device_sync_on()
     customers = _tenancy()
-    tenant = _registered(customers, _tenant_id(req))
+    tenant = _registered(customers, _tenant_id(req), caller)
     if not tenant.enabled:
         raise ApiError(409, "TenantDisabled", f"tenant {tenant.id} is disabled; enable it with PUT /api/tenants/{tenant.id}")
-    return _start_device_sync(req, customers.service(tenant), tenant.id, wait)
+    return _start_device_sync(req, customers.service(tenant), tenant.id, caller, wait)
 
 
-def device_sync_status(req: func.HttpRequest) -> func.HttpResponse:
+def device_sync_status(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """Poll a device-sync job: 202 while it runs, 200 when it is done; ``page`` pages the devices.
     Anonymous at the host: the token is the credential (never logged); any mismatch is the same 404."""
     job_id, page, token = _device_sync_poll(req)
     return _device_sync_answer(req, service(), None, job_id, page, token)
 
 
-def tenant_device_sync_status(req: func.HttpRequest) -> func.HttpResponse:
+def tenant_device_sync_status(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """A customer tenant's job, polled like the home tenant's; an unregistered tenant is the same 404."""
     tenant_id = _tenant_id(req)
     job_id, page, token = _device_sync_poll(req)
@@ -336,7 +354,8 @@ def _device_sync_on() -> None:
         raise ApiError(404, "DeviceSyncOff", "bulk device sync is off: add devices to SYNC_TARGETS (e.g. autopilot,devices)")
 
 
-def _start_device_sync(req: func.HttpRequest, svc: SyncService, tenant_id: str | None, wait: bool) -> func.HttpResponse:
+def _start_device_sync(req: func.HttpRequest, svc: SyncService, tenant_id: str | None, caller: Caller,
+                       wait: bool) -> func.HttpResponse:
     from ..devicesync import parse_device_sync
 
     if not svc.devices.enabled:
@@ -358,7 +377,7 @@ def _start_device_sync(req: func.HttpRequest, svc: SyncService, tenant_id: str |
                                 default_skip_minutes=current.device_sync_skip_minutes)
     _public_origin(req)  # no valid host for the status URL: refused before anything starts
     jobs = svc.device_sync()
-    job, token = jobs.start(request, caller_of(req))
+    job, token = jobs.start(request, caller.label, caller.claimed)
     started = jobs.status(job.id, token)  # the counts as every poll gives them (its first page is at most PAGE_SIZE rows)
     location = _device_sync_url(req, tenant_id, job.id, token, 0)
     answer = {"jobId": job.id, "status": job.status} | ({"counts": started.counts} if started else {}) \
@@ -417,7 +436,7 @@ def _device_sync_url(req: func.HttpRequest, tenant_id: str | None, job_id: str, 
 # --- many tenants (shared/tenancy/customers.py) ----------------------------------------------------------
 
 
-def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
+def tenants_list(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     customers = _tenancy()
     continuation = req.params.get("continuation") or None
     if continuation is not None and (len(continuation) > 1000 or not re.fullmatch(r"[A-Za-z0-9_-]+=*", continuation)):
@@ -429,10 +448,10 @@ def tenants_list(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"tenants": [t.to_json() for t in tenants], "continuation": following})
 
 
-def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
+def tenant_put(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     customers = _tenancy()
     tenant_id = _tenant_id(req)
-    data = _json_object(req, {"displayName", "targets", "enabled"})
+    data = _json_object(req, {"displayName", "targets", "enabled", "operatorGroups"})
     name = data.get("displayName")
     if not isinstance(name, str) or not name.strip() or len(name) > 256:
         raise ApiError(400, "InvalidBody", "displayName is required: 1-256 characters")
@@ -444,44 +463,67 @@ def tenant_put(req: func.HttpRequest) -> func.HttpResponse:
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ApiError(400, "InvalidBody", "enabled must be true or false")
+    groups = _operator_groups(data.get("operatorGroups"))
     customers.refuse_home(tenant_id)  # 409 HomeTenant; 503 TokenUnavailable while the home tenant cannot be told
+    existing = customers.registry.get(tenant_id)
+    if existing is not None:  # changing a tenant limited to its operators is for them
+        require_operator(caller, existing.id, existing.groups())
     from ..tenancy import Tenant
 
-    tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled)
+    tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled,
+                    operator_groups=",".join(groups) or None)
     saved, created = customers.registry.put(tenant, customers.home.clock())
     answer = saved.to_json() | {"consentUrl": customers.credentials.consent_url(tenant_id)}
     return json_response(answer, 201 if created else 200)
 
 
-def tenant_get(req: func.HttpRequest) -> func.HttpResponse:
+MAX_OPERATOR_GROUPS = 20
+
+
+def _operator_groups(value: Any) -> list[str]:
+    """``operatorGroups``: Entra group ids (GUIDs), at most MAX_OPERATOR_GROUPS; absent is none."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_OPERATOR_GROUPS or not all(isinstance(g, str) for g in value):
+        raise ApiError(400, "InvalidBody", f"operatorGroups must be a list of at most {MAX_OPERATOR_GROUPS} Entra group ids")
+    try:
+        return list(dict.fromkeys(parse_guid(g) for g in value))
+    except InvalidItemId:
+        raise ApiError(400, "InvalidBody", "operatorGroups must list Entra group ids (GUIDs)") from None
+
+
+def tenant_get(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """The tenant, with its consent checked for real (a token and one Graph read)."""
     customers = _tenancy()
-    tenant = _registered(customers, _tenant_id(req))
+    tenant = _registered(customers, _tenant_id(req), caller)
     state, reason = customers.check(tenant)
     checked = customers.registry.get(tenant.id) or tenant  # with the check just recorded
     answer = checked.to_json() | {"state": state, "reason": reason, "consentUrl": customers.credentials.consent_url(tenant.id)}
     return json_response(answer)
 
 
-def tenant_delete(req: func.HttpRequest) -> func.HttpResponse:
+def tenant_delete(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     customers = _tenancy()
     tenant_id = _tenant_id(req)
+    existing = customers.registry.get(tenant_id)
+    if existing is not None:
+        require_operator(caller, existing.id, existing.groups())
     if not customers.registry.delete(tenant_id):
         raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered")
     return json_response({"tenantId": tenant_id, "deleted": True})
 
 
-def tenant_sync(req: func.HttpRequest) -> func.HttpResponse:
+def tenant_sync(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     customers = _tenancy()
-    tenant = _registered(customers, _tenant_id(req))
+    tenant = _registered(customers, _tenant_id(req), caller)
     if not tenant.enabled:
         raise ApiError(409, "TenantDisabled", f"tenant {tenant.id} is disabled; enable it with PUT /api/tenants/{tenant.id}")
-    return _sync(req, customers.service(tenant))
+    return _sync(req, customers.service(tenant), caller)
 
 
-def tenant_status(req: func.HttpRequest) -> func.HttpResponse:
+def tenant_status(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     customers = _tenancy()
-    tenant = _registered(customers, _tenant_id(req))
+    tenant = _registered(customers, _tenant_id(req), caller)
     return json_response(customers.service(tenant).status() | {"tenantId": tenant.id})
 
 
@@ -499,10 +541,12 @@ def _tenant_id(req: func.HttpRequest) -> str:
         raise ApiError(400, "InvalidTenantId", "the tenant id must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)") from None
 
 
-def _registered(customers: Tenancy, tenant_id: str) -> Tenant:
+def _registered(customers: Tenancy, tenant_id: str, caller: Caller) -> Tenant:
+    """The registered tenant, if the caller may act on it (its operator groups); else 404 or 403."""
     tenant = customers.registry.get(tenant_id)
     if tenant is None:
         raise ApiError(404, "TenantNotFound", f"tenant {tenant_id} is not registered; PUT /api/tenants/{tenant_id} first")
+    require_operator(caller, tenant.id, tenant.groups())
     return tenant
 
 
@@ -525,7 +569,7 @@ def _json_object(req: func.HttpRequest, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
-def health(req: func.HttpRequest) -> func.HttpResponse:
+def health(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     try:
         current = settings()
     except SettingsError as exc:
@@ -639,17 +683,25 @@ def _route_prefix(path: str) -> str:
     return path[:min(found)] if found else "/api"
 
 
-def caller_of(req: func.HttpRequest) -> str:
-    """Who asked, for the history and the log: an Easy Auth principal, a Logic App / flow run, or
-    the client; at most 200 characters (the headers are the caller's to fill)."""
-    return _caller(req)[:200]
+def authenticate(req: func.HttpRequest, role: str | None) -> Caller:
+    """The caller of a route that needs ``role`` (None: the route is open, e.g. a valet-token poll).
+    With a function key (CALLER_AUTH=key) the host has checked the key; with ``entra`` the bearer
+    token is checked here, before anything else is read (shared/api/callerauth.py)."""
+    if role is None:
+        return ANONYMOUS
+    current = settings()  # invalid settings: 503 before anything, in either mode
+    if current.caller_auth != "entra":
+        return Caller("key", "key", claimed=claimed_by_headers(req.headers), role_used=role)
+    return require_role(validate(bearer_token(req.headers), signing_keys(), current), role)
 
 
-def _caller(req: func.HttpRequest) -> str:
-    h = req.headers
-    if h.get("x-ms-client-principal-name"):
-        return f"user:{h['x-ms-client-principal-name']}"
-    if h.get("x-ms-workflow-name"):
-        return f"flow:{h['x-ms-workflow-name']}/{h.get('x-ms-workflow-run-id', '')}"
-    forwarded = (h.get("x-forwarded-for") or "").split(",")[0].strip()
-    return f"http:{forwarded}" if forwarded else "http"
+# The app role each action needs (None: open to anyone; its token or nothing is the credential).
+ROLE_OF: dict[Action, str | None] = {
+    sync: SYNC_RUN, tenant_sync: SYNC_RUN,
+    status: STATUS_READ, tenant_status: STATUS_READ, tenants_list: STATUS_READ, tenant_get: STATUS_READ,
+    import_devices: DEVICES_IMPORT, start_import: DEVICES_IMPORT,
+    device_sync: DEVICES_SYNC, start_device_sync: DEVICES_SYNC,
+    tenant_device_sync: DEVICES_SYNC, start_tenant_device_sync: DEVICES_SYNC,
+    tenant_put: TENANTS_MANAGE, tenant_delete: TENANTS_MANAGE,
+    operation: None, import_status: None, device_sync_status: None, tenant_device_sync_status: None, health: None,
+}

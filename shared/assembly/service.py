@@ -151,8 +151,9 @@ class SyncService:
 
     # --- the import jobs ----------------------------------------------------------------------
 
-    def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
-        return self.import_jobs().start_import(request, caller)
+    def start_import(self, request: ImportRequest, caller: str,
+                     claimed: str | None = None) -> tuple[ImportJob, list[DeviceRow], str]:
+        return self.import_jobs().start_import(request, caller, claimed)
 
     def import_status(self, import_id: str, token: str) -> tuple[ImportJob, list[DeviceRow]] | None:
         return self.import_jobs().import_status(import_id, token)

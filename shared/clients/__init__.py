@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .notify import Notification, Notifier, ServiceNotifier
     from .queue import PendingQueue
     from .sharedbudget import SharedBudget
+    from .signingkeys import SigningKeys
     from .storage import (
         CHANGED_OR_GONE,
         CONFLICTS,
@@ -45,6 +46,7 @@ __all__ = [
     "PendingQueue",
     "ServiceNotifier",
     "SharedBudget",
+    "SigningKeys",
     "TableStore",
     "TenantCredentials",
     "WriteBudget",
@@ -75,6 +77,7 @@ __getattr__ = face(__name__, {
     "PendingQueue": "queue",
     "ServiceNotifier": "notify",
     "SharedBudget": "sharedbudget",
+    "SigningKeys": "signingkeys",
     "TableStore": "storage",
     "TenantCredentials": "identity",
     "WriteBudget": "budget",

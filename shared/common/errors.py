@@ -5,6 +5,9 @@ same JSON answer (``{"error": {"code", "message"}}``) in one place.
 - ``UpstreamError`` and its kinds: faults outside our control (Graph, the token endpoint, Table
   Storage, the queue), each naming its cause. Answers from Graph that are part of the contract
   (409 in progress, 429 cooldown) are *not* errors: the pipeline turns them into outcomes.
+- Callers: ``Unauthenticated`` (401, a missing or invalid Entra token, with ``WWW-Authenticate``),
+  ``Forbidden`` (403, a role or an operator group missing); ``EntraUnavailable`` (503) when the
+  tenant's signing keys cannot be read (shared/api/callerauth.py).
 - Input and configuration: ``UnknownTarget`` (404), ``InvalidItemId`` (400), ``ItemNotFound``
   (404), ``SettingsError`` (503, shared/common/settings.py), ``ApiError`` (any 4xx, shared/api/routes.py).
 """
@@ -81,6 +84,34 @@ class TokenUnavailable(UpstreamError):
 
 class StateStoreUnavailable(UpstreamError):
     code, http_status = "StateStoreUnavailable", 503
+
+
+class EntraUnavailable(UpstreamError):
+    """Entra's OpenID configuration or signing keys could not be read: no token can be checked."""
+
+    code, http_status = "EntraUnavailable", 503
+
+
+class Unauthenticated(AppError):
+    """No valid Entra access token (CALLER_AUTH=entra): 401 naming what was wrong, never the token."""
+
+    http_status = 401
+
+    def __init__(self, code: str, message: str):
+        description = message.replace('"', "'")
+        super().__init__(message, headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
+                                           if code != "TokenMissing" else "Bearer"})
+        self.code = code
+
+
+class Forbidden(AppError):
+    """A valid token without what the route needs (an app role, an operator group): 403."""
+
+    http_status = 403
+
+    def __init__(self, code: str, message: str, **details: Any):
+        super().__init__(message, details=details or None)
+        self.code = code
 
 
 class UnsafeGraphPath(UpstreamError, ValueError):

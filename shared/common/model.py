@@ -44,8 +44,9 @@ class SyncRequest:
     item_id: str | None = None
     sync_type: str | None = None
     trigger: Trigger = Trigger.HTTP
-    caller: str = "anonymous"
+    caller: str = "anonymous"  # who asked, as verified (a token's subject, "key", "timer")
     defer: bool = False  # inside the cooldown, schedule the next allowed sync instead of refusing
+    claimed_caller: str | None = None  # key mode: who the request's own headers say asked (unverified)
 
 
 @dataclass(frozen=True)

@@ -85,12 +85,23 @@ DEFAULTS: dict[str, str] = {
     # app's identity (empty: one tenant, the app's own), and the queue of per-tenant syncs.
     "MULTI_TENANT_CLIENT_ID": "",
     "TENANT_QUEUE": "intunesync-tenants",
+    # Who may call the HTTP routes (shared/api/callerauth.py): ``key`` (a function key opens every
+    # route) or ``entra`` (an Entra ID access token for the API's app registration, API_CLIENT_ID,
+    # with an app role per route). CALLER_TENANTS: more tenants whose users and apps may call (the
+    # home tenant, AZURE_TENANT_ID, always may). An unknown signing key fetches the tenant's keys
+    # again at most once per CALLER_KEYS_REFRESH_SECONDS.
+    "CALLER_AUTH": "key",
+    "API_CLIENT_ID": "",
+    "CALLER_TENANTS": "",
+    "CALLER_KEYS_REFRESH_SECONDS": "60",
 }
 
 KNOWN_TARGETS = tuple(TARGET_COOLDOWNS)
 DEVICES = "devices"  # in SYNC_TARGETS: bulk device sync on (POST /api/devices/sync); never synced by the timer
 SYNC_TYPES = ("deltaSync", "fullSync")
 NOTIFY_FORMATS = ("json", "adaptiveCard")
+CALLER_AUTH_MODES = ("key", "entra")
+PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
 MIN_LEASE_SECONDS = 60
 # A deferred sync is a queue message delayed until the cooldown ends; a queue message can be
 # delayed 7 days at most, so no cooldown may be longer.
@@ -139,6 +150,8 @@ NUMERIC_SETTINGS: dict[str, Bounds] = {
     "DEVICE_SYNC_STEP_DEVICES": Bounds(20, 1000, "devices", why="a step must end well inside the function timeout"),
     "DEVICE_SYNC_SKIP_MINUTES": Bounds(0, 7 * 24 * 60, "minutes"),
     "DEVICE_SYNC_STEP_CLAIM_SECONDS": Bounds(5, 300, "seconds", why="the function timeout: a dead step must not hold its job longer"),
+    "CALLER_KEYS_REFRESH_SECONDS": Bounds(1, 3600, "seconds", why="an hour: Entra rolls its keys over with notice, "
+                                          "but a key used before it is published must not be refused for longer"),
 }
 
 def number(name: str, raw: str, problems: dict[str, str]) -> float | None:
@@ -267,6 +280,13 @@ class Settings:
     device_sync_step_claim_seconds: int = int(DEFAULTS["DEVICE_SYNC_STEP_CLAIM_SECONDS"])
     multi_tenant_client_id: str | None = None
     tenant_queue: str = DEFAULTS["TENANT_QUEUE"]
+    caller_auth: str = DEFAULTS["CALLER_AUTH"]
+    api_client_id: str | None = None
+    caller_tenants: tuple[str, ...] = ()
+    caller_keys_refresh_seconds: int = int(DEFAULTS["CALLER_KEYS_REFRESH_SECONDS"])
+    # Platform and identity settings (not in DEFAULTS): the home tenant and Entra's authority host.
+    tenant_id: str | None = None
+    authority_host: str = PUBLIC_AUTHORITY
     # Set by the platform, not by operators: the app's public host name and its name.
     website_hostname: str | None = None
     site_name: str = "intune-sync"
@@ -298,6 +318,8 @@ class Settings:
         values["health_thresholds"] = _health_thresholds(get, problems)
         values["device_sync"] = DEVICES in (t.strip() for t in get("SYNC_TARGETS").split(","))
         values["azure_client_id"] = _client_id(env, problems)
+        values["tenant_id"] = _optional_guid("AZURE_TENANT_ID", (env.get("AZURE_TENANT_ID") or "").strip(), problems)
+        values["authority_host"] = _authority_host(env, problems)
         values["storage"] = _storage_settings(env, problems)
         values["website_hostname"] = (env.get("WEBSITE_HOSTNAME") or "").strip() or None
         values["site_name"] = (env.get("WEBSITE_SITE_NAME") or "").strip() or "intune-sync"
@@ -308,6 +330,7 @@ class Settings:
         _check_multi_tenant(values, problems)
         _check_import_claim(values, problems)
         _check_queues(values, problems)
+        _check_callers(values, problems)
         if problems:
             raise SettingsError(problems)
         return cls(**values)
@@ -402,6 +425,14 @@ def _optional_guid(name: str, raw: str, problems: dict[str, str]) -> str | None:
     return raw.lower()
 
 
+def _guids(name: str, raw: str, problems: dict[str, str]) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(i.strip().lower() for i in raw.split(",") if i.strip()))
+    bad = [i for i in ids if not is_guid(i)]
+    if bad:
+        problems[name] = "must be a comma list of tenant ids (GUIDs); not GUIDs: " + ", ".join(repr(i[:40]) for i in bad[:5])
+    return ids
+
+
 def _table_name(name: str, raw: str, problems: dict[str, str]) -> str:
     if not _TABLE_NAME.match(raw):
         problems[name] = f"must be 3-63 letters or digits starting with a letter, got {raw!r}"
@@ -446,6 +477,10 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     "DEVICE_SYNC_STEP_CLAIM_SECONDS": ("device_sync_step_claim_seconds", _whole),
     "MULTI_TENANT_CLIENT_ID": ("multi_tenant_client_id", _optional_guid),
     "TENANT_QUEUE": ("tenant_queue", _queue_name),
+    "CALLER_AUTH": ("caller_auth", _one_of(CALLER_AUTH_MODES)),
+    "API_CLIENT_ID": ("api_client_id", _optional_guid),
+    "CALLER_TENANTS": ("caller_tenants", _guids),
+    "CALLER_KEYS_REFRESH_SECONDS": ("caller_keys_refresh_seconds", _whole),
 }
 
 
@@ -510,6 +545,27 @@ def _check_queues(values: dict[str, Any], problems: dict[str, str]) -> None:
         for name, partner in ((setting, other), (other, setting)):
             said = f"must name a different queue than {partner} ({why}): each queue's trigger would take the other's messages"
             problems[name] = f"{problems[name]}; {said}" if name in problems else said
+
+
+def _check_callers(values: dict[str, Any], problems: dict[str, str]) -> None:
+    """``entra`` needs the API's app registration and the home tenant: without them no token can be
+    told valid, and every route would refuse every caller."""
+    if values.get("caller_auth") != "entra":
+        return
+    if not values.get("api_client_id") and "API_CLIENT_ID" not in problems:
+        problems["API_CLIENT_ID"] = "is required with CALLER_AUTH=entra: the application (client) id of the API's app registration"
+    if not values.get("tenant_id") and "AZURE_TENANT_ID" not in problems:
+        problems["AZURE_TENANT_ID"] = "is required with CALLER_AUTH=entra: the tenant whose users and apps call the API"
+
+
+def _authority_host(env: Mapping[str, str], problems: dict[str, str]) -> str:
+    """Entra's authority host (azure-identity's AZURE_AUTHORITY_HOST): https, a bare origin."""
+    raw = (env.get("AZURE_AUTHORITY_HOST") or "").strip().rstrip("/") or PUBLIC_AUTHORITY
+    why = url_form_problem(raw)
+    parts = urlsplit(raw) if not why else None
+    if why or parts is None or parts.scheme != "https" or not parts.hostname or parts.path or parts.query:
+        problems["AZURE_AUTHORITY_HOST"] = f"must be an https origin such as {PUBLIC_AUTHORITY}, got {redact_url(raw)!r}"
+    return raw
 
 
 def _client_id(env: Mapping[str, str], problems: dict[str, str]) -> str | None:

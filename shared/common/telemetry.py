@@ -46,7 +46,8 @@ EVENTS = {
 FIELDS = {
     "event": "one of EVENTS",
     "trigger": "what started it: timer, http, deferred, import, tenant",
-    "caller": "who asked (the caller's name or client, 'timer', the import job), never a credential",
+    "caller": "who asked, as verified: a token's user or app with its object id and role, 'key', 'timer', the import job",
+    "claimedCaller": "key mode: who the request's own headers said asked (x-ms-client-principal-name...), unverified",
     "target": "autopilot, exchange, appleAde, vpp, managedGooglePlay, driverInventory",
     "unit": "what one sync covers: the target, or target/<item id> (a connector, a token)",
     "tenant": "the customer tenant's id; empty for the app's own tenant",
@@ -138,7 +139,8 @@ def sync_result(result: SyncResult, request: SyncRequest, tenant: str | None) ->
     """The one record of one unit's sync (attempt or refusal)."""
     level = logging.ERROR if result.outcome.value == "failed" else logging.INFO
     return emit(
-        "sync", level, trigger=request.trigger, caller=request.caller, target=request.target, unit=result.target,
+        "sync", level, trigger=request.trigger, caller=request.caller, claimedCaller=request.claimed_caller,
+        target=request.target, unit=result.target,
         tenant=tenant, outcome=result.outcome, attempted=result.duration_ms is not None,
         httpStatus=result.graph_status, graphRequestId=result.graph_request_id,
         clientRequestId=result.client_request_id, durationMs=result.duration_ms, errorCode=result.error_code,

@@ -115,12 +115,13 @@ class DeviceSyncJobs:
         self.notify = notify
         self.tenant = tenant
 
-    def start(self, request: DeviceSyncRequest, caller: str) -> tuple[DeviceSyncJob, str]:
+    def start(self, request: DeviceSyncRequest, caller: str, claimed: str | None = None) -> tuple[DeviceSyncJob, str]:
         """Record the job (and its listed devices) and send its first step. Returns (job, token)."""
         now = self.clock()
         token, token_hash = new_token()
         listed = request.kind in (DEVICE_IDS, "serialNumbers")
-        job = DeviceSyncJob(id=new_guid(), created_at=now, token_hash=token_hash, caller=caller[:200], kind=request.kind,
+        job = DeviceSyncJob(id=new_guid(), created_at=now, token_hash=token_hash, caller=caller[:200], claimed_caller=claimed,
+                            kind=request.kind,
                             skip_minutes=request.skip_minutes, device_count=len(request.values) if listed else 0,
                             filter=request.filter, group_id=request.group_id, phase=SYNC if listed else RESOLVE,
                             step=1, step_at=now)
@@ -129,7 +130,7 @@ class DeviceSyncJobs:
         self.store.save_devices(job.id, rows)  # before the job row: a running job has all its devices
         job = self.store.create(job)
         self.send_step(job)
-        telemetry.emit("devices", trigger="http", caller=caller, target=TARGET, tenant=self.tenant, jobId=job.id, step=0,
+        telemetry.emit("devices", trigger="http", caller=caller, claimedCaller=claimed, target=TARGET, tenant=self.tenant, jobId=job.id, step=0,
                        devices=job.device_count, outcome="started")
         return job, token
 

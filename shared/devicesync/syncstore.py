@@ -55,6 +55,7 @@ class DeviceSyncJob:
     message: str | None = None  # the fault that held up the last step, if any
     refused: str | None = None  # why Graph refused the job's filter or group (no retry can help), if it did
     etag: str | None = None
+    claimed_caller: str | None = None  # key mode: who the request's headers said asked (unverified)
 
     @property
     def job_id(self) -> str:

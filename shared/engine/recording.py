@@ -62,7 +62,7 @@ class Recorder:
         duration_ms = int((time.perf_counter() - started) * 1000)
         attempt = Attempt(
             attempt_at=attempt_at, finished_at=finished, trigger=request.trigger.value, caller=request.caller[:200],
-            outcome=outcome.value, http_status=ids.graph_status, graph_request_id=ids.request_id,
+            claimed_caller=request.claimed_caller, outcome=outcome.value, http_status=ids.graph_status, graph_request_id=ids.request_id,
             client_request_id=ids.client_request_id, duration_ms=duration_ms,
             error=(f"{problem.code}: {problem.message}"[:1000] if problem else message[:1000] if verdict.ambiguous else None),
             sync_type=sync_type, next_allowed_at=next_allowed, ambiguous=verdict.ambiguous or None,

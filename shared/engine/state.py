@@ -117,6 +117,7 @@ class Attempt:
     trigger: str
     caller: str
     outcome: str
+    claimed_caller: str | None = None  # what a key holder's headers said (shared/api/callerauth.py)
     http_status: int | None = None
     graph_request_id: str | None = None
     client_request_id: str | None = None

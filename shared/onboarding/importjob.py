@@ -346,7 +346,8 @@ class ImportJobs:
     def imports(self) -> ImportStore | None:
         return self._imports()
 
-    def start_import(self, request: ImportRequest, caller: str) -> tuple[ImportJob, list[DeviceRow], str]:
+    def start_import(self, request: ImportRequest, caller: str,
+                     claimed: str | None = None) -> tuple[ImportJob, list[DeviceRow], str]:
         """Record the job and send its first step. Returns (job, devices, poll token)."""
         self._target(AUTOPILOT)  # the job ends with an Autopilot sync: refused if that target is off
         store = self._import_store()
@@ -354,13 +355,13 @@ class ImportJobs:
         token, token_hash = new_token()
         job = ImportJob(
             id=new_import_id(), created_at=now, deadline=now + timedelta(seconds=self.settings.import_wait_timeout_seconds),
-            token_hash=token_hash, caller=caller[:200], device_count=len(request.devices),
+            token_hash=token_hash, caller=caller[:200], claimed_caller=claimed, device_count=len(request.devices),
             update_existing=request.update_existing, step=1, step_at=now,
         )
         devices = [DeviceRow.of(index, device) for index, device in enumerate(request.devices, start=1)]
         job = store.create(job, devices)
         self.sender.send_step(job)
-        telemetry.emit("import", trigger="http", caller=caller, target=AUTOPILOT, importId=job.id, step=0,
+        telemetry.emit("import", trigger="http", caller=caller, claimedCaller=claimed, target=AUTOPILOT, importId=job.id, step=0,
                        devices=len(devices), outcome="started")
         return job, devices, token
 

@@ -54,6 +54,7 @@ class ImportJob:
     summary: str | None = None  # counts per state when finished (JSON), for the notification
     message: str | None = None  # the fault that held up the last step, if any
     etag: str | None = None
+    claimed_caller: str | None = None  # key mode: who the request's headers said asked (unverified)
 
     @property
     def done(self) -> bool:

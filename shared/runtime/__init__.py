@@ -9,20 +9,24 @@ from ..common import face
 
 if TYPE_CHECKING:
     from . import handlers, process
-    from .process import service, settings, tenancy
+    from .process import http_auth_level, service, settings, signing_keys, tenancy
 
 __all__ = [
     "handlers",
+    "http_auth_level",
     "process",
     "service",
     "settings",
+    "signing_keys",
     "tenancy",
 ]
 
 __getattr__ = face(__name__, {
     "handlers": "handlers",
+    "http_auth_level": "process",
     "process": "process",
     "service": "process",
     "settings": "process",
+    "signing_keys": "process",
     "tenancy": "process",
 })

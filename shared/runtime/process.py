@@ -14,6 +14,9 @@ from ..assembly import SyncService, build_service
 from ..common import DEFAULTS, Settings, SettingsError, configuration_notices, telemetry
 
 if TYPE_CHECKING:
+    import azure.functions as func
+
+    from ..clients import SigningKeys
     from ..tenancy import Tenancy
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,30 @@ def tenancy() -> Tenancy | None:
         return _tenancy()
 
 
+@functools.lru_cache(maxsize=1)
+def _signing_keys() -> SigningKeys:
+    from ..clients import SigningKeys
+
+    current = settings()
+    return SigningKeys(current.authority_host, current.caller_keys_refresh_seconds)
+
+
+def signing_keys() -> SigningKeys:
+    """Entra's signing keys, for callers' tokens (CALLER_AUTH=entra), fetched on first use."""
+    with _service_lock:
+        return _signing_keys()
+
+
+def http_auth_level() -> func.AuthLevel:
+    """The host's check of the HTTP routes: the function key, unless callers bring Entra tokens
+    (CALLER_AUTH=entra), which the app checks itself (shared/api/callerauth.py). Read when the app
+    loads: a changed setting restarts it."""
+    import azure.functions as func
+
+    entra = (os.environ.get("CALLER_AUTH") or "").strip() == "entra"
+    return func.AuthLevel.ANONYMOUS if entra else func.AuthLevel.FUNCTION
+
+
 def check_settings_at_startup() -> None:
     """Validate once when the worker loads the app; problems are logged, and /api/health and
     every sync answer name them (the app still loads, so that health can answer)."""
@@ -88,6 +115,7 @@ def reload() -> None:
     _settings_or_problems.cache_clear()
     _service.cache_clear()
     _tenancy.cache_clear()
+    _signing_keys.cache_clear()
 
 
 def binding_expression(setting: str) -> str:

@@ -47,7 +47,11 @@ class Tenant:
     last_state: str | None = None  # synced, failed, or a consent state (see above)
     last_reason: str | None = None
     last_swept_at: datetime | None = None  # the tenant table's last retention sweep
+    operator_groups: str | None = None  # comma list of Entra group ids whose members may act on it (entra callers)
     etag: str | None = None
+
+    def groups(self) -> tuple[str, ...]:
+        return tuple(g for g in (self.operator_groups or "").split(",") if g)
 
     def target_names(self, enabled: tuple[str, ...]) -> tuple[str, ...]:
         chosen = tuple(t for t in (self.targets or "").split(",") if t)
@@ -57,7 +61,8 @@ class Tenant:
         return {"tenantId": self.id, "displayName": self.display_name,
                 "targets": [t for t in (self.targets or "").split(",") if t] or None, "enabled": self.enabled,
                 "createdAt": iso(self.created_at), "updatedAt": iso(self.updated_at),
-                "lastCheckedAt": iso(self.last_checked_at), "state": self.last_state, "reason": self.last_reason}
+                "lastCheckedAt": iso(self.last_checked_at), "state": self.last_state, "reason": self.last_reason,
+                "operatorGroups": list(self.groups()) or None}
 
 
 def token_failure_state(message: str) -> str | None:
