@@ -175,7 +175,10 @@ def section(runs: list[Run], args: argparse.Namespace, seconds: float) -> str:
              f"emulator allows {args.limit} managed-device writes per {args.window:g} s per tenant (counted on arrival, "
              f"429 over it), the app is set to the same (DEVICE_WRITE_LIMIT, WRITE_LIMIT_WINDOW_SECONDS). Intune's window "
              f"is 20 s: this one is {20 / args.window:g}x shorter so that a run takes minutes, for both sides alike. "
-             f"Device syncs go out in $batch requests of 20; {args.step_devices} devices per step.", "",
+             f"Device syncs go out in $batch requests of 20; {args.step_devices} devices per step (DEVICE_SYNC_STEP_DEVICES: "
+             f"Intune's 200 per 20 s fill a step of 200 devices in the 20 s a step may take; against a window "
+             f"{20 / args.window:g}x shorter, {args.step_devices} devices keep a step as long, so that the pause "
+             f"between two steps weighs what it weighs against Intune's window).", "",
              "| Scenario | Budget | Devices | Jobs completed | Device syncs accepted | Writes per window, mean / limit | "
              "Sustained (first to last write) / limit | Busiest window / limit | 429s | Devices synced twice | "
              "Table round trips per 100 devices | Peak memory per process | Time |",
@@ -205,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=2.0, help="the window in seconds (Intune: 20)")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--step-devices", type=int, default=200)
+    parser.add_argument("--step-devices", type=int, default=None,
+                        help="devices per step (default: DEVICE_SYNC_STEP_DEVICES's 200 scaled by 20 s / window, at most "
+                             "1,000, so that a step lasts as long against the short window as against Intune's)")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the per-process budget")
     parser.add_argument("--timeout", type=float, default=3600)
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.limit, args.step_devices = 240, 40, 40
+    if args.step_devices is None:
+        args.step_devices = min(1000, round(200 * 20 / args.window))
     started = time.monotonic()
     stack = Stack()
     runs = []

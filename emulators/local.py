@@ -4,6 +4,7 @@ emulators, and the app's HTTP API on http://127.0.0.1:7071/api — then show a f
     python -m emulators.local                  # serve until Ctrl+C
     python -m emulators.local --once           # show the first sync and exit (used by the tests)
     python -m emulators.local --multi-tenant   # also the Entra token emulator: the MSP guide's tenant routes
+    python -m emulators.local --entra          # callers sign in with Entra ID (CALLER_AUTH=entra, docs/security.md)
 
 The app is configured exactly as in Azure: IDENTITY_ENDPOINT / IDENTITY_HEADER for the managed
 identity, AzureWebJobsStorage for state, GRAPH_BASE_URL pointing at the emulator. While it serves,
@@ -38,6 +39,8 @@ import requests
 
 from .azurite import Azurite, PortInUse
 from .entra import DEFAULT_CLIENT_ID, EntraEmulator, start_entra
+from .signing import API_CLIENT_ID
+from .tokens import HOME_TENANT
 from .funchost import FunctionHost
 from .graph import DEFAULT_CONNECTORS, GraphEmulator, default_items, default_managed_google_play
 from .identity import IdentityEmulator
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", default=str(ROOT / ".azurite"), help="where Azurite keeps its data (default .azurite/); one run per folder")
     parser.add_argument("--multi-tenant", action="store_true",
                         help="many tenants (docs/msp.md) against the Entra token emulator: MULTI_TENANT_CLIENT_ID and its customer tenants")
+    parser.add_argument("--entra", action="store_true",
+                        help="callers bring Entra ID tokens (CALLER_AUTH=entra, docs/security.md), which the Entra emulator signs")
     args = parser.parse_args(argv)
     # 0: the server binds a free port itself (Azurite picks its own and picks again if one was taken
     # meanwhile), so parallel runs cannot race for a port picked here and bound later.
@@ -216,6 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+# --entra: the roles the printed token command asks for (every role; drop some to see a 403).
+LOCAL_ROLES = ["Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read"]
+
+
+def token_command(entra: EntraEmulator) -> str:
+    """The shell command that gets a signed token for the local API from the Entra emulator."""
+    body = json.dumps({"roles": LOCAL_ROLES, "upn": "alice@contoso.com"})
+    return (f"\nCallers sign in with Entra ID (CALLER_AUTH=entra, API_CLIENT_ID={API_CLIENT_ID}, home tenant "
+            f"{HOME_TENANT}). A token for user alice@contoso.com with every role (edit \"roles\" to try fewer):\n"
+            f"$ TOKEN=$(curl -s --cacert {entra.ca_file} -X POST {entra.base_url}/_emulator/callerToken "
+            f"-H 'content-type: application/json' -d '{body}' | python3 -c 'import json,sys; "
+            f"print(json.load(sys.stdin)[\"access_token\"])')")
 
 
 def serve(args: argparse.Namespace, ports: dict[str, int], stack: contextlib.ExitStack) -> int:
@@ -250,10 +269,14 @@ def serve(args: argparse.Namespace, ports: dict[str, int], stack: contextlib.Exi
         }
     )
     entra: EntraEmulator | None = None
-    if args.multi_tenant:
+    if args.multi_tenant or args.entra:
         ca_folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="entra-ca-"))
         entra = listening("entra", ports["entra"], lambda port: start_entra(ca_folder, port=port))
         stack.callback(entra.stop)
+        os.environ.update(entra.env())
+    if entra is not None and args.entra:
+        os.environ.update({"CALLER_AUTH": "entra", "API_CLIENT_ID": API_CLIENT_ID, "AZURE_TENANT_ID": HOME_TENANT})
+    if entra is not None and args.multi_tenant:
         # The multi-tenant app trusts the identity (its federated credential); tenants per CUSTOMER_TENANTS.
         entra.configure({"clientId": DEFAULT_CLIENT_ID, "federatedSubject": identity.principal_id(LOCAL_IDENTITY_CLIENT_ID),
                          "tenants": CUSTOMER_TENANTS})
@@ -291,10 +314,15 @@ def serve(args: argparse.Namespace, ports: dict[str, int], stack: contextlib.Exi
           f"{LOCAL_GRAPH_TIMINGS['syncDurationSeconds']} s and assigns a profile "
           f"{LOCAL_GRAPH_TIMINGS['profileAssignmentSeconds']} s after a device appears. Autopilot's sync window "
           f"stays 10 minutes, as in Graph: an import right after a sync waits for it (POST /admin/reset forgets it).")
-    show(f"curl -X POST {api}/sync/autopilot", requests.post(f"{api}/sync/autopilot", timeout=30))
-    show(f"curl -X POST {api}/sync/autopilot   # again, inside the cooldown",
-         requests.post(f"{api}/sync/autopilot", timeout=30))
-    show(f"curl {api}/sync/status", requests.get(f"{api}/sync/status", timeout=30))
+    auth, with_token = {}, ""
+    if entra is not None and args.entra:
+        print(token_command(entra))
+        auth = {"Authorization": "Bearer " + entra.signing.caller_token(entra.base_url, tenant=HOME_TENANT, roles=LOCAL_ROLES)}
+        with_token = ' -H "Authorization: Bearer $TOKEN"'
+    show(f"curl -X POST {api}/sync/autopilot{with_token}", requests.post(f"{api}/sync/autopilot", headers=auth, timeout=30))
+    show(f"curl -X POST {api}/sync/autopilot{with_token}   # again, inside the cooldown",
+         requests.post(f"{api}/sync/autopilot", headers=auth, timeout=30))
+    show(f"curl {api}/sync/status{with_token}", requests.get(f"{api}/sync/status", headers=auth, timeout=30))
     if args.once:
         return 0
     print(f"\n$ curl -X POST {host.base_url}/admin/reset && curl -X POST {api}/sync/autopilot"

@@ -18,7 +18,8 @@ from conftest import ROOT
 ONBOARDING_AND_TENANTS = ("shared.onboarding.rules", "shared.onboarding.devices", "shared.onboarding.imports", "shared.onboarding.importjob", "shared.onboarding.importsteps",
                           "shared.onboarding.importclaim", "shared.onboarding.autopilotapi", "shared.tenancy.registry", "shared.tenancy.customers",
                           "shared.devicesync", "shared.devicesync.selector", "shared.devicesync.syncjobs",
-                          "shared.devicesync.syncsteps", "shared.devicesync.syncstore")
+                          "shared.devicesync.syncsteps", "shared.devicesync.syncstore",
+                          "shared.clients.signingkeys")  # and Entra callers' keys (CALLER_AUTH=entra only)
 
 CHILD = r"""
 import json, sys

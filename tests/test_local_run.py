@@ -277,3 +277,17 @@ def test_azurite_on_a_port_given_by_the_caller_that_is_taken_says_so():
         with pytest.raises(PortInUse) as raised:
             Azurite(port=taken.getsockname()[1]).start()
         assert raised.value.port == taken.getsockname()[1]
+
+
+def test_entra_mode_prints_a_token_command_whose_token_opens_the_api_and_nothing_opens_it_without(tmp_path):
+    run = Serving("--random-ports", "--entra", "--state", str(tmp_path))
+    try:
+        run.wait_for("Serving on")
+        command = run.wait_for(r"^\$ TOKEN=\$\(curl").removeprefix("$ ").strip()
+        got = subprocess.run(["bash", "-c", f"{command} && printf %s \"$TOKEN\""], capture_output=True, text=True, timeout=60)
+        token = got.stdout.strip()
+        assert got.returncode == 0 and token.count(".") == 2, got.stderr
+        assert requests.get(f"{run.api}/sync/status", timeout=30).status_code == 401
+        assert requests.get(f"{run.api}/sync/status", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 200
+    finally:
+        run.stop()

@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import jwt
-
 from ..common import Forbidden, Unauthenticated
 
 if TYPE_CHECKING:
@@ -137,6 +135,8 @@ def bearer_token(headers: Mapping[str, str]) -> str:
 
 def validate(token: str, keys: SigningKeys, settings: Settings) -> Caller:
     """The caller the token names, once it has passed every check; else 401 saying which failed."""
+    import jwt  # PyJWT: loaded with the first token, so that key mode's cold start does not pay for it
+
     try:
         header = jwt.get_unverified_header(token)
         unverified = jwt.decode(token, options={"verify_signature": False})
