@@ -39,11 +39,11 @@ import requests
 
 from .azurite import Azurite, PortInUse
 from .entra import DEFAULT_CLIENT_ID, EntraEmulator, start_entra
-from .signing import API_CLIENT_ID
-from .tokens import HOME_TENANT
 from .funchost import FunctionHost
 from .graph import DEFAULT_CONNECTORS, GraphEmulator, default_items, default_managed_google_play
 from .identity import IdentityEmulator
+from .signing import API_CLIENT_ID
+from .tokens import HOME_TENANT
 
 ROOT = Path(__file__).resolve().parent.parent
 

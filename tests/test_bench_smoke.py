@@ -60,5 +60,13 @@ def test_the_device_sync_bench_smoke_run_finishes_its_jobs_with_no_429_on_the_sh
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = [line.split("|") for line in run.stdout.splitlines() if line.startswith("| one job") or line.startswith("| four jobs")]
-    assert [(r[1].strip(), r[2].strip(), r[4].strip(), r[8].strip(), r[9].strip()) for r in rows] == [
+    assert [(r[1].strip(), r[2].strip(), r[4].strip(), r[9].strip(), r[10].strip()) for r in rows] == [
         ("one job", "shared", "1 of 1", "0", "0"), ("four jobs", "shared", "4 of 4", "0", "0")]
+
+
+def test_the_callers_bench_smoke_run_measures_each_check():
+    run = subprocess.run([sys.executable, "-m", "bench.callers", "--smoke", "--out", "-"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip().split(",")[0] for r in rows] == ["`entra`", "`entra`", "`key` (the host checked the key; the app notes what the headers claim)"]

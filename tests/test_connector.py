@@ -15,6 +15,8 @@ import requests
 from conftest import APP_FUNCTIONS, ROOT
 from openapi_spec_validator import validate
 
+from shared.api.callerauth import ROLES as CALLER_ROLES
+from shared.api.routes import ROLE_OF
 from shared.common.settings import DEVICES
 from shared.engine.targets import TARGETS
 
@@ -211,10 +213,6 @@ def test_schemathesis_finds_no_server_error_and_no_response_outside_the_contract
 
 # --- the connector for CALLER_AUTH=entra (issue 22): the same operations, signed in with Entra ID ---
 
-try:
-    from shared.api.callerauth import ROLES as CALLER_ROLES
-except ImportError:  # TODO(issue 22): drop once shared/api/callerauth.py exposes ROLES
-    CALLER_ROLES = ("Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read")
 
 ENTRA = CONNECTOR / "entra"
 ENTRA_SWAGGER = json.loads((ENTRA / "apiDefinition.swagger.json").read_text())
@@ -277,7 +275,28 @@ def test_the_entra_swagger_signs_in_with_oauth2_and_nothing_sends_a_function_key
     assert "api_key" not in text and "x-functions-key" not in text and "function key" not in text.lower()
 
 
-def test_every_signed_in_entra_operation_answers_401_and_403_naming_the_role_it_needs():
+# Which of the app's actions (shared/api/routes.py) serves each signed-in operation.
+ACTION_OF_OPERATION = {
+    ("post", "/autopilot/devices"): "import_devices", ("post", "/autopilot/imports"): "start_import",
+    ("post", "/devices/sync"): "device_sync", ("post", "/devices/syncJobs"): "start_device_sync",
+    ("get", "/sync/status"): "status", ("get", "/tenants/{tenantId}/sync/status"): "tenant_status",
+    ("get", "/tenants"): "tenants_list", ("get", "/tenants/{tenantId}"): "tenant_get",
+    ("put", "/tenants/{tenantId}"): "tenant_put", ("delete", "/tenants/{tenantId}"): "tenant_delete",
+    ("post", "/tenants/{tenantId}/devices/sync"): "tenant_device_sync",
+    ("post", "/tenants/{tenantId}/devices/syncJobs"): "start_tenant_device_sync",
+    ("post", "/tenants/{tenantId}/sync/{target}"): "tenant_sync", ("post", "/tenants/{tenantId}/sync/{target}/{itemId}"): "tenant_sync",
+}
+
+
+def code_role(method: str, path: str) -> str | None:
+    """The role the app checks for an operation: ROLE_OF of the action that serves it."""
+    roles = {action.__name__: role for action, role in ROLE_OF.items()}
+    action = ACTION_OF_OPERATION.get((method, path)) or ("sync" if method == "post" and path.startswith("/sync/") else None)
+    assert action in roles, (method, path, action)
+    return roles[action]
+
+
+def test_every_signed_in_entra_operation_answers_401_and_403_naming_the_role_the_app_checks():
     generator = entra_generator()
     seen = set()
     for path, ops in ENTRA_SWAGGER["paths"].items():
@@ -285,19 +304,17 @@ def test_every_signed_in_entra_operation_answers_401_and_403_naming_the_role_it_
             if op.get("security") == []:
                 assert "403" not in op["responses"], (method, path)
                 continue
-            role = generator.role_of(path)
-            assert role in CALLER_ROLES, role
+            role = generator.role_of(method, path)
+            assert role == code_role(method, path), (method, path)  # the connector says what the app does
             seen.add(role)
             assert "Bearer" in op["responses"]["401"]["description"]
             refused = op["responses"]["403"]
             assert f"app role {role} " in refused["description"] and refused["schema"] == {"$ref": "#/definitions/Error"}
     assert seen == set(CALLER_ROLES)  # every role guards some operation
-    # The routes the issue names, each with its role.
-    assert generator.role_of("/sync/autopilot") == generator.role_of("/tenants/{tenantId}/sync/{target}") == "Sync.Run"
-    assert generator.role_of("/sync/status") == generator.role_of("/tenants/{tenantId}/sync/status") == "Status.Read"
-    assert generator.role_of("/autopilot/imports") == "Devices.Import"
-    assert generator.role_of("/devices/syncJobs") == generator.role_of("/tenants/{tenantId}/devices/sync") == "Devices.Sync"
-    assert generator.role_of("/tenants") == generator.role_of("/tenants/{tenantId}") == "Tenants.Manage"
+    # The anonymous operations are those the app opens to anyone.
+    open_actions = {action.__name__ for action, role in ROLE_OF.items() if role is None}
+    assert open_actions == {"operation", "import_status", "device_sync_status", "tenant_device_sync_status", "health"}
+    assert len([op for ops in ENTRA_SWAGGER["paths"].values() for op in ops.values() if op.get("security") == []]) == 5
 
 
 def test_the_entra_api_properties_validate_against_the_paconn_schema():

@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 from pycep import BicepParser
 
+from shared.api.callerauth import ROLES as CALLER_ROLES
 from shared.clients.graph import PERMISSION
 from shared.clients.identity import EXCHANGE_AUDIENCE, EXCHANGE_AUDIENCES
 from shared.common import permissions
@@ -893,10 +894,6 @@ def test_no_secret_or_certificate_credential_anywhere_in_the_bicep():
 
 # --- callers sign in with Entra ID (issue 22): the API's app registration, its roles, the settings ---
 
-try:
-    from shared.api.callerauth import ROLES as CALLER_ROLES
-except ImportError:  # TODO(issue 22): drop once shared/api/callerauth.py exposes ROLES
-    CALLER_ROLES = ("Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read")
 
 
 def caller_api_resources() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:

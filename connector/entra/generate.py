@@ -31,14 +31,17 @@ SECURITY_DEFINITION = {
     "scopes": {},
 }
 
-# The app role each operation needs (docs/security.md), by path; the valet-token polls and the
+# The app role each operation needs, by method and path, as the app checks it (ROLE_OF in
+# shared/api/routes.py; tests/test_connector.py compares the two). The valet-token polls and the
 # health check are declared without security and need none.
-ROLE_OF_PATH = (
-    (r"^(/tenants/\{tenantId\})?/sync/status$", "Status.Read"),
-    (r"^(/tenants/\{tenantId\})?/sync/", "Sync.Run"),
-    (r"^/autopilot/", "Devices.Import"),
-    (r"^(/tenants/\{tenantId\})?/devices/", "Devices.Sync"),
-    (r"^/tenants(/\{tenantId\})?$", "Tenants.Manage"),
+ROLE_OF_OPERATION = (
+    ("get", r"^(/tenants/\{tenantId\})?/sync/status$", "Status.Read"),
+    ("post", r"^(/tenants/\{tenantId\})?/sync/", "Sync.Run"),
+    ("post", r"^/autopilot/", "Devices.Import"),
+    ("post", r"^(/tenants/\{tenantId\})?/devices/", "Devices.Sync"),
+    ("get", r"^/tenants(/\{tenantId\})?$", "Status.Read"),  # reading the registry
+    ("put", r"^/tenants/\{tenantId\}$", "Tenants.Manage"),
+    ("delete", r"^/tenants/\{tenantId\}$", "Tenants.Manage"),
 )
 
 UNAUTHORIZED = ("No valid Entra ID access token for the API (missing, expired, for another audience or tenant, or "
@@ -46,11 +49,11 @@ UNAUTHORIZED = ("No valid Entra ID access token for the API (missing, expired, f
 ERROR = {"$ref": "#/definitions/Error"}
 
 
-def role_of(path: str) -> str:
-    for pattern, role in ROLE_OF_PATH:
-        if re.search(pattern, path):
+def role_of(method: str, path: str) -> str:
+    for verb, pattern, role in ROLE_OF_OPERATION:
+        if verb == method and re.search(pattern, path):
             return role
-    raise ValueError(f"no app role for {path}: add it to ROLE_OF_PATH and docs/security.md")
+    raise ValueError(f"no app role for {method.upper()} {path}: add it to ROLE_OF_OPERATION and docs/security.md")
 
 
 def entra_variant(key: dict[str, Any]) -> dict[str, Any]:
@@ -64,13 +67,13 @@ def entra_variant(key: dict[str, Any]) -> dict[str, Any]:
     swagger["securityDefinitions"] = {SCHEME: SECURITY_DEFINITION}
     swagger["security"] = [{SCHEME: []}]
     for path, operations in swagger["paths"].items():
-        for operation in operations.values():
+        for method, operation in operations.items():
             if operation.get("security") == []:  # anonymous at the host and in the app
                 operation["description"] = re.sub(r"\bno key is needed\b", "no token is needed",
                                                   re.sub(r"\bNeeds no key\b", "Needs no token", operation["description"]))
                 continue
             assert "security" not in operation, (path, operation["operationId"])
-            role = role_of(path)
+            role = role_of(method, path)
             responses = operation["responses"]
             assert "401" in responses and "403" not in responses, (path, operation["operationId"])
             responses["401"] = {"description": UNAUTHORIZED}

@@ -39,12 +39,12 @@ var roles = [
   {
     value: 'Tenants.Manage'
     displayName: 'Manage the tenant registry'
-    description: 'List, register, change, check and remove customer tenants (/api/tenants).'
+    description: 'Register, change and remove customer tenants (PUT and DELETE /api/tenants/{tenantId}).'
   }
   {
     value: 'Status.Read'
-    displayName: 'Read sync status'
-    description: 'Read the sync status and health rating of the targets (GET /api/sync/status and a tenant\'s status).'
+    displayName: 'Read sync status and tenants'
+    description: 'Read the sync status and health rating of the targets (GET /api/sync/status, a tenant\'s status) and the tenant registry (GET /api/tenants).'
   }
 ]
 
