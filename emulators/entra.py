@@ -65,7 +65,9 @@ Controls under ``/_emulator/`` (same HTTPS port, no client certificate):
   managed-identity emulator puts in ``iss``), ``federatedSubject`` (the managed identity's principal
   id; default null: no FIC, every assertion refused with AADSTS70021), ``audience`` (default
   ``api://AzureADTokenExchange``), ``lifetimeSeconds`` (default 3599), ``invalidClientStatus``
-  (default 400), ``tenants`` and ``replaceTenants``, ``resetStats``. ``tenants`` is
+  (default 400), ``keysFail`` (a status, e.g. 503, that the OpenID configuration and the keys
+  answer until set to null: Entra down for the app's token checks), ``tenants`` and
+  ``replaceTenants``, ``resetStats``. ``tenants`` is
   ``{"<tid>": {"consented"?: bool (true), "roles"?: [...] (ALL_ROLES), "fail"?: status | null,
   "failTimes"?: n | null (every request), "retryAfter"?: seconds | null} | null}``: merged tenant by
   tenant (an object sets the keys it lists, a new tenant starting from the defaults; null removes
@@ -222,6 +224,7 @@ class EntraEmulator(Server):
             self.audience = EXCHANGE_AUDIENCE
             self.lifetime = DEFAULT_LIFETIME
             self.invalid_client_status = 400
+            self.keys_fail: int | None = None  # the OpenID configuration and keys answer this status
             self.tenants: dict[str, Tenant] = {HOME_TENANT: Tenant()}
             self._clear_stats()
 
@@ -249,6 +252,8 @@ class EntraEmulator(Server):
                 self.lifetime = int(config["lifetimeSeconds"])
             if "invalidClientStatus" in config:
                 self.invalid_client_status = int(config["invalidClientStatus"])
+            if "keysFail" in config:
+                self.keys_fail = None if config["keysFail"] is None else int(config["keysFail"])
             if config.get("replaceTenants"):
                 self.tenants = {}
             for tid, settings in (config.get("tenants") or {}).items():
@@ -267,6 +272,7 @@ class EntraEmulator(Server):
         return {"clientId": self.client_id, "federatedIssuer": self.federated_issuer,
                 "federatedSubject": self.federated_subject, "audience": self.audience,
                 "lifetimeSeconds": self.lifetime, "invalidClientStatus": self.invalid_client_status,
+                "keysFail": self.keys_fail,
                 "tenants": {tid: t.snapshot() for tid, t in self.tenants.items()}}
 
     def summary(self) -> dict[str, Any]:
@@ -456,6 +462,11 @@ class _Handler(JsonHandler):
         parts = path.strip("/").split("/")
         tenant, rest = parts[0], "/".join(parts[1:])
         no_store = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+        if em.keys_fail and rest in ("v2.0/.well-known/openid-configuration", "discovery/v2.0/keys"):
+            with em.lock:
+                em.discovery_requests += 1
+            return self.send_json(em.keys_fail, aad_error("temporarily_unavailable", 50000, "The service is temporarily "
+                                                          "unavailable.", self.correlation_id()))
         if rest == "v2.0/.well-known/openid-configuration" and self.command in ("GET", "HEAD"):
             status, body = em.openid_configuration(tenant, self.correlation_id())
             return self.send_json(status, body)

@@ -157,6 +157,30 @@ def test_a_rolled_over_key_is_fetched_when_a_token_first_uses_it(entra_server, m
     assert keys.key(HOME_TENANT, rolled) is not None and keys.fetches == 2
 
 
+def test_while_entra_fails_forged_tokens_cost_it_one_fetch_per_backoff_not_one_each(entra_server, monkeypatch):
+    entra_server.reset()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(entra_server.ca_file))
+    entra_server.configure({"keysFail": 503})
+    keys = SigningKeys(entra_server.base_url, refresh_seconds=60, clock=Clock())
+    for _ in range(50):
+        with pytest.raises(EntraUnavailable):
+            keys.key(HOME_TENANT, "any")
+    assert keys.fetches == 1
+
+
+def test_keys_fetched_before_stay_in_use_while_entra_fails_even_a_day_later(entra_server, monkeypatch):
+    entra_server.reset()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(entra_server.ca_file))
+    clock = Clock()
+    keys = SigningKeys(entra_server.base_url, refresh_seconds=60, clock=clock)
+    kid = entra_server.signing.current.kid
+    assert keys.key(HOME_TENANT, kid) is not None
+    entra_server.configure({"keysFail": 503})
+    clock.now += 25 * 3600
+    assert keys.key(HOME_TENANT, kid) is not None and keys.fetches == 2  # tried, failed, kept
+    entra_server.configure({"keysFail": None})
+
+
 def test_unreachable_entra_is_entra_unavailable_naming_the_tenant():
     keys = SigningKeys(f"https://127.0.0.1:{free_port()}", refresh_seconds=60)
     with pytest.raises(EntraUnavailable) as failed:
@@ -246,6 +270,24 @@ def test_a_token_with_a_forged_signature_is_401(entra_env, entra_server, graph):
     code, _, answer = call("POST", "sync/autopilot", None, bearer(f"{head}.{other}.{signature}"))
     assert (code, answer["error"]["code"]) == (401, "InvalidSignature")
     assert sync_posts(graph) == []
+
+
+def test_a_refusal_names_what_the_token_said_in_printable_ascii_only(entra_env, entra_server, graph):
+    forged = jwt_encode_none({"alg": "RS\u00e9256\r\nX-Evil: 1", "kid": "k"}, {"tid": HOME_TENANT})
+    code, headers, answer = call("POST", "sync/autopilot", None, bearer(forged))
+    assert (code, answer["error"]["code"]) == (401, "InvalidAlgorithm")
+    assert headers["WWW-Authenticate"].isascii() and "\r" not in headers["WWW-Authenticate"]
+    assert "\n" not in headers["WWW-Authenticate"]
+
+
+def jwt_encode_none(header: dict[str, Any], body: dict[str, Any]) -> str:
+    import base64
+    import json
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(body)}.c2ln"
 
 
 @pytest.mark.parametrize("value", ["Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer " + "a" * 20_000])
@@ -359,6 +401,21 @@ def test_a_caller_outside_the_operator_groups_is_403_and_nothing_is_synced(opera
                            bearer(token(entra_server, roles=list(ROLES), **options)))
     assert (code, answer["error"]["code"]) == (403, expected)
     assert sync_posts(graph) == []
+
+
+def test_a_tenant_limited_to_its_operators_is_listed_only_to_them(operator_env, entra_server, graph):
+    outsider = bearer(token(entra_server, roles=[STATUS_READ], groups=[]))
+    insider = bearer(token(entra_server, roles=[STATUS_READ], groups=[GROUP]))
+    assert [t["tenantId"] for t in call("GET", "tenants", None, outsider)[2]["tenants"]] == []
+    assert [t["tenantId"] for t in call("GET", "tenants", None, insider)[2]["tenants"]] == [OTHER_TENANT]
+
+
+def test_a_rename_without_operator_groups_keeps_them_and_an_empty_list_clears_them(operator_env, entra_server, graph):
+    insider = bearer(token(entra_server, roles=[TENANTS_MANAGE], groups=[GROUP]))
+    code, _, body = call("PUT", f"tenants/{OTHER_TENANT}", {"displayName": "Renamed"}, insider)
+    assert code == 200 and body["operatorGroups"] == [GROUP]
+    code, _, body = call("PUT", f"tenants/{OTHER_TENANT}", {"displayName": "Open", "operatorGroups": []}, insider)
+    assert code == 200 and body["operatorGroups"] is None
 
 
 def test_only_an_operator_may_change_or_delete_a_tenant_limited_to_its_operators(operator_env, entra_server, graph):

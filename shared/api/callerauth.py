@@ -98,17 +98,21 @@ def require_role(caller: Caller, role: str) -> Caller:
     return caller.using(role)
 
 
+def may_operate(caller: Caller, operator_groups: tuple[str, ...]) -> bool:
+    """Whether the caller may act on a tenant limited to ``operator_groups`` (none: anyone may)."""
+    return caller.kind == "key" or not operator_groups or bool(set(caller.groups or ()) & set(operator_groups))
+
+
 def require_operator(caller: Caller, tenant_id: str, operator_groups: tuple[str, ...]) -> None:
     """A registered tenant with operator groups: the caller must be in one (the token's ``groups``)."""
-    if caller.kind == "key" or not operator_groups:
+    if may_operate(caller, operator_groups):
         return
     if caller.groups_overage:
         raise Forbidden("GroupsOverage", f"tenant {tenant_id} is limited to its operator groups, and the token names "
                         "too many groups to list them (Entra's overage): emit only the groups assigned to the "
                         "application (docs/security.md)", tenant=tenant_id)
-    if not set(caller.groups or ()) & set(operator_groups):
-        raise Forbidden("NotAnOperator", f"tenant {tenant_id} is limited to its operator groups; the caller is in "
-                        "none of them", tenant=tenant_id)
+    raise Forbidden("NotAnOperator", f"tenant {tenant_id} is limited to its operator groups; the caller is in "
+                    "none of them", tenant=tenant_id)
 
 
 def allowed_tenants(settings: Settings) -> frozenset[str]:
@@ -143,7 +147,7 @@ def validate(token: str, keys: SigningKeys, settings: Settings) -> Caller:
     except jwt.PyJWTError:
         raise Unauthenticated("InvalidToken", "the token is not a JWT") from None
     if header.get("alg") != "RS256":
-        raise Unauthenticated("InvalidAlgorithm", f"the token must be signed with RS256, not {str(header.get('alg'))[:20]!r}")
+        raise Unauthenticated("InvalidAlgorithm", f"the token must be signed with RS256, not {ascii(str(header.get('alg'))[:20])}")
     tenant = str(unverified.get("tid") or "").lower()
     if tenant not in allowed_tenants(settings):
         raise Unauthenticated("TenantNotAllowed", "the token's tenant may not call this API (AZURE_TENANT_ID, CALLER_TENANTS)")

@@ -42,6 +42,7 @@ from .callerauth import (
     Caller,
     bearer_token,
     claimed_by_headers,
+    may_operate,
     require_operator,
     require_role,
     validate,
@@ -445,7 +446,9 @@ def tenants_list(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
         tenants, following = customers.registry.page(continuation)
     except ValueError:
         raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned") from None
-    return json_response({"tenants": [t.to_json() for t in tenants], "continuation": following})
+    # A tenant limited to its operator groups is listed only to its operators.
+    shown = [t for t in tenants if may_operate(caller, t.groups())]
+    return json_response({"tenants": [t.to_json() for t in shown], "continuation": following})
 
 
 def tenant_put(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
@@ -463,11 +466,13 @@ def tenant_put(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ApiError(400, "InvalidBody", "enabled must be true or false")
-    groups = _operator_groups(data.get("operatorGroups"))
     customers.refuse_home(tenant_id)  # 409 HomeTenant; 503 TokenUnavailable while the home tenant cannot be told
     existing = customers.registry.get(tenant_id)
     if existing is not None:  # changing a tenant limited to its operators is for them
         require_operator(caller, existing.id, existing.groups())
+    # Absent: the groups stay as they are (a rename must not lift the limit); [] clears them.
+    groups = _operator_groups(data["operatorGroups"]) if "operatorGroups" in data else \
+        list(existing.groups()) if existing is not None else []
     from ..tenancy import Tenant
 
     tenant = Tenant(tenant_id, name.strip(), ",".join(dict.fromkeys(targets)) if targets else None, enabled,
@@ -481,7 +486,7 @@ MAX_OPERATOR_GROUPS = 20
 
 
 def _operator_groups(value: Any) -> list[str]:
-    """``operatorGroups``: Entra group ids (GUIDs), at most MAX_OPERATOR_GROUPS; absent is none."""
+    """``operatorGroups``: Entra group ids (GUIDs), at most MAX_OPERATOR_GROUPS; null or [] is none."""
     if value is None:
         return []
     if not isinstance(value, list) or len(value) > MAX_OPERATOR_GROUPS or not all(isinstance(g, str) for g in value):

@@ -98,7 +98,8 @@ class Unauthenticated(AppError):
     http_status = 401
 
     def __init__(self, code: str, message: str):
-        description = message.replace('"', "'")
+        # A header value: printable ASCII only (the host refuses anything else), no quote to break out of.
+        description = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in message)
         super().__init__(message, headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
                                            if code != "TokenMissing" else "Bearer"})
         self.code = code
