@@ -300,3 +300,24 @@ def test_the_watcher_resends_the_step_of_a_job_whose_message_was_lost(devices_en
     clock.advance(180)
     svc.watch()
     assert drain(devices_env, "DEVICE_SYNC_QUEUE", svc.device_sync().run_step) == 1
+
+
+def test_a_step_waiting_for_the_budget_is_delivered_before_the_budget_frees_up_and_takes_it_on_time(
+        devices_env, graph, monkeypatch):
+    from datetime import UTC, datetime
+
+    configure(graph, deviceWriteLimit={"limit": 40, "windowSeconds": 5})
+    for name, value in {"DEVICE_WRITE_LIMIT": "40", "WRITE_LIMIT_WINDOW_SECONDS": "5"}.items():
+        monkeypatch.setenv(name, value)
+    runtime.reload()
+    code, headers, started = call("POST", "devices/sync", {"serialNumbers": serials(DEVICES), "skipSyncedWithinMinutes": 0})
+    assert code == 202
+    drain(devices_env, "DEVICE_SYNC_QUEUE", handlers.run_device_sync_step)  # the first step: 38 sent, then a wait
+    due = runtime.service().device_sync().store.job(started["jobId"]).step_at
+    assert (due - datetime.now(UTC)).total_seconds() > 3
+    while not peek(devices_env):
+        time.sleep(0.05)
+    assert (due - datetime.now(UTC)).total_seconds() >= 0.9  # visible at least a second before it is due
+    code, final = run_steps(devices_env, headers["Location"])
+    assert code == 200 and final["counts"]["queued"] == DEVICES
+    assert graph.stats()["writeLimits"]["devices"]["throttled"] == 0

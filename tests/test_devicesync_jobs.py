@@ -274,7 +274,7 @@ def test_a_step_that_ends_leaves_its_takeover_message_nothing_to_do(env, clock, 
     assert device_stats(graph)["devicesSyncedMoreThanOnce"] == 0
 
 
-def test_a_budget_wait_under_a_second_is_slept_within_the_step(env, clock, graph):
+def test_a_short_budget_wait_is_slept_within_the_step(env, clock, graph):
     configure(graph, managedDevices={"count": 100}, deviceWriteLimit={"limit": 40, "windowSeconds": 1})
     jobs, _ = make_jobs(env, clock, limits=Limits(devices=40, window=1))
     job, token = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(100)), skip_minutes=0), "tech")
@@ -283,7 +283,7 @@ def test_a_budget_wait_under_a_second_is_slept_within_the_step(env, clock, graph
     assert graph.stats()["writeLimits"]["devices"]["throttled"] == 0
 
 
-def test_a_budget_wait_over_a_second_ends_the_step_and_schedules_the_next_for_then(env, clock, graph):
+def test_a_long_budget_wait_ends_the_step_and_schedules_the_next_for_then(env, clock, graph):
     configure(graph, managedDevices={"count": 100}, deviceWriteLimit={"limit": 40, "windowSeconds": 5})
     jobs, _ = make_jobs(env, clock, limits=Limits(devices=40, window=5))
     job, token = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(100)), skip_minutes=0), "tech")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..clients import Notification
 from ..common import AppError, Clock, StateStoreUnavailable, iso, messages, new_guid, new_token, telemetry, token_matches
 from .selector import DEVICE_IDS, DeviceSyncRequest
-from .syncsteps import DeviceStep
+from .syncsteps import PACE_SECONDS, DeviceStep
 from .syncstore import (
     COMPLETED,
     FAILED,
@@ -51,6 +51,11 @@ PAGE_SIZE = 500  # devices per status page
 TAKEOVER_AFTER = timedelta(seconds=2)  # past the claim's end: its takeover message is due then (visibility is whole seconds)
 OVERDUE = timedelta(minutes=2)  # a step this late lost its message: the watcher sends it again
 EARLY = timedelta(seconds=2)
+# A step's message is sent this much before the step is due (and found not early, EARLY): queue
+# visibility counts whole seconds and a host polls an idle queue every few, so a message sent for
+# the moment the budget frees up would arrive up to a second or two after it, every time. Arriving
+# this much early, the step sleeps the rest (syncsteps.PACE_SECONDS) and takes the budget on time.
+LEAD = timedelta(seconds=PACE_SECONDS)
 TARGET = "devices"
 MAX_FAILED_IN_NOTIFICATION = 50
 
@@ -168,11 +173,15 @@ class DeviceSyncJobs:
                                outcome="deviceSyncStepResent", message=f"the step was overdue since {iso(job.step_at)}")
         return sent
 
-    def send_step(self, job: DeviceSyncJob) -> int:
+    def send_step(self, job: DeviceSyncJob, lead: bool = False) -> int:
+        """The message of the job's step, for its ``step_at`` (``lead``: LEAD before it, for a
+        step that waits for the budget)."""
         if self.queue is None:
             return 0
         try:
-            self.queue.schedule(DeviceSyncStep(job.id, job.step, job.step_at or self.clock(), self.tenant), self.clock())
+            now = self.clock()
+            due = max(now, (job.step_at or now) - (LEAD if lead else timedelta(0)))
+            self.queue.schedule(DeviceSyncStep(job.id, job.step, due, self.tenant), now)
             return 1
         except AppError as exc:
             log.error("device sync %s: step %d recorded, but its message was not sent: %s", job.id, job.step, exc.message)
@@ -221,7 +230,7 @@ class DeviceSyncJobs:
         written = self.store.update(following)
         if written is None:
             raise StateStoreUnavailable(f"device sync {job.id}: the job row changed under its step")
-        self.send_step(written)
+        self.send_step(written, lead=True)
         telemetry.emit("devices", trigger="devices", target=TARGET, tenant=self.tenant, jobId=job.id, step=job.step,
                        counts=dict(outcome.counts), waitedSeconds=round(outcome.wait, 3), pacedSeconds=round(outcome.paced, 3),
                        throttled=outcome.throttled, outcome="stepped")

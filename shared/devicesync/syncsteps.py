@@ -8,8 +8,9 @@
    through $batch (not found, or synced within the job's minutes: final), and the rest are sent
    ``syncDevice`` in $batches of 20, budget taken first, each row written ``sending`` before its
    batch goes. A step waits for the budget only when the wait is shorter than ``PACE_SECONDS``
-   (less than a message's re-delivery costs: visibility counts whole seconds and the host polls
-   an idle queue every two); a longer wait ends the step and the next one comes when the budget says.
+   (what a message's re-delivery costs: visibility counts whole seconds and the host polls an
+   idle queue every two); a longer wait ends the step, and the next one's message comes that much
+   before the budget frees up (syncjobs.LEAD), sleeps the rest, and so takes the budget on time.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ MANAGED = "/deviceManagement/managedDevices"
 PAGE = "999"
 CHUNK = MAX_BATCH  # writes asked of the budget at once: one $batch, sent as soon as it is granted
 STEP_SECONDS = 20.0  # a step stops starting new work after this long (the host allows minutes)
-PACE_SECONDS = 1.0  # a shorter wait for the budget is slept within the step; a longer one ends it
+PACE_SECONDS = 2.0  # a shorter wait for the budget is slept within the step; a longer one ends it
 
 
 # Graph's answers to a listing that no retry can change: a filter it refuses, a group it does not know.
