@@ -78,6 +78,13 @@ def sync_watch(timer: func.TimerRequest) -> None:
     handlers.run_watch()
 
 
+# Once a day: every tenant's Apple push certificate and ADE/VPP tokens, told at 30, 14, 7 and 1 days.
+@app.timer_trigger(arg_name="timer", schedule=process.binding_expression("CREDENTIAL_CHECK_SCHEDULE"), run_on_startup=False,
+                   use_monitor=True)
+def credential_check(timer: func.TimerRequest) -> None:
+    handlers.run_credential_check()
+
+
 # The poll URL carries its own credential (a token), because Power Automate does not send the
 # connector's key when it follows a Location header.
 @app.route(route="operations/{operationId}", methods=routes.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)

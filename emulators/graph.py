@@ -18,6 +18,12 @@
   /{ver}/deviceManagement/managedDevices[/{id}]`` (``$select``, ``$filter`` on ``eq`` clauses, ``$top``, ``@odata.nextLink``),
   ``POST .../managedDevices/{id}/syncDevice``, ``GET /{ver}/groups/{id}/transitiveMembers/microsoft.graph.device``; each
   path needs the role ``required_role`` names.
+- ``GET /{ver}/deviceManagement/applePushNotificationCertificate``: the tenant's Apple MDM push
+  certificate (``expirationDateTime``, ``appleIdentifier``, ``topicIdentifier``...), 300 days from
+  the tenant's creation unless config ``applePushCertificate`` says otherwise (``{"expiresInDays",
+  "appleIdentifier"?, "topicIdentifier"?}``, days counted from the emulated clock when configured;
+  null: not set up, 404 ``ResourceNotFound``). Reads of the service configuration take
+  ``DeviceManagementServiceConfig.Read.All`` as well as its ReadWrite role.
 - JSON batching: ``POST /{ver}/$batch`` ``{"requests": [{"id", "method", "url" (relative to the version), "headers"?,
   "body"?}]}`` (1 to 20, unique ids, else 400) → 200 ``{"responses": [{"id", "status", "headers", "body"?}]}`` in the order
   sent. Each inner request goes through the fault list, its role check, the write limits and the routing on its own (a
@@ -71,6 +77,8 @@ AUTOPILOT = "/beta/deviceManagement/windowsAutopilotSettings"
 _EXCHANGE = re.compile(r"^/(v1\.0|beta)/deviceManagement/exchangeConnectors(?:/([^/]+))?(/sync)?$")
 MANAGED_GOOGLE_PLAY = "/beta/deviceManagement/androidManagedStoreAccountEnterpriseSettings"
 CONNECTOR_STATUS = "/beta/deviceManagement/connectorStatus"
+APNS = re.compile(r"^/(v1\.0|beta)/deviceManagement/applePushNotificationCertificate$")
+SERVICE_CONFIG_READ = "DeviceManagementServiceConfig.Read.All"
 # Collections of items with a bound sync action: path -> (config key, action)
 COLLECTIONS = {
     "/beta/deviceManagement/depOnboardingSettings": ("depOnboardingSettings", "syncWithAppleDeviceEnrollmentProgram"),
@@ -156,6 +164,7 @@ class TenantState:
         self.autopilot_devices = AutopilotDevices(clock)
         self.write_limit = WriteLimit()
         self.managed_devices = ManagedDevices(clock)
+        self.apns: dict[str, Any] | None = apns_certificate(now, 300, "mdm-admin@contoso.com")
 
     def autopilot_settings(self) -> dict[str, Any]:
         now = self.clock()
@@ -195,6 +204,11 @@ class TenantState:
                 self.items[key] = {item["id"]: dict(item) for item in config[key]}
         if "managedGooglePlay" in config:
             self.managed_google_play = dict(config["managedGooglePlay"])
+        if "applePushCertificate" in config:  # null: Apple management not set up (Graph answers 404)
+            cert = config["applePushCertificate"]
+            self.apns = None if cert is None else apns_certificate(
+                self.clock(), float(cert.get("expiresInDays", 300)), cert.get("appleIdentifier", "mdm-admin@contoso.com"),
+                cert.get("topicIdentifier"))
         if "syncDurationSeconds" in config:
             self.sync_duration = timedelta(seconds=float(config["syncDurationSeconds"]))
         if "syncOutcome" in config:
@@ -344,10 +358,12 @@ def _unauthorized() -> Result:
     return 401, _error("InvalidAuthenticationToken", "Access token is empty."), {}
 
 
-def _role_denied(claims: dict[str, Any], path: str) -> Result | None:
-    """403 when the token lacks the role the path needs (required_role), else None."""
+def _role_denied(claims: dict[str, Any], path: str, method: str = "GET") -> Result | None:
+    """403 when the token lacks the role the path needs (required_role), else None. A read of the
+    service configuration takes its read role too (Graph lists both for those reads)."""
     role = required_role(path)
-    if role in (claims.get("roles") or []):
+    roles = claims.get("roles") or []
+    if role in roles or (method == "GET" and role == SERVICE_CONFIG and SERVICE_CONFIG_READ in roles):
         return None
     return 403, _error(
         "Forbidden",
@@ -360,6 +376,15 @@ def _stamp(body: Any, date: str, request_id: str, client_request_id: str) -> Non
     """Fill an OData error body's ``innerError`` as Graph does."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         body["error"]["innerError"] = {"date": date, "request-id": request_id, "client-request-id": client_request_id}
+
+
+def apns_certificate(now: datetime, expires_in_days: float, apple_id: str, topic: str | None = None) -> dict[str, Any]:
+    """The tenant's Apple MDM push certificate, expiring ``expires_in_days`` from ``now``."""
+    return {"@odata.type": "#microsoft.graph.applePushNotificationCertificate", "id": "a1b2c3d4-0000-4000-8000-00000000a9b5",
+            "appleIdentifier": apple_id, "topicIdentifier": topic or "com.apple.mgmt.External.5b7d4e3a-91c2-4f6b-8e0d",
+            "lastModifiedDateTime": _iso(now - timedelta(days=65)), "expirationDateTime": _iso(now + timedelta(days=expires_in_days)),
+            "certificateSerialNumber": "6A1C2F8E2B1D4D7E", "certificateUploadStatus": None,
+            "certificateUploadFailureReason": None}
 
 
 def default_items(now: datetime) -> dict[str, dict[str, dict[str, Any]]]:
@@ -454,7 +479,7 @@ class _Handler(JsonHandler):
             return self.answer(*(denied or _unauthorized()))
         if BATCH.match(self.path_only):
             return self.answer(*self.batch(claims, body, generation))
-        denied = _role_denied(claims, self.path_only)
+        denied = _role_denied(claims, self.path_only, self.command)
         if denied:
             return self.answer(*denied)
         with em.lock:
@@ -519,7 +544,7 @@ class _Handler(JsonHandler):
         faulted = self.fault(method, path, generation)
         if faulted == "gone":
             faulted = 503, _error("ServiceUnavailable", "emulated fault"), {}
-        result = faulted or _role_denied(claims, path)
+        result = faulted or _role_denied(claims, path, method)
         if not result:
             with self.server.lock:
                 status, answer, headers = self.limited(method, path, query, raw)
@@ -575,6 +600,10 @@ class _Handler(JsonHandler):
             ]}, {}
         if path == MANAGED_GOOGLE_PLAY and method == "GET":
             return 200, em.managed_google_play, {}
+        if APNS.match(path) and method == "GET":
+            if em.apns is None:
+                return 404, _error("ResourceNotFound", "The Apple push notification certificate is not set up."), {}
+            return 200, em.apns, {}
         if path == MANAGED_GOOGLE_PLAY + "/syncApps" and method == "POST":
             if em.managed_google_play.get("bindStatus") not in ("bound", "boundAndValidated"):
                 return 400, _error("BadRequest", "The Managed Google Play account is not bound."), {}

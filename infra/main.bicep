@@ -10,7 +10,7 @@ param environmentName string
 @description('Azure region for every resource (one where Flex Consumption is available).')
 param location string
 
-@description('Grant the managed identity the Graph application roles of the enabled targets (shared/graph-roles.json; DeviceManagementServiceConfig.ReadWrite.All for the default autopilot) during deployment. Needs AppRoleAssignment.ReadWrite.All for the deployer; set false and run scripts/grant-graph-permission.sh later otherwise.')
+@description('Grant the managed identity the Graph application roles of the enabled targets and of the daily Apple credentials check (shared/graph-roles.json; DeviceManagementServiceConfig.ReadWrite.All for the default autopilot, DeviceManagementServiceConfig.Read.All always) during deployment. Needs AppRoleAssignment.ReadWrite.All for the deployer; set false and run scripts/grant-graph-permission.sh later otherwise.')
 param grantGraphPermission bool = true
 
 // App settings the code reads (shared/common/settings.py). Same names and defaults as the code:
@@ -201,6 +201,9 @@ param waitTimeoutSeconds int = 3600
 @description('NCRONTAB schedule of the watcher that reports finished syncs to NOTIFY_URL.')
 param watchSchedule string = '0 */2 * * * *'
 
+@description('NCRONTAB schedule of the daily check of the Apple credentials (APNs certificate, ADE and VPP tokens) in every tenant, told to NOTIFY_URL at 30, 14, 7 and 1 days and at expiry.')
+param credentialCheckSchedule string = '0 0 6 * * *'
+
 @secure()
 @description('Comma list of URLs to POST sync notifications to (e.g. a Power Automate "When an HTTP request is received" URL); empty for none.')
 param notifyUrl string = ''
@@ -220,10 +223,10 @@ param storageSku string = 'Standard_LRS'
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Deploy the Azure Monitor workbook (syncs, failures, unit health, deferred syncs, Autopilot imports, tenants) on the Application Insights component. Keyless: its queries run as whoever opens it.')
+@description('Deploy the Azure Monitor workbook (syncs, failures, unit health, deferred syncs, Autopilot imports, tenants, the next expiring Apple credential per tenant) on the Application Insights component. Keyless: its queries run as whoever opens it.')
 param deployWorkbook bool = true
 
-@description('E-mail address alerted (through an action group) when a sync fails or a unit is rated unhealthy. Empty (default): no alert rules, action group or alert identity at all.')
+@description('E-mail address alerted (through an action group) when a sync fails, a unit is rated unhealthy or an Apple credential (APNs certificate, ADE or VPP token) of a tenant is expiring. Empty (default): no alert rules, action group or alert identity at all.')
 param alertEmail string = ''
 
 var abbrs = loadJsonContent('abbreviations.json')
@@ -235,10 +238,14 @@ var entraCallers = callerAuth == 'entra'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 
 // The Graph application roles the enabled targets need, from the same table the code uses. Its
-// `devices` entry (bulk device sync) is granted only when SYNC_TARGETS names devices.
+// `devices` entry (bulk device sync) is granted only when SYNC_TARGETS names devices; its
+// `credentials` entry (the daily check of the Apple credentials, a read-only role) always, whatever
+// SYNC_TARGETS says: shared/common/permissions.py ALWAYS, roles_for().
 var targetRoles = loadJsonContent('../shared/graph-roles.json')
 var rolesPerTarget = [for target in split(syncTargets, ','): targetRoles[trim(target)]]
-var graphAppRoles = union(flatten(rolesPerTarget), []) // union() drops duplicates
+var alwaysOn = ['credentials']
+var rolesAlwaysOn = [for capability in alwaysOn: targetRoles[capability]]
+var graphAppRoles = union(flatten(rolesPerTarget), flatten(rolesAlwaysOn)) // union() drops duplicates, keeps the order
 
 var syncSettings = {
   GRAPH_BASE_URL: graphBaseUrl
@@ -285,6 +292,7 @@ var syncSettings = {
   GRAPH_TIMEOUT_SECONDS: string(graphTimeoutSeconds)
   SYNC_WAIT_TIMEOUT_SECONDS: string(waitTimeoutSeconds)
   SYNC_WATCH_SCHEDULE: watchSchedule
+  CREDENTIAL_CHECK_SCHEDULE: credentialCheckSchedule
   NOTIFY_URL: notifyUrl
   NOTIFY_FORMAT: notifyFormat
 }

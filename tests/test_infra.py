@@ -172,7 +172,17 @@ def test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets():
     per_target = main["variables"]["rolesPerTarget"]["value"]
     assert per_target["loop_type"]["detail"]["array_name"]["function"]["parameters"]["input_string"] == "syncTargets"
     assert per_target["config"]["operator"]["operands"]["operand_1"] == "targetRoles"
-    assert "rolesPerTarget" in json.dumps(main["variables"]["graphAppRoles"])
+    # ...adds, whatever SYNC_TARGETS says, the roles of what is always on (the credentials check)...
+    assert main["variables"]["alwaysOn"]["value"] == list(permissions.ALWAYS)
+    always = main["variables"]["rolesAlwaysOn"]["value"]
+    assert always["loop_type"]["detail"]["array_name"] == "alwaysOn"
+    assert always["config"]["operator"]["operands"]["operand_1"] == "targetRoles"
+    union = main["variables"]["graphAppRoles"]["value"]["function"]
+    assert union["type"] == "union"
+    assert [arg["function"] for arg in union["parameters"].values()] == [
+        {"type": "flatten", "parameters": {"array_to_flattern": "rolesPerTarget"}},  # the targets' roles first
+        {"type": "flatten", "parameters": {"array_to_flattern": "rolesAlwaysOn"}},
+    ]
     assert main["modules"]["graphPermission"]["config"]["config"]["params"]["appRoles"] == "graphAppRoles"
     graph = parse(INFRA / "app" / "graph-permission.bicep")
     assert "default" not in graph["parameters"]["appRoles"] or graph["parameters"]["appRoles"]["default"] is None
@@ -183,17 +193,41 @@ def test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets():
     assert grants["config"]["loop_type"]["detail"]["array_name"] == "appRoles"  # one grant per role
 
 
-def test_the_default_targets_need_only_the_service_config_role():
-    assert permissions.roles_for(["autopilot"]) == (PERMISSION,)
+CREDENTIALS_ROLE = "DeviceManagementServiceConfig.Read.All"
+
+
+def test_the_default_targets_need_only_the_service_config_role_and_the_credentials_read():
+    assert permissions.roles_for(["autopilot"]) == (PERMISSION, CREDENTIALS_ROLE)
+    assert permissions.roles_for([]) == (CREDENTIALS_ROLE,)
     assert set(permissions.roles_for(permissions.TARGET_ROLES)) == set(permissions.GRAPH_APP_ROLES)
+
+
+def test_the_credentials_check_is_always_on_with_one_read_only_role():
+    from shared.common.settings import DEVICES, TARGET_COOLDOWNS
+    from shared.engine.targets import TARGETS
+
+    assert permissions.CREDENTIALS_CAPABILITY == "credentials" and permissions.ALWAYS == ("credentials",)
+    # A capability, not a sync target, and not something SYNC_TARGETS switches on.
+    assert "credentials" not in TARGETS and "credentials" not in TARGET_COOLDOWNS and DEVICES != "credentials"
+    # The least privileged role Graph documents for reading the APNs certificate, ADE and VPP tokens: no ReadWrite.
+    assert permissions.TARGET_ROLES["credentials"] == (CREDENTIALS_ROLE,)
+    assert not [r for r in permissions.TARGET_ROLES["credentials"] if "ReadWrite" in r]
+    # Granted with every SYNC_TARGETS, after the targets' own roles, and only once.
+    for names in (["autopilot"], ["devices"], ["managedGooglePlay", "driverInventory"], list(permissions.TARGET_ROLES)):
+        roles = permissions.roles_for(names)
+        assert roles[-1] == CREDENTIALS_ROLE and roles.count(CREDENTIALS_ROLE) == 1, names
+    assert CREDENTIALS_ROLE in permissions.GRAPH_APP_ROLES
 
 
 def bicep_graph_app_roles(sync_targets: str) -> list[str]:
     """What main.bicep's graphAppRoles evaluates to for ``sync_targets``: union(flatten([for target
-    in split(syncTargets, ','): targetRoles[trim(target)]]), []), the roles of each name once, in order
-    (the shape is checked in test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets)."""
+    in split(syncTargets, ','): targetRoles[trim(target)]]), flatten([for capability in alwaysOn:
+    targetRoles[capability]])), the roles of each name and then of what is always on, each once, in
+    order (the shape is checked in test_the_graph_module_grants_exactly_the_roles_of_the_enabled_targets)."""
     table = json.loads((INFRA / "../shared/graph-roles.json").read_text())
-    return list(dict.fromkeys(role for target in sync_targets.split(",") for role in table[target.strip()]))
+    always = parse(INFRA / "main.bicep")["variables"]["alwaysOn"]["value"]
+    names = [target.strip() for target in sync_targets.split(",")] + always
+    return list(dict.fromkeys(role for name in names for role in table[name]))
 
 
 DEVICE_ROLES = {
@@ -209,8 +243,10 @@ def test_devices_in_sync_targets_is_a_capability_with_its_own_roles_and_no_sync_
     from shared.engine.targets import TARGETS
 
     assert permissions.DEVICES_CAPABILITY == DEVICES == "devices"
-    # Every entry of the table is a sync target or the devices capability, and devices is no target.
-    assert set(permissions.TARGET_ROLES) == set(TARGET_COOLDOWNS) | {DEVICES} == set(TARGETS) | {DEVICES}
+    # Every entry of the table is a sync target, the devices capability or what is always on (the
+    # credentials check), and devices is no target.
+    capabilities = {DEVICES, *permissions.ALWAYS}
+    assert set(permissions.TARGET_ROLES) == set(TARGET_COOLDOWNS) | capabilities == set(TARGETS) | capabilities
     assert DEVICES not in TARGETS and DEVICES not in TARGET_COOLDOWNS
     assert set(permissions.TARGET_ROLES[DEVICES]) == DEVICE_ROLES
     assert set(permissions.GRAPH_APP_ROLES) >= DEVICE_ROLES
@@ -235,13 +271,14 @@ def test_the_bicep_grants_the_device_roles_only_when_sync_targets_names_devices(
         assert set(granted) >= DEVICE_ROLES
     else:
         assert not DEVICE_ROLES & set(granted)
+    assert granted[-1] == CREDENTIALS_ROLE  # the credentials check's read, whatever SYNC_TARGETS says
     # The identity's grant and the multi-tenant app's required roles are the same variable.
     main = parse(INFRA / "main.bicep")
     assert main["modules"]["graphPermission"]["config"]["config"]["params"]["appRoles"] == "graphAppRoles"
     assert main["modules"]["multiTenantApp"]["config"]["config"]["params"]["appRoles"] == "graphAppRoles"
 
 
-@pytest.mark.parametrize("sync_targets", ["autopilot", "autopilot,devices", " devices , vpp "])
+@pytest.mark.parametrize("sync_targets", ["autopilot", "autopilot,devices", " devices , vpp ", "managedGooglePlay"])
 def test_the_grant_script_grants_the_roles_the_bicep_grants(sync_targets):
     text = (ROOT / "scripts" / "grant-graph-permission.sh").read_text()
     [program] = re.findall(r"python3 -c '([^']+)'", text)
@@ -249,6 +286,7 @@ def test_the_grant_script_grants_the_roles_the_bicep_grants(sync_targets):
                          env={**os.environ, "SYNC_TARGETS": sync_targets}, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == bicep_graph_app_roles(sync_targets)
+    assert CREDENTIALS_ROLE in run.stdout.split()  # the credentials check's read, granted with any SYNC_TARGETS
 
 
 def test_every_queue_the_code_reads_is_created_by_the_bicep_with_its_setting():

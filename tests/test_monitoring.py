@@ -204,6 +204,30 @@ def test_the_tenants_section_shows_only_when_there_are_tenants():
     assert set(with_queries(group)) == {"tenants", "tenant-syncs"}
 
 
+def test_the_workbook_shows_every_tenants_next_expiring_apple_credential():
+    document = workbook()
+    names = [item["name"] for item in document["items"]]
+    # At the top level, shown with or without registered tenants (the app's own tenant is checked too).
+    assert names.index("credentials-header") + 1 == names.index("credentials-next-expiry")
+    item = item_named(document, "credentials-next-expiry")["content"]
+    query = item["query"]
+    assert _EVENT_IS.findall(query) == ["expiry"]
+    assert "isnotempty(tostring(e.credentialId))" in query  # credentials, not notConfigured / unavailable reads
+    lines = [line.strip() for line in query.strip().splitlines()]
+    # Each credential's latest check, then per tenant the one with the fewest days left.
+    latest = lines.index("| summarize arg_max(timestamp, e) by Tenant, Kind, CredentialId")
+    nearest = lines.index("| summarize arg_min(DaysLeft, *) by Tenant")
+    assert latest < nearest and "Tenant = tostring(e.tenant)" in query  # empty: the app's own tenant
+    assert {"target", "name", "appleId", "expiresAt", "daysLeft", "outcome", "health"} <= fields_named(query)
+    project = next(line for line in lines if line.startswith("| project "))
+    for column in ("Tenant", "Kind", "Name", "AppleId", "ExpiresAt", "DaysLeft", "State"):
+        assert re.search(rf"\b{column}\b", project), column
+    # The last two days of the daily check, whatever the workbook's time range: every credential has a record.
+    assert "timestamp > ago(2d)" in query
+    assert item["timeContext"] == {"durationMs": 2 * 86400000} and "timeContextFromParameter" not in item
+    assert item["visualization"] == "table"
+
+
 # --- the workbook --------------------------------------------------------------------------------
 
 
@@ -293,9 +317,9 @@ def test_the_action_group_emails_alert_email_with_the_common_alert_schema():
     assert alerts()["parameters"]["alertEmail"].get("default") is None  # required: the module exists only with one
 
 
-def test_there_is_a_rule_for_failed_syncs_and_one_for_unhealthy_units_and_both_alert_the_action_group():
+def test_there_are_rules_for_failed_syncs_unhealthy_units_and_expiring_credentials_and_all_alert_the_action_group():
     queries = alert_queries()
-    assert set(queries) == {"failedSyncs", "unhealthyUnits"}
+    assert set(queries) == {"failedSyncs", "unhealthyUnits", "expiringCredentials"}
     failed, unhealthy = queries["failedSyncs"], queries["unhealthyUnits"]
     assert 'e.event == "sync" and e.outcome == "failed"' in failed
     assert 'e.event == "watch" and e.outcome == "syncFailed"' in failed  # Graph reports the sync failed
@@ -306,13 +330,18 @@ def test_there_is_a_rule_for_failed_syncs_and_one_for_unhealthy_units_and_both_a
         assert [accessor(g) for g in rule["properties"]["actions"]["actionGroups"]] == [["actionGroup", "id"]]
 
 
+# Each rule's dimensions: one alert per unit (or credential) and tenant.
+DIMENSIONS = {"failedSyncs": ["Unit", "Tenant"], "unhealthyUnits": ["Unit", "Tenant"], "expiringCredentials": ["Credential", "Tenant"]}
+
+
 def test_each_rule_splits_by_columns_its_query_returns():
     queries = alert_queries()
+    assert set(rules()) == set(DIMENSIONS)
     for symbol, rule in rules().items():
         [condition] = rule["properties"]["criteria"]["allOf"]
         names = [dimension["name"] for dimension in condition["dimensions"]]
-        assert names == ["Unit", "Tenant"], symbol
-        for name in names + [condition.get("metricMeasureColumn", "Unit")]:
+        assert names == DIMENSIONS[symbol], symbol
+        for name in names + ([condition["metricMeasureColumn"]] if "metricMeasureColumn" in condition else []):
             assert re.search(rf"\b{name} =", queries[symbol]), (symbol, name)
 
 
@@ -335,6 +364,30 @@ def test_the_unhealthy_rule_looks_further_back_than_the_timer_interval():
     assert DEFAULTS["SYNC_SCHEDULE"] == "0 0 * * * *"  # hourly: a health event per unit every hour
     window = duration(rules()["unhealthyUnits"]["properties"]["windowSize"])
     assert window >= timedelta(hours=2)
+
+
+def test_the_expiring_credentials_rule_counts_each_credentials_latest_check_unless_healthy():
+    query = alert_queries()["expiringCredentials"]
+    assert 'e.event == "expiry"' in query
+    assert "isnotempty(tostring(e.credentialId))" in query  # a credential, not a notConfigured / unavailable read
+    # Each credential (kind and id) of each tenant ("own": the app's own), its latest record only:
+    # a renewed credential's healthy record resolves the alert.
+    assert 'Credential = strcat(tostring(e.target), "/", tostring(e.credentialId))' in query
+    assert 'Tenant = iff(isempty(tostring(e.tenant)), "own", tostring(e.tenant))' in query
+    lines = [line.strip() for line in query.strip().splitlines()]
+    latest = lines.index("| summarize arg_max(timestamp, e) by Credential, Tenant")
+    assert lines[latest + 1] == '| where tostring(e.health) in ("warning", "unhealthy")'  # rated after taking the latest
+    # What the e-mail's results show: what to renew, with which Apple ID, by when.
+    assert {"target", "name", "appleId", "expiresAt", "daysLeft", "outcome", "health"} <= fields_named(query)
+    # The check runs daily: the query keeps a day and some (the run, ingestion latency), not two
+    # checks' worth; the rule's window holds it, in one bin.
+    assert DEFAULTS["CREDENTIAL_CHECK_SCHEDULE"] == "0 0 6 * * *"  # daily
+    [hours] = re.findall(r"timestamp > ago\((\d+)h\)", query)
+    assert 24 < int(hours) < 48
+    properties = rules()["expiringCredentials"]["properties"]
+    assert duration(properties["windowSize"]) >= timedelta(hours=int(hours))
+    assert duration(properties["evaluationFrequency"]) <= timedelta(hours=1)  # within the hour after a check
+    assert properties["autoMitigate"] is True
 
 
 def test_every_rule_queries_the_application_insights_component_as_a_user_assigned_identity():

@@ -57,11 +57,13 @@ def test_status_answers_within_its_deadline_and_marks_the_hanging_target_unavail
 
 def test_every_hanging_read_is_unavailable_and_the_answer_still_comes_on_time(make_service, graph):
     service = make_service(STATUS_DEADLINE_SECONDS="1")
-    faults(graph, {"method": "GET", "pathContains": "/", "delaySeconds": 3, "times": 3})
+    # Every read of the call: the two targets', connectorStatus and the credentials' first (of three).
+    faults(graph, {"method": "GET", "pathContains": "/", "delaySeconds": 3, "times": 4})
     status, elapsed = timed_status(service)
     assert elapsed < 1 + MARGIN, elapsed
     assert [graph_entry(status, t)["graph"][0]["error"]["code"] for t in ("autopilot", "exchange")] == ["Unavailable"] * 2
     assert status["connectorStatus"] is None
+    assert status["credentials"]["state"] == "unavailable"
 
 
 def test_repeated_calls_join_the_read_still_running_instead_of_sending_another(make_service, graph):

@@ -1,12 +1,15 @@
 // Log search alerts e-mailed to an operator (main.bicep deploys this module only when alertEmail is
-// set): failed syncs, and units rated unhealthy. The queries read the app's own telemetry
-// (shared/common/telemetry.py) and name only its fields and events (tests/test_monitoring.py checks).
+// set): failed syncs, units rated unhealthy, and expiring Apple credentials. The queries read the
+// app's own telemetry (shared/common/telemetry.py) and name only its fields and events
+// (tests/test_monitoring.py checks).
 //
-// Two rules, not one combined: the two signals need different windows and cadences. A failed sync is
+// Three rules, not one combined: the signals need different windows and cadences. A failed sync is
 // an event, worth knowing within minutes, so its rule looks at the last 15 minutes every 15 minutes.
 // Health is a state, rated once per unit after each timer tick (hourly by default), so its rule looks
 // at each unit's latest rating within 2 hours (longer than the timer interval, so that every unit
-// has one) every hour. They also differ in severity, and each e-mail names what happened.
+// has one) every hour. A credential's expiry is a state too, but checked once a day
+// (CREDENTIAL_CHECK_SCHEDULE), so its rule looks at each credential's latest check within 26 hours.
+// They also differ in severity, and each e-mail names what happened.
 //
 // Keyless: Application Insights and Log Analytics accept no keys (monitoring.bicep), and the rules
 // query as a managed identity, through RBAC. Microsoft's "Create or edit a log search alert rule"
@@ -113,6 +116,25 @@ traces
 | project timestamp, Unit, Tenant, Target = tostring(e.target), LastSyncAt = tostring(e.lastSyncAt), Reasons = tostring(e.message)
 '''
 
+// An expiring Apple credential (APNs certificate, ADE or VPP token) in any tenant: each credential's
+// latest `expiry` record of the daily check (arg_max), if it rates the credential warning (within
+// TOKEN_EXPIRY_WARNING_DAYS, or no expiry date) or unhealthy (within 7 days, expired, or an APNs
+// certificate in its grace period). 26 hours: a day between two checks plus the check's own run
+// and Log Analytics' ingestion latency, so that every credential has one record and one only counts.
+// A renewed credential's next record is healthy, and the alert resolves itself (autoMitigate). The
+// notifications to NOTIFY_URL tell each threshold (30, 14, 7, 1 days, expiry) once; the rule keeps
+// the state in view for whoever reads the e-mails.
+var expiringCredentialsQuery = '''
+traces
+| where message startswith "IntuneSync "
+| extend e = parse_json(substring(message, 11))
+| where timestamp > ago(26h) and e.event == "expiry" and isnotempty(tostring(e.credentialId))
+| extend Credential = strcat(tostring(e.target), "/", tostring(e.credentialId)), Tenant = iff(isempty(tostring(e.tenant)), "own", tostring(e.tenant))
+| summarize arg_max(timestamp, e) by Credential, Tenant
+| where tostring(e.health) in ("warning", "unhealthy")
+| project timestamp, Credential, Tenant, Kind = tostring(e.target), Name = tostring(e.name), AppleId = tostring(e.appleId), ExpiresAt = tostring(e.expiresAt), DaysLeft = todouble(e.daysLeft), State = tostring(e.outcome), Health = tostring(e.health)
+'''
+
 resource failedSyncs 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   name: 'intune-sync-failed-syncs-${resourceToken}'
   location: location
@@ -215,6 +237,58 @@ resource unhealthyUnits 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   dependsOn: [readerOnComponent, readerOnWorkspace]
 }
 
-output ruleIds array = [failedSyncs.id, unhealthyUnits.id]
+resource expiringCredentials 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'intune-sync-expiring-credentials-${resourceToken}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${alertIdentity.id}': {} }
+  }
+  properties: {
+    displayName: 'intune-sync: Apple credential expiring'
+    description: 'An Apple MDM push certificate, ADE or VPP token of a tenant expires within TOKEN_EXPIRY_WARNING_DAYS, or has expired (an APNs certificate must be renewed with the same Apple ID). The alert\'s query results name the tenant, the credential, its Apple ID and expiry; docs/operations.md ("Apple credentials") says where each is renewed.'
+    severity: 2
+    enabled: true
+    scopes: [applicationInsights.id]
+    evaluationFrequency: 'PT1H' // within the hour after the daily check
+    // The query itself keeps the last 26 hours (ago(26h)); the window is the next one Azure Monitor
+    // offers above that, and one bin, so each credential's latest record is counted once.
+    windowSize: 'P2D'
+    criteria: {
+      allOf: [
+        {
+          query: expiringCredentialsQuery
+          timeAggregation: 'Count'
+          // One alert per credential and tenant, each firing and resolving on its own.
+          dimensions: [
+            {
+              name: 'Credential'
+              operator: 'Include'
+              values: ['*']
+            }
+            {
+              name: 'Tenant'
+              operator: 'Include'
+              values: ['*']
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: { actionGroups: [actionGroup.id] }
+  }
+  dependsOn: [readerOnComponent, readerOnWorkspace]
+}
+
+output ruleIds array = [failedSyncs.id, unhealthyUnits.id, expiringCredentials.id]
 output actionGroupId string = actionGroup.id
 output identityPrincipalId string = alertIdentity.properties.principalId

@@ -19,7 +19,7 @@ param displayName string
 @description('Object (principal) id of the user-assigned managed identity the app trusts: the subject of the federated identity credential.')
 param identityPrincipalId string
 
-@description('Graph application roles the app requires in every customer tenant: those of the enabled targets (shared/graph-roles.json).')
+@description('Graph application roles the app requires in every customer tenant: those of the enabled targets and, always, of the daily Apple credentials check (shared/graph-roles.json).')
 param appRoles array
 
 var microsoftGraphAppId = '00000003-0000-0000-c000-000000000000'
@@ -47,7 +47,8 @@ resource multiTenantApp 'Microsoft.Graph/applications@v1.0' = {
   displayName: displayName
   signInAudience: 'AzureADMultipleOrgs'
   notes: 'intune-sync: many tenants from one deployment. Its only credential is the function app\'s user-assigned managed identity (federated identity credential); add no secret or certificate.'
-  // What a customer's administrator consents to: the application permissions of the enabled targets.
+  // What a customer's administrator consents to: the application permissions of the enabled targets
+  // and of the daily Apple credentials check (DeviceManagementServiceConfig.Read.All).
   requiredResourceAccess: [
     {
       resourceAppId: microsoftGraphAppId

@@ -1,8 +1,8 @@
 // An Azure Monitor workbook over the app's own telemetry (shared/common/telemetry.py: one `IntuneSync {json}`
 // trace per sync, deferred firing, watcher finding, import step, tenant outcome, timer tick, health
-// rating): syncs over time by outcome and target, failures with their reasons and Graph request ids,
-// every unit's last good sync and health, deferred syncs, Autopilot import jobs, and tenants when
-// there are some. The workbook itself is workbook.json, kept apart so that tests/test_monitoring.py
+// rating, Apple credential check): syncs over time by outcome and target, failures with their
+// reasons and Graph request ids, every unit's last good sync and health, deferred syncs, Autopilot
+// import jobs, every tenant's next expiring Apple credential, and tenants when there are some. The workbook itself is workbook.json, kept apart so that tests/test_monitoring.py
 // can check every query in it against telemetry.FIELDS and telemetry.EVENTS.
 //
 // Keyless: a workbook holds no credential; its queries run as whoever opens it, through Entra ID

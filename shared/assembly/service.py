@@ -8,6 +8,7 @@
            follower  Follower        sync and wait, watcher             (shared/engine/follow.py)
            retention Retention       the watcher's sweep of old rows    (shared/assembly/retention.py)
            status_reader StatusReader status document, health ratings  (shared/engine/status.py)
+           expiry    ExpiryWatch     the daily check of Apple credentials (shared/engine/expirywatch.py)
            import_jobs() ImportJobs  Autopilot onboarding, built on first use (shared/onboarding/importjob.py)
            device_sync() DeviceSyncJobs  bulk device sync, built on first use (shared/devicesync)
 
@@ -26,7 +27,10 @@ from ..clients import GraphClient, Limits, Notifier, PendingQueue, ServiceNotifi
 from ..common import Clock, Settings, SyncRequest, SyncResult, Trigger, utcnow
 from ..engine import (
     TARGETS,
+    CredentialsReport,
+    CredentialStore,
     Deferrals,
+    ExpiryWatch,
     Follower,
     Operation,
     OperationStore,
@@ -94,6 +98,7 @@ class SyncService:
         self.follower = Follower(settings, store, clock, tenant, self.targets, operations, self.pipeline.sync,
                                  self.recorder, self.deferred, notices, self.jobs.repair, self.retention.sweep)
         self.status_reader = StatusReader(settings, graph, store, self.targets, clock, tenant)
+        self.expiry = ExpiryWatch(settings, graph, store.sibling(CredentialStore), clock, tenant, notices.send)
         self.notices = notices
 
     @property
@@ -148,6 +153,10 @@ class SyncService:
 
     def report_health(self) -> dict[str, str]:
         return self.status_reader.report_health()
+
+    def check_credentials(self) -> CredentialsReport:
+        """The daily check of the tenant's Apple credentials: rated, told once per threshold."""
+        return self.expiry.check()
 
     # --- the import jobs ----------------------------------------------------------------------
 

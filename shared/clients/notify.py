@@ -25,11 +25,16 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_BACKOFF, RETRY_BACKOFF_MAX = 0.5, 5.0
-EVENTS = ("syncStarted", "syncCompleted", "syncFailed", "importCompleted", "deviceSyncCompleted")
+EVENTS = ("syncStarted", "syncCompleted", "syncFailed", "importCompleted", "deviceSyncCompleted", "credentialExpiring",
+          "credentialExpired")
 TITLES = {"syncStarted": "Intune sync started", "syncCompleted": "Intune sync completed", "syncFailed": "Intune sync failed",
-          "importCompleted": "Autopilot import finished", "deviceSyncCompleted": "Device sync finished"}
+          "importCompleted": "Autopilot import finished", "deviceSyncCompleted": "Device sync finished",
+          "credentialExpiring": "Apple credential expiring", "credentialExpired": "Apple credential expired"}
 # Where a job's summary goes in the JSON body, by event (importCompleted's under "import").
-DETAILS_KEY = {"deviceSyncCompleted": "deviceSync"}
+DETAILS_KEY = {"deviceSyncCompleted": "deviceSync", "credentialExpiring": "credential", "credentialExpired": "credential"}
+# A credential's facts on the card, in this order (shared/engine/expirywatch.py fills them).
+CREDENTIAL_FACTS = (("name", "Credential"), ("appleId", "Apple ID"), ("expiresAt", "Expires"), ("daysLeft", "Days left"),
+                    ("renewAt", "Renew at"))
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,8 @@ class Notification:
                     "size": "Medium",
                     "weight": "Bolder",
                     "text": TITLES[self.event],
-                    "color": "Attention" if self.event == "syncFailed" or self.outcome == "completedWithFailures" else "Good",
+                    "color": "Attention" if self.event in ("syncFailed", "credentialExpiring", "credentialExpired")
+                    or self.outcome == "completedWithFailures" else "Good",
                 },
                 {"type": "TextBlock", "text": self.message, "wrap": True},
                 {"type": "FactSet", "facts": facts},
@@ -110,6 +116,9 @@ class Notification:
         """An import job's counts per state, then each failed device with its reason."""
         if not self.details:
             return []
+        if DETAILS_KEY.get(self.event) == "credential":
+            return [{"title": title, "value": str(self.details[name])} for name, title in CREDENTIAL_FACTS
+                    if self.details.get(name) is not None]
         facts = [{"title": state, "value": str(n)} for state, n in (self.details.get("counts") or {}).items() if n]
         for device in self.details.get("failedDevices") or []:
             reason = device.get("errorName") or device.get("state")

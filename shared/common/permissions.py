@@ -25,14 +25,19 @@ TARGET_ROLES: dict[str, tuple[str, ...]] = {
 
 # The entry of TARGET_ROLES that is a capability, not a sync target (shared/common/settings.py DEVICES).
 DEVICES_CAPABILITY = "devices"
+# The daily check of the Apple credentials (shared/engine/expirywatch.py), always on: the least
+# privileged role Graph documents for reading the APNs certificate, ADE and VPP tokens.
+CREDENTIALS_CAPABILITY = "credentials"
+ALWAYS = (CREDENTIALS_CAPABILITY,)
 
 # Every Graph role any target needs (the Bicep grants those of the enabled targets).
 GRAPH_APP_ROLES: tuple[str, ...] = tuple(dict.fromkeys(r for roles in TARGET_ROLES.values() for r in roles))
 
 
 def roles_for(targets: Iterable[str]) -> tuple[str, ...]:
-    """The roles of the names in SYNC_TARGETS (sync targets and ``devices``), each once, in order."""
-    return tuple(dict.fromkeys(r for t in targets for r in TARGET_ROLES[t]))
+    """The roles of the names in SYNC_TARGETS (sync targets and ``devices``) and of what is always
+    on (the credentials check), each once, in order."""
+    return tuple(dict.fromkeys(r for t in (*targets, *ALWAYS) for r in TARGET_ROLES[t]))
 
 
 # Built-in Azure roles on the storage account, by role definition id.

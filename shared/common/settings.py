@@ -52,6 +52,9 @@ DEFAULTS: dict[str, str] = {
     "HEALTH_UNHEALTHY_HOURS": "72",
     "HEALTH_THRESHOLDS": "",
     "TOKEN_EXPIRY_WARNING_DAYS": "30",
+    # The daily check of every tenant's Apple credentials (shared/engine/expirywatch.py): APNs
+    # certificate, ADE and VPP tokens, told at 30, 14, 7 and 1 days and at expiry.
+    "CREDENTIAL_CHECK_SCHEDULE": "0 0 6 * * *",
     "TRUSTED_FORWARDED_HOSTS": "",
     "STATUS_DEADLINE_SECONDS": "20",
     "HISTORY_RETENTION_DAYS": "90",
@@ -252,6 +255,7 @@ class Settings:
     graph_timeout_seconds: float = float(DEFAULTS["GRAPH_TIMEOUT_SECONDS"])
     wait_timeout_seconds: int = int(DEFAULTS["SYNC_WAIT_TIMEOUT_SECONDS"])
     watch_schedule: str = DEFAULTS["SYNC_WATCH_SCHEDULE"]
+    credential_check_schedule: str = DEFAULTS["CREDENTIAL_CHECK_SCHEDULE"]
     notify_urls: tuple[str, ...] = ()
     notify_format: str = DEFAULTS["NOTIFY_FORMAT"]
     # (target or "*", warning hours, unhealthy hours): when a target's last good sync is too old
@@ -447,6 +451,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str, dict[str, str]], Any]]] = {
     "SYNC_TARGETS": ("sync_targets", _targets),
     "SYNC_SCHEDULE": ("sync_schedule", _ncrontab),
     "SYNC_WATCH_SCHEDULE": ("watch_schedule", _ncrontab),
+    "CREDENTIAL_CHECK_SCHEDULE": ("credential_check_schedule", _ncrontab),
     "EXCHANGE_SYNC_TYPE": ("exchange_sync_type", _one_of(SYNC_TYPES)),
     "NOTIFY_URL": ("notify_urls", _notify_urls),
     "NOTIFY_FORMAT": ("notify_format", _one_of(NOTIFY_FORMATS)),

@@ -40,6 +40,7 @@ EVENTS = {
     "timer": "a timer tick: how many units it synced, by outcome",
     "health": "a unit's health, rated from Graph's own account after each timer tick",
     "notice": "something an operator should know about the configuration (e.g. a legacy target)",
+    "expiry": "an Apple credential (APNs certificate, ADE or VPP token) in the daily check: its days left and state",
 }
 
 # The fields, and what they hold. Nothing else can be logged (see emit).
@@ -48,7 +49,8 @@ FIELDS = {
     "trigger": "what started it: timer, http, deferred, import, tenant",
     "caller": "who asked, as verified: a token's user or app with its object id and role, 'key', 'timer', the import job",
     "claimedCaller": "key mode: who the request's own headers said asked (x-ms-client-principal-name...), unverified",
-    "target": "autopilot, exchange, appleAde, vpp, managedGooglePlay, driverInventory",
+    "target": "autopilot, exchange, appleAde, vpp, managedGooglePlay, driverInventory; expiry events: apnsCertificate, "
+              "adeToken, vppToken",
     "unit": "what one sync covers: the target, or target/<item id> (a connector, a token)",
     "tenant": "the customer tenant's id; empty for the app's own tenant",
     "outcome": "sync: started, cooldown, inProgress, skipped, failed, scheduled, unknown (a claim whose holder "
@@ -73,6 +75,12 @@ FIELDS = {
     "waitedSeconds": "how long a device sync step put off the next one (write budget or Graph's Retry-After)",
     "pacedSeconds": "how long a device sync step slept within itself for the write budget (waits under a second)",
     "throttled": "device syncs Graph answered 429 in a device sync step (sent again later)",
+    "credentialId": "an Apple credential's id in Graph (expiry events)",
+    "name": "an Apple credential's name: the certificate's topic, a token's name (expiry events)",
+    "appleId": "the Apple ID (Managed Apple ID) a credential belongs to: renew with the same one (expiry events)",
+    "expiresAt": "when the credential expires (UTC, expiry events)",
+    "daysLeft": "days until it expires, negative once expired (expiry events)",
+    "threshold": "the threshold told in this check (30, 14, 7, 1; 0: expired), if any (expiry events)",
 }
 
 MAX_TEXT = 500

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 from ..common import face
 
 if TYPE_CHECKING:
+    from .credentials import CredentialsReport, read_credentials
     from .decisions import in_flight
     from .deferred import Deferrals, PendingFire
+    from .expirywatch import CredentialStore, ExpiryWatch
     from .follow import Follower
     from .operations import OPERATION_ROW, Operation, OperationStore
     from .pipeline import RefusalMemory, SyncPipeline
@@ -21,7 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASK_PREFIX",
+    "CredentialStore",
+    "CredentialsReport",
     "Deferrals",
+    "ExpiryWatch",
     "Follower",
     "HISTORY_PREFIX",
     "MAX_TICKS",
@@ -40,11 +45,15 @@ __all__ = [
     "Targets",
     "UnitState",
     "in_flight",
+    "read_credentials",
 ]
 
 __getattr__ = face(__name__, {
     "ASK_PREFIX": "state",
+    "CredentialStore": "expirywatch",
+    "CredentialsReport": "credentials",
     "Deferrals": "deferred",
+    "ExpiryWatch": "expirywatch",
     "Follower": "follow",
     "HISTORY_PREFIX": "state",
     "MAX_TICKS": "state",
@@ -63,4 +72,5 @@ __getattr__ = face(__name__, {
     "Targets": "targets",
     "UnitState": "state",
     "in_flight": "decisions",
+    "read_credentials": "credentials",
 })

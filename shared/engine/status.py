@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..common import Clock, UpstreamError, iso, telemetry
+from .credentials import KINDS, CredentialsRead, CredentialsReport, read_credentials
 from .decisions import in_cooldown, in_flight, orphaned_claim
 from .health import Rating, rate, worst
 from .state import StateStore, UnitState
@@ -36,8 +37,10 @@ if TYPE_CHECKING:
 # 6 targets + connectorStatus per status call; room for a few services (instances of the app
 # object) in one process, each with at most one read per target in flight.
 MAX_READS = 32
-# The key of Intune's connectorStatus among the status call's Graph reads (no target has it).
+# The keys of Intune's connectorStatus and of the Apple credentials among the status call's Graph
+# reads (no target has them).
 _CONNECTOR_STATUS = "connectorStatus"
+_CREDENTIALS = "credentials"
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class StatusReader:
         reads = READS.start_all({
             **self._graph_reads(),
             _CONNECTOR_STATUS: ((self.graph, _CONNECTOR_STATUS), lambda: read_connector_status(self.graph)),
+            _CREDENTIALS: ((self.graph, _CREDENTIALS), lambda: read_credentials(self.graph)),
         })
         local = {s.key: s for s in self.store.states()}
         asks = {key: 1 + self.store.count_asks(key, s.pending_id) for key, s in local.items() if s.pending_id}
@@ -153,10 +157,12 @@ class StatusReader:
         connectors = answers[_CONNECTOR_STATUS]
         if isinstance(connectors, BaseException):
             raise connectors
+        credentials = credentials_json(answers[_CREDENTIALS], now, self.settings.token_expiry_warning_days)
         return {
             "now": iso(now),
-            "health": worst([t["health"] for t in targets]),
+            "health": worst([t["health"] for t in targets] + [a["rating"] for a in credentials["credentials"]]),
             "targets": targets,
+            "credentials": credentials,
             "connectorStatus": None if isinstance(connectors, Unavailable) else connectors,
         }
 
@@ -255,3 +261,14 @@ def _state_json(state: UnitState, now: datetime, asks: int = 0) -> dict[str, Any
         else None,
     }
 
+
+
+
+def credentials_json(answer: Any, now: datetime, warning_days: int) -> dict[str, Any]:
+    """The Apple credentials part of the status document (a read not answered in time: every kind
+    unavailable)."""
+    if isinstance(answer, Unavailable):
+        answer = CredentialsRead(unavailable=tuple((kind, answer.message) for kind in KINDS))
+    if isinstance(answer, BaseException):
+        raise answer
+    return CredentialsReport.of(answer, now, warning_days).to_json()

@@ -97,6 +97,25 @@ def run_watch() -> int:
     return service().watch()
 
 
+def run_credential_check() -> str:
+    """The daily credentials timer (CREDENTIAL_CHECK_SCHEDULE): the home tenant's Apple credentials
+    checked here, the registered tenants' through the fan-out (one message each, three reads)."""
+    svc = service()
+    state = "unavailable"
+    try:
+        state = svc.check_credentials().state
+    except AppError as exc:  # Table Storage down: the tenants are still checked; tomorrow tells what is owed
+        log.error("credentials check: the home tenant was not checked: %s", exc.message)
+    customers = tenancy()
+    if customers is not None:
+        try:
+            customers.fan_out(svc.clock(), work="credentials")
+        except AppError as exc:
+            log.error("credentials check: the tenants' fan-out was not sent: %s", exc.message)
+    _flush(svc)
+    return state
+
+
 def run_timer(past_due: bool) -> list[SyncResult]:
     """The sync timer: every enabled target (each unit's result is a ``sync`` event), then each
     unit's health from Graph (``health`` events), one ``timer`` event with the tally, and the

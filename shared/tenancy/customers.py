@@ -49,6 +49,9 @@ MAX_SERVICES = 256  # tenant services kept per process (each holds a Graph clien
 SWEEP_EVERY = timedelta(days=1)  # each tenant's retention sweep, at its first tick after this
 
 
+WORK = ("sync", "credentials")
+
+
 @dataclass(frozen=True)
 class TenantMessage:
     """A fan-out message: a page of the registry to send out, or one tenant to sync."""
@@ -57,6 +60,7 @@ class TenantMessage:
     tick: datetime
     tenant_id: str | None = None
     continuation: str | None = None
+    work: str = "sync"  # or "credentials": the daily check of the tenant's Apple credentials
 
     @property
     def scheduled_at(self) -> datetime:
@@ -64,7 +68,7 @@ class TenantMessage:
 
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, "tick": iso(self.tick), "tenantId": self.tenant_id,
-                           "continuation": self.continuation})
+                           "continuation": self.continuation, "work": self.work})
 
     @classmethod
     def from_json(cls, text: str) -> TenantMessage:
@@ -75,14 +79,17 @@ class TenantMessage:
         if kind not in ("page", "tenant"):
             raise messages.InvalidMessage("kind is neither page nor tenant")
         tick = messages.time(data, "tick")
+        work = data.get("work", "sync")  # absent in the messages of earlier versions: a sync
+        if work not in WORK:
+            raise messages.InvalidMessage(f"work is none of {', '.join(WORK)}")
         if kind == "tenant":
-            return cls(kind, tick, tenant_id=messages.guid(data, "tenantId"))
+            return cls(kind, tick, tenant_id=messages.guid(data, "tenantId"), work=work)
         continuation = messages.text(data, "continuation", r"[A-Za-z0-9_=-]+", required=False, limit=4096)
         try:
             token_of(continuation)
         except ValueError:
             raise messages.InvalidMessage("continuation is not a continuation token of this app") from None
-        return cls(kind, tick, continuation=continuation)
+        return cls(kind, tick, continuation=continuation, work=work)
 
 
 class Tenancy:
@@ -130,9 +137,10 @@ class Tenancy:
 
     # --- fan-out ------------------------------------------------------------------------------
 
-    def fan_out(self, tick: datetime) -> None:
-        """The timer's part: send the first page's message (the pages send the rest)."""
-        self.queue.schedule(TenantMessage("page", tick), tick)
+    def fan_out(self, tick: datetime, work: str = "sync") -> None:
+        """A timer's part: send the first page's message (the pages send the rest); ``work``: what
+        each tenant's message does (its syncs, or the daily credentials check)."""
+        self.queue.schedule(TenantMessage("page", tick, work=work), tick)
 
     def run(self, text: str) -> str:
         """A fan-out message. Returns what was done (for the log and tests)."""
@@ -143,17 +151,19 @@ class Tenancy:
             return "invalid"
         if message.kind == "page":
             return self._page(message)
+        if message.work == "credentials":
+            return self._check_credentials(message)
         return self._sync(message)
 
     def _page(self, message: TenantMessage) -> str:
         tenants, following = self.registry.page(message.continuation, self.page_size)
         now = self.home.clock()
         if following:  # first, so that a fault in the sends below never loses the rest of the registry
-            self.queue.schedule(TenantMessage("page", message.tick, continuation=following), now)
+            self.queue.schedule(TenantMessage("page", message.tick, continuation=following, work=message.work), now)
         sent = 0
         for tenant in tenants:
             if tenant.enabled:
-                self.queue.schedule(TenantMessage("tenant", message.tick, tenant_id=tenant.id), now)
+                self.queue.schedule(TenantMessage("tenant", message.tick, tenant_id=tenant.id, work=message.work), now)
                 sent += 1
         return f"page: {sent} tenant(s)"
 
@@ -184,6 +194,23 @@ class Tenancy:
         level = logging.INFO if state == "synced" else logging.WARNING
         telemetry.emit("tenant", level, trigger="tenant", tenant=tenant.id, outcome=state, message=reason)
         return state
+
+    def _check_credentials(self, message: TenantMessage) -> str:
+        """One tenant's daily credentials check (three Graph reads), recorded in the registry."""
+        tenant = self.registry.get(message.tenant_id or "")
+        if tenant is None or not tenant.enabled:
+            return "skipped: not registered or disabled"
+        try:
+            svc = self.service(tenant)
+        except (HomeTenant, TokenUnavailable) as exc:  # the home tenant is checked by the timer itself
+            return f"skipped: {exc.code}"
+        report = svc.check_credentials()
+        following = report.next_expiry
+        self.registry.record_credentials(tenant.id, report.state, self.home.clock(),
+                                         following.credential.expires_at if following else None,
+                                         following.credential.kind if following else None,
+                                         following.credential.name if following else None)
+        return f"credentials: {report.state}"
 
     # --- consent ------------------------------------------------------------------------------
 

@@ -48,6 +48,12 @@ class Tenant:
     last_reason: str | None = None
     last_swept_at: datetime | None = None  # the tenant table's last retention sweep
     operator_groups: str | None = None  # comma list of Entra group ids whose members may act on it (entra callers)
+    # The last daily check of its Apple credentials (shared/engine/expirywatch.py).
+    credentials_state: str | None = None  # healthy, warning, unhealthy, notConfigured, unavailable
+    credentials_checked_at: datetime | None = None
+    next_expiry_at: datetime | None = None
+    next_expiry_kind: str | None = None
+    next_expiry_name: str | None = None
     etag: str | None = None
 
     def groups(self) -> tuple[str, ...]:
@@ -62,7 +68,13 @@ class Tenant:
                 "targets": [t for t in (self.targets or "").split(",") if t] or None, "enabled": self.enabled,
                 "createdAt": iso(self.created_at), "updatedAt": iso(self.updated_at),
                 "lastCheckedAt": iso(self.last_checked_at), "state": self.last_state, "reason": self.last_reason,
-                "operatorGroups": list(self.groups()) or None}
+                "operatorGroups": list(self.groups()) or None,
+                "credentials": {"state": self.credentials_state, "checkedAt": iso(self.credentials_checked_at),
+                                "nextExpiryAt": iso(self.next_expiry_at), "nextExpiryKind": self.next_expiry_kind,
+                                "nextExpiryName": self.next_expiry_name} if self.credentials_checked_at else None}
+
+
+CHECK_FIELDS = ("credentials_state", "credentials_checked_at", "next_expiry_at", "next_expiry_kind", "next_expiry_name")
 
 
 def token_failure_state(message: str) -> str | None:
@@ -102,7 +114,8 @@ class TenantStore(TableStore):
                          last_checked_at=current.last_checked_at if current else None,
                          last_state=current.last_state if current else None,
                          last_reason=current.last_reason if current else None,
-                         last_swept_at=current.last_swept_at if current else None)
+                         last_swept_at=current.last_swept_at if current else None,
+                         **({name: getattr(current, name) for name in CHECK_FIELDS} if current else {}))
         self._table.upsert_entity(self._entity(merged), mode=UpdateMode.REPLACE)
         return merged, current is None
 
@@ -146,6 +159,19 @@ class TenantStore(TableStore):
             if table_missing(exc):
                 raise
             # deleted meanwhile: nothing to record
+
+    @store_errors
+    def record_credentials(self, tenant_id: str, state: str, at: datetime, next_at: datetime | None,
+                           next_kind: str | None, next_name: str | None) -> None:
+        """What a tenant's daily credentials check found (a merge, like ``record``)."""
+        row: dict[str, Any] = {"PartitionKey": PARTITION, "RowKey": tenant_id, "credentialsState": state,
+                               "credentialsCheckedAt": at, "nextExpiryAt": next_at, "nextExpiryKind": next_kind,
+                               "nextExpiryName": (next_name or "")[:200] or None}
+        try:
+            self._table.update_entity({k: v for k, v in row.items() if v is not None}, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError as exc:
+            if table_missing(exc):
+                raise
 
     def _entity(self, tenant: Tenant) -> dict[str, Any]:
         return to_row(tenant, PARTITION, tenant.id, skip=("id", "etag"))
