@@ -494,10 +494,12 @@ class WriteLimit:
     ``throttled``, ``maxWritesInAnyWindow`` (the most accepted writes within any span shorter than the window) and
     ``writingSeconds`` (from the first accepted write's arrival to the last's)."""
 
-    CONFIG = {"writeLimit": "intune", "deviceWriteLimit": "devices"}
+    CONFIG = {"writeLimit": "intune", "deviceWriteLimit": "devices", "requestLimit": "requests"}
 
     def __init__(self) -> None:
-        self.areas = {"intune": _Window(), "devices": _Window()}
+        # ``requests``: every request of the tenant, reads included (Intune's "any" row: 1,000 per
+        # 20 s for most areas), config ``requestLimit``; off by default like the others.
+        self.areas = {"intune": _Window(), "devices": _Window(), "requests": _Window()}
 
     @property
     def throttled(self) -> int:
@@ -517,10 +519,15 @@ class WriteLimit:
 
     def check(self, method: str, path: str) -> Result | None:
         """None when the request may go on; a 429 answer when it is a write beyond its area's limit."""
+        now = time.monotonic()
+        if self.areas["requests"].limit is not None:
+            throttled = self.areas["requests"].check(now)
+            if throttled:
+                return throttled
         area = self.area(method, path)
         if area is None:
             return None
-        return self.areas[area].check(time.monotonic())
+        return self.areas[area].check(now)
 
     def stats(self) -> dict[str, Any]:
         return {name: area.stats() for name, area in self.areas.items()}

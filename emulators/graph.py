@@ -68,7 +68,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .autopilot import AutopilotDevices, WriteLimit
+from .autopilot import AutopilotDevices, WriteLimit, _Window
 from .devices import GROUP_MEMBER_ROLE, MANAGED_DEVICES, PRIVILEGED_ROLE, READ_ROLE, ManagedDevices
 from .server import JsonHandler, Server
 from .tokens import HOME_TENANT, decode
@@ -261,6 +261,9 @@ class GraphEmulator(Server):
             self.tenants: dict[str, TenantState] = {}
             self.faults: list[Fault] = []
             self.requests: list[dict[str, Any]] = []
+            # Graph's global limit, per app across all tenants (any request; 2,000 per second as
+            # Intune's throttling page gives it): config ``appRequestLimit``, off by default.
+            self.app_limit = _Window()
 
     # --- clock and tenants ---------------------------------------------------------------
 
@@ -297,6 +300,8 @@ class GraphEmulator(Server):
                 self.latency = float(config["latencySeconds"])
             if config.get("revokeTokens"):
                 self.revoked_before = time.time()
+            if "appRequestLimit" in config:
+                self.app_limit.configure(config["appRequestLimit"])
             self.tenant(config.get("tenant")).configure(config)
 
     def add_faults(self, faults: list[dict[str, Any]]) -> None:
@@ -345,7 +350,8 @@ class GraphEmulator(Server):
             return {"requests": list(self.requests), "counts": counts, "now": _iso(self.now()),
                     "autopilotImports": mine.autopilot_devices.stats(),
                     "managedDevices": mine.managed_devices.stats(), "writeLimits": mine.write_limit.stats(),
-                    "throttled": sum(state.write_limit.throttled for state in self.tenants.values()),
+                    "throttled": sum(state.write_limit.throttled for state in self.tenants.values()) + self.app_limit.throttled,
+                    "appRequestLimit": self.app_limit.stats() if self.app_limit.limit is not None else None,
                     "deviceSyncs": sum(sum(state.managed_devices.syncs.values()) for state in self.tenants.values()),
                     "tenants": tenants}
 
@@ -504,7 +510,8 @@ class _Handler(JsonHandler):
     def limited(self, method: str, path: str, query: dict[str, str], body: bytes) -> Result:
         """Under the lock: a write over its area's limit is refused, anything else is routed."""
         tenant = self.server.tenant(self.tid)
-        throttled = tenant.write_limit.check(method, path)
+        throttled = self.server.app_limit.check(time.monotonic()) if self.server.app_limit.limit is not None else None
+        throttled = throttled or tenant.write_limit.check(method, path)
         if throttled:
             return throttled
         return self.route(tenant, method, path, query, body)

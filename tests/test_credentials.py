@@ -123,6 +123,14 @@ def run_workers(env: dict[str, str], days: float, count: int) -> list[dict]:
     return outs
 
 
+def graph_clock(graph, days: float) -> None:
+    """Graph's clock (its Date header) ``days`` after the emulator's start."""
+    import requests
+
+    requests.post(f"{graph.base_url}/_emulator/clock", json={"advanceSeconds": days * 86400 - graph.offset},
+                  timeout=5).raise_for_status()
+
+
 def told(sink) -> list[tuple[str, int]]:
     with sink.lock:
         return [(n["event"], n["credential"]["threshold"]) for n in sink.received]
@@ -133,16 +141,29 @@ def test_crossing_14_and_7_days_tells_once_each_across_two_processes_and_a_resta
 
     configure(graph, applePushCertificate={"expiresInDays": 20}, depOnboardingSettings=[], vppTokens=[])
     worker_env = {**os.environ, **env, "NOTIFY_URL": sink.url}
-    run_workers(worker_env, days=0, count=1)  # 20 days left: 30 is reached
+
+    def days_pass(days: float, count: int) -> None:  # the app's clocks and Graph's, moved together
+        graph_clock(graph, days)
+        run_workers(worker_env, days=days, count=count)
+
+    days_pass(0, 1)  # 20 days left: 30 is reached
     assert told(sink) == [("credentialExpiring", 30)]
-    run_workers(worker_env, days=6.5, count=2)  # 13.5 days left, two instances at once
+    days_pass(6.5, 2)  # 13.5 days left, two instances at once
     assert told(sink)[1:] == [("credentialExpiring", 14)]
-    run_workers(worker_env, days=7, count=1)  # a restart, a day later: nothing crossed
+    days_pass(7, 1)  # a restart, half a day later: nothing crossed
     assert told(sink)[2:] == []
-    run_workers(worker_env, days=13.5, count=2)  # 6.5 days left
+    days_pass(13.5, 2)  # 6.5 days left
     assert told(sink)[2:] == [("credentialExpiring", 7)]
     [notice] = sink.received[2:]
     assert notice["credential"]["appleId"] == "mdm-admin@contoso.com" and "identity.apple.com" in notice["message"]
+
+
+def test_days_left_are_counted_on_graphs_clock_when_the_apps_is_days_off(env, graph, sink):
+    import os
+
+    configure(graph, applePushCertificate={"expiresInDays": 20}, depOnboardingSettings=[], vppTokens=[])
+    run_workers({**os.environ, **env, "NOTIFY_URL": sink.url}, days=25, count=1)  # our clock 25 days ahead
+    assert told(sink) == [("credentialExpiring", 30)]  # not "expired": Graph's Date says 20 days are left
 
 
 def test_a_renewed_credential_is_told_afresh(app_env, graph, sink, monkeypatch):
@@ -227,10 +248,11 @@ def test_a_thousand_tenants_are_checked_in_one_days_run_with_three_reads_each_an
     for tenant in tenants:
         customers.registry.put(Tenant(tenant, f"Customer {tenant[-4:]}"), now)
     configure(graph, tenant=tenants[7], applePushCertificate={"expiresInDays": 3})
+    configure(graph, appRequestLimit={"limit": 2000, "windowSeconds": 1})  # Graph's per-app limit, all tenants
     handlers.run_credential_check()
     assert drain_concurrently({**app_env, **settings}) == 1000 + 2  # a message per tenant, two pages of 500
     stats = graph.stats()
-    assert stats["throttled"] == 0
+    assert stats["throttled"] == 0 and stats["appRequestLimit"]["accepted"] >= 3000
     reads: dict[str, int] = {}
     for request in graph_calls(graph, "GET"):
         reads[request["tenant"]] = reads.get(request["tenant"], 0) + 1
@@ -283,3 +305,81 @@ def test_a_credential_notification_fits_the_flow_trigger_schema_the_docs_give():
     body = notification(assess(cert(6), NOW, 30), 7, NOW, None).to_json("intune-sync")
     jsonschema.validate(body, schema)
     assert body["credential"]["threshold"] == 7
+
+
+# --- faults -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["lose", "busy"])  # the write landed: its answer lost, or a 503 the client retries
+def test_a_claim_whose_answer_was_lost_still_tells_exactly_once(env, azurite, graph, sink, monkeypatch, fault):
+    from emulators.faultproxy import FaultProxy, ProxyFault
+
+    proxy = FaultProxy(azurite.table_endpoint).start()
+    try:
+        account, key = "devstoreaccount1", "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+        storage = (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+                   f"TableEndpoint={proxy.base_url}/{account};QueueEndpoint=http://127.0.0.1:{azurite.queue_port}/{account};")
+        for name, value in {**env, "AzureWebJobsStorage": storage, "NOTIFY_URL": sink.url}.items():
+            monkeypatch.setenv(name, value)
+        runtime.reload()
+        configure(graph, applePushCertificate={"expiresInDays": 5}, depOnboardingSettings=[], vppTokens=[])
+        runtime.service().store.states()  # the table exists: the claim is the first write of the row
+        proxy.faults.append(ProxyFault(fault, method="POST", path_contains=env["SYNC_STATE_TABLE"], times=1))
+        handlers.run_credential_check()
+        handlers.run_credential_check()
+        assert told(sink) == [("credentialExpiring", 7)]
+    finally:
+        proxy.stop()
+        runtime.reload()
+
+
+def test_a_notification_that_was_not_delivered_is_sent_again_by_a_later_check(make_service, clock, graph, sink):
+    from conftest import advance
+
+    svc = make_service(NOTIFY_URL=sink.url)
+    configure(graph, applePushCertificate={"expiresInDays": 5}, depOnboardingSettings=[], vppTokens=[])
+    sink.fail_first = 100  # every attempt of the first check (and its retries) refused
+    svc.check_credentials()
+    assert sink.received == []
+    sink.fail_first = 0
+    svc.check_credentials()  # within the hour: the first check may still be sending
+    assert sink.received == []
+    advance(clock, graph, 2 * 3600)
+    svc.check_credentials()
+    svc.flush()
+    assert told(sink) == [("credentialExpiring", 7)]
+    svc.check_credentials()  # delivered now: never again
+    svc.flush()
+    assert len(sink.received) == 1
+
+
+def test_one_read_that_failed_makes_the_tenant_unavailable_not_healthy():
+    from shared.engine.credentials import Credential as C
+
+    read = CredentialsRead((C(ADE, "t", "n", None, NOW + timedelta(days=200)),), (), ((APNS, "GraphUnavailable: timed out"),))
+    assert CredentialsReport.of(read, NOW, 30).state == "unavailable"
+
+
+@pytest.mark.parametrize("body", [{"value": "x"}, {"value": [{"tokenName": "no id"}]}, {"value": ["x"]}, {}])
+def test_a_token_list_of_the_wrong_shape_is_unreadable(body):
+    from shared.engine.credentials import Unreadable, _page_items
+
+    with pytest.raises(Unreadable):
+        _page_items(body)
+
+
+def test_graphs_placeholder_date_is_no_date_and_an_empty_certificate_is_not_configured():
+    from shared.engine.credentials import _apns, _date
+
+    assert _date("0001-01-01T00:00:00Z") is None
+    assert _apns({"expirationDateTime": "0001-01-01T00:00:00Z", "appleIdentifier": None}) is None
+
+
+def test_an_expiry_date_given_with_other_precision_is_the_same_credential(make_service, clock, graph, sink):
+    svc = make_service(NOTIFY_URL=sink.url)
+    configure(graph, applePushCertificate={"expiresInDays": 5}, depOnboardingSettings=[], vppTokens=[])
+    svc.check_credentials()
+    configure(graph, applePushCertificate={"expiresInDays": 5 + 30 / 86400})  # 30 s later: the same certificate
+    svc.check_credentials()
+    svc.flush()
+    assert told(sink) == [("credentialExpiring", 7)]

@@ -98,7 +98,7 @@ class SyncService:
         self.follower = Follower(settings, store, clock, tenant, self.targets, operations, self.pipeline.sync,
                                  self.recorder, self.deferred, notices, self.jobs.repair, self.retention.sweep)
         self.status_reader = StatusReader(settings, graph, store, self.targets, clock, tenant)
-        self.expiry = ExpiryWatch(settings, graph, store.sibling(CredentialStore), clock, tenant, notices.send)
+        self.expiry = ExpiryWatch(settings, graph, store.sibling(CredentialStore), clock, tenant, notices.deliver)
         self.notices = notices
 
     @property

@@ -200,13 +200,17 @@ class ServiceNotifier:
         self.tenant = tenant
 
     def send(self, notification: Notification) -> None:
+        self.deliver(notification)
+
+    def deliver(self, notification: Notification) -> list[Future[bool]]:
+        """Queue it; the futures say whether each URL took it (none: nothing to send)."""
         if self.notifier is None:
-            return
+            return []
         if self.tenant is not None:
             if notification.event == "syncStarted":
-                return
+                return []
             notification = replace(notification, tenant=self.tenant)
-        self.notifier.send(notification)
+        return self.notifier.send(notification)
 
     def flush(self, timeout: float = 30.0) -> None:
         if self.notifier is not None:

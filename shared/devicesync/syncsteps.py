@@ -165,18 +165,11 @@ class DeviceStep:
         unresolved = [r for r in rows if not r.resolved]
         for start in range(0, len(unresolved), MAX_BATCH):
             chunk = unresolved[start:start + MAX_BATCH]
-            answers = send_batch(self.graph, [self.lookup_request(str(i), r) for i, r in enumerate(chunk)])
+            answers = send_batch(self.graph, [lookup_request(self.job.kind, str(i), r) for i, r in enumerate(chunk)])
             looked = [self.looked_up(r, a) for r, a in zip(chunk, answers, strict=True)]
             self.save([r for r in looked if r.resolved or r.state != PENDING])
             ready += [r for r in looked if r.resolved and r.state == PENDING]
         return ready
-
-    def lookup_request(self, request_id: str, row: DeviceRow) -> BatchRequest:
-        if self.job.kind == DEVICE_IDS:
-            return BatchRequest(request_id, "GET", f"{MANAGED}/{row.device_id}", {"$select": SELECT})
-        clause = (f"serialNumber eq '{row.serial_number}'" if self.job.kind == SERIAL_NUMBERS
-                  else f"azureADDeviceId eq '{row.azure_ad_device_id}'")
-        return BatchRequest(request_id, "GET", MANAGED, {"$filter": clause, "$select": SELECT, "$top": "1"})
 
     def looked_up(self, row: DeviceRow, answer: BatchAnswer) -> DeviceRow:
         if answer.status == 404:
@@ -196,26 +189,40 @@ class DeviceStep:
     # --- the sync phase: sending ---------------------------------------------------------------
 
     def send(self, ready: list[DeviceRow]) -> None:
-        """syncDevice for each row, budget first, in chunks of CHUNK; stops at a 429 or no budget."""
+        """syncDevice for each row in chunks of CHUNK: the chunk's rows written ``sending`` first,
+        then the budget taken and the granted rows sent at once (so that a grant's writes reach
+        Graph right after it: the budget's allowance for their travel, budget.SEND_SHARE, need not
+        cover a table write), the rows not granted put back. Stops at a 429 or when the budget
+        says to wait longer than PACE_SECONDS."""
         start = 0
         while start < len(ready) and self.time_left():
-            grant = self.graph.budget.take(DEVICES, min(CHUNK, len(ready) - start), bulk=True)
-            if grant.count <= 0:
-                if grant.wait_seconds <= PACE_SECONDS and self.time_left(after=grant.wait_seconds):
-                    time.sleep(grant.wait_seconds)
-                    self.outcome.paced += grant.wait_seconds
-                    continue
-                self.outcome.later(max(grant.wait_seconds, 0.2))
+            sending = [replace(r, state=SENDING) for r in ready[start:start + CHUNK]]
+            self.save(sending)
+            granted = self.grant(len(sending))
+            if granted < len(sending):
+                self.save([replace(r, state=PENDING) for r in sending[granted:]])
+            if not granted:
                 return
-            chunk = ready[start:start + grant.count]
-            start += len(chunk)
-            if not self.send_chunk(chunk):
+            start += granted
+            if not self.send_chunk(sending[:granted]):
                 return
 
-    def send_chunk(self, chunk: list[DeviceRow]) -> bool:
-        """Mark the rows ``sending``, then send them; False when Graph said to wait."""
-        sending = [replace(r, state=SENDING) for r in chunk]
-        self.save(sending)
+    def grant(self, wanted: int) -> int:
+        """Writes granted now (pacing a wait shorter than PACE_SECONDS); 0: the step ends, the next
+        one is due when the budget says."""
+        while True:
+            grant = self.graph.budget.take(DEVICES, wanted, bulk=True)
+            if grant.count > 0:
+                return grant.count
+            if grant.wait_seconds <= PACE_SECONDS and self.time_left(after=grant.wait_seconds):
+                time.sleep(grant.wait_seconds)
+                self.outcome.paced += grant.wait_seconds
+                continue
+            self.outcome.later(max(grant.wait_seconds, 0.2))
+            return 0
+
+    def send_chunk(self, sending: list[DeviceRow]) -> bool:
+        """Send rows already written ``sending``; False when Graph said to wait."""
         for start in range(0, len(sending), MAX_BATCH):
             batch = sending[start:start + MAX_BATCH]
             try:
@@ -253,3 +260,12 @@ class DeviceStep:
         state = NOT_FOUND if answer.status == 404 else NOT_SUPPORTED if answer.status == 400 else FAILED
         return replace(row, state=state, error_code=answer.error_code or str(answer.status),
                        error_message=answer.error_message)
+
+
+def lookup_request(kind: str, request_id: str, row: DeviceRow) -> BatchRequest:
+    """The read that finds a listed row's managed device: by id, by serial, or by Entra device id."""
+    if kind == DEVICE_IDS:
+        return BatchRequest(request_id, "GET", f"{MANAGED}/{row.device_id}", {"$select": SELECT})
+    clause = (f"serialNumber eq '{row.serial_number}'" if kind == SERIAL_NUMBERS
+              else f"azureADDeviceId eq '{row.azure_ad_device_id}'")
+    return BatchRequest(request_id, "GET", MANAGED, {"$filter": clause, "$select": SELECT, "$top": "1"})

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from ..common import UpstreamError, iso, parse_graph_time
 
@@ -84,6 +85,7 @@ class CredentialsRead:
     credentials: tuple[Credential, ...] = ()
     not_configured: tuple[str, ...] = ()
     unavailable: tuple[tuple[str, str], ...] = ()  # (kind, why)
+    graph_now: datetime | None = None  # Graph's clock (its Date header) when it answered
 
 
 @dataclass
@@ -95,17 +97,23 @@ class CredentialsReport:
     not_configured: tuple[str, ...] = ()
     unavailable: tuple[tuple[str, str], ...] = ()
     told: int = 0
+    checked_at: datetime | None = None
 
     @classmethod
     def of(cls, read: CredentialsRead, now: datetime, warning_days: int) -> CredentialsReport:
-        return cls([assess(c, now, warning_days) for c in read.credentials], read.not_configured, read.unavailable)
+        at = checked_at(now, read.graph_now)
+        return cls([assess(c, at, warning_days) for c in read.credentials], read.not_configured, read.unavailable, 0, at)
 
     @property
     def state(self) -> str:
-        """In one word: the worst rating, else unavailable (a read failed), else notConfigured."""
-        if self.assessed:
-            return max((a.rating for a in self.assessed), key=("healthy", "warning", "unhealthy").index)
-        return "unavailable" if self.unavailable else "notConfigured"
+        """In one word: unhealthy if any credential is; else unavailable if a read failed (what it
+        did not read may be expiring); else the worst rating; notConfigured without any."""
+        worst = max((a.rating for a in self.assessed), key=("healthy", "warning", "unhealthy").index, default=None)
+        if worst == "unhealthy":
+            return worst
+        if self.unavailable:
+            return "unavailable"
+        return worst or "notConfigured"
 
     @property
     def next_expiry(self) -> Assessment | None:
@@ -125,6 +133,16 @@ class CredentialsReport:
 
 
 # --- the decisions, pure ------------------------------------------------------------------------------
+
+
+CLOCK_TRUST = timedelta(minutes=5)
+
+
+def checked_at(own: datetime, graph: datetime | None) -> datetime:
+    """The moment the days left are counted from: our clock, or Graph's (its Date header) when
+    ours is more than CLOCK_TRUST off: a clock days off would tell a threshold days early, and
+    then, corrected, never tell the ones it skipped."""
+    return graph if graph is not None and abs(own - graph) > CLOCK_TRUST else own
 
 
 def days_left(expires_at: datetime, now: datetime) -> float:
@@ -165,54 +183,98 @@ def threshold_reached(left: float, told: int | None) -> int | None:
 # --- the reads ------------------------------------------------------------------------------------------
 
 
+MAX_PAGES = 5  # of tokens per kind: a tenant has a few; more pages than this is no tenant's
+MAX_ITEMS = 100
+
+
+class Unreadable(ValueError):
+    """Graph's answer is not the shape its documentation gives: the kind is unavailable, with why."""
+
+
 def read_credentials(graph: GraphClient) -> CredentialsRead:
-    """The tenant's Apple credentials: three Graph reads, each on its own (one failing leaves the others)."""
+    """The tenant's Apple credentials: three Graph reads (more only if a token list has further
+    pages), each on its own: one failing, or answering nonsense, leaves the others."""
     found: list[Credential] = []
     not_configured: list[str] = []
     unavailable: list[tuple[str, str]] = []
-    for kind, path, parse in ((APNS, APNS_PATH, _apns), (ADE, ADE_PATH, _ade_tokens), (VPP, VPP_PATH, _vpp_tokens)):
+    graph_now: datetime | None = None
+    for kind, path in ((APNS, APNS_PATH), (ADE, ADE_PATH), (VPP, VPP_PATH)):
         try:
-            response = graph.request("GET", path)
+            items, date = _read_kind(graph, kind, path)
         except UpstreamError as exc:
             unavailable.append((kind, f"{exc.code}: {exc.message}"[:300]))
             continue
-        if response.status == 404:
+        except Unreadable as exc:
+            unavailable.append((kind, f"Graph's answer could not be read: {exc}"[:300]))
+            continue
+        graph_now = graph_now or date
+        if items is None:
             not_configured.append(kind)
-            continue
-        if not response.ok:
-            unavailable.append((kind, f"Graph answered {response.status} {response.error_code or ''}".strip()))
-            continue
-        items = parse(response.body if isinstance(response.body, dict) else {})
-        if items:
-            found += items
         else:
-            not_configured.append(kind)
-    return CredentialsRead(tuple(found), tuple(not_configured), tuple(unavailable))
+            found += items
+    return CredentialsRead(tuple(found), tuple(not_configured), tuple(unavailable), graph_now)
 
 
-def _apns(body: dict[str, Any]) -> list[Credential]:
-    if not body.get("expirationDateTime") and not body.get("appleIdentifier"):
-        return []  # an empty certificate object: push is not set up
+def _read_kind(graph: GraphClient, kind: str, path: str) -> tuple[list[Credential] | None, datetime | None]:
+    """One kind's credentials (None: not set up) and Graph's clock (its Date header)."""
+    response = graph.get(path)
+    if response.status == 404:
+        return None, response.date
+    if not response.ok:
+        raise Unreadable(f"Graph answered {response.status} {response.error_code or ''}".strip())
+    body = response.body
+    if not isinstance(body, dict):
+        raise Unreadable("not a JSON object")
+    if kind == APNS:
+        return _apns(body), response.date
+    items = _page_items(body)
+    following = body.get("@odata.nextLink")
+    for _ in range(MAX_PAGES - 1):
+        if not isinstance(following, str) or len(items) >= MAX_ITEMS:
+            break
+        params = {k: v for k, v in parse_qsl(urlsplit(following).query) if k in ("$skiptoken", "$top")}
+        page = graph.get(path, params=params)
+        if not page.ok or not isinstance(page.body, dict):
+            raise Unreadable(f"a further page answered {page.status}")
+        items += _page_items(page.body)
+        following = page.body.get("@odata.nextLink")
+    parse = _ade_token if kind == ADE else _vpp_token
+    credentials = [parse(item) for item in items[:MAX_ITEMS]]
+    return credentials or None, response.date
+
+
+def _apns(body: dict[str, Any]) -> list[Credential] | None:
+    expires = _date(body.get("expirationDateTime"))
+    if expires is None and not body.get("appleIdentifier"):
+        return None  # an empty certificate object (or Graph's 0001-01-01 placeholder): push is not set up
     return [Credential(APNS, str(body.get("id") or "applePushNotificationCertificate"), str(body.get("topicIdentifier") or
-                       "Apple MDM push certificate")[:200], _text(body.get("appleIdentifier")),
-                       parse_graph_time(body.get("expirationDateTime")))]
+                       "Apple MDM push certificate")[:200], _text(body.get("appleIdentifier")), expires)]
 
 
-def _ade_tokens(body: dict[str, Any]) -> list[Credential]:
-    return [Credential(ADE, str(item.get("id")), str(item.get("tokenName") or item.get("id"))[:200],
-                       _text(item.get("appleIdentifier")), parse_graph_time(item.get("tokenExpirationDateTime")))
-            for item in _items(body)]
+def _ade_token(item: dict[str, Any]) -> Credential:
+    return Credential(ADE, str(item.get("id"))[:200], str(item.get("tokenName") or item.get("id"))[:200],
+                      _text(item.get("appleIdentifier")), _date(item.get("tokenExpirationDateTime")))
 
 
-def _vpp_tokens(body: dict[str, Any]) -> list[Credential]:
-    return [Credential(VPP, str(item.get("id")), str(item.get("displayName") or item.get("organizationName") or
-                       item.get("id"))[:200], _text(item.get("appleId")), parse_graph_time(item.get("expirationDateTime")))
-            for item in _items(body)]
+def _vpp_token(item: dict[str, Any]) -> Credential:
+    return Credential(VPP, str(item.get("id"))[:200], str(item.get("displayName") or item.get("organizationName") or
+                      item.get("id"))[:200], _text(item.get("appleId")), _date(item.get("expirationDateTime")))
 
 
-def _items(body: dict[str, Any]) -> list[dict[str, Any]]:
+def _page_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     value = body.get("value")
-    return [item for item in value if isinstance(item, dict) and item.get("id")] if isinstance(value, list) else []
+    if not isinstance(value, list):
+        raise Unreadable("no value list")
+    items = [item for item in value if isinstance(item, dict)]
+    if any(not item.get("id") for item in items) or len(items) != len(value):
+        raise Unreadable("a token without an id")
+    return items
+
+
+def _date(value: Any) -> datetime | None:
+    """A date Graph gives, or None: absent, unreadable, or its 0001-01-01 placeholder."""
+    parsed = parse_graph_time(value)
+    return parsed if parsed is not None and parsed.year > 2000 else None
 
 
 def _text(value: Any) -> str | None:

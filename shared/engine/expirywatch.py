@@ -2,21 +2,27 @@
 Graph reads, shared/engine/credentials.py), rate them, and tell once per threshold crossed.
 
 "Once" holds across instances and restarts: each credential has a row in the tenant's state table
-(partition ``credentials``) with the expiry date it was told about and the lowest threshold told.
-The row is written with If-Match (or created if absent) *before* the notification is sent, so of
-two instances checking at once exactly one wins the write and sends; the other re-reads, finds the
-threshold told, and sends nothing. A renewed credential (another expiry date) starts afresh. A
-notification whose delivery fails after its retries is not sent again (at most once: a day later
-the next threshold, or the expiry, is told anyway). Every check emits one ``expiry`` record per
-credential (days left, state), and one per kind not configured or not read.
+(partition ``credentials``) with the expiry date it was told about, the lowest threshold told, the
+claim of the check that tells it, and whether that was delivered. The claim is written with
+If-Match (or created if absent) *before* the notification is sent: of two instances checking at
+once exactly one wins and sends; the other re-reads, finds the threshold told, and sends nothing.
+A write whose answer was lost (the SDK's retry then meets our own change) is recognised by the
+claim in the row: ours, so we send. The check waits for the delivery and records it; one that
+failed is sent again by the next check (the claim taken again, so again by one instance). A
+renewed credential (an expiry date more than a day from the one told) starts afresh; Graph's
+dates differing by seconds do not. Days left are counted on Graph's clock when ours is off
+(credentials.checked_at). Every check emits one ``expiry`` record per credential (days left,
+state), and one per kind not configured or not read.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from azure.core import MatchConditions
@@ -24,7 +30,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from ..clients import CHANGED_OR_GONE, Notification, TableStore, read_change_write, store_errors, table_missing
-from ..common import Clock, as_utc, iso, telemetry
+from ..common import Clock, StateStoreUnavailable, as_utc, iso, telemetry
 from .credentials import RENEW_AT, Assessment, CredentialsReport, read_credentials, threshold_reached
 
 if TYPE_CHECKING:
@@ -36,11 +42,20 @@ PARTITION = "credentials"
 
 @dataclass(frozen=True)
 class ToldRow:
-    """What was told about one credential: for which expiry date, the lowest threshold."""
+    """What was told about one credential: for which expiry date, the lowest threshold, by which
+    check's claim, and whether it reached NOTIFY_URL."""
 
     expires_at: datetime | None = None
     told: int | None = None
+    claim: str | None = None
+    delivered: bool = False
+    claimed_at: datetime | None = None
     etag: str | None = None
+
+
+RESEND_AFTER = timedelta(hours=1)  # an undelivered claim this old is no other check's still sending: sent again
+SAME_EXPIRY = timedelta(days=1)  # dates closer than this are one credential's (a renewal moves it by months)
+DELIVERY_WAIT = 20.0  # seconds the check waits for its notifications to be delivered
 
 
 class CredentialStore(TableStore):
@@ -59,18 +74,19 @@ class CredentialStore(TableStore):
         except ResourceNotFoundError as exc:
             if table_missing(exc):
                 self._create_table()
-                return ToldRow()
             return ToldRow()
-        expires = entity.get("expiresAt")
-        told = entity.get("told")
+        expires, told, at = entity.get("expiresAt"), entity.get("told"), entity.get("toldAt")
         return ToldRow(as_utc(expires) if isinstance(expires, datetime) else None, told if isinstance(told, int) else None,
+                       entity.get("claim") if isinstance(entity.get("claim"), str) else None,
+                       entity.get("delivered") is True, as_utc(at) if isinstance(at, datetime) else None,
                        entity.metadata.get("etag"))
 
     @store_errors
     def write(self, key: str, row: ToldRow, assessment: Assessment, now: datetime) -> ToldRow | None:
         c = assessment.credential
         entity = {"PartitionKey": PARTITION, "RowKey": key, "kind": c.kind, "credentialId": c.id[:200], "name": c.name,
-                  "appleId": c.apple_id, "expiresAt": row.expires_at, "told": row.told, "toldAt": now}
+                  "appleId": c.apple_id, "expiresAt": row.expires_at, "told": row.told, "claim": row.claim,
+                  "delivered": row.delivered, "toldAt": row.claimed_at or now}
         entity = {k: v for k, v in entity.items() if v is not None}
         try:
             if row.etag is None:
@@ -80,25 +96,22 @@ class CredentialStore(TableStore):
                                                  match_condition=MatchConditions.IfNotModified)
         except CHANGED_OR_GONE:
             return None
-        return ToldRow(row.expires_at, row.told, meta["etag"])
+        return replace(row, etag=meta["etag"])
 
 
 class ExpiryWatch:
-    """One tenant's check: read, rate, tell (``notify``), record (telemetry)."""
+    """One tenant's check: read, rate, tell (``notify``, whose futures say if it was delivered), record."""
 
     def __init__(self, settings: Settings, graph: GraphClient, store: CredentialStore, clock: Clock, tenant: str | None,
-                 notify: Callable[[Notification], None]):
+                 notify: Callable[[Notification], list[Future[bool]]]):
         self.settings, self.graph, self.store, self.clock, self.tenant, self.notify = settings, graph, store, clock, tenant, notify
 
     def check(self) -> CredentialsReport:
         read = read_credentials(self.graph)
-        now = self.clock()
-        outcome = CredentialsReport.of(read, now, self.settings.token_expiry_warning_days)
+        outcome = CredentialsReport.of(read, self.clock(), self.settings.token_expiry_warning_days)
         for assessment in outcome.assessed:
-            threshold = self._claim(assessment, now)
-            if threshold is not None:
-                self.notify(notification(assessment, threshold, now, self.tenant or self.settings.tenant_id))
-                outcome.told += 1
+            threshold = self._tell(assessment, outcome.checked_at or self.clock())
+            outcome.told += threshold is not None
             level = logging.INFO if assessment.rating == "healthy" else logging.WARNING
             telemetry.emit("expiry", level, trigger="timer", tenant=self.tenant, target=assessment.credential.kind,
                            credentialId=assessment.credential.id, name=assessment.credential.name,
@@ -112,24 +125,56 @@ class ExpiryWatch:
                            message=why)
         return outcome
 
-    def _claim(self, assessment: Assessment, now: datetime) -> int | None:
-        """The threshold this instance tells now, written first (If-Match), or None."""
+    def _tell(self, assessment: Assessment, now: datetime) -> int | None:
+        """Claim the threshold to tell (or an undelivered one), send it, record its delivery."""
         if assessment.days_left is None:
             return None
-        left, expires = assessment.days_left, assessment.credential.expires_at
         key = self.store.key(assessment.credential.kind, assessment.credential.id)
+        mine = uuid.uuid4().hex
+        threshold = self._claim(key, assessment, now, mine)
+        if threshold is None:
+            return None
+        futures = self.notify(notification(assessment, threshold, now, self.tenant or self.settings.tenant_id))
+        done, _ = wait(futures, timeout=DELIVERY_WAIT)
+        if len(done) == len(futures) and all(f.result() for f in done):
+            self._delivered(key, assessment, now, mine)
+        return threshold
+
+    def _claim(self, key: str, assessment: Assessment, now: datetime, mine: str) -> int | None:
+        """The threshold this check tells, its claim written first (If-Match); None: nothing to tell."""
+        left, expires = float(assessment.days_left or 0.0), assessment.credential.expires_at
         decided: list[int | None] = [None]
+        won = [False]
 
         def change(row: ToldRow) -> ToldRow | None:
-            told = row.told if row.expires_at == expires else None  # renewed: start afresh
-            decided[0] = threshold_reached(left, told)
-            if decided[0] is None:
+            if row.claim == mine:  # our write landed; only its answer was lost
+                won[0] = True
                 return None
-            return ToldRow(expires, decided[0], row.etag)
+            same = row.expires_at is not None and expires is not None and abs(row.expires_at - expires) < SAME_EXPIRY
+            told = row.told if same else None
+            threshold = threshold_reached(left, told)
+            stale = row.claimed_at is None or now - row.claimed_at > RESEND_AFTER
+            if threshold is None and same and told is not None and not row.delivered and stale:
+                threshold = told  # told by a check long over, and it never reached anyone: again
+            decided[0] = threshold
+            return None if threshold is None else ToldRow(expires, threshold, mine, False, now, row.etag)
 
-        read_change_write(lambda: self.store.read(key), change, lambda row: self.store.write(key, row, assessment, now),
-                          f"record the expiry told for {assessment.credential.kind}", attempts=8)
-        return decided[0]
+        try:
+            written = read_change_write(lambda: self.store.read(key), change,
+                                        lambda row: self.store.write(key, row, assessment, now),
+                                        f"record the expiry told for {assessment.credential.kind}", attempts=8,
+                                        last_look=True)
+        except StateStoreUnavailable:
+            if self.store.read(key).claim == mine:  # the write landed; its answer was lost with the connection
+                return decided[0]
+            raise
+        return decided[0] if written is not None or won[0] else None
+
+    def _delivered(self, key: str, assessment: Assessment, now: datetime, mine: str) -> None:
+        read_change_write(lambda: self.store.read(key),
+                          lambda row: replace(row, delivered=True) if row.claim == mine and not row.delivered else None,
+                          lambda row: self.store.write(key, row, assessment, now),
+                          f"record the delivery told for {assessment.credential.kind}", attempts=4)
 
 
 def notification(assessment: Assessment, threshold: int, now: datetime, tenant: str | None) -> Notification:
