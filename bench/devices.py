@@ -195,7 +195,7 @@ def section(runs: list[Run], args: argparse.Namespace, seconds: float) -> str:
     lines += ["", "Writes per window, mean: device syncs Graph accepted, per window of the run's length (from the "
               "jobs' start to the last job's end, which includes listing the devices and the last step's save), "
               "against the limit. Sustained: the same from the first device sync Graph accepted to the last (the "
-              "rate while the jobs are sending; the budget's ceiling is (1 - 3 %) / (1 + 2.5 %) = 94.6 %). Busiest window: the most writes the emulator accepted within any window-length "
+              "rate while the jobs are sending; the budget's ceiling is (1 - 3 %) / (1 + 5 %) = 92.4 %). Busiest window: the most writes the emulator accepted within any window-length "
               "span. Table round trips: every request the workers sent to Table Storage (job and device rows, claims, "
               "budget), per 100 devices. A 429 puts the device back to pending: it is synced later, never twice.", END, ""]
     return "\n".join(lines)

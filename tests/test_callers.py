@@ -424,3 +424,32 @@ def test_only_an_operator_may_change_or_delete_a_tenant_limited_to_its_operators
     assert call("PUT", f"tenants/{OTHER_TENANT}", {"displayName": "Mine now"}, outsider)[0] == 403
     insider = bearer(token(entra_server, roles=[TENANTS_MANAGE], groups=[GROUP]))
     assert call("DELETE", f"tenants/{OTHER_TENANT}", None, insider)[0] == 200
+
+
+# --- every route --------------------------------------------------------------------------------------
+
+OPEN_ROUTES = {"health", "operations/{operationId}", "autopilot/imports/{importId}", "devices/sync/{jobId}",
+               "tenants/{tenantId}/devices/sync/{jobId}"}
+
+
+def app_routes() -> list[str]:
+    from conftest import APP_FUNCTIONS
+
+    return sorted(str(t.route) for f in APP_FUNCTIONS if type(t := f.get_trigger()).__name__ == "HttpTrigger")
+
+
+def test_the_open_routes_are_exactly_health_and_the_valet_token_polls():
+    from shared.api import routes
+
+    assert {name for name, role in ((a.__name__, r) for a, r in routes.ROLE_OF.items()) if role is None} == {
+        "health", "operation", "import_status", "device_sync_status", "tenant_device_sync_status"}
+    assert OPEN_ROUTES <= set(app_routes())
+
+
+@pytest.mark.parametrize("route", [r for r in app_routes() if r not in OPEN_ROUTES])
+def test_every_other_route_answers_401_to_every_method_without_a_token(entra_env, graph, route):
+    path = (route.replace("{target}", "autopilot").replace("{tenantId}", OTHER_TENANT)
+            .replace("{itemId}", ALICE_OID).replace("{jobId}", ALICE_OID).replace("{importId}", ALICE_OID))
+    answers = {method: call(method, path, None, {"x-functions-key": "k"})[0] for method in ("GET", "POST", "PUT", "DELETE")}
+    assert set(answers.values()) <= {401, 405} and 401 in answers.values(), answers
+    assert graph_calls(graph) == []

@@ -10,11 +10,13 @@ tenant at once, so the count lives in Table Storage: one row per area in the ten
   as it will send at once (``take``: a $batch of 20, a chunk of five batches) and gets them in one
   read and one If-Match write of that row, not a round trip per write.
 - **Sliding, counted with a margin.** A grant counts for the window and then ``SEND_SHARE`` of a
-  window more (0.5 s of Intune's 20 s: its writes are sent at once, one $batch per grant, and this
+  window more (1 s of Intune's 20 s: its writes are sent at once, one $batch per grant, and this
   covers how much later one grant's writes may arrive than another's, and the instances' clock
   skew, milliseconds on Azure's NTP-synced hosts), and at most ``(1 - MARGIN)`` of the limit is
   granted. So however grants and arrivals fall, Graph's own sliding window never counts more than
-  the limit: the sustained rate is at most ``(1 - MARGIN) / (1 + SEND_SHARE)`` of the limit (94.6 %).
+  the limit: the sustained rate is at most ``(1 - MARGIN) / (1 + SEND_SHARE)`` of the limit (92.4 %).
+  (2.5 % met a few 429s in the benchmark at a 4 s window: a $batch's inner requests arrive over
+  its processing, and a table write's latency varies under load.)
   The share scales with the window, so that a benchmark or test that shortens the window
   (WRITE_LIMIT_WINDOW_SECONDS) keeps every ratio.
 - **Sync actions are not starved and cost nothing.** ``RESERVE`` writes of each area are never
@@ -49,7 +51,7 @@ DEVICES, INTUNE = "devices", "intune"
 AREAS = (DEVICES, INTUNE)
 BUDGET_PARTITION = "budget"
 MARGIN = 0.03  # of the limit never granted: arrivals jitter against grants
-SEND_SHARE = 0.025  # of a window a grant counts beyond it: sending, travel, clock skew (0.5 s of 20 s)
+SEND_SHARE = 0.05  # of a window a grant counts beyond it: sending, travel, clock skew (1 s of 20 s)
 RESERVE = {DEVICES: 0, INTUNE: 10}  # writes per window kept for sync actions (never granted in bulk)
 STRIKE_FACTOR, LOWEST_FACTOR = 0.8, 0.5
 
