@@ -3,6 +3,7 @@ are in shared/clients/budget.py; this is its storage)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,7 +90,8 @@ class SharedBudget(TableStore):
     @store_errors
     def _write(self, area: str, row: BudgetRow) -> BudgetRow | None:
         entity = {"PartitionKey": BUDGET_PARTITION, "RowKey": area,
-                  "grants": json.dumps([[round(at, 3), n] for at, n in row.grants]),
+                  # Rounded up to the millisecond: a grant is never forgotten earlier than it was made.
+                  "grants": json.dumps([[math.ceil(at * 1000) / 1000, n] for at, n in row.grants]),
                   "pausedUntil": row.paused_until, "strikes": row.strikes, "lastThrottle": row.last_throttle}
         try:
             if row.etag is None:
