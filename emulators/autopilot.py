@@ -46,12 +46,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import json
 import math
 import re
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -443,7 +443,9 @@ class _Window:
     def __init__(self) -> None:
         self.limit: int | None = None
         self.window = 0.0
-        self.accepted: deque[float] = deque()  # within the current window
+        # Arrival times, kept sorted: a $batch's inner requests count at the batch's arrival, which
+        # may be earlier than a request that arrived later and was answered first.
+        self.accepted: list[float] = []  # within the current window
         self.history: list[float] = []  # every accepted write since the area was configured
         self.throttled = 0
 
@@ -457,16 +459,17 @@ class _Window:
 
     def check(self, now: float) -> Result | None:
         if self.limit is None:
-            self.history.append(now)
+            bisect.insort(self.history, now)
             return None
-        while self.accepted and self.accepted[0] <= now - self.window:
-            self.accepted.popleft()
-        if len(self.accepted) < self.limit:
-            self.accepted.append(now)
-            self.history.append(now)
+        # Within the window that ends at ``now`` (later arrivals already counted stay counted).
+        self.accepted = [at for at in self.accepted if at > now - self.window]
+        inside = [at for at in self.accepted if at <= now]
+        if len(inside) < self.limit:
+            bisect.insort(self.accepted, now)
+            bisect.insort(self.history, now)
             return None
         self.throttled += 1
-        wait = (self.accepted[len(self.accepted) - self.limit] + self.window - now) if self.limit else self.window
+        wait = (inside[len(inside) - self.limit] + self.window - now) if self.limit else self.window
         return 429, _error("TooManyRequests", "Please retry again later."), {"Retry-After": str(max(1, math.ceil(wait)))}
 
     def max_in_any_window(self, window: float) -> int:
@@ -517,9 +520,11 @@ class WriteLimit:
             return None
         return "devices" if _DEVICE_WRITE_PATH.match(path) else "intune"
 
-    def check(self, method: str, path: str) -> Result | None:
-        """None when the request may go on; a 429 answer when it is a write beyond its area's limit."""
-        now = time.monotonic()
+    def check(self, method: str, path: str, arrived: float | None = None) -> Result | None:
+        """None when the request may go on; a 429 answer when it is a write beyond its area's limit.
+        ``arrived``: when it arrived (time.monotonic()), if not now: a $batch's inner requests
+        arrive with the batch."""
+        now = time.monotonic() if arrived is None else arrived
         if self.areas["requests"].limit is not None:
             throttled = self.areas["requests"].check(now)
             if throttled:

@@ -507,11 +507,13 @@ class _Handler(JsonHandler):
             return fault.status, _error("ServiceUnavailable" if fault.status >= 500 else "Fault", "emulated fault"), headers
         return None
 
-    def limited(self, method: str, path: str, query: dict[str, str], body: bytes) -> Result:
-        """Under the lock: a write over its area's limit is refused, anything else is routed."""
+    def limited(self, method: str, path: str, query: dict[str, str], body: bytes, arrived: float | None = None) -> Result:
+        """Under the lock: a request over a limit is refused, anything else is routed. Limits count
+        arrivals: ``arrived`` (a $batch's, for its inner requests), else now."""
         tenant = self.server.tenant(self.tid)
-        throttled = self.server.app_limit.check(time.monotonic()) if self.server.app_limit.limit is not None else None
-        throttled = throttled or tenant.write_limit.check(method, path)
+        at = time.monotonic() if arrived is None else arrived
+        throttled = self.server.app_limit.check(at) if self.server.app_limit.limit is not None else None
+        throttled = throttled or tenant.write_limit.check(method, path, at)
         if throttled:
             return throttled
         return self.route(tenant, method, path, query, body)
@@ -519,6 +521,7 @@ class _Handler(JsonHandler):
     def batch(self, claims: dict[str, Any], body: bytes, generation: int) -> Result:
         """``POST /{ver}/$batch``: each inner request goes through faults, roles, the write limits and routing on its
         own, in the order sent; 200 with their answers."""
+        arrived = time.monotonic()  # its inner requests are counted against the limits as arriving now
         if self.command != "POST":
             return 405, _error("BadRequest", "The $batch endpoint only accepts POST."), {}
         try:
@@ -539,9 +542,10 @@ class _Handler(JsonHandler):
                 return 400, _error("BadRequest", f"Request id {request['id']} is used more than once in the batch."), {}
             ids.add(request["id"])
         version = self.path_only.split("/")[1]
-        return 200, {"responses": [self.inner(claims, version, r, generation) for r in inner]}, {}
+        return 200, {"responses": [self.inner(claims, version, r, generation, arrived) for r in inner]}, {}
 
-    def inner(self, claims: dict[str, Any], version: str, request: dict[str, Any], generation: int) -> dict[str, Any]:
+    def inner(self, claims: dict[str, Any], version: str, request: dict[str, Any], generation: int,
+              arrived: float | None = None) -> dict[str, Any]:
         """One request of a batch, answered as Graph answers it inside the batch response."""
         method, url = request["method"].upper(), urlsplit(request["url"])
         path = f"/{version}/{url.path.lstrip('/')}"
@@ -554,7 +558,7 @@ class _Handler(JsonHandler):
         result = faulted or _role_denied(claims, path, method)
         if not result:
             with self.server.lock:
-                status, answer, headers = self.limited(method, path, query, raw)
+                status, answer, headers = self.limited(method, path, query, raw, arrived)
                 result = status, json.loads(json.dumps(answer)) if answer is not None else None, headers
         assert isinstance(result, tuple)
         status, answer, headers = result
