@@ -8,9 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import UpdateMode
 
 from .budget import (
     BUDGET_PARTITION,
@@ -23,7 +21,7 @@ from .budget import (
     paused,
     wait_for,
 )
-from .storage import CHANGED_OR_GONE, TableStore, read_change_write, store_errors, table_missing
+from .storage import TableStore, read_change_write, store_errors, table_missing
 
 
 class SharedBudget(TableStore):
@@ -93,12 +91,5 @@ class SharedBudget(TableStore):
                   # Rounded up to the millisecond: a grant is never forgotten earlier than it was made.
                   "grants": json.dumps([[math.ceil(at * 1000) / 1000, n] for at, n in row.grants]),
                   "pausedUntil": row.paused_until, "strikes": row.strikes, "lastThrottle": row.last_throttle}
-        try:
-            if row.etag is None:
-                meta = self._table.create_entity(entity)
-            else:
-                meta = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.etag,
-                                                 match_condition=MatchConditions.IfNotModified)
-        except CHANGED_OR_GONE:
-            return None
-        return BudgetRow(row.grants, row.paused_until, row.strikes, row.last_throttle, meta["etag"])
+        etag = self._create_or_replace(entity, row.etag)
+        return None if etag is None else BudgetRow(row.grants, row.paused_until, row.strikes, row.last_throttle, etag)

@@ -16,6 +16,7 @@ from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
@@ -23,7 +24,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, TableServiceClient
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from ..common import StateStoreUnavailable, as_utc
 from .transport import azure_options
@@ -238,6 +239,19 @@ class TableStore:
             if exc.status_code == 412 or getattr(exc, "error_code", None) == "UpdateConditionNotSatisfied":
                 raise WriteConflict(message=exc.message, response=exc.response) from exc
             raise
+
+    def _create_or_replace(self, entity: dict[str, Any], etag: str | None) -> str | None:
+        """Create the row (``etag`` None) or replace it If-Match ``etag``: its new ETag, or None when
+        another writer got there first (the caller's ``read_change_write`` reads again)."""
+        try:
+            if etag is None:
+                meta = self._table.create_entity(entity)
+            else:
+                meta = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
+                                                 match_condition=MatchConditions.IfNotModified)
+        except CHANGED_OR_GONE:
+            return None
+        return str(meta["etag"])
 
     def _create_table(self) -> None:
         try:

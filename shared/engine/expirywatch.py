@@ -25,11 +25,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import UpdateMode
 
-from ..clients import CHANGED_OR_GONE, Notification, TableStore, read_change_write, store_errors, table_missing
+from ..clients import Notification, TableStore, read_change_write, store_errors, table_missing
 from ..common import Clock, StateStoreUnavailable, as_utc, iso, telemetry
 from .credentials import RENEW_AT, Assessment, CredentialsReport, read_credentials, threshold_reached
 
@@ -88,15 +86,8 @@ class CredentialStore(TableStore):
                   "appleId": c.apple_id, "expiresAt": row.expires_at, "told": row.told, "claim": row.claim,
                   "delivered": row.delivered, "toldAt": row.claimed_at or now}
         entity = {k: v for k, v in entity.items() if v is not None}
-        try:
-            if row.etag is None:
-                meta = self._table.create_entity(entity)
-            else:
-                meta = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.etag,
-                                                 match_condition=MatchConditions.IfNotModified)
-        except CHANGED_OR_GONE:
-            return None
-        return replace(row, etag=meta["etag"])
+        etag = self._create_or_replace(entity, row.etag)
+        return None if etag is None else replace(row, etag=etag)
 
 
 class ExpiryWatch:
