@@ -60,6 +60,7 @@ class Run:
     writing_seconds: float = 0.0
     peak_mb: list[float] = field(default_factory=list)
     failures: int = 0
+    failure_samples: list[str] = field(default_factory=list)  # the first few steps' errors, as the workers saw them
 
 
 class Stack:
@@ -163,6 +164,7 @@ def run(stack: Stack, scenario: str, budget: str, devices: int, limit: int, wind
     result.table_calls = sum(r["tableCalls"] for r in reports)
     result.peak_mb = [r["peakKb"] / 1024 for r in reports]
     result.failures = sum(r["failureCount"] for r in reports)
+    result.failure_samples = [f for r in reports for f in r["failures"]][:8]
     return result
 
 
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                              "1,000, so that a step lasts as long against the short window as against Intune's)")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the per-process budget")
+    parser.add_argument("--scenarios", default="one job,four jobs", help="which to run (comma-separated)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--smoke", action="store_true", help="a few hundred devices, a small limit (for the test suite)")
     parser.add_argument("--out", default=str(RESULTS), help="RESULTS.md to write this benchmark's section in ('-' for none)")
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     runs = []
     try:
-        for scenario in ("one job", "four jobs"):
+        for scenario in [s.strip() for s in args.scenarios.split(",")]:
             for budget in ("shared", "per process") if args.baseline else ("shared",):
                 print(f"{scenario}, {budget} budget: {args.devices} devices…", flush=True)
                 runs.append(run(stack, scenario, budget, args.devices, args.limit, args.window, args.processes,

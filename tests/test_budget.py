@@ -9,7 +9,18 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 
-from shared.clients.budget import DEVICES, INTUNE, MARGIN, BudgetRow, Limits, decide, paused
+from shared.clients.budget import (
+    DEVICES,
+    INTUNE,
+    MARGIN,
+    BudgetRow,
+    Limits,
+    LocalBudget,
+    decide,
+    granted_under,
+    new_ticket,
+    paused,
+)
 from shared.clients.sharedbudget import SharedBudget
 from shared.common import StateStoreUnavailable
 
@@ -22,6 +33,41 @@ LIMITS = Limits(devices=200, intune=100, window=20.0)
 def test_a_bulk_writer_gets_what_it_asks_while_the_window_has_room():
     grant, row = decide(BudgetRow(), LIMITS, DEVICES, 20, bulk=True, now=1000.0)
     assert grant.count == 20 and row is not None and row.grants == [(1000.0, 20)]
+
+
+def test_a_grant_under_a_ticket_records_the_ticket_with_the_count_granted():
+    row = BudgetRow([(1000.0, 180)])
+    grant, after = decide(row, LIMITS, DEVICES, 20, bulk=True, now=1010.0, ticket="1010-ab")
+    assert grant.count == 14 and after is not None and after.tickets == {"1010-ab": 14}
+
+
+def test_a_claim_that_is_not_granted_records_no_ticket():
+    grant, after = decide(BudgetRow([(1000.0, 194)]), LIMITS, DEVICES, 20, bulk=True, now=1010.0, ticket="1010-ab")
+    assert grant.count == 0 and after is None
+
+
+def test_tickets_are_forgotten_after_their_keep_and_kept_before_it():
+    now = 1000.0 + LIMITS.ticket_seconds + 1
+    _, after = decide(BudgetRow(tickets={"1000-aa": 20, "1100-bb": 20}), LIMITS, DEVICES, 1, bulk=True, now=now)
+    assert after is not None and after.tickets == {"1100-bb": 20}
+
+
+def test_a_ticket_tells_granted_from_never_granted_until_it_is_too_old_to_tell():
+    ticket = new_ticket(5000.0)
+    assert ticket.startswith("5000-")
+    keep = LIMITS.ticket_seconds
+    assert granted_under({ticket: 12}, ticket, now=5001.0, keep=keep) == 12
+    assert granted_under({}, ticket, now=5001.0, keep=keep) == 0  # never granted: never sent
+    assert granted_under({ticket: 12}, ticket, now=5000.0 + keep, keep=keep) is None  # cannot tell
+    assert granted_under({}, "not-a-ticket", now=5001.0, keep=keep) is None
+
+
+def test_the_local_budget_keeps_tickets_too():
+    budget = LocalBudget(LIMITS)
+    ticket = new_ticket(time.time())
+    assert budget.take(DEVICES, 20, ticket=ticket).count == 20
+    assert budget.granted_for(DEVICES, ticket) == 20
+    assert budget.granted_for(DEVICES, new_ticket(time.time())) == 0
 
 
 def test_grants_stop_at_the_limit_less_the_margin():
@@ -120,6 +166,15 @@ def test_a_pause_written_by_one_instance_holds_the_others(table):
     assert second.take(INTUNE, 20).count == 20  # another area is not held
 
 
+def test_another_instance_reads_what_a_ticket_was_granted(table):
+    first, second = SharedBudget(table, LIMITS), SharedBudget(table, LIMITS)
+    granted, refused = new_ticket(time.time()), new_ticket(time.time())
+    assert first.take(DEVICES, 20, ticket=granted).count == 20
+    first.pause(DEVICES, 5.0)
+    assert first.take(DEVICES, 20, ticket=refused).count == 0
+    assert (second.granted_for(DEVICES, granted), second.granted_for(DEVICES, refused)) == (20, 0)
+
+
 def test_sync_actions_draw_on_the_reserve_without_touching_the_table(table):
     budget = SharedBudget(table, LIMITS)
     for _ in range(97):
@@ -127,3 +182,12 @@ def test_sync_actions_draw_on_the_reserve_without_touching_the_table(table):
     assert budget.take(INTUNE, 1, bulk=False).count == 0  # this process's count of the window is full
     with pytest.raises(ResourceNotFoundError):  # nothing was written: no row (not even the table)
         table.get_entity("budget", INTUNE)
+
+
+def test_a_grant_back_later_than_half_its_travel_allowance_is_late():
+    from shared.clients.budget import SEND_SHARE, Grant, late
+
+    allowance = LIMITS.window * SEND_SHARE  # 1 s of 20 s
+    assert not late(Grant(20, at=1000.0), LIMITS, now=1000.0 + allowance / 2 - 0.01)
+    assert late(Grant(20, at=1000.0), LIMITS, now=1000.0 + allowance / 2 + 0.01)
+    assert not late(Grant(20), LIMITS, now=5000.0)  # counted in this process: no table write to wait for

@@ -99,3 +99,29 @@ def test_a_csv_bad_serial_is_named_by_its_line():
 def test_to_json_gives_the_kind_and_size_not_the_values():
     assert parse({"serialNumbers": ["A", "B"]}).to_json() == {"kind": "serialNumbers", "count": 2,
                                                               "skipSyncedWithinMinutes": 60}
+
+
+# --- a step that died: what its rows left ``sending`` become (shared/devicesync/syncsteps.recovered) ---
+
+
+def test_a_row_its_tickets_grant_covered_is_queued_never_sent_again():
+    from shared.devicesync.syncsteps import recovered
+    from shared.devicesync.syncstore import DeviceRow
+
+    assert recovered(DeviceRow(1, state="sending", ticket="1-a", slot=4), granted=5).state == "queued"
+
+
+def test_a_row_past_its_tickets_grant_or_never_granted_is_pending_again():
+    from shared.devicesync.syncsteps import recovered
+    from shared.devicesync.syncstore import DeviceRow
+
+    assert recovered(DeviceRow(1, state="sending", ticket="1-a", slot=5), granted=5).state == "pending"
+    assert recovered(DeviceRow(1, state="sending", ticket="1-a", slot=0), granted=0).state == "pending"
+
+
+def test_a_row_whose_grant_cannot_be_told_is_queued():
+    from shared.devicesync.syncsteps import recovered
+    from shared.devicesync.syncstore import DeviceRow
+
+    assert recovered(DeviceRow(1, state="sending", ticket="1-a", slot=0), granted=None).state == "queued"
+    assert recovered(DeviceRow(1, state="sending"), granted=None).state == "queued"  # a row marked before tickets

@@ -284,13 +284,14 @@ def test_a_short_budget_wait_is_slept_within_the_step(env, clock, graph):
 
 
 def test_a_long_budget_wait_ends_the_step_and_schedules_the_next_for_then(env, clock, graph):
-    configure(graph, managedDevices={"count": 100}, deviceWriteLimit={"limit": 40, "windowSeconds": 5})
-    jobs, _ = make_jobs(env, clock, limits=Limits(devices=40, window=5))
+    # A 10 s window: a grant back more than a quarter second late would be dropped (budget.late).
+    configure(graph, managedDevices={"count": 100}, deviceWriteLimit={"limit": 40, "windowSeconds": 10})
+    jobs, _ = make_jobs(env, clock, limits=Limits(devices=40, window=10))
     job, token = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(100)), skip_minutes=0), "tech")
     jobs.run_step(message(jobs, job.id))
     assert jobs.status(job.id, token).to_json()["counts"]["queued"] == 38
     following = jobs.store.job(job.id)
-    assert 3.0 < (following.step_at - clock()).total_seconds() <= 5 * 1.025
+    assert 6.0 < (following.step_at - clock()).total_seconds() <= 10 * 1.05
 
 
 def test_a_filter_job_lists_every_page_it_can_in_one_step_and_syncs_from_the_next(env, clock, graph):

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -115,3 +116,50 @@ def test_a_429_answered_to_one_process_holds_every_other_until_its_retry_after(b
     answers = finished(jobs)
     assert [a["counts"]["queued"] for a in answers] == [50] * 4
     assert graph.stats()["managedDevices"]["devicesSyncedMoreThanOnce"] == 0
+
+
+def test_a_step_killed_after_marking_its_devices_and_before_their_batch_leaves_none_reported_synced(budget_env, graph):
+    """A process running a step is killed (SIGKILL) while its chunk's rows are written ``sending``
+    and it waits for the budget, before the $batch leaves. The step that takes over sends those
+    devices (their budget ticket was never granted), and no device is synced twice or reported
+    ``queued`` without a sync."""
+    import signal
+    import threading
+
+    from shared.clients import DEVICES, SharedBudget, make_credential, table_client
+
+    env = budget_env | {"DEVICE_SYNC_STEP_CLAIM_SECONDS": "5"}
+    process.reload()
+    [(job_id, token)] = start_device_jobs([DeviceSyncRequest("serialNumbers", tuple(f"SN{i:06d}" for i in range(1, 41)),
+                                                             skip_minutes=0)])
+    settings = process.settings()
+    budget = SharedBudget(table_client(settings.storage, settings.state_table, make_credential))
+    store = process.service().device_sync().store
+    held = threading.Event()
+
+    def hold_the_budget() -> None:  # every claim is told to wait a moment: the step sleeps with its rows marked
+        while not held.is_set():
+            budget.pause(DEVICES, 1.5)
+            held.wait(0.3)
+
+    holder = threading.Thread(target=hold_the_budget)
+    holder.start()
+    worker = subprocess.Popen([sys.executable, WORKER, "60", "--threads", "1"], cwd=ROOT, env={**os.environ, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not store.in_state(job_id, "sending", 40) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        marked = store.in_state(job_id, "sending", 40)
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate(timeout=30)
+    finally:
+        held.set()
+        holder.join()
+    assert len(marked) == 20 and all(r.ticket for r in marked)
+    assert graph.stats()["managedDevices"]["deviceSyncs"] == 0  # killed before its batch left
+    run_workers(env, count=2)  # the takeover message, once the dead step's claim has lapsed
+    [answer] = finished([(job_id, token)])
+    assert answer["status"] == "completed" and answer["counts"]["queued"] == 40
+    stats = graph.stats()["managedDevices"]
+    assert stats["deviceSyncs"] == 40 and stats["devicesSyncedMoreThanOnce"] == 0

@@ -198,7 +198,9 @@ def write_budget(table: Any, settings: Settings) -> WriteBudget:
     from ..clients import SharedBudget
 
     return SharedBudget(table, Limits(settings.device_write_limit, settings.intune_write_limit,
-                                      settings.write_limit_window_seconds))
+                                      settings.write_limit_window_seconds,
+                                      # a ticket outlives a crashed device-sync step's claim, which the takeover waits out
+                                      ticket_seconds=2 * settings.device_sync_step_claim_seconds + 60))
 
 
 def build_service(settings: Settings, clock: Clock = utcnow, **graph_options: Any) -> SyncService:

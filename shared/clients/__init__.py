@@ -10,7 +10,7 @@ from ..common import face
 
 if TYPE_CHECKING:
     from .batch import MAX_BATCH, BatchAnswer, BatchRequest, send_batch
-    from .budget import DEVICES, Limits, WriteBudget
+    from .budget import DEVICES, Limits, WriteBudget, late, new_ticket
     from .graph import GraphClient, GraphResponse
     from .identity import TenantCredentials, make_credential
     from .notify import Notification, Notifier, ServiceNotifier
@@ -51,7 +51,9 @@ __all__ = [
     "TenantCredentials",
     "WriteBudget",
     "from_row",
+    "late",
     "make_credential",
+    "new_ticket",
     "queue_client",
     "read_change_write",
     "send_batch",
@@ -82,7 +84,9 @@ __getattr__ = face(__name__, {
     "TenantCredentials": "identity",
     "WriteBudget": "budget",
     "from_row": "storage",
+    "late": "budget",
     "make_credential": "identity",
+    "new_ticket": "budget",
     "queue_client": "storage",
     "read_change_write": "storage",
     "send_batch": "batch",

@@ -31,6 +31,14 @@ tenant at once, so the count lives in Table Storage: one row per area in the ten
   Retry-After) into the row; every claim of any instance waits for it. A 429 within two windows of
   the last one is a strike: each strike lowers the granted rate by a fifth (to half at most); a
   window without one restores it.
+- **A grant can carry a ticket.** A bulk writer that marks its writes before it asks for them
+  (a device-sync step writes its rows ``sending`` first, so that no table write comes between a
+  grant and its $batch) names the claim with a ticket (when it was made, and a nonce); the grant
+  records it in the row with the count granted, for ``Limits.ticket_seconds`` (twice a crashed
+  step's claim and a minute: the step that takes over comes when the claim lapses). That step can
+  then tell writes never granted (never sent: send them) from writes granted (maybe sent: never
+  again). A ticket older than that cannot be told, and counts as granted. A few dozen tickets,
+  some twenty characters each, at Intune's rate.
 - **Reads are not counted here**: Intune's read limits are ten times the write limits (2,000 and
   1,000 per 20 s), and the app's reads are paged.
 
@@ -40,6 +48,7 @@ change a compare-and-swap (``read_change_write``).
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 from collections import deque
@@ -54,6 +63,7 @@ MARGIN = 0.03  # of the limit never granted: arrivals jitter against grants
 SEND_SHARE = 0.05  # of a window a grant counts beyond it: sending, travel, clock skew (1 s of 20 s)
 RESERVE = {DEVICES: 0, INTUNE: 10}  # writes per window kept for sync actions (never granted in bulk)
 STRIKE_FACTOR, LOWEST_FACTOR = 0.8, 0.5
+SKEW_SECONDS = 30.0  # a ticket is told for this much less than it is kept: instances' clocks differ
 
 
 def area_of(path: str) -> str:
@@ -69,6 +79,7 @@ class Limits:
     devices: int = 200
     intune: int = 100
     window: float = 20.0
+    ticket_seconds: float = 180.0  # how long a grant's ticket is kept (2 x DEVICE_SYNC_STEP_CLAIM_SECONDS + 60)
 
     def of(self, area: str) -> int:
         return self.devices if area == DEVICES else self.intune
@@ -95,13 +106,25 @@ class Grant:
 
     count: int
     wait_seconds: float = 0.0
+    at: float | None = None  # when the shared row granted it (epoch seconds); None: counted in this process
+
+
+def late(grant: Grant, limits: Limits, now: float) -> bool:
+    """A grant back later than half its allowance for travel (SEND_SHARE of a window): its writes,
+    sent now, could reach Graph's window beside those of grants made after it. A writer drops it
+    (it costs its room, never a 429); a table write that slow is rare at Intune's 20 s window."""
+    return grant.at is not None and now - grant.at > limits.window * SEND_SHARE / 2
 
 
 class WriteBudget(Protocol):
     limits: Limits
 
-    def take(self, area: str, count: int, *, bulk: bool = True) -> Grant:
-        """Up to ``count`` writes now, never waiting (a queue step reschedules itself instead)."""
+    def take(self, area: str, count: int, *, bulk: bool = True, ticket: str | None = None) -> Grant:
+        """Up to ``count`` writes now, never waiting (a queue step reschedules itself instead);
+        a grant under ``ticket`` is recorded with it."""
+
+    def granted_for(self, area: str, ticket: str) -> int | None:
+        """The writes granted under ``ticket``: 0 if none was, None if too old to tell."""
 
     def acquire(self, area: str, count: int = 1, *, bulk: bool = False, deadline: float | None = None) -> float:
         """``count`` writes, waiting for them (until ``deadline``, time.monotonic()); the seconds waited."""
@@ -119,13 +142,15 @@ class BudgetExhausted(Exception):
 
 @dataclass
 class BudgetRow:
-    """One area's row: recent grants [(epoch seconds, count)], the pause, the strikes."""
+    """One area's row: recent grants [(epoch seconds, count)], the pause, the strikes, and the
+    tickets of recent grants {ticket: count}."""
 
     grants: list[tuple[float, int]] = field(default_factory=list)
     paused_until: float = 0.0
     strikes: int = 0
     last_throttle: float = 0.0
     etag: str | None = None
+    tickets: dict[str, int] = field(default_factory=dict)
 
     def factor(self, now: float, window: float) -> float:
         if not self.strikes or now - self.last_throttle > 2 * window:
@@ -133,7 +158,8 @@ class BudgetRow:
         return max(LOWEST_FACTOR, STRIKE_FACTOR ** self.strikes)
 
 
-def decide(row: BudgetRow, limits: Limits, area: str, count: int, bulk: bool, now: float) -> tuple[Grant, BudgetRow | None]:
+def decide(row: BudgetRow, limits: Limits, area: str, count: int, bulk: bool, now: float,
+           ticket: str | None = None) -> tuple[Grant, BudgetRow | None]:
     """How many of ``count`` writes may be granted now, and the row to write (None: nothing to write)."""
     if row.paused_until > now:
         return Grant(0, row.paused_until - now), None
@@ -145,12 +171,33 @@ def decide(row: BudgetRow, limits: Limits, area: str, count: int, bulk: bool, no
         oldest = min((at for at, _ in recent), default=now)
         return Grant(0, max(0.05, oldest + limits.lookback - now)), None
     granted = min(count, room)
-    return Grant(granted), BudgetRow([*recent, (now, granted)], row.paused_until, row.strikes, row.last_throttle, row.etag)
+    tickets = {t: n for t, n in row.tickets.items() if made_at(t) > now - limits.ticket_seconds}
+    if ticket:
+        tickets[ticket] = tickets.get(ticket, 0) + granted
+    return Grant(granted, at=now), BudgetRow([*recent, (now, granted)], row.paused_until, row.strikes, row.last_throttle, row.etag,
+                                     tickets)
+
+
+def new_ticket(now: float) -> str:
+    """A claim's name: when it was made (epoch seconds) and a nonce."""
+    return f"{int(now)}-{secrets.token_hex(3)}"
+
+
+def made_at(ticket: str) -> float:
+    made, _, _ = ticket.partition("-")
+    return float(made) if made.isdigit() else 0.0
+
+
+def granted_under(tickets: dict[str, int], ticket: str, now: float, keep: float) -> int | None:
+    """The writes granted under ``ticket`` (0: none), or None when it is too old to tell (or not a ticket)."""
+    if now - made_at(ticket) > keep - SKEW_SECONDS:
+        return None
+    return tickets.get(ticket, 0)
 
 
 def paused(row: BudgetRow, seconds: float, now: float, window: float) -> BudgetRow:
     strikes = row.strikes + 1 if now - row.last_throttle <= 2 * window else 1
-    return BudgetRow(row.grants, max(row.paused_until, now + seconds), strikes, now, row.etag)
+    return BudgetRow(row.grants, max(row.paused_until, now + seconds), strikes, now, row.etag, row.tickets)
 
 
 # --- in one process (tests, local runs without storage, and the reserve) ---------------------------
@@ -165,9 +212,10 @@ class LocalBudget:
         self.clock = clock
         self._sent: dict[str, deque[tuple[float, int]]] = {area: deque() for area in AREAS}
         self._paused: dict[str, float] = dict.fromkeys(AREAS, 0.0)
+        self._tickets: dict[str, dict[str, int]] = {area: {} for area in AREAS}
         self._lock = threading.Lock()
 
-    def take(self, area: str, count: int, *, bulk: bool = True, cap: int | None = None) -> Grant:
+    def take(self, area: str, count: int, *, bulk: bool = True, cap: int | None = None, ticket: str | None = None) -> Grant:
         with self._lock:
             now = self.clock()
             if self._paused[area] > now:
@@ -181,7 +229,16 @@ class LocalBudget:
                 return Grant(0, max(0.05, sent[0][0] + self.limits.window - now) if sent else self.limits.window)
             granted = min(count, room)
             sent.append((now, granted))
+            if ticket:
+                kept = self._tickets[area]
+                for old in [t for t in kept if made_at(t) <= time.time() - self.limits.ticket_seconds]:
+                    del kept[old]
+                kept[ticket] = kept.get(ticket, 0) + granted
             return Grant(granted)
+
+    def granted_for(self, area: str, ticket: str) -> int | None:
+        with self._lock:
+            return granted_under(self._tickets[area], ticket, time.time(), self.limits.ticket_seconds)
 
     def acquire(self, area: str, count: int = 1, *, bulk: bool = False, deadline: float | None = None,
                 cap: int | None = None) -> float:

@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -18,6 +19,7 @@ from .budget import (
     Limits,
     LocalBudget,
     decide,
+    granted_under,
     paused,
     wait_for,
 )
@@ -42,7 +44,7 @@ class SharedBudget(TableStore):
         budget.limits, budget.local = limits, LocalBudget(limits)
         return budget
 
-    def take(self, area: str, count: int, *, bulk: bool = True) -> Grant:
+    def take(self, area: str, count: int, *, bulk: bool = True, ticket: str | None = None) -> Grant:
         if not bulk:  # a sync action: counted in this process only (see budget.py, "Sync actions")
             return self.local.take(area, count, bulk=False)
         paused_left = self.local.paused_for(area)  # a 429 this process saw, even if its row write failed
@@ -51,13 +53,16 @@ class SharedBudget(TableStore):
         outcome: list[Grant] = []
 
         def change(row: BudgetRow) -> BudgetRow | None:
-            grant, after = decide(row, self.limits, area, count, bulk, self.clock())
+            grant, after = decide(row, self.limits, area, count, bulk, self.clock(), ticket)
             outcome[:] = [grant]
             return after
 
         read_change_write(lambda: self._read(area), change, lambda row: self._write(area, row), f"claim {area} writes",
                           attempts=8)
         return outcome[0]
+
+    def granted_for(self, area: str, ticket: str) -> int | None:
+        return granted_under(self._read(area).tickets, ticket, self.clock(), self.limits.ticket_seconds)
 
     def acquire(self, area: str, count: int = 1, *, bulk: bool = False, deadline: float | None = None) -> float:
         if not bulk:
@@ -82,14 +87,16 @@ class SharedBudget(TableStore):
                 raise
             return BudgetRow()
         grants = [(float(at), int(n)) for at, n in json.loads(entity.get("grants") or "[]")]
+        tickets = {str(t): int(n) for t, n in json.loads(entity.get("tickets") or "{}").items()}
         return BudgetRow(grants, float(entity.get("pausedUntil") or 0), int(entity.get("strikes") or 0),
-                         float(entity.get("lastThrottle") or 0), entity.metadata.get("etag"))
+                         float(entity.get("lastThrottle") or 0), entity.metadata.get("etag"), tickets)
 
     @store_errors
     def _write(self, area: str, row: BudgetRow) -> BudgetRow | None:
         entity = {"PartitionKey": BUDGET_PARTITION, "RowKey": area,
                   # Rounded up to the millisecond: a grant is never forgotten earlier than it was made.
                   "grants": json.dumps([[math.ceil(at * 1000) / 1000, n] for at, n in row.grants]),
+                  "tickets": json.dumps(row.tickets, separators=(",", ":")),
                   "pausedUntil": row.paused_until, "strikes": row.strikes, "lastThrottle": row.last_throttle}
         etag = self._create_or_replace(entity, row.etag)
-        return None if etag is None else BudgetRow(row.grants, row.paused_until, row.strikes, row.last_throttle, etag)
+        return None if etag is None else replace(row, etag=etag)

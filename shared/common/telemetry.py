@@ -75,6 +75,7 @@ FIELDS = {
     "waitedSeconds": "how long a device sync step put off the next one (write budget or Graph's Retry-After)",
     "pacedSeconds": "how long a device sync step slept within itself for the write budget (waits under a second)",
     "throttled": "device syncs Graph answered 429 in a device sync step (sent again later)",
+    "lateGrants": "write-budget grants a device sync step dropped: back too late to send (their devices sent later)",
     "credentialId": "an Apple credential's id in Graph (expiry events)",
     "name": "an Apple credential's name: the certificate's topic, a token's name (expiry events)",
     "appleId": "the Apple ID (Managed Apple ID) a credential belongs to: renew with the same one (expiry events)",

@@ -233,7 +233,7 @@ class DeviceSyncJobs:
         self.send_step(written, lead=True)
         telemetry.emit("devices", trigger="devices", target=TARGET, tenant=self.tenant, jobId=job.id, step=job.step,
                        counts=dict(outcome.counts), waitedSeconds=round(outcome.wait, 3), pacedSeconds=round(outcome.paced, 3),
-                       throttled=outcome.throttled, outcome="stepped")
+                       throttled=outcome.throttled, lateGrants=outcome.late, outcome="stepped")
         return "stepped"
 
     def _finish(self, job: DeviceSyncJob, work: DeviceStep) -> str:
@@ -247,7 +247,7 @@ class DeviceSyncJobs:
         telemetry.emit("devices", logging.WARNING if problems else logging.INFO, trigger="devices", target=TARGET,
                        tenant=self.tenant, jobId=job.id, step=job.step, counts=dict(work.outcome.counts),
                        waitedSeconds=0.0, pacedSeconds=round(work.outcome.paced, 3), throttled=work.outcome.throttled,
-                       devices=job.device_count,
+                       lateGrants=work.outcome.late, devices=job.device_count,
                        outcome="completedWithFailures" if problems else "completed")
         return "completed"
 

@@ -1,15 +1,15 @@
 """The work of one device sync step on a claimed job (shared/devicesync/syncjobs.py claims it):
 
-1. rows left ``sending`` by an earlier step (it died during or after its call) become ``queued``,
-   never sent again;
+1. rows left ``sending`` by an earlier step that died: those its budget grant covered become
+   ``queued`` (their call may have reached Graph: never sent again), the rest ``pending``;
 2. a filter or group job first lists its devices, page by page, as many pages as the step's time
    allows (the resolve phase; the job row saved after the step names the next page);
 3. then up to DEVICE_SYNC_STEP_DEVICES ``pending`` rows: each not yet looked up is looked up
    through $batch (not found, or synced within the job's minutes: final), and the rest are sent
-   ``syncDevice`` in $batches of 20, budget taken first, each row written ``sending`` before its
-   batch goes. A step waits for the budget only when the wait is shorter than ``PACE_SECONDS``
-   (what a message's re-delivery costs: visibility counts whole seconds and the host polls an
-   idle queue every two); a longer wait ends the step, and the next one's message comes that much
+   ``syncDevice`` in $batches of 20: each chunk's rows written ``sending`` under a ticket, then
+   the budget taken under that ticket, then the $batch at once. A step waits for the budget only
+   when the wait is shorter than ``PACE_SECONDS`` (what a message's re-delivery costs: visibility
+   counts whole seconds and the host polls an idle queue every two); a longer wait ends the step, and the next one's message comes that much
    before the budget frees up (syncjobs.LEAD), sleeps the rest, and so takes the budget on time.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..clients import DEVICES, MAX_BATCH, BatchAnswer, BatchRequest, send_batch
+from ..clients import DEVICES, MAX_BATCH, BatchAnswer, BatchRequest, late, new_ticket, send_batch
 from ..common import AppError, GraphUnavailable, parse_graph_time
 from .selector import DEVICE_IDS, FILTER, SERIAL_NUMBERS
 from .syncstore import (
@@ -47,6 +47,7 @@ PAGE = "999"
 CHUNK = MAX_BATCH  # writes asked of the budget at once: one $batch, sent as soon as it is granted
 STEP_SECONDS = 20.0  # a step stops starting new work after this long (the host allows minutes)
 PACE_SECONDS = 2.0  # a shorter wait for the budget is slept within the step; a longer one ends it
+LATE_GRANTS = 3  # grants back too late to send (budget.late) a step drops before it ends
 
 
 # Graph's answers to a listing that no retry can change: a filter it refuses, a group it does not know.
@@ -61,6 +62,7 @@ class StepOutcome:
     wait: float = 0.0
     throttled: int = 0
     paced: float = 0.0  # seconds slept within the step waiting for the budget
+    late: int = 0  # grants dropped: back too late to send (budget.late)
 
     def later(self, seconds: float) -> None:
         self.wait = max(self.wait, seconds)
@@ -91,17 +93,18 @@ class DeviceStep:
         return self.job
 
     def recover(self) -> None:
-        """Rows an earlier step marked ``sending``: their call may have reached Graph; never again."""
+        """Rows an earlier step left ``sending`` (it died): the budget says which its grant covered."""
         left = self.store.in_state(self.job.id, SENDING, self.step_devices)
-        if left:
-            self.save([replace(r, state=QUEUED, error_code=None, error_message=None) for r in left])
+        granted = {t: self.graph.budget.granted_for(DEVICES, t) for t in {r.ticket for r in left if r.ticket}}
+        self.save([recovered(r, granted.get(r.ticket) if r.ticket else None) for r in left])
 
     def time_left(self, after: float = 0.0) -> bool:
         return time.monotonic() + after - self.started < STEP_SECONDS
 
     def save(self, rows: list[DeviceRow]) -> None:
         if rows:
-            rows = [replace(r, updated_at=self.now) for r in rows]
+            rows = [replace(r, updated_at=self.now) if r.state == SENDING
+                    else replace(r, updated_at=self.now, ticket=None, slot=None) for r in rows]
             self.store.save_devices(self.job.id, rows)
             self.outcome.counts.update(r.state for r in rows if r.state not in (PENDING, SENDING))
 
@@ -189,29 +192,34 @@ class DeviceStep:
     # --- the sync phase: sending ---------------------------------------------------------------
 
     def send(self, ready: list[DeviceRow]) -> None:
-        """syncDevice for each row in chunks of CHUNK: the chunk's rows written ``sending`` first,
-        then the budget taken and the granted rows sent at once (so that a grant's writes reach
-        Graph right after it: the budget's allowance for their travel, budget.SEND_SHARE, need not
-        cover a table write), the rows not granted put back. Stops at a 429 or when the budget
-        says to wait longer than PACE_SECONDS."""
+        """syncDevice in chunks of CHUNK: the rows written ``sending`` under a ticket, the budget
+        taken under it, the granted rows sent at once (no table write between a grant and its
+        writes: budget.SEND_SHARE need not cover one), the rest put back; a late grant is dropped
+        (budget.late). Stops at a 429, a budget wait over PACE_SECONDS, or LATE_GRANTS late grants."""
         start = 0
-        while start < len(ready) and self.time_left():
-            sending = [replace(r, state=SENDING) for r in ready[start:start + CHUNK]]
+        while start < len(ready) and self.time_left() and self.outcome.late < LATE_GRANTS:
+            ticket = new_ticket(time.time())
+            sending = [replace(r, state=SENDING, ticket=ticket, slot=i) for i, r in enumerate(ready[start:start + CHUNK])]
             self.save(sending)
-            granted = self.grant(len(sending))
-            if granted < len(sending):
-                self.save([replace(r, state=PENDING) for r in sending[granted:]])
-            if not granted:
+            sent = 0
+            try:
+                granted = self.grant(len(sending), ticket)
+                sent = 0 if granted < 0 else granted
+                go_on = granted < 0 or (granted > 0 and self.send_chunk(sending[:sent]))
+            finally:  # never sent (if this write is lost too, recover() tells them by the ticket)
+                self.save([replace(r, state=PENDING) for r in sending[sent:]])
+            if not go_on:
                 return
-            start += granted
-            if not self.send_chunk(sending[:granted]):
-                return
+            start += sent
 
-    def grant(self, wanted: int) -> int:
-        """Writes granted now (pacing a wait shorter than PACE_SECONDS); 0: the step ends, the next
-        one is due when the budget says."""
+    def grant(self, wanted: int, ticket: str) -> int:
+        """Writes granted now under ``ticket`` (pacing a wait shorter than PACE_SECONDS); 0: the step
+        ends, the next is due when the budget says; -1: the grant came back too late (dropped)."""
         while True:
-            grant = self.graph.budget.take(DEVICES, wanted, bulk=True)
+            grant = self.graph.budget.take(DEVICES, wanted, bulk=True, ticket=ticket)
+            if grant.count > 0 and late(grant, self.graph.budget.limits, time.time()):
+                self.outcome.late += 1
+                return -1
             if grant.count > 0:
                 return grant.count
             if grant.wait_seconds <= PACE_SECONDS and self.time_left(after=grant.wait_seconds):
@@ -260,6 +268,14 @@ class DeviceStep:
         state = NOT_FOUND if answer.status == 404 else NOT_SUPPORTED if answer.status == 400 else FAILED
         return replace(row, state=state, error_code=answer.error_code or str(answer.status),
                        error_message=answer.error_message)
+
+
+def recovered(row: DeviceRow, granted: int | None) -> DeviceRow:
+    """A row an earlier step left ``sending``: ``pending`` if its ticket's grant did not cover it
+    (never sent), else ``queued`` (it may have reached Graph; also when the grant cannot be told:
+    no ticket, or one too old: never twice)."""
+    never_sent = granted is not None and (row.slot or 0) >= granted
+    return replace(row, state=PENDING if never_sent else QUEUED, error_code=None, error_message=None)
 
 
 def lookup_request(kind: str, request_id: str, row: DeviceRow) -> BatchRequest:

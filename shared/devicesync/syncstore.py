@@ -3,8 +3,10 @@ row (RowKey ``job``) and one row per device (``device-<nnnnnnn>``, by index).
 
 The job row coordinates: its ``step`` names the one queue message allowed to act next, and a step
 claims it with If-Match before touching Graph. A device row is ``pending`` until a step handles
-it; it is written ``sending`` before its syncDevice call, so that a later step that finds it so
-(its step died during or after the call) marks it ``queued`` without sending again.
+it; it is written ``sending``, with the ticket of the budget claim it is about to make and its
+place in that claim, before its syncDevice call. A later step that finds it so (its step died)
+asks the budget what that ticket was granted: a row the grant did not cover was never sent
+(``pending`` again); one it did cover may have reached Graph (``queued``, never sent again).
 """
 from __future__ import annotations
 
@@ -90,6 +92,8 @@ class DeviceRow:
     error_code: str | None = None
     error_message: str | None = None
     updated_at: datetime | None = None
+    ticket: str | None = None  # while ``sending``: the budget claim (shared/clients/budget.py) it goes under
+    slot: int | None = None  # its place in that claim: the first ``granted`` of a claim's rows are sent
 
     def to_json(self) -> dict[str, Any]:
         shown: dict[str, Any] = {"deviceId": self.device_id, "serialNumber": self.serial_number,
