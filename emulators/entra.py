@@ -1,6 +1,6 @@
 """Microsoft Entra ID emulator: the token endpoint of a multi-tenant app whose only credential is a
-managed identity's token (a federated identity credential, FIC), served over HTTPS as azure-identity
-and MSAL require.
+managed identity's token (a federated identity credential, FIC), and a browser sign-in (authorization
+code with PKCE) for a single-page app, served over HTTPS as azure-identity and MSAL require.
 
     entra = start_entra(tmp_path)            # HTTPS with a throwaway CA (emulators/tls.py)
     entra.configure({"federatedSubject": identity.principal_id(None), "tenants": {tid: {}}})
@@ -19,6 +19,14 @@ What the clients ask (found by running them against it):
   and needs ``authorization_endpoint`` and ``token_endpoint`` there (it takes the tenant from the
   token endpoint's path); any 4xx there becomes ``ValueError("Unable to get authority configuration
   ...")``. Its token POST adds ``client_info=1`` and the header ``client-request-id``.
+- MSAL for the browser (@azure/msal-browser 5, read from its source): instance discovery goes to
+  login.microsoftonline.com itself unless the host is in ``knownAuthorities`` (give it the
+  emulator's ``127.0.0.1:<port>``); then ``GET {authority}/v2.0/.well-known/openid-configuration``
+  (CORS), whose ``issuer`` must have the authority's scheme, host and port; the browser goes to
+  ``authorization_endpoint`` (``response_mode=fragment``, ``code_challenge_method=S256``, ``nonce``,
+  ``state``; by a form POST with ``httpMethod: "POST"``); the token POST (CORS, preflighted: it sends
+  ``X-AnchorMailbox``) redeems the code with ``code_verifier`` and ``scope`` plus ``openid profile
+  offline_access``; it checks the id token's ``nonce`` and builds the account from ``client_info``.
 
 Endpoints:
 - ``GET /{tenant}/v2.0/.well-known/openid-configuration``: the tenant's OIDC metadata (issuer
@@ -26,14 +34,48 @@ Endpoints:
   tenant: 400 ``invalid_tenant`` AADSTS90002, as Entra answers. ``GET /{tenant}/discovery/v2.0/keys``:
   the RSA keys that sign callers' tokens for the app's API (emulators/signing.py); the tokens the
   token endpoint issues for Graph stay unsigned (only the Graph emulator reads them).
-- ``POST /{tenant}/oauth2/v2.0/token``, checked in this order, each refusal with Entra's error body
-  (``error``, ``error_description`` "AADSTSnnnnn: ... Trace ID: ... Correlation ID: ... Timestamp: ...",
+- The browser sign-in (emulators/signin.py): ``GET`` (or ``POST``) ``/{tenant}/oauth2/v2.0/authorize``
+  (``client_id``, ``redirect_uri``, ``response_type=code``, ``scope``, ``state``, ``nonce``,
+  ``code_challenge``, ``code_challenge_method=S256``, ``response_mode`` ``fragment`` | ``query``,
+  ``prompt``, ``login_hint``): a sign-in page for a test user (a user name, a checkbox per app role of
+  the API, all checked; the button ``#signin``). Unknown tenant (AADSTS90002), no ``client_id``
+  (AADSTS900144) or ``redirect_uri`` (AADSTS900971), or a redirect URI that is neither
+  ``http://localhost`` / ``http://127.0.0.1`` (any port and path) nor one of ``spaRedirectUris``
+  (AADSTS50011): an error page, no redirect. Else errors go back to the redirect URI
+  (``error``, ``error_description``, ``state``): no ``response_type`` or ``scope`` ``invalid_request``
+  AADSTS900144, not ``code`` ``unsupported_response_type`` AADSTS700054, no ``code_challenge`` or
+  not S256 ``invalid_request`` AADSTS9002325; ``prompt=none`` without the emulator's session cookie
+  ``login_required`` AADSTS50058 (with it: a code for the same user and roles, no page). The form's
+  POST redirects with ``code`` (single use, 5 minutes), ``client_info`` (base64url ``{"uid", "utid"}``),
+  ``state``, ``session_state`` and sets the session cookie. ``/{tenant}/oauth2/v2.0/logout``: ends the
+  session, 302 to ``post_logout_redirect_uri`` (with ``state``) only when it is an allowed redirect
+  URI, else a "signed out" page. ``GET /common/discovery/instance?authorization_endpoint=``: the host
+  as its own cloud (``tenant_discovery_endpoint``, ``metadata``). CORS: the token endpoint, the
+  OpenID configuration, the keys and instance discovery answer ``Access-Control-Allow-Origin`` with
+  the request's ``Origin``, and their ``OPTIONS`` preflight.
+- ``POST /{tenant}/oauth2/v2.0/token`` with ``grant_type`` ``authorization_code`` (``code``,
+  ``code_verifier``, ``redirect_uri``, ``client_id``, ``scope``) or ``refresh_token``
+  (``refresh_token``, ``client_id``, ``scope``): without an ``Origin`` header 400 ``invalid_request``
+  AADSTS9002327 (an SPA's code redeems cross-origin only); unknown code or refresh token
+  ``invalid_grant`` AADSTS9002313, redeemed already AADSTS54005, expired AADSTS70008 (an expired
+  refresh token: AADSTS700084), another ``client_id`` AADSTS70000, another ``redirect_uri``
+  ``invalid_client`` AADSTS500112, no ``code_verifier`` AADSTS900144, a verifier whose S256 is not
+  the challenge ``invalid_grant`` AADSTS501481; scopes of two resources ``invalid_scope`` AADSTS28000.
+  200: ``token_type``, ``scope``, ``expires_in``, ``ext_expires_in``, ``access_token`` (RS256, as
+  ``callerToken``: ``aud`` the scope's resource without ``api://``, ``roles`` the ticked ones,
+  ``scp``, ``azp`` the client; only OpenID scopes: a Graph token without roles), ``id_token`` (RS256,
+  ``aud`` the client, ``nonce``, ``oid``, ``tid``, ``preferred_username``, ``name``), ``client_info``,
+  and with ``offline_access`` an opaque ``refresh_token`` (usable again and again for 24 hours from
+  the sign-in, never extended) and ``refresh_token_expires_in``.
+- ``POST /{tenant}/oauth2/v2.0/token`` (``client_credentials``), checked in this order, each refusal
+  with Entra's error body (as the grants' refusals above: ``error``, ``error_description``
+  "AADSTSnnnnn: ... Trace ID: ... Correlation ID: ... Timestamp: ...",
   ``error_codes``, ``timestamp``, ``trace_id``, ``correlation_id`` (the request's ``client-request-id``
   or ``x-ms-client-request-id``), ``error_uri``):
 
   - tenant unknown: 400 ``invalid_request`` AADSTS90002
   - tenant configured to ``fail``: that status, ``temporarily_unavailable`` (503) or ``server_error``, AADSTS50000
-  - ``grant_type`` missing: 400 ``invalid_request`` AADSTS900144; not ``client_credentials``: 400
+  - ``grant_type`` missing: 400 ``invalid_request`` AADSTS900144; not one of the three: 400
     ``unsupported_grant_type`` AADSTS70003
   - ``client_id`` missing: 400 ``invalid_request`` AADSTS900144
   - ``client_id`` not the multi-tenant app, or the tenant has not consented (the app is not
@@ -65,7 +107,8 @@ Controls under ``/_emulator/`` (same HTTPS port, no client certificate):
   managed-identity emulator puts in ``iss``), ``federatedSubject`` (the managed identity's principal
   id; default null: no FIC, every assertion refused with AADSTS70021), ``audience`` (default
   ``api://AzureADTokenExchange``), ``lifetimeSeconds`` (default 3599), ``invalidClientStatus``
-  (default 400), ``keysFail`` (a status, e.g. 503, that the OpenID configuration and the keys
+  (default 400), ``spaRedirectUris`` (the https redirect URIs of the SPA platform; default none),
+  ``keysFail`` (a status, e.g. 503, that the OpenID configuration and the keys
   answer until set to null: Entra down for the app's token checks), ``tenants`` and
   ``replaceTenants``, ``resetStats``. ``tenants`` is
   ``{"<tid>": {"consented"?: bool (true), "roles"?: [...] (ALL_ROLES), "fail"?: status | null,
@@ -77,7 +120,9 @@ Controls under ``/_emulator/`` (same HTTPS port, no client certificate):
 - ``GET stats``: counters kept as the requests arrive, so the answer costs the same after ten
   tokens or a million: ``tokenRequests``, ``discoveryRequests``, ``outcomes`` (every token request
   counted by ``"issued"`` / ``"AADSTSnnnnn"`` / ``"http<status>"``), ``tenantsAsked`` (distinct
-  tenants that asked) and ``tenantsByTokenRequests`` (``{"1": tenants that asked once, "2": ...}``).
+  tenants that asked) and ``tenantsByTokenRequests`` (``{"1": tenants that asked once, "2": ...}``);
+  once the browser sign-in has been used, ``signIn``: ``signInPages`` shown, ``signIns`` (codes
+  issued), ``authorizationCodeGrants`` and ``refreshTokenGrants`` (tokens issued), ``signOuts``.
   ``GET stats?tenant=<tid>``: that tenant's ``tokenRequests``, ``issued``, ``outcomes`` and
   ``requests``. ``GET stats?detail=1`` (and ``EntraEmulator.stats()`` in process): everything, as
   large as the run: ``tokenRequests``, ``discoveryRequests``, ``tenants`` (per requested tenant:
@@ -90,7 +135,7 @@ Controls under ``/_emulator/`` (same HTTPS port, no client certificate):
   Answer ``{"access_token", "token_type"}``.
 - ``POST rotateKeys`` (``{"keepOld": true}``): a new signing key, published beside the old one
   (or alone); answer ``{"kid"}``.
-- ``POST reset``: the defaults above, stats cleared (the signing keys stay).
+- ``POST reset``: the defaults above, stats, codes, refresh tokens and sessions cleared (the signing keys stay).
 
 A connection idle for ``idle_seconds`` (default 15, ``--idle-seconds``) is closed, as real front
 ends close idle keep-alive connections. Each tenant's credential keeps its own connection, so
@@ -112,6 +157,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from . import signin
 from .server import JsonHandler, Server
 from .signing import SigningKeys
 from .tls import CertificateAuthority, serve_tls
@@ -226,6 +272,7 @@ class EntraEmulator(Server):
             self.invalid_client_status = 400
             self.keys_fail: int | None = None  # the OpenID configuration and keys answer this status
             self.tenants: dict[str, Tenant] = {HOME_TENANT: Tenant()}
+            self.signin = signin.SignIns()  # the browser sign-in's codes, tokens, sessions and stats
             self._clear_stats()
 
     def _clear_stats(self) -> None:
@@ -264,6 +311,7 @@ class EntraEmulator(Server):
                 tenant = self.tenants.get(key) or Tenant()
                 tenant.update(dict(settings))
                 self.tenants[key] = tenant
+            self.signin.configure(config)
             if config.get("resetStats"):
                 self._clear_stats()
             return self.snapshot()
@@ -272,7 +320,7 @@ class EntraEmulator(Server):
         return {"clientId": self.client_id, "federatedIssuer": self.federated_issuer,
                 "federatedSubject": self.federated_subject, "audience": self.audience,
                 "lifetimeSeconds": self.lifetime, "invalidClientStatus": self.invalid_client_status,
-                "keysFail": self.keys_fail,
+                "keysFail": self.keys_fail, "spaRedirectUris": list(self.signin.redirect_uris),
                 "tenants": {tid: t.snapshot() for tid, t in self.tenants.items()}}
 
     def summary(self) -> dict[str, Any]:
@@ -280,7 +328,8 @@ class EntraEmulator(Server):
         with self.lock:
             return {"tokenRequests": self.token_requests, "discoveryRequests": self.discovery_requests,
                     "outcomes": dict(self.outcomes), "tenantsAsked": len(self.per_tenant),
-                    "tenantsByTokenRequests": {str(k): v for k, v in sorted(self.tenants_by_count.items()) if v}}
+                    "tenantsByTokenRequests": {str(k): v for k, v in sorted(self.tenants_by_count.items()) if v}
+                    } | self.signin.stats()
 
     def tenant_stats(self, tenant: str) -> dict[str, Any]:
         """One tenant's counters and token requests (``GET stats?tenant=``)."""
@@ -296,7 +345,7 @@ class EntraEmulator(Server):
             return {"tokenRequests": self.token_requests, "discoveryRequests": self.discovery_requests,
                     "tenants": {tid: {"tokenRequests": s["tokenRequests"], "issued": s["outcomes"].get("issued", 0),
                                       "outcomes": dict(s["outcomes"])} for tid, s in self.per_tenant.items()},
-                    "requests": list(self.requests)}
+                    "requests": list(self.requests)} | self.signin.stats()
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -335,9 +384,10 @@ class EntraEmulator(Server):
             "rbac_url": "https://pas.windows.net",
         }
 
-    def token(self, tenant: str, form: dict[str, str], correlation_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def token(self, tenant: str, form: dict[str, str], correlation_id: str,
+              origin: str | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self.lock:
-            status, body, headers, outcome = self._token(tenant, form, correlation_id)
+            status, body, headers, outcome = self._token(tenant, form, correlation_id, origin)
             key = tenant.lower()
             self.token_requests += 1
             mine = self.per_tenant.setdefault(key, {"tokenRequests": 0, "outcomes": {}})
@@ -356,7 +406,7 @@ class EntraEmulator(Server):
             self.tenant_requests.setdefault(key, []).append(record)
         return status, body, headers
 
-    def _token(self, tenant_id: str, form: dict[str, str], correlation_id: str) -> Answer:
+    def _token(self, tenant_id: str, form: dict[str, str], correlation_id: str, origin: str | None = None) -> Answer:
         def refuse(status: int, error: str, code: int, message: str) -> Answer:
             return status, aad_error(error, code, message, correlation_id), {}, f"AADSTS{code}"
 
@@ -384,6 +434,8 @@ class EntraEmulator(Server):
         grant = form.get("grant_type")
         if not grant:
             return missing("grant_type")
+        if grant in signin.GRANTS:  # a person's sign-in in a browser (emulators/signin.py)
+            return self.signin.token(self, key, form, origin, refuse)
         if grant != "client_credentials":
             return refuse(400, "unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant}'.")
         client_id = form.get("client_id")
@@ -451,6 +503,10 @@ class _Handler(JsonHandler):
         super().setup()
         self.connection.settimeout(self.server.idle_seconds)
 
+    def end_headers(self) -> None:
+        signin.add_cors(self)  # CORS for the endpoints a browser app calls
+        super().end_headers()
+
     def correlation_id(self) -> str:
         return (self.headers.get("client-request-id") or self.headers.get("x-ms-client-request-id")
                 or str(uuid.uuid4()))
@@ -461,6 +517,8 @@ class _Handler(JsonHandler):
             return self.admin()
         parts = path.strip("/").split("/")
         tenant, rest = parts[0], "/".join(parts[1:])
+        if signin.dispatch(self, tenant, rest):  # the browser sign-in, CORS preflights, sign-out, instance discovery
+            return
         no_store = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
         if em.keys_fail and rest in ("v2.0/.well-known/openid-configuration", "discovery/v2.0/keys"):
             with em.lock:
@@ -484,7 +542,7 @@ class _Handler(JsonHandler):
                                                      f"{self.command} request.", correlation_id), no_store)
             raw = self.read_body().decode(errors="replace")
             form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-            status, body, headers = em.token(tenant, form, correlation_id)
+            status, body, headers = em.token(tenant, form, correlation_id, self.headers.get("Origin"))
             return self.send_json(status, body, no_store | {"client-request-id": correlation_id,
                                                            "x-ms-request-id": str(body.get("trace_id") or uuid.uuid4())}
                                   | headers)

@@ -444,7 +444,7 @@ class _Handler(JsonHandler):
         client_request_id = self.headers.get("client-request-id") or request_id
         _stamp(body, _iso(self.server.now()), request_id, client_request_id)
         self.log(self.command, self.path_only, urlsplit(self.path).query, getattr(self, "body", b""), status,
-                 client_request_id)
+                 client_request_id, requestId=request_id)
         self.send_json(status, body, {"request-id": request_id, "client-request-id": client_request_id, **(headers or {})})
 
     def log(self, method: str, path: str, query: str, body: bytes, status: int, client_request_id: str,
