@@ -4,7 +4,7 @@ The logic lives in ``shared/``: settings, Graph client, targets, state store, se
 """
 import azure.functions as func
 
-from shared.api import routes
+from shared.api import console, routes
 from shared.runtime import handlers, process
 
 process.check_settings_at_startup()
@@ -22,6 +22,11 @@ def sync_timer(timer: func.TimerRequest) -> None:
 @app.route(route="sync/status", methods=routes.ALL_METHODS)
 def sync_status(req: func.HttpRequest) -> func.HttpResponse:
     return routes.handle(req, "GET", routes.status)
+
+
+@app.route(route="sync/history", methods=routes.ALL_METHODS)
+def sync_history(req: func.HttpRequest) -> func.HttpResponse:
+    return routes.handle(req, "GET", routes.history)
 
 
 @app.route(route="sync/{target}", methods=routes.ALL_METHODS)
@@ -55,6 +60,11 @@ def tenant(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="tenants/{tenantId}/sync/status", methods=routes.ALL_METHODS)
 def tenant_sync_status(req: func.HttpRequest) -> func.HttpResponse:
     return routes.handle(req, "GET", routes.tenant_status)
+
+
+@app.route(route="tenants/{tenantId}/sync/history", methods=routes.ALL_METHODS)
+def tenant_sync_history(req: func.HttpRequest) -> func.HttpResponse:
+    return routes.handle(req, "GET", routes.tenant_history)
 
 
 @app.route(route="tenants/{tenantId}/sync/{target}", methods=routes.ALL_METHODS)
@@ -96,6 +106,12 @@ def sync_operation(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="autopilot/devices", methods=routes.ALL_METHODS)
 def autopilot_import(req: func.HttpRequest) -> func.HttpResponse:
     return routes.handle(req, "POST", routes.import_devices)
+
+
+# Every row checked as an import checks it; nothing stored, no Graph call (the web console's preview).
+@app.route(route="autopilot/devices/validate", methods=routes.ALL_METHODS)
+def autopilot_import_validate(req: func.HttpRequest) -> func.HttpResponse:
+    return routes.handle(req, "POST", routes.validate_devices)
 
 
 @app.route(route="autopilot/imports", methods=routes.ALL_METHODS)
@@ -154,3 +170,26 @@ def device_sync_step(message: func.QueueMessage) -> None:
 @app.route(route="health", methods=routes.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return routes.handle(req, "GET", routes.health)
+
+
+# Who the caller is and which app roles it holds (any authenticated caller; the web console's first call).
+@app.route(route="me", methods=routes.ALL_METHODS)
+def me(req: func.HttpRequest) -> func.HttpResponse:
+    return routes.handle(req, "GET", routes.me)
+
+
+# The web console (docs/console.md): its static files and how it signs in, anonymous and without
+# data (every call it makes is to the routes above, with a key or a token).
+@app.route(route="console", methods=routes.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+def console_index(req: func.HttpRequest) -> func.HttpResponse:
+    return console.serve(req)
+
+
+@app.route(route="console/config.json", methods=routes.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+def console_config(req: func.HttpRequest) -> func.HttpResponse:
+    return console.config(req)
+
+
+@app.route(route="console/{*path}", methods=routes.ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+def console_file(req: func.HttpRequest) -> func.HttpResponse:
+    return console.serve(req)

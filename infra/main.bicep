@@ -233,6 +233,11 @@ var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
+// The function app's host name, known before the app exists: the API's registration (callerAuth=entra)
+// is created before the app, which takes its client id, so it cannot read api.outputs.url. Flex
+// Consumption's default host is <name>.azurewebsites.net (api.bicep asks for no unique default host
+// name); the Graph extension, and so the registration, is public cloud only.
+var functionAppHostName = '${functionAppName}.azurewebsites.net'
 // Callers sign in with Entra ID (callerAuth=entra): the API's app registration exists and the app checks tokens.
 var entraCallers = callerAuth == 'entra'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
@@ -408,6 +413,7 @@ module callerApi 'app/callerapi.bicep' = if (entraCallers) {
     uniqueName: 'intune-sync-api-${resourceToken}'
     displayName: callerApiDisplayName
     callerTenants: callerTenants
+    appHostName: functionAppHostName // the web console's redirect URI, https://<host>/api/console
   }
 }
 

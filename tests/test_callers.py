@@ -430,6 +430,9 @@ def test_only_an_operator_may_change_or_delete_a_tenant_limited_to_its_operators
 
 OPEN_ROUTES = {"health", "operations/{operationId}", "autopilot/imports/{importId}", "devices/sync/{jobId}",
                "tenants/{tenantId}/devices/sync/{jobId}"}
+# The web console's files and sign-in settings: anonymous by design and without data, they know no
+# caller at all (shared/api/console.py; tested in tests/test_console_api.py).
+CONSOLE_ROUTES = {"console", "console/config.json", "console/{*path}"}
 
 
 def app_routes() -> list[str]:
@@ -446,7 +449,7 @@ def test_the_open_routes_are_exactly_health_and_the_valet_token_polls():
     assert set(app_routes()) >= OPEN_ROUTES
 
 
-@pytest.mark.parametrize("route", [r for r in app_routes() if r not in OPEN_ROUTES])
+@pytest.mark.parametrize("route", [r for r in app_routes() if r not in OPEN_ROUTES | CONSOLE_ROUTES])
 def test_every_other_route_answers_401_to_every_method_without_a_token(entra_env, graph, route):
     path = (route.replace("{target}", "autopilot").replace("{tenantId}", OTHER_TENANT)
             .replace("{itemId}", ALICE_OID).replace("{jobId}", ALICE_OID).replace("{importId}", ALICE_OID))

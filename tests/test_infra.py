@@ -409,6 +409,7 @@ BICEP_TYPES = {
             "adminConsentDescription adminConsentDisplayName id isEnabled type userConsentDescription "
             "userConsentDisplayName value"
         ),
+        "spa": "redirectUris",
     },
     "Microsoft.Graph/applications/federatedIdentityCredentials@v1.0": {
         "": "audiences description issuer name subject",
@@ -1021,7 +1022,9 @@ def test_the_api_registration_has_no_credential_and_outputs_no_secret():
     module, app, uri, principal = caller_api_resources()
     for body in (app, uri, principal):
         assert not {"passwordCredentials", "keyCredentials", "tokenEncryptionKeyId"} & set(body)
-    assert not {"requiredResourceAccess", "web", "spa", "publicClient"} & set(app)  # it calls nothing, signs nobody in
+    assert not {"requiredResourceAccess", "web", "publicClient"} & set(app)  # it calls nothing, signs in no web app
+    # One single-page app signs users in: the web console, served by the app itself (docs/console.md).
+    assert app["spa"] == {"redirectUris": ["consoleRedirectUri"]} and accessor(uri["spa"]) == ["callerApi", "spa"]
     for name in module["outputs"]:
         assert not re.search(r"key|secret|password|certificate", name, re.I), name
 

@@ -18,6 +18,9 @@ param displayName string
 @description('Comma list of more tenant ids whose users and apps may call; non-empty makes the registration multi-tenant (AzureADMultipleOrgs), the app itself then admits only the listed tenants.')
 param callerTenants string = ''
 
+@description('Host name of the function app (<name>.azurewebsites.net): the web console at https://<host>/api/console signs its users in with this registration (docs/console.md).')
+param appHostName string
+
 // The roles the app checks, route by route (shared/api/callerauth.py, ROLES; tests/test_infra.py
 // compares the two). The ids are stable per registration: guid() of the unique name and the role.
 var roles = [
@@ -52,11 +55,20 @@ var signInAudience = empty(trim(callerTenants)) ? 'AzureADMyOrg' : 'AzureADMulti
 
 var notes = 'intune-sync: callers (people, groups, flows) get an app role of this API. It has no credential; add no secret or certificate.'
 
+// The web console (docs/console.md) is a single-page app served by the function app itself: MSAL.js
+// signs its user in with the authorization code flow and PKCE and comes back to the console's page
+// (the SPA platform: no secret, tokens only to this redirect URI), then asks for the delegated scope
+// below, api://<appId>/user_impersonation. The token it gets carries the user's app roles, as any caller's.
+var consoleRedirectUri = 'https://${appHostName}/api/console'
+
 resource callerApi 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: uniqueName
   displayName: displayName
   signInAudience: signInAudience
   notes: notes
+  spa: {
+    redirectUris: [consoleRedirectUri]
+  }
   appRoles: [
     for role in roles: {
       id: guid(uniqueName, role.value)
@@ -71,8 +83,8 @@ resource callerApi 'Microsoft.Graph/applications@v1.0' = {
     // v2 access tokens: issuer {authority}/{tid}/v2.0 and audience the app's client id, as the app validates.
     requestedAccessTokenVersion: 2
     // A delegated permission for the Power Automate connector's own registration (OAuth 2.0 sign-in
-    // of the connection's user): it lets the connector ask for a token for this API. It grants
-    // nothing by itself; the app authorizes by the token's `roles` claim only.
+    // of the connection's user) and for the web console: it lets them ask for a token for this API.
+    // It grants nothing by itself; the app authorizes by the token's `roles` claim only.
     oauth2PermissionScopes: [
       {
         id: guid(uniqueName, 'user_impersonation')
@@ -101,6 +113,7 @@ resource callerApiUri 'Microsoft.Graph/applications@v1.0' = {
   displayName: displayName
   signInAudience: signInAudience
   notes: notes
+  spa: callerApi.spa
   appRoles: callerApi.appRoles
   api: {
     requestedAccessTokenVersion: 2
@@ -119,5 +132,6 @@ resource callerApiPrincipal 'Microsoft.Graph/servicePrincipals@v1.0' = {
 
 output appId string = callerApi.appId
 output identifierUri string = 'api://${callerApi.appId}'
+output consoleRedirectUri string = consoleRedirectUri
 output servicePrincipalId string = callerApiPrincipal.id
 output roles array = [for role in roles: role.value]

@@ -1,4 +1,5 @@
-"""The HTTP API: request parsing, routes, answers. Depends on ``runtime`` and the packages below it.
+"""The HTTP API: request parsing, routes, answers, and the web console's files. Depends on ``runtime``
+and the packages below it.
 """
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from typing import TYPE_CHECKING
 from ..common import face
 
 if TYPE_CHECKING:
-    from . import routes
+    from . import console, routes
 
 __all__ = [
+    "console",
     "routes",
 ]
 
 __getattr__ = face(__name__, {
+    "console": "console",
     "routes": "routes",
 })

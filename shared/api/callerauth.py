@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 SYNC_RUN, DEVICES_IMPORT, DEVICES_SYNC, TENANTS_MANAGE, STATUS_READ = (
     "Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read")
 ROLES = (SYNC_RUN, DEVICES_IMPORT, DEVICES_SYNC, TENANTS_MANAGE, STATUS_READ)
+# Not a role: what a route asks of a caller that any authenticated caller may use, whatever its
+# roles (GET /api/me). Such a route is never open: a key (key mode) or a valid token (entra) it needs.
+ANY_ROLE = "(any role)"
 LEEWAY_SECONDS = 60  # clock skew allowed on exp and nbf
 MAX_TOKEN_CHARS = 16_000  # Entra's access tokens are a few KB; a header of megabytes is not one
 
@@ -90,8 +93,15 @@ def caller_from_claims(claims: Mapping[str, Any]) -> Caller:
                   tuple(str(g).lower() for g in groups) if isinstance(groups, list) else None, overage)
 
 
+def key_caller(headers: Mapping[str, str]) -> Caller:
+    """A function key holder: every role is theirs (the host checked the key); its headers only claim."""
+    return Caller("key", "key", roles=ROLES, claimed=claimed_by_headers(headers))
+
+
 def require_role(caller: Caller, role: str) -> Caller:
-    """``caller`` with the role it uses, or 403 naming the role it lacks."""
+    """``caller`` with the role it uses, or 403 naming the role it lacks (``ANY_ROLE``: the caller as it is)."""
+    if role == ANY_ROLE:
+        return caller
     if caller.kind != "key" and role not in caller.roles:
         raise Forbidden("MissingRole", f"this route needs the app role {role}; the token has "
                         f"{', '.join(caller.roles) or 'none'} (docs/security.md: assigning roles)", role=role)

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, urlencode, urlsplit
 
 import azure.functions as func
@@ -34,6 +34,7 @@ from ..common import (
 )
 from ..runtime import service, settings, signing_keys, tenancy
 from .callerauth import (
+    ANY_ROLE,
     DEVICES_IMPORT,
     DEVICES_SYNC,
     STATUS_READ,
@@ -41,7 +42,7 @@ from .callerauth import (
     TENANTS_MANAGE,
     Caller,
     bearer_token,
-    claimed_by_headers,
+    key_caller,
     may_operate,
     require_operator,
     require_role,
@@ -49,6 +50,8 @@ from .callerauth import (
 )
 
 if TYPE_CHECKING:  # onboarding and many tenants are imported on their first request, not by a sync's cold start
+    from ..engine import HistoryRow
+    from ..onboarding import ImportRequest
     from ..tenancy import Tenancy, Tenant
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,10 @@ def result_response(results: list[SyncResult], single: bool) -> func.HttpRespons
 
 
 Action = Callable[[func.HttpRequest, Caller], func.HttpResponse]
+# An action of a route that knows no caller at all (the web console's files and sign-in settings,
+# shared/api/console.py): nothing is authenticated, no state is read.
+OpenAction = Callable[[func.HttpRequest], func.HttpResponse]
+_A = TypeVar("_A")
 ANONYMOUS = Caller("anonymous", "anonymous")
 
 
@@ -115,13 +122,23 @@ def handle(req: func.HttpRequest, method: str, action: Action) -> func.HttpRespo
 
 def handle_methods(req: func.HttpRequest, actions: dict[str, Action]) -> func.HttpResponse:
     """A route with an action per method (the registry's PUT, GET and DELETE)."""
+    return _answer(req, actions, lambda action: action(req, authenticate(req, ROLE_OF[action])))
+
+
+def handle_open(req: func.HttpRequest, actions: dict[str, OpenAction]) -> func.HttpResponse:
+    """A route that knows no caller (shared/api/console.py): the Host, the method and the error
+    model as on every route; nothing authenticated."""
+    return _answer(req, actions, lambda action: action(req))
+
+
+def _answer(req: func.HttpRequest, actions: dict[str, _A], run: Callable[[_A], func.HttpResponse]) -> func.HttpResponse:
     try:
         _request_url(req)  # a Host that cannot be parsed is a 400 on every route, as Kestrel answers
         action = actions.get(req.method.upper())
         if action is None:
             allowed = ", ".join(actions)
             return error_response(405, "MethodNotAllowed", f"use {' or '.join(actions)} for this route", {"Allow": allowed})
-        return action(req, authenticate(req, ROLE_OF[action]))
+        return run(action)
     except AppError as exc:  # the one error model (shared/common/errors.py)
         return error_response(exc.http_status, exc.code, exc.message, exc.headers, exc.details)
     except Exception:  # a bug: log it with its trace, answer without leaking internals
@@ -192,6 +209,43 @@ def status(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     return json_response(service().status())
 
 
+def me(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
+    """Who the app takes the caller for, and the app roles it holds (a key holder: every role)."""
+    return json_response({"caller": caller.label, "kind": caller.kind, "roles": list(caller.roles)})
+
+
+HISTORY_TOP, MAX_HISTORY_TOP = 50, 200
+
+
+def history(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
+    """The newest recorded attempts of the home tenant, every unit, newest first (``top``, 1-200)."""
+    top = _history_top(req)
+    return json_response({"top": top, "history": [_history_json(row) for row in service().history(top)]})
+
+
+def _history_top(req: func.HttpRequest) -> int:
+    raw = req.params.get("top")
+    if raw is None:
+        return HISTORY_TOP
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 3 or not 1 <= int(raw) <= MAX_HISTORY_TOP:
+        raise ApiError(400, "InvalidQuery", f"top must be a whole number from 1 to {MAX_HISTORY_TOP}")
+    return int(raw)
+
+
+def _history_json(row: HistoryRow) -> dict[str, Any]:
+    attempt = row.attempt
+    return {
+        "target": row.target, "itemId": row.item_id,
+        "unit": row.target if row.item_id is None else f"{row.target}/{row.item_id}",
+        "outcome": attempt.outcome, "trigger": attempt.trigger, "caller": attempt.caller,
+        "claimedCaller": attempt.claimed_caller, "syncType": attempt.sync_type,
+        "graphRequestId": attempt.graph_request_id, "clientRequestId": attempt.client_request_id,
+        "httpStatus": attempt.http_status, "attemptAt": iso(attempt.attempt_at), "finishedAt": iso(attempt.finished_at),
+        "durationMs": attempt.duration_ms, "nextAllowedAt": iso(attempt.next_allowed_at),
+        "ambiguous": bool(attempt.ambiguous), "message": attempt.error,
+    }
+
+
 def operation(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     """Poll a "sync and wait" operation: 202 while the sync runs, 200 with the final status.
 
@@ -233,13 +287,28 @@ def start_import(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     return _start_import(req, caller, wait=False)
 
 
-def _start_import(req: func.HttpRequest, caller: Caller, wait: bool) -> func.HttpResponse:
+def validate_devices(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
+    """The devices an import of this body would start with, each row checked as the import checks
+    it (the same 400 naming every bad row): nothing stored, no Graph call (the web console shows it
+    before anything is sent)."""
+    request = _import_request(req, service())
+    return json_response({"count": len(request.devices), "devices": [
+        {"row": row, "serialNumber": d.serial_number, "groupTag": d.group_tag}
+        for row, d in enumerate(request.devices, start=1)]})
+
+
+def _import_request(req: func.HttpRequest, svc: SyncService) -> ImportRequest:
+    """The request's devices, validated: every bad row named (400) before anything is stored.
+    ``groupTag`` (query, optional) is every device's group tag, checked by the rows' own rule."""
     from ..onboarding import MAX_BODY_BYTES as MAX_IMPORT_BYTES
     from ..onboarding import SIZE_LIMIT as IMPORT_SIZE_LIMIT
-    from ..onboarding import parse_import
+    from ..onboarding import group_tag_problem, parse_import
 
-    svc = service()
     svc.target("autopilot")  # the job ends in an Autopilot sync: 404 when that target is off
+    group_tag = req.params.get("groupTag") or None  # empty: each row's own tag, as an empty cell is no tag
+    problem = group_tag_problem(group_tag) if group_tag is not None else None
+    if problem:
+        raise ApiError(400, "InvalidQuery", problem)
     declared = req.headers.get("content-length")
     # The limit that counts is devices (shared/onboarding/devices.py); bytes only cap what is read.
     if declared and declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
@@ -251,7 +320,12 @@ def _start_import(req: func.HttpRequest, caller: Caller, wait: bool) -> func.Htt
     if content_type.split(";")[0].strip().lower() not in ("application/json", "text/csv"):
         raise ApiError(415, "UnsupportedMediaType",
                        "send the devices as application/json or as text/csv (the CSV of Get-WindowsAutopilotInfo)")
-    request = parse_import(body, content_type)  # every bad row named (400) before anything is stored
+    return parse_import(body, content_type, group_tag)
+
+
+def _start_import(req: func.HttpRequest, caller: Caller, wait: bool) -> func.HttpResponse:
+    svc = service()
+    request = _import_request(req, svc)
     _public_origin(req)  # no valid host for the status URL: refused before anything starts
     job, devices, token = svc.start_import(request, caller.label, caller.claimed)
     location = _import_url(req, job.id, token)
@@ -448,7 +522,8 @@ def tenants_list(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
         raise ApiError(400, "InvalidQuery", "continuation must be the value a previous page returned") from None
     # A tenant limited to its operator groups is listed only to its operators.
     shown = [t for t in tenants if may_operate(caller, t.groups())]
-    return json_response({"tenants": [t.to_json() for t in shown], "continuation": following})
+    return json_response({"tenants": [t.to_json() | {"consentUrl": customers.credentials.consent_url(t.id)} for t in shown],
+                          "continuation": following})
 
 
 def tenant_put(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
@@ -530,6 +605,15 @@ def tenant_status(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
     customers = _tenancy()
     tenant = _registered(customers, _tenant_id(req), caller)
     return json_response(customers.service(tenant).status() | {"tenantId": tenant.id})
+
+
+def tenant_history(req: func.HttpRequest, caller: Caller) -> func.HttpResponse:
+    """A registered tenant's newest recorded attempts (its own state table), as ``history``."""
+    top = _history_top(req)
+    customers = _tenancy()
+    tenant = _registered(customers, _tenant_id(req), caller)
+    rows = customers.service(tenant).history(top)
+    return json_response({"tenantId": tenant.id, "top": top, "history": [_history_json(row) for row in rows]})
 
 
 def _tenancy() -> Tenancy:
@@ -696,17 +780,20 @@ def authenticate(req: func.HttpRequest, role: str | None) -> Caller:
         return ANONYMOUS
     current = settings()  # invalid settings: 503 before anything, in either mode
     if current.caller_auth != "entra":
-        return Caller("key", "key", claimed=claimed_by_headers(req.headers), role_used=role)
+        return require_role(key_caller(req.headers), role)
     return require_role(validate(bearer_token(req.headers), signing_keys(), current), role)
 
 
-# The app role each action needs (None: open to anyone; its token or nothing is the credential).
+# The app role each action needs (None: open to anyone; its token or nothing is the credential;
+# ANY_ROLE: any authenticated caller, whatever its roles).
 ROLE_OF: dict[Action, str | None] = {
     sync: SYNC_RUN, tenant_sync: SYNC_RUN,
     status: STATUS_READ, tenant_status: STATUS_READ, tenants_list: STATUS_READ, tenant_get: STATUS_READ,
-    import_devices: DEVICES_IMPORT, start_import: DEVICES_IMPORT,
+    history: STATUS_READ, tenant_history: STATUS_READ,
+    import_devices: DEVICES_IMPORT, start_import: DEVICES_IMPORT, validate_devices: DEVICES_IMPORT,
     device_sync: DEVICES_SYNC, start_device_sync: DEVICES_SYNC,
     tenant_device_sync: DEVICES_SYNC, start_tenant_device_sync: DEVICES_SYNC,
     tenant_put: TENANTS_MANAGE, tenant_delete: TENANTS_MANAGE,
+    me: ANY_ROLE,
     operation: None, import_status: None, device_sync_status: None, tenant_device_sync_status: None, health: None,
 }

@@ -32,6 +32,7 @@ from ..engine import (
     Deferrals,
     ExpiryWatch,
     Follower,
+    HistoryRow,
     Operation,
     OperationStore,
     PendingFire,
@@ -153,6 +154,10 @@ class SyncService:
 
     def report_health(self) -> dict[str, str]:
         return self.status_reader.report_health()
+
+    def history(self, limit: int) -> list[HistoryRow]:
+        """The newest ``limit`` recorded attempts of every unit of this service's tenant, newest first."""
+        return self.store.latest_history(limit)
 
     def check_credentials(self) -> CredentialsReport:
         """The daily check of the tenant's Apple credentials: rated, told once per threshold."""

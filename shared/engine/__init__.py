@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .operations import OPERATION_ROW, Operation, OperationStore
     from .pipeline import RefusalMemory, SyncPipeline
     from .recording import Recorder
-    from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW, StateStore, UnitState
+    from .state import ASK_PREFIX, HISTORY_PREFIX, MAX_TICKS, STATE_ROW, HistoryRow, StateStore, UnitState
     from .status import StatusReader
     from .targets import TARGETS, Target, Targets
 
@@ -29,6 +29,7 @@ __all__ = [
     "ExpiryWatch",
     "Follower",
     "HISTORY_PREFIX",
+    "HistoryRow",
     "MAX_TICKS",
     "OPERATION_ROW",
     "Operation",
@@ -56,6 +57,7 @@ __getattr__ = face(__name__, {
     "ExpiryWatch": "expirywatch",
     "Follower": "follow",
     "HISTORY_PREFIX": "state",
+    "HistoryRow": "state",
     "MAX_TICKS": "state",
     "OPERATION_ROW": "operations",
     "Operation": "operations",

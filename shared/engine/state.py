@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ STATE_ROW = "state"
 HISTORY_PREFIX = "history-"
 ASK_PREFIX = "ask-"  # one row per caller who joined a pending (deferred) sync
 MAX_TICKS = 10**19 - 1  # inverted so that the newest history row sorts first
+HISTORY_READERS = 8  # units whose history rows are read at once (GET /api/sync/history)
 _T = TypeVar("_T")
 
 
@@ -135,6 +137,22 @@ class Attempt:
         ticks = int(self.attempt_at.timestamp() * 10_000_000)
         suffix = (self.attempt_id or new_hex_id())[:12]
         return to_row(self, key, f"{HISTORY_PREFIX}{MAX_TICKS - ticks:019d}-{suffix}", skip=("attempt_id",))
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One recorded attempt (a history row) with the unit it was made for, as its state row names it."""
+
+    key: str  # the unit's partition: ``autopilot``, ``exchange-<guid>``
+    target: str
+    item_id: str | None
+    attempt: Attempt
+    row_key: str  # ``history-<inverted ticks>-<id>``: sorts newest first, across units too
+
+    @classmethod
+    def from_entity(cls, unit: UnitState, entity: Any) -> HistoryRow:
+        return cls(unit.key, unit.target or unit.key, unit.item_id,
+                   from_row(Attempt, entity, skip=("attempt_id",), attempt_id=None), str(entity["RowKey"]))
 
 
 # What a sync attempt decides; everything else on the row belongs to whoever wrote it.
@@ -330,6 +348,16 @@ class StateStore(TableStore):
             results_per_page=limit,
         )
         return [dict(row) for row in take(rows, limit)]
+
+    @store_errors
+    def latest_history(self, limit: int) -> list[HistoryRow]:
+        """The newest ``limit`` attempts of every unit, newest first: the units' state rows (one query), each
+        unit's newest ``limit`` history rows (a query each, side by side), merged by RowKey (inverted ticks)."""
+        units = [UnitState.from_entity(row["PartitionKey"], row) for row in self._table.query_entities(
+            "RowKey eq @row", parameters={"row": STATE_ROW}, select=["PartitionKey", "target", "itemId"])]
+        with ThreadPoolExecutor(max_workers=max(1, min(HISTORY_READERS, len(units))), thread_name_prefix="history") as pool:
+            found = pool.map(lambda unit: [HistoryRow.from_entity(unit, row) for row in self.history(unit.key, limit)], units)
+            return sorted((row for rows in found for row in rows), key=lambda row: (row.row_key, row.key))[:limit]
 
     @store_errors
     def count_asks(self, key: str, pending_id: str, limit: int = 1000) -> int:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..common import face
 
 if TYPE_CHECKING:
-    from .devices import MAX_BODY_BYTES, SIZE_LIMIT, ImportRequest, parse_import
+    from .devices import MAX_BODY_BYTES, SIZE_LIMIT, ImportRequest, group_tag_problem, parse_import
     from .importjob import ImportJobs
     from .imports import CREATING, JOB_ROW, DeviceRow, ImportJob, ImportStore
 
@@ -23,6 +23,7 @@ __all__ = [
     "JOB_ROW",
     "MAX_BODY_BYTES",
     "SIZE_LIMIT",
+    "group_tag_problem",
     "parse_import",
 ]
 
@@ -36,5 +37,6 @@ __getattr__ = face(__name__, {
     "JOB_ROW": "imports",
     "MAX_BODY_BYTES": "devices",
     "SIZE_LIMIT": "devices",
+    "group_tag_problem": "devices",
     "parse_import": "devices",
 })

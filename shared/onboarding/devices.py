@@ -131,8 +131,20 @@ class TooLarge(InvalidDevices):
     code, http_status = "PayloadTooLarge", 413
 
 
-def parse_import(body: bytes, content_type: str) -> ImportRequest:
-    """The validated request, or InvalidDevices naming every bad row."""
+GROUP_TAG_RULE = "1-128 letters, digits and . _ - (no spaces)"
+
+
+def group_tag_problem(tag: str) -> str | None:
+    """Why ``tag`` is not a group tag (the rule every row's ``groupTag`` follows), or None."""
+    return None if _GROUP_TAG.fullmatch(tag) else f"groupTag {shown(tag)!r} is not a group tag: {GROUP_TAG_RULE}"
+
+
+def parse_import(body: bytes, content_type: str, group_tag: str | None = None) -> ImportRequest:
+    """The validated request, or InvalidDevices naming every bad row. ``group_tag`` (the routes'
+    ``groupTag`` query parameter) is every device's group tag, whatever its row says."""
+    problem = group_tag_problem(group_tag) if group_tag is not None else None
+    if problem:
+        raise InvalidDevices(problem)
     if len(body) > MAX_BODY_BYTES:
         raise TooLarge(SIZE_LIMIT)
     media_type = content_type.split(";")[0].strip().lower()
@@ -146,6 +158,8 @@ def parse_import(body: bytes, content_type: str) -> ImportRequest:
         raise InvalidDevices("the request names no device")
     if len(rows) > MAX_DEVICES:
         raise InvalidDevices(f"at most {MAX_DEVICES} devices per request, got {len(rows)}")
+    if group_tag is not None:
+        rows = [row | {"groupTag": group_tag} for row in rows]
     devices, problems = validate(rows)
     if problems:
         raise InvalidDevices(f"{len({p.row for p in problems})} of {len(rows)} devices are not valid", problems)
@@ -192,7 +206,7 @@ def _row_problems(number: int, row: dict[str, Any]) -> list[RowProblem]:
     check("productKey", _PRODUCT_KEY.fullmatch(row.get("productKey") or "") is not None,
           "at most 64 letters, digits and hyphens")
     tag = row.get("groupTag")
-    check("groupTag", not tag or _GROUP_TAG.fullmatch(tag) is not None, "1-128 letters, digits and . _ - (no spaces)")
+    check("groupTag", not tag or _GROUP_TAG.fullmatch(tag) is not None, GROUP_TAG_RULE)
     upn = row.get("assignedUserPrincipalName")
     check("assignedUserPrincipalName", not upn or (len(upn) <= 113 and _UPN.fullmatch(upn) is not None),
           "a user principal name such as user@contoso.com")
