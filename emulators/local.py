@@ -308,6 +308,10 @@ def serve(args: argparse.Namespace, ports: dict[str, int], stack: contextlib.Exi
     if entra is not None:
         print(f"Entra emulator   {entra.base_url} (TLS; CA {entra.ca_file})")
     print(f"App API          {api}")
+    print(f"Web console      {api}/console" + (
+        f" (sign in on the Entra emulator's page as a test user with the roles you tick; your browser must trust "
+        f"its CA {entra.ca_file}, or accept its certificate once at {entra.base_url})" if entra is not None and args.entra
+        else " (no key needed locally)"))
     timings = ", ".join(f"{name}={value}" for name, value in settings.items())
     print(f"\nShort local timings: {timings}; the Graph emulator settles an import in "
           f"{LOCAL_GRAPH_TIMINGS['importProcessingSeconds']} s, runs an Autopilot sync for "

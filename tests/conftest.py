@@ -496,3 +496,24 @@ def logged_events(caplog: pytest.LogCaptureFixture, event: str | None = None) ->
         if event is None or fields["event"] == event:
             found.append(fields)
     return found
+
+
+# --- the console in a browser (tests/test_console_browser.py) -----------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing browser test leaves a screenshot of its page in test-artifacts/ (named for the test)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    page = getattr(item, "console_page", None)
+    if page is None or report.when != "call" or not report.failed:
+        return
+    folder = ROOT / "test-artifacts"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{item.name.replace('/', '_')}.png"
+    try:
+        page.screenshot(path=str(path), full_page=True)
+        report.sections.append(("screenshot", str(path)))
+    except Exception as exc:  # the page may be gone: say so, the failure itself stands
+        report.sections.append(("screenshot", f"none: {exc}"))
