@@ -167,6 +167,9 @@ param callerAuth string = 'key'
 @description('Comma list of more Entra tenant ids whose users and apps may call (callerAuth=entra), e.g. an MSP\'s own tenant when the app runs in a customer\'s; non-empty makes the API\'s registration multi-tenant. The home tenant always may.')
 param callerTenants string = ''
 
+@description('Comma list of more web console URLs for the API\'s registration (callerAuth=entra), e.g. https://sync.contoso.com/api/console behind a custom domain; the default host\'s is always there (docs/console.md).')
+param consoleRedirectUris string = ''
+
 @description('Seconds between refetches of the tenant\'s signing keys when a token names an unknown key (callerAuth=entra).')
 @minValue(1)
 @maxValue(3600)
@@ -414,6 +417,7 @@ module callerApi 'app/callerapi.bicep' = if (entraCallers) {
     displayName: callerApiDisplayName
     callerTenants: callerTenants
     appHostName: functionAppHostName // the web console's redirect URI, https://<host>/api/console
+    consoleRedirectUris: consoleRedirectUris
   }
 }
 

@@ -1024,7 +1024,7 @@ def test_the_api_registration_has_no_credential_and_outputs_no_secret():
         assert not {"passwordCredentials", "keyCredentials", "tokenEncryptionKeyId"} & set(body)
     assert not {"requiredResourceAccess", "web", "publicClient"} & set(app)  # it calls nothing, signs in no web app
     # One single-page app signs users in: the web console, served by the app itself (docs/console.md).
-    assert app["spa"] == {"redirectUris": ["consoleRedirectUri"]} and accessor(uri["spa"]) == ["callerApi", "spa"]
+    assert app["spa"] == {"redirectUris": "redirectUris"} and accessor(uri["spa"]) == ["callerApi", "spa"]
     for name in module["outputs"]:
         assert not re.search(r"key|secret|password|certificate", name, re.I), name
 
@@ -1062,3 +1062,16 @@ def test_the_app_gets_its_home_tenant_and_authority_host_in_a_form_the_code_acce
     # entra without the registration's id is refused, as /api/health reports it.
     with pytest.raises(ValueError, match="API_CLIENT_ID"):
         Settings.from_env(env | {"API_CLIENT_ID": ""})
+
+
+def test_the_console_redirect_uris_are_the_default_hosts_and_those_azd_names():
+    """The registration's SPA redirect URIs: https://<app host>/api/console, then each of
+    CONSOLE_REDIRECT_URIS (a custom domain's), which a provision would otherwise wipe."""
+    module, _, _, _ = caller_api_resources()
+    listed = json.dumps(module["variables"]["redirectUris"])
+    assert "consoleRedirectUri" in listed and listed.count("consoleRedirectUris") == 2  # empty() and split()
+    assert module["parameters"]["consoleRedirectUris"]["default"] == ""
+    main = parse(INFRA / "main.bicep")
+    assert main["modules"]["callerApi"]["config"]["config"]["params"]["consoleRedirectUris"] == "consoleRedirectUris"
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["consoleRedirectUris"]["value"] == "${CONSOLE_REDIRECT_URIS=}"

@@ -21,6 +21,9 @@ param callerTenants string = ''
 @description('Host name of the function app (<name>.azurewebsites.net): the web console at https://<host>/api/console signs its users in with this registration (docs/console.md).')
 param appHostName string
 
+@description('Comma list of more web console URLs to keep on the registration beside https://<appHostName>/api/console (a custom domain, a Front Door host: https://<host>/api/console). Each provision sets the whole list, so name every one here.')
+param consoleRedirectUris string = ''
+
 // The roles the app checks, route by route (shared/api/callerauth.py, ROLES; tests/test_infra.py
 // compares the two). The ids are stable per registration: guid() of the unique name and the role.
 var roles = [
@@ -60,6 +63,7 @@ var notes = 'intune-sync: callers (people, groups, flows) get an app role of thi
 // (the SPA platform: no secret, tokens only to this redirect URI), then asks for the delegated scope
 // below, api://<appId>/user_impersonation. The token it gets carries the user's app roles, as any caller's.
 var consoleRedirectUri = 'https://${appHostName}/api/console'
+var redirectUris = concat([consoleRedirectUri], empty(consoleRedirectUris) ? [] : split(consoleRedirectUris, ','))
 
 resource callerApi 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: uniqueName
@@ -67,7 +71,7 @@ resource callerApi 'Microsoft.Graph/applications@v1.0' = {
   signInAudience: signInAudience
   notes: notes
   spa: {
-    redirectUris: [consoleRedirectUri]
+    redirectUris: redirectUris
   }
   appRoles: [
     for role in roles: {
