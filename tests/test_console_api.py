@@ -337,7 +337,8 @@ def test_the_api_registration_takes_the_consoles_redirect_uri_from_the_app_host_
 
     module = BicepParser().parse(file_path=ROOT / "infra" / "app" / "callerapi.bicep")
     assert module["variables"]["consoleRedirectUri"]["value"] == "https://${appHostName}/api/console"
-    assert module["resources"]["callerApi"]["config"]["spa"] == {"redirectUris": ["consoleRedirectUri"]}
+    assert module["resources"]["callerApi"]["config"]["spa"] == {"redirectUris": "redirectUris"}
+    assert "consoleRedirectUri" in json.dumps(module["variables"]["redirectUris"])  # first, then CONSOLE_REDIRECT_URIS
     main = BicepParser().parse(file_path=ROOT / "infra" / "main.bicep")
     assert main["modules"]["callerApi"]["config"]["config"]["params"]["appHostName"] == "functionAppHostName"
     assert main["variables"]["functionAppHostName"]["value"] == "${functionAppName}.azurewebsites.net"
