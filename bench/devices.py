@@ -78,14 +78,17 @@ class Stack:
         self.identity.stop()
         self.azurite.close()
 
-    def env(self, table: str, limit: int, window: float, step_devices: int) -> dict[str, str]:
+    def env(self, table: str, limit: int, window: float, step_devices: int, claim: int = 40) -> dict[str, str]:
         suffix = table[1:]
         return {**self.identity.env(), "GRAPH_BASE_URL": self.graph.base_url,
                 "AzureWebJobsStorage": self.azurite.connection_string, "SYNC_TARGETS": "autopilot,exchange,devices",
                 "SYNC_STATE_TABLE": table, "SYNC_QUEUE": "q" + suffix, "IMPORT_QUEUE": "i" + suffix,
                 "DEVICE_SYNC_QUEUE": "d" + suffix, "TENANT_QUEUE": "t" + suffix, "DEVICE_WRITE_LIMIT": str(limit),
                 "WRITE_LIMIT_WINDOW_SECONDS": str(int(window)), "DEVICE_SYNC_STEP_DEVICES": str(step_devices),
-                "DEVICE_SYNC_SKIP_MINUTES": "0", "DEVICE_SYNC_MAX_DEVICES": "200000", "GRAPH_TIMEOUT_SECONDS": "20"}
+                "DEVICE_SYNC_SKIP_MINUTES": "0", "DEVICE_SYNC_MAX_DEVICES": "200000", "GRAPH_TIMEOUT_SECONDS": "20",
+                # A step's takeover message comes when its claim ends; the workers stop once it has come
+                # and gone. 40 s: a step still works its full 20 s (syncsteps.work_window), as with the default 60.
+                "DEVICE_SYNC_STEP_CLAIM_SECONDS": str(claim)}
 
     def new_table(self) -> str:
         name = "b" + uuid.uuid4().hex[:16]
@@ -130,9 +133,9 @@ def job_states(job_ids: list[tuple[str, str]]) -> list[dict[str, Any]]:
 
 
 def run(stack: Stack, scenario: str, budget: str, devices: int, limit: int, window: float, processes: int,
-        threads: int, step_devices: int, timeout: float) -> Run:
+        threads: int, step_devices: int, timeout: float, claim: int = 40) -> Run:
     configure(stack, devices, limit, window)
-    env = stack.env(stack.new_table(), limit, window, step_devices)
+    env = stack.env(stack.new_table(), limit, window, step_devices, claim)
     jobs = start_jobs(env, scenario)
     started = time.monotonic()
     args = [str(timeout), "--threads", str(threads), "--idle", str(max(8.0, 3 * window))]

@@ -125,3 +125,10 @@ def test_a_row_whose_grant_cannot_be_told_is_queued():
 
     assert recovered(DeviceRow(1, state="sending", ticket="1-a", slot=0), granted=None).state == "queued"
     assert recovered(DeviceRow(1, state="sending"), granted=None).state == "queued"  # a row marked before tickets
+
+
+def test_a_step_starts_new_work_for_at_most_half_a_short_claim():
+    from shared.devicesync.syncsteps import STEP_SECONDS, work_window
+
+    assert work_window(60) == STEP_SECONDS  # the default claim: the step's own limit
+    assert work_window(5) == 2.5  # a 5 s claim: the rest of it covers the last batch and the saves

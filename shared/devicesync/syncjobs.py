@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..clients import Notification
 from ..common import AppError, Clock, StateStoreUnavailable, iso, messages, new_guid, new_token, telemetry, token_matches
 from .selector import DEVICE_IDS, DeviceSyncRequest
-from .syncsteps import PACE_SECONDS, DeviceStep
+from .syncsteps import PACE_SECONDS, DeviceStep, work_window
 from .syncstore import (
     COMPLETED,
     FAILED,
@@ -204,7 +204,8 @@ class DeviceSyncJobs:
         # The takeover: if this step dies, this message runs it again once the claim has lapsed (a
         # step that ends moves the job to the next step number, and the message finds it stale).
         self.send_step(replace(claimed, step_at=until + TAKEOVER_AFTER))
-        work = DeviceStep(self.graph, self.store, claimed, now, self.settings.device_sync_step_devices)
+        work = DeviceStep(self.graph, self.store, claimed, now, self.settings.device_sync_step_devices,
+                          work_window(self.settings.device_sync_step_claim_seconds))
         try:
             worked = work.run()
         except AppError as exc:

@@ -45,7 +45,7 @@ SELECT = "id,deviceName,serialNumber,azureADDeviceId,lastSyncDateTime,operatingS
 MANAGED = "/deviceManagement/managedDevices"
 PAGE = "999"
 CHUNK = MAX_BATCH  # writes asked of the budget at once: one $batch, sent as soon as it is granted
-STEP_SECONDS = 20.0  # a step stops starting new work after this long (the host allows minutes)
+STEP_SECONDS = 20.0  # a step stops starting new work after this long (the host allows minutes), or work_window()
 PACE_SECONDS = 2.0  # a shorter wait for the budget is slept within the step; a longer one ends it
 LATE_GRANTS = 3  # grants back too late to send (budget.late) a step drops before it ends
 
@@ -71,11 +71,11 @@ class StepOutcome:
 class DeviceStep:
     """One step's work on job ``job`` (claimed by the caller), reading only the rows it works on."""
 
-    def __init__(self, graph: GraphClient, store: DeviceSyncStore, job: DeviceSyncJob, now: datetime, step_devices: int):
+    def __init__(self, graph: GraphClient, store: DeviceSyncStore, job: DeviceSyncJob, now: datetime, step_devices: int,
+                 work_seconds: float = STEP_SECONDS):
         self.graph, self.store, self.job, self.now = graph, store, job, now
-        self.step_devices = step_devices
-        self.outcome = StepOutcome()
-        self.started = time.monotonic()
+        self.step_devices, self.work_seconds = step_devices, work_seconds
+        self.outcome, self.started = StepOutcome(), time.monotonic()
 
     def run(self) -> DeviceSyncJob:
         """Do the step's share; the job as it should be saved (its phase, next page, count)."""
@@ -99,7 +99,7 @@ class DeviceStep:
         self.save([recovered(r, granted.get(r.ticket) if r.ticket else None) for r in left])
 
     def time_left(self, after: float = 0.0) -> bool:
-        return time.monotonic() + after - self.started < STEP_SECONDS
+        return time.monotonic() + after - self.started < self.work_seconds
 
     def save(self, rows: list[DeviceRow]) -> None:
         if rows:
@@ -268,6 +268,14 @@ class DeviceStep:
         state = NOT_FOUND if answer.status == 404 else NOT_SUPPORTED if answer.status == 400 else FAILED
         return replace(row, state=state, error_code=answer.error_code or str(answer.status),
                        error_message=answer.error_message)
+
+
+def work_window(claim_seconds: float) -> float:
+    """How long a step may start new work: STEP_SECONDS, or half its claim when the claim is
+    shorter than twice that (DEVICE_SYNC_STEP_CLAIM_SECONDS can be 5 s). The other half covers its
+    last $batch and saves: a step still working when its claim lapses would be taken over, and two
+    steps of one job would then work at once."""
+    return min(STEP_SECONDS, claim_seconds / 2)
 
 
 def recovered(row: DeviceRow, granted: int | None) -> DeviceRow:
