@@ -96,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "loaded with the first token (azure-identity loads it anyway with the first Graph token), so key mode's "
         "cold start is unchanged: tests/test_lazy_imports.py keeps the key fetcher off a sync's cold start.",
         END, ""])
-    print(text)
-    if args.out != "-":
-        results.write_section(Path(args.out), text, BEGIN, END)
+    results.publish(text, args.out, BEGIN, END)
     return 0
 
 

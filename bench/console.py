@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             app_process.terminate()
         stack.close()
     text = section(runs, static_weight(), time.monotonic() - started)
-    print(text)
-    if args.out != "-":
-        results.write_section(Path(args.out), text, BEGIN, END)
+    results.publish(text, args.out, BEGIN, END)
     return 0
 
 

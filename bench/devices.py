@@ -240,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.close()
     text = section(runs, args, time.monotonic() - started)
-    print(text)
-    if args.out != "-":
-        results.write_section(Path(args.out), text, BEGIN, END)
+    results.publish(text, args.out, BEGIN, END)
     return 0
 
 

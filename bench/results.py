@@ -32,3 +32,10 @@ def write_section(path: Path, text: str, begin: str, end: str) -> None:
     else:
         updated = current.rstrip("\n") + "\n\n" + text
     path.write_text(updated if updated.endswith("\n") else updated + "\n")
+
+
+def publish(text: str, out: str, begin: str, end: str) -> None:
+    """Print a benchmark's section and write it into ``out`` (a RESULTS.md; ``-``: print only)."""
+    print(text)
+    if out != "-":
+        write_section(Path(out), text, begin, end)

@@ -42,7 +42,7 @@ from .entra import DEFAULT_CLIENT_ID, EntraEmulator, start_entra
 from .funchost import FunctionHost
 from .graph import DEFAULT_CONNECTORS, GraphEmulator, default_items, default_managed_google_play
 from .identity import IdentityEmulator
-from .signing import API_CLIENT_ID
+from .signing import API_CLIENT_ID, API_ROLES
 from .tokens import HOME_TENANT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --entra: the roles the printed token command asks for (every role; drop some to see a 403).
-LOCAL_ROLES = ["Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read"]
+LOCAL_ROLES = list(API_ROLES)
 
 
 def token_command(entra: EntraEmulator) -> str:

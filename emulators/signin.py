@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 
-from .signing import USER_OBJECT
+from .signing import API_ROLES, USER_OBJECT
 
 if TYPE_CHECKING:
     from .entra import EntraEmulator, _Handler
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     Answer = tuple[int, dict[str, Any], dict[str, str], str]
     Refuse = Callable[[int, str, int, str], Answer]
 
-# The API's app roles (shared/api/callerauth.py ROLES; the emulators do not import the app).
-API_ROLES = ("Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read")
 DEFAULT_USER = "alice@contoso.com"
 CODE_SECONDS = 300  # an authorization code's lifetime
 REFRESH_SECONDS = 24 * 3600  # an SPA's refresh token: a fixed 24 hours, never extended

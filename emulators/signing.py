@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 API_CLIENT_ID = "7d3f9a52-1c4e-4b8a-9e6d-2a5c8b1f0e34"  # the emulated API app registration (CALLER_AUTH=entra)
+# The API's app roles (shared/api/callerauth.py ROLES; the emulators do not import the app).
+API_ROLES = ("Sync.Run", "Devices.Import", "Devices.Sync", "Tenants.Manage", "Status.Read")
 CLIENT_APP_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"  # the app a person signs in with (Azure CLI's id)
 USER_OBJECT = uuid.UUID("0b1d7a60-6f8e-4c1a-9f2e-5d3c4b2a1908")
 OVERAGE = {"_claim_names": {"groups": "src1"},

@@ -21,8 +21,7 @@ import pytest
 import requests
 
 from emulators.entra import EntraEmulator
-from emulators.signin import API_ROLES
-from emulators.signing import API_CLIENT_ID
+from emulators.signing import API_CLIENT_ID, API_ROLES
 from emulators.tokens import HOME_TENANT
 from shared.api.callerauth import ROLES, STATUS_READ, SYNC_RUN, Caller, validate
 from shared.clients import SigningKeys

@@ -201,7 +201,7 @@ def sign_in(current: Settings) -> dict[str, Any]:
     return {
         "mode": "entra", "clientId": client, "tenantId": tenant,
         "authority": f"{authority}/{'organizations' if others else tenant}",
-        "knownAuthorities": [urlsplit(authority).netloc.rpartition("@")[2]],
+        "knownAuthorities": [origin(authority).partition("://")[2]],
         "scopes": [f"api://{client}/user_impersonation"],
         "roles": roles,
     }

@@ -353,8 +353,7 @@ class StateStore(TableStore):
     def latest_history(self, limit: int) -> list[HistoryRow]:
         """The newest ``limit`` attempts of every unit, newest first: the units' state rows (one query), each
         unit's newest ``limit`` history rows (a query each, side by side), merged by RowKey (inverted ticks)."""
-        units = [UnitState.from_entity(row["PartitionKey"], row) for row in self._table.query_entities(
-            "RowKey eq @row", parameters={"row": STATE_ROW}, select=["PartitionKey", "target", "itemId"])]
+        units = self.states()
         with ThreadPoolExecutor(max_workers=max(1, min(HISTORY_READERS, len(units))), thread_name_prefix="history") as pool:
             found = pool.map(lambda unit: [HistoryRow.from_entity(unit, row) for row in self.history(unit.key, limit)], units)
             return sorted((row for rows in found for row in rows), key=lambda row: (row.row_key, row.key))[:limit]

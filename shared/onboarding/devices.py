@@ -141,10 +141,7 @@ def group_tag_problem(tag: str) -> str | None:
 
 def parse_import(body: bytes, content_type: str, group_tag: str | None = None) -> ImportRequest:
     """The validated request, or InvalidDevices naming every bad row. ``group_tag`` (the routes'
-    ``groupTag`` query parameter) is every device's group tag, whatever its row says."""
-    problem = group_tag_problem(group_tag) if group_tag is not None else None
-    if problem:
-        raise InvalidDevices(problem)
+    ``groupTag`` query parameter, checked there) is every device's group tag, whatever its row says."""
     if len(body) > MAX_BODY_BYTES:
         raise TooLarge(SIZE_LIMIT)
     media_type = content_type.split(";")[0].strip().lower()
