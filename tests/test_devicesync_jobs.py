@@ -12,7 +12,7 @@ from conftest import FAST_RETRY, configure, graph_calls
 
 from emulators.devices import azure_ad_device_id, managed_device_id
 from shared.clients import GraphClient, Limits, SharedBudget, make_credential, table_client
-from shared.common import GraphUnavailable, Settings
+from shared.common import GraphUnavailable, Settings, StateStoreUnavailable
 from shared.devicesync import PAGE_SIZE, DeviceSyncJobs, DeviceSyncRequest, DeviceSyncStep, InvalidSelector, parse_device_sync
 from shared.engine import StateStore
 
@@ -302,3 +302,31 @@ def test_a_filter_job_lists_every_page_it_can_in_one_step_and_syncs_from_the_nex
     listed = jobs.store.job(job.id)
     assert (listed.phase, listed.device_count, listed.next_link) == ("sync", 2100, None)
     assert device_stats(graph)["deviceSyncs"] == 0  # a retried listing step could not reset a row already sent
+
+
+def test_table_storage_failing_the_budget_claim_sends_nothing_keeps_every_device_and_frees_the_job(env, clock, graph,
+                                                                                                   azurite):
+    """The budget row cannot be read (Table Storage answers 503 behind a fault proxy) after a
+    chunk's rows were marked ``sending``: the step fails before any syncDevice, its claim is let go,
+    and once storage answers the job sends every device once."""
+    from emulators.azurite import ACCOUNT, KEY
+    from emulators.faultproxy import FaultProxy
+
+    configure(graph, managedDevices={"count": 30})
+    proxy = FaultProxy(azurite.table_endpoint).start()
+    try:
+        tables = f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};TableEndpoint={proxy.base_url}/{ACCOUNT};"
+        jobs, _ = make_jobs({**env, "AzureWebJobsStorage": tables}, clock, limits=Limits())
+        job, token = jobs.start(DeviceSyncRequest("serialNumbers", tuple(serials(30)), skip_minutes=0), "tech")
+        proxy.add("fail", path_contains="PartitionKey='budget'")
+        with pytest.raises(StateStoreUnavailable):
+            jobs.run_step(message(jobs, job.id))
+        assert device_stats(graph)["deviceSyncs"] == 0
+        held = jobs.store.job(job.id)
+        assert held.step_owner is None and "StateStoreUnavailable" in (held.message or "")  # the claim let go
+        proxy.clear()
+        run_job(jobs, clock, job.id)
+    finally:
+        proxy.stop()
+    assert set(states(jobs, job.id, token).values()) == {"queued"}
+    assert device_stats(graph)["deviceSyncs"] == 30 and device_stats(graph)["devicesSyncedMoreThanOnce"] == 0
